@@ -1,0 +1,261 @@
+//! Consult rooms: join, relay of offers/answers/candidates between members, chat, leave.
+
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+
+use crate::protocol::{
+    self, ChatIn, EventError, EventResult, JoinRoom, Peer, Signal, SignalType, check_id,
+};
+use crate::store::{AppointmentStatus, ChatMessage, ChatSender};
+use crate::{Role, Signaling, consult_room, identity};
+
+pub(crate) async fn join_room(
+    sig: &Signaling,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    let req: JoinRoom = protocol::parse(data)?;
+    check_id("appointmentId", &req.appointment_id)?;
+    let avatar_seed = match req.avatar_seed {
+        Some(seed) if seed.chars().count() > 64 => {
+            return Err(EventError::invalid(
+                "avatarSeed is longer than 64 characters",
+            ));
+        }
+        Some(seed) if !seed.trim().is_empty() => seed,
+        _ => who.user_id.clone(),
+    };
+
+    let appointment = sig
+        .store
+        .appointment(&req.appointment_id)
+        .await?
+        .ok_or_else(|| EventError::not_found("no such appointment"))?;
+    let allowed = who.role == Role::Admin
+        || who.user_id == appointment.patient_id
+        || who.user_id == appointment.doctor_id;
+    if !allowed {
+        return Err(EventError::forbidden(
+            "not a participant of this appointment",
+        ));
+    }
+    if appointment.status != AppointmentStatus::Confirmed {
+        return Err(EventError::forbidden(format!(
+            "appointment is {}, rooms open only for confirmed appointments",
+            appointment.status.as_str()
+        )));
+    }
+
+    let self_id = s.id.to_string();
+    // One consult room per socket: joining another one leaves the current one first.
+    if sig
+        .rooms
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .room_of(&self_id)
+        .is_some_and(|r| r != appointment.id)
+    {
+        leave_current_room(sig, s).await;
+    }
+
+    let me = Peer {
+        socket_id: self_id,
+        user_id: who.user_id.clone(),
+        name: who.name.clone(),
+        role: who.role,
+        avatar_seed,
+    };
+    let joined = {
+        let mut rooms = sig.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let joined = rooms.join(&appointment.id, me.clone());
+        sig.refresh_room_gauges(&rooms);
+        joined
+    };
+    let room = consult_room(&appointment.id);
+    if joined.is_new {
+        s.join(room.clone());
+        let _ = s.to(room.clone()).emit("peer-joined", &me).await;
+    }
+    let _ = s.emit("existing-peers", &joined.existing);
+    if let Some(reason) = joined.relay_activated {
+        sig.metrics
+            .relay_activations
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        let _ = io
+            .to(room)
+            .emit(
+                "relay-activated",
+                &json!({"roomId": appointment.id, "reason": reason.as_str()}),
+            )
+            .await;
+    }
+
+    let mut fields = protocol::ok_fields();
+    fields.insert("selfId".into(), json!(me.socket_id));
+    fields.insert("peers".into(), json!(joined.existing));
+    fields.insert("mode".into(), json!(sig.config.media_mode));
+    fields.insert("p2pTimeoutMs".into(), json!(sig.config.p2p_timeout_ms));
+    fields.insert("iceServers".into(), sig.config.ice_servers.clone());
+    Ok(fields)
+}
+
+pub(crate) async fn signal(
+    sig: &Signaling,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    sig.spend(s, false)?;
+    let req: Signal = protocol::parse(data)?;
+    check_id("to", &req.to)?;
+    check_signal_payload(sig, req.kind, &req.payload)?;
+    let from = s.id.to_string();
+    if req.to == from
+        || !sig
+            .rooms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .share_room(&from, &req.to)
+    {
+        return Err(EventError::forbidden(
+            "the target is not in your consult room",
+        ));
+    }
+    let target = req
+        .to
+        .parse()
+        .ok()
+        .and_then(|sid| io.get_socket(sid))
+        .ok_or_else(|| EventError::not_found("the target socket is gone"))?;
+    target
+        .emit(
+            "signal",
+            &json!({"from": from, "fromUserId": who.user_id, "type": req.kind, "payload": req.payload}),
+        )
+        .map_err(|_| EventError::not_found("the target socket is gone"))?;
+    Ok(protocol::ok_fields())
+}
+
+/// Offers and answers carry an SDP (a string, or `{type, sdp}` as browsers serialise it);
+/// candidates carry an RTCIceCandidateInit or null (end of candidates).
+fn check_signal_payload(
+    sig: &Signaling,
+    kind: SignalType,
+    payload: &Value,
+) -> Result<(), EventError> {
+    match kind {
+        SignalType::Offer | SignalType::Answer => {
+            protocol::check_size("payload", payload, sig.config.max_sdp_bytes)?;
+            let sdp = match payload {
+                Value::String(sdp) => Some(sdp.as_str()),
+                Value::Object(o) => o.get("sdp").and_then(Value::as_str),
+                _ => None,
+            };
+            match sdp {
+                Some(sdp) if sdp.starts_with("v=0") => Ok(()),
+                _ => Err(EventError::invalid(
+                    "an offer or answer needs an SDP starting with v=0",
+                )),
+            }
+        }
+        SignalType::IceCandidate => {
+            protocol::check_size("payload", payload, sig.config.max_candidate_bytes)?;
+            match payload {
+                Value::Null => Ok(()),
+                Value::Object(o) if matches!(o.get("candidate"), Some(Value::String(_))) => Ok(()),
+                _ => Err(EventError::invalid(
+                    "an ice-candidate payload is {candidate, sdpMid, sdpMLineIndex} or null",
+                )),
+            }
+        }
+    }
+}
+
+pub(crate) async fn chat_message(
+    sig: &Signaling,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    sig.spend(s, true)?;
+    let req: ChatIn = protocol::parse(data)?;
+    let length = req.text.chars().count();
+    if req.text.trim().is_empty() {
+        return Err(EventError::invalid("text is empty"));
+    }
+    if length > sig.config.max_chat_chars {
+        return Err(EventError::new(
+            protocol::ErrorCode::TooLarge,
+            format!(
+                "text is {length} characters, the limit is {}",
+                sig.config.max_chat_chars
+            ),
+        ));
+    }
+    let appointment_id = sig
+        .rooms
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .room_of(&s.id.to_string())
+        .map(str::to_owned)
+        .ok_or_else(|| EventError::forbidden("join a consult room before chatting"))?;
+
+    let message = ChatMessage {
+        id: uuid::Uuid::new_v4().to_string(),
+        appointment_id: appointment_id.clone(),
+        from: ChatSender {
+            user_id: who.user_id,
+            name: who.name,
+            role: who.role,
+        },
+        text: req.text,
+        sent_at: protocol::rfc3339_millis(protocol::now_millis()),
+    };
+    // Stored before anyone sees it: what was acknowledged or broadcast is in the transcript.
+    sig.store.save_chat_message(&message).await?;
+    sig.metrics.chat_messages.inc();
+    let _ = io
+        .to(consult_room(&appointment_id))
+        .emit("chat-message", &message)
+        .await;
+    let mut fields = protocol::ok_fields();
+    fields.insert("message".into(), json!(message));
+    Ok(fields)
+}
+
+pub(crate) async fn leave_room(
+    sig: &Signaling,
+    _io: &SocketIo,
+    s: &SocketRef,
+    _data: Value,
+) -> EventResult {
+    leave_current_room(sig, s).await;
+    Ok(protocol::ok_fields())
+}
+
+/// Takes the socket out of its consult room, if any, and tells the others.
+pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef) {
+    let left = {
+        let mut rooms = sig.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let left = rooms.leave(&s.id.to_string());
+        sig.refresh_room_gauges(&rooms);
+        left
+    };
+    if let Some(left) = left {
+        let room = consult_room(&left.room_id);
+        s.leave(room.clone());
+        let _ = s
+            .to(room)
+            .emit(
+                "peer-left",
+                &json!({"socketId": left.peer.socket_id, "userId": left.peer.user_id}),
+            )
+            .await;
+    }
+}

@@ -1,0 +1,450 @@
+//! Direct 1:1 calls: ring every socket of the callee, first answer wins, busy, no-answer,
+//! disconnect. Transitions are decided by [`crate::call::Call`]; this layer checks permissions,
+//! stores every transition and delivers the notices.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+
+use crate::call::{Call, CallError, CallEvent, CallType, Effects, Recipient};
+use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
+use crate::{Identity, Role, Signaling, identity, user_room};
+
+impl From<CallError> for EventError {
+    fn from(err: CallError) -> Self {
+        let code = match err.code() {
+            "not_found" => ErrorCode::NotFound,
+            "forbidden" => ErrorCode::Forbidden,
+            "busy" => ErrorCode::Busy,
+            _ => ErrorCode::Conflict,
+        };
+        EventError::new(code, err.to_string())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinUser {
+    user_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallUser {
+    to: String,
+    call_type: CallType,
+    offer: Value,
+    #[serde(default)]
+    appointment_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AnswerCall {
+    call_id: String,
+    answer: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RejectCall {
+    call_id: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EndCall {
+    call_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CallCandidate {
+    call_id: String,
+    candidate: Value,
+}
+
+/// Every socket is reachable by its user id from connect on; `join` only confirms it.
+pub(crate) async fn join(
+    _sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    let req: JoinUser = protocol::parse(data)?;
+    if req.user_id != who.user_id {
+        return Err(EventError::forbidden("you can only join as yourself"));
+    }
+    Ok(protocol::ok_fields())
+}
+
+/// An SDP as browsers send it: a string or `{type, sdp}`.
+fn check_sdp(sig: &Signaling, field: &str, value: &Value) -> Result<(), EventError> {
+    protocol::check_size(field, value, sig.config.max_sdp_bytes)?;
+    let sdp = match value {
+        Value::String(s) => Some(s.as_str()),
+        Value::Object(o) => o.get("sdp").and_then(Value::as_str),
+        _ => None,
+    };
+    match sdp {
+        Some(sdp) if sdp.starts_with("v=0") => Ok(()),
+        _ => Err(EventError::invalid(format!(
+            "{field} must be an SDP starting with v=0"
+        ))),
+    }
+}
+
+/// A patient may call the doctor of one of their appointments and the doctor may call them back;
+/// staff and admins may call anyone.
+async fn may_call(sig: &Signaling, who: &Identity, to: &str) -> Result<bool, EventError> {
+    if who.role.is_privileged() {
+        return Ok(true);
+    }
+    let relation = match who.role {
+        Role::Patient => sig.store.has_care_relation(&who.user_id, to).await?,
+        Role::Doctor => sig.store.has_care_relation(to, &who.user_id).await?,
+        Role::Staff | Role::Admin => true,
+    };
+    Ok(relation)
+}
+
+pub(crate) async fn call_user(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    sig.spend(s, false)?;
+    let req: CallUser = protocol::parse(data)?;
+    check_id("to", &req.to)?;
+    if let Some(appointment_id) = &req.appointment_id {
+        check_id("appointmentId", appointment_id)?;
+    }
+    check_sdp(sig, "offer", &req.offer)?;
+    if req.to == who.user_id {
+        return Err(EventError::invalid("you cannot call yourself"));
+    }
+    if !may_call(sig, &who, &req.to).await? {
+        return Err(EventError::forbidden("you may not call this user"));
+    }
+    if let Some(appointment_id) = &req.appointment_id {
+        let appointment = sig
+            .store
+            .appointment(appointment_id)
+            .await?
+            .ok_or_else(|| EventError::not_found("no such appointment"))?;
+        let parties = [&appointment.patient_id, &appointment.doctor_id];
+        if !who.role.is_privileged()
+            && !(parties.contains(&&who.user_id) && parties.contains(&&req.to))
+        {
+            return Err(EventError::forbidden(
+                "the appointment is not between you and the callee",
+            ));
+        }
+    }
+    if io.to(user_room(&req.to)).sockets().is_empty() {
+        return Err(EventError::new(
+            ErrorCode::Offline,
+            "the user is not online",
+        ));
+    }
+
+    let now = protocol::now_millis();
+    let call_id = uuid::Uuid::new_v4().to_string();
+    let socket_id = s.id.to_string();
+    let args = (
+        call_id.clone(),
+        who.user_id.clone(),
+        req.to.clone(),
+        req.call_type,
+        req.appointment_id.clone(),
+        socket_id,
+    );
+    let mut book = sig.calls.lock().await;
+    let placed = book
+        .insert(Call::ring(
+            args.0.clone(),
+            args.1.clone(),
+            args.2.clone(),
+            args.3,
+            args.4.clone(),
+            args.5.clone(),
+            now,
+        ))
+        .map(|call| call.clone());
+    let call = match placed {
+        Ok(call) => call,
+        Err(CallError::Busy) => {
+            let record = Call::busy(args.0, args.1, args.2, args.3, args.4, args.5, now);
+            sig.store.save_call(&record).await?;
+            count_finished(sig, &record);
+            return Err(EventError::new(
+                ErrorCode::Busy,
+                "the user is in another call",
+            ));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    if let Err(err) = sig.store.save_call(&call).await {
+        book.remove(&call.id);
+        return Err(err.into());
+    }
+    drop(book);
+
+    let _ = io
+        .to(user_room(&call.callee_id))
+        .emit(
+            "incoming-call",
+            &json!({
+                "callId": call.id,
+                "from": {"userId": who.user_id, "name": who.name, "role": who.role},
+                "callType": call.call_type,
+                "offer": req.offer,
+                "appointmentId": call.appointment_id,
+            }),
+        )
+        .await;
+    spawn_ring_timer(sig.clone(), io.clone(), call.id.clone());
+
+    let mut fields = protocol::ok_fields();
+    fields.insert("callId".into(), json!(call.id));
+    Ok(fields)
+}
+
+fn spawn_ring_timer(sig: Arc<Signaling>, io: SocketIo, call_id: String) {
+    tokio::spawn(async move {
+        tokio::time::sleep(sig.config.ring_timeout).await;
+        // A call answered, rejected or ended meanwhile refuses the timeout: nothing happens.
+        let _ = transition(&sig, &io, &call_id, Map::new(), |call, now| {
+            call.ring_timeout(now)
+        })
+        .await;
+    });
+}
+
+/// Applies one transition to a live call under the book's lock, stores the result, then
+/// delivers its notices with `extra` fields (e.g. the answer SDP) merged in.
+async fn transition(
+    sig: &Signaling,
+    io: &SocketIo,
+    call_id: &str,
+    extra: Map<String, Value>,
+    step: impl FnOnce(&mut Call, time::OffsetDateTime) -> Result<Effects, CallError>,
+) -> Result<(), EventError> {
+    let mut book = sig.calls.lock().await;
+    let call = book.call_mut(call_id)?;
+    let before = call.clone();
+    let effects = step(call, protocol::now_millis())?;
+    let after = call.clone();
+    if let Err(err) = sig.store.save_call(&after).await {
+        // Nothing acknowledged may be lost: undo the transition and refuse the event.
+        if let Ok(call) = book.call_mut(call_id) {
+            *call = before;
+        }
+        return Err(err.into());
+    }
+    if effects.finished {
+        book.remove(call_id);
+        count_finished(sig, &after);
+    }
+    drop(book);
+    deliver(io, &after, effects, extra).await;
+    Ok(())
+}
+
+fn count_finished(sig: &Signaling, call: &Call) {
+    sig.metrics
+        .calls
+        .with_label_values(&[call.call_type.as_str(), call.status.as_str()])
+        .inc();
+}
+
+async fn deliver(io: &SocketIo, call: &Call, effects: Effects, extra: Map<String, Value>) {
+    for notice in effects.notices {
+        let mut body = Map::new();
+        body.insert("callId".into(), json!(call.id));
+        match notice.event {
+            CallEvent::Answered => {
+                if let Some(answer) = extra.get("answer") {
+                    body.insert("answer".into(), answer.clone());
+                }
+            }
+            CallEvent::Rejected => {
+                let reason = extra.get("reason").cloned().unwrap_or(json!("rejected"));
+                body.insert("reason".into(), reason);
+            }
+            CallEvent::Ended(reason) => {
+                body.insert("reason".into(), json!(reason.as_str()));
+            }
+            CallEvent::AnsweredElsewhere => {}
+        }
+        emit_to(io, &notice.to, notice.event.name(), &Value::Object(body)).await;
+    }
+}
+
+async fn emit_to(io: &SocketIo, to: &Recipient, event: &str, body: &Value) {
+    match to {
+        Recipient::Socket(id) => {
+            if let Some(socket) = id.parse().ok().and_then(|sid| io.get_socket(sid)) {
+                let _ = socket.emit(event, body);
+            }
+        }
+        Recipient::User {
+            user_id,
+            except_socket,
+        } => {
+            for socket in io.to(user_room(user_id)).sockets() {
+                if except_socket.as_deref() != Some(socket.id.as_str()) {
+                    let _ = socket.emit(event, body);
+                }
+            }
+        }
+    }
+}
+
+pub(crate) async fn answer_call(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    let req: AnswerCall = protocol::parse(data)?;
+    check_id("callId", &req.call_id)?;
+    check_sdp(sig, "answer", &req.answer)?;
+    let socket_id = s.id.to_string();
+    let mut extra = Map::new();
+    extra.insert("answer".into(), req.answer);
+    transition(sig, io, &req.call_id, extra, |call, now| {
+        call.answer(&who.user_id, &socket_id, now)
+    })
+    .await?;
+    Ok(protocol::ok_fields())
+}
+
+pub(crate) async fn reject_call(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    let req: RejectCall = protocol::parse(data)?;
+    check_id("callId", &req.call_id)?;
+    let reason = req.reason.unwrap_or_else(|| "rejected".to_owned());
+    if reason.chars().count() > 200 {
+        return Err(EventError::invalid("reason is longer than 200 characters"));
+    }
+    let socket_id = s.id.to_string();
+    let mut extra = Map::new();
+    extra.insert("reason".into(), json!(reason));
+    transition(sig, io, &req.call_id, extra, |call, now| {
+        call.reject(&who.user_id, &socket_id, now)
+    })
+    .await?;
+    Ok(protocol::ok_fields())
+}
+
+pub(crate) async fn end_call(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    let req: EndCall = protocol::parse(data)?;
+    check_id("callId", &req.call_id)?;
+    transition(sig, io, &req.call_id, Map::new(), |call, now| {
+        call.end(&who.user_id, now)
+    })
+    .await?;
+    Ok(protocol::ok_fields())
+}
+
+pub(crate) async fn ice_candidate(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    sig.spend(s, false)?;
+    let req: CallCandidate = protocol::parse(data)?;
+    check_id("callId", &req.call_id)?;
+    protocol::check_size("candidate", &req.candidate, sig.config.max_candidate_bytes)?;
+    if !matches!(&req.candidate, Value::Null)
+        && !matches!(&req.candidate, Value::Object(o) if matches!(o.get("candidate"), Some(Value::String(_))))
+    {
+        return Err(EventError::invalid(
+            "candidate is {candidate, sdpMid, sdpMLineIndex} or null",
+        ));
+    }
+    let target = {
+        let book = sig.calls.lock().await;
+        let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;
+        call.relay_target(&who.user_id, s.id.as_str())?
+    };
+    emit_to(
+        io,
+        &target,
+        "ice-candidate",
+        &json!({"callId": req.call_id, "candidate": req.candidate}),
+    )
+    .await;
+    Ok(protocol::ok_fields())
+}
+
+/// A socket went away: a call whose placing or answering socket it was, or whose party has no
+/// socket left, ends as `disconnected` for the other side.
+pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, socket_id: &str) {
+    let user_still_online = io
+        .to(user_room(&who.user_id))
+        .sockets()
+        .iter()
+        .any(|s| s.id.as_str() != socket_id);
+    let affected: Vec<String> = {
+        let book = sig.calls.lock().await;
+        book.iter()
+            .filter(|c| c.is_live() && c.is_party(&who.user_id))
+            .filter(|c| {
+                !user_still_online
+                    || c.caller_socket == socket_id
+                    || c.answered_socket.as_deref() == Some(socket_id)
+            })
+            .map(|c| c.id.clone())
+            .collect()
+    };
+    for call_id in affected {
+        if let Err(err) = transition(sig, io, &call_id, Map::new(), |call, now| {
+            call.party_disconnected(&who.user_id, now)
+        })
+        .await
+        {
+            tracing::debug!(call_id, error = %err, "call already over at disconnect");
+        }
+    }
+}
+
+/// Ends every live call (server shutdown), telling both sides and storing the outcome.
+pub async fn shut_down_calls(sig: &Signaling, io: &SocketIo) {
+    let ids: Vec<String> = sig
+        .calls
+        .lock()
+        .await
+        .iter()
+        .map(|c| c.id.clone())
+        .collect();
+    for call_id in ids {
+        let _ = transition(sig, io, &call_id, Map::new(), |call, now| {
+            call.shut_down(now)
+        })
+        .await;
+    }
+}

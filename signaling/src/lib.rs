@@ -1,0 +1,243 @@
+//! callrelay's Socket.IO protocol: consult rooms tied to appointments and direct 1:1 calls.
+//!
+//! This crate owns the contract's events, their payload validation, room membership, the relay
+//! rules and the call state machine. It knows nothing of SQL, HTTP or JWT: persistence comes in
+//! through [`Store`], token checks through [`Authenticator`].
+
+pub mod call;
+mod consult;
+mod direct;
+pub mod identity;
+pub mod metrics;
+mod order;
+pub mod protocol;
+pub mod ratelimit;
+pub mod rooms;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::handler::ConnectHandler;
+
+pub use identity::{AuthFailure, Authenticator, Identity, Role};
+pub use metrics::SignalingMetrics;
+pub use store::{Store, StoreError};
+
+use order::{InOrder, OrderGate};
+use protocol::{ErrorCode, EventError, EventResult};
+use ratelimit::TokenBucket;
+
+/// Limits and settings the signaling layer applies (a slice of the server configuration).
+#[derive(Debug, Clone)]
+pub struct SignalingConfig {
+    pub max_chat_chars: usize,
+    pub max_sdp_bytes: usize,
+    pub max_candidate_bytes: usize,
+    pub signal_rate_per_sec: u32,
+    pub signal_burst: u32,
+    pub chat_rate_per_sec: u32,
+    pub chat_burst: u32,
+    pub ring_timeout: Duration,
+    /// `p2p-first`, `sfu-only` or `p2p-only`, handed to clients in the join ack.
+    pub media_mode: String,
+    pub p2p_timeout_ms: u64,
+    /// RTCIceServer[] handed to clients for their peer-to-peer attempt.
+    pub ice_servers: Value,
+}
+
+/// Shared state of the signaling layer, one per server.
+pub struct Signaling {
+    config: SignalingConfig,
+    store: Arc<dyn Store>,
+    auth: Arc<dyn Authenticator>,
+    metrics: SignalingMetrics,
+    rooms: Mutex<rooms::Rooms>,
+    /// Held across the store write of a transition so records are written in transition order.
+    calls: tokio::sync::Mutex<call::CallBook>,
+}
+
+/// Per-socket event budgets.
+struct SocketLimits {
+    signal: TokenBucket,
+    chat: TokenBucket,
+}
+
+#[derive(Clone)]
+struct Limits(Arc<Mutex<SocketLimits>>);
+
+/// The connect middleware's refusal; its Display is the `connect_error` message.
+#[derive(Debug)]
+struct Unauthorized;
+
+impl std::fmt::Display for Unauthorized {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("unauthorized")
+    }
+}
+
+/// The Socket.IO room that reaches every socket of a user.
+fn user_room(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+/// The Socket.IO room of a consult (an appointment).
+fn consult_room(appointment_id: &str) -> String {
+    format!("consult:{appointment_id}")
+}
+
+impl Signaling {
+    pub fn new(
+        config: SignalingConfig,
+        store: Arc<dyn Store>,
+        auth: Arc<dyn Authenticator>,
+        metrics: SignalingMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            auth,
+            metrics,
+            rooms: Mutex::new(rooms::Rooms::default()),
+            calls: tokio::sync::Mutex::new(call::CallBook::default()),
+        })
+    }
+
+    /// Registers the contract's namespace "/" on `io`. `io` must have been built with this
+    /// `Arc<Signaling>` as state (`SocketIo::builder().with_state(signaling.clone())`).
+    pub fn attach(io: &SocketIo) {
+        io.ns("/", on_connect.with(authenticate));
+    }
+
+    /// Ends every live call as `server-restart` before the server stops.
+    pub async fn shut_down(&self, io: &SocketIo) {
+        direct::shut_down_calls(self, io).await;
+    }
+
+    /// Takes one token of the socket's budget for `kind` events.
+    fn spend(&self, s: &SocketRef, chat: bool) -> Result<(), EventError> {
+        let Some(Limits(limits)) = s.extensions.get::<Limits>() else {
+            return Ok(());
+        };
+        let mut limits = limits.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = if chat {
+            &mut limits.chat
+        } else {
+            &mut limits.signal
+        };
+        if bucket.try_take(Instant::now()) {
+            Ok(())
+        } else {
+            Err(EventError::new(
+                ErrorCode::RateLimited,
+                "too many events, slow down",
+            ))
+        }
+    }
+
+    /// Sends the ack for `event` and counts its outcome.
+    fn acknowledge(&self, event: &'static str, ack: AckSender, result: EventResult) {
+        let (outcome, body) = match result {
+            Ok(fields) => ("ok", protocol::ok_ack(fields)),
+            Err(err) => (err.code.as_str(), err.to_ack()),
+        };
+        self.metrics
+            .events
+            .with_label_values(&[event, outcome])
+            .inc();
+        // A client that passed no callback gets no ack; that is not an error.
+        let _ = ack.send(&body);
+    }
+
+    fn refresh_room_gauges(&self, rooms: &rooms::Rooms) {
+        self.metrics.rooms_active.set(rooms.room_count() as i64);
+        self.metrics
+            .room_participants
+            .set(rooms.participant_count() as i64);
+    }
+}
+
+fn identity(s: &SocketRef) -> Result<Identity, EventError> {
+    s.extensions
+        .get::<Identity>()
+        .ok_or_else(|| EventError::new(ErrorCode::Unauthorized, "not authenticated"))
+}
+
+async fn authenticate(
+    s: SocketRef,
+    State(sig): State<Arc<Signaling>>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), Unauthorized> {
+    let token = auth
+        .ok()
+        .and_then(|a| a.get("token").and_then(Value::as_str).map(str::to_owned));
+    let who = sig
+        .auth
+        .verify(token.as_deref())
+        .map_err(|_| Unauthorized)?;
+    s.extensions.insert(who);
+    Ok(())
+}
+
+/// Registers an event handler that waits for its turn in the socket's queue, runs `$handler`
+/// and acknowledges its result.
+macro_rules! route {
+    ($socket:expr, $event:literal, $handler:path) => {
+        $socket.on(
+            $event,
+            async |s: SocketRef,
+                   order: InOrder,
+                   io: SocketIo,
+                   State(sig): State<Arc<Signaling>>,
+                   ack: AckSender,
+                   TryData(data): TryData<Value>| {
+                let _turn = order.turn().await;
+                let result = $handler(&sig, &io, &s, data.unwrap_or(Value::Null)).await;
+                sig.acknowledge($event, ack, result);
+            },
+        )
+    };
+}
+
+async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
+    let Ok(who) = identity(&s) else {
+        let _ = s.disconnect();
+        return;
+    };
+    s.extensions.insert(OrderGate::default());
+    s.extensions
+        .insert(Limits(Arc::new(Mutex::new(SocketLimits {
+            signal: TokenBucket::new(sig.config.signal_rate_per_sec, sig.config.signal_burst),
+            chat: TokenBucket::new(sig.config.chat_rate_per_sec, sig.config.chat_burst),
+        }))));
+    s.join(user_room(&who.user_id));
+    sig.metrics.sockets_connected.inc();
+    if let Err(err) = sig.store.record_user(&who).await {
+        tracing::warn!(error = %err, "could not record user");
+    }
+
+    route!(s, "join-room", consult::join_room);
+    route!(s, "signal", consult::signal);
+    route!(s, "chat-message", consult::chat_message);
+    route!(s, "leave-room", consult::leave_room);
+
+    route!(s, "join", direct::join);
+    route!(s, "call-user", direct::call_user);
+    route!(s, "answer-call", direct::answer_call);
+    route!(s, "reject-call", direct::reject_call);
+    route!(s, "end-call", direct::end_call);
+    route!(s, "ice-candidate", direct::ice_candidate);
+
+    s.on_disconnect(
+        async |s: SocketRef, io: SocketIo, State(sig): State<Arc<Signaling>>| {
+            sig.metrics.sockets_connected.dec();
+            consult::leave_current_room(&sig, &s).await;
+            if let Ok(who) = identity(&s) {
+                direct::socket_gone(&sig, &io, &who, &s.id.to_string()).await;
+            }
+        },
+    );
+}

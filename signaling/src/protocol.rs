@@ -1,0 +1,235 @@
+//! Wire types of the Socket.IO contract: payloads, acknowledgements, error codes, validation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+
+/// Error codes of the contract (HTTP section 2 plus `busy` and `offline`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidPayload,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    TooLarge,
+    RateLimited,
+    Internal,
+    Busy,
+    Offline,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPayload => "invalid_payload",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Offline => "offline",
+        }
+    }
+}
+
+/// A refused event: acknowledged as `{ok:false, error:{code,message}}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct EventError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl EventError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidPayload, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+    pub fn internal() -> Self {
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    pub fn to_ack(&self) -> Value {
+        json!({"ok": false, "error": {"code": self.code.as_str(), "message": self.message}})
+    }
+}
+
+impl From<crate::store::StoreError> for EventError {
+    fn from(err: crate::store::StoreError) -> Self {
+        tracing::error!(error = %err, "store failure during a socket event");
+        EventError::internal()
+    }
+}
+
+/// The successful result of an event: extra fields merged into `{ok:true}`.
+pub type EventResult = Result<serde_json::Map<String, Value>, EventError>;
+
+pub fn ok_fields() -> serde_json::Map<String, Value> {
+    serde_json::Map::new()
+}
+
+pub fn ok_ack(mut fields: serde_json::Map<String, Value>) -> Value {
+    fields.insert("ok".into(), Value::Bool(true));
+    Value::Object(fields)
+}
+
+/// Deserializes an event payload; anything that does not fit is `invalid_payload`.
+pub fn parse<T: for<'de> Deserialize<'de>>(data: Value) -> Result<T, EventError> {
+    serde_json::from_value(data).map_err(|e| EventError::invalid(format!("invalid payload: {e}")))
+}
+
+/// Rejects an identifier that is empty, too long or made of odd characters, before it is looked up.
+pub fn check_id(field: &str, value: &str) -> Result<(), EventError> {
+    let fine = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    if fine {
+        Ok(())
+    } else {
+        Err(EventError::invalid(format!("{field} is not a valid id")))
+    }
+}
+
+/// Size of a JSON value as it travels, for payload limits.
+pub fn json_len(value: &Value) -> usize {
+    serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX)
+}
+
+pub fn check_size(field: &str, value: &Value, max: usize) -> Result<(), EventError> {
+    if json_len(value) > max {
+        Err(EventError::new(
+            ErrorCode::TooLarge,
+            format!("{field} is larger than {max} bytes"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+const RFC3339_MILLIS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-21T06:00:00.123Z`.
+pub fn rfc3339_millis(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(RFC3339_MILLIS)
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch, the storage form of every timestamp.
+pub fn unix_millis(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+pub fn from_unix_millis(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Now, truncated to the millisecond so that what is sent equals what is stored.
+pub fn now_millis() -> OffsetDateTime {
+    from_unix_millis(unix_millis(OffsetDateTime::now_utc()))
+}
+
+/// A participant of a consult room, as seen by the others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub socket_id: String,
+    pub user_id: String,
+    pub name: String,
+    pub role: crate::Role,
+    pub avatar_seed: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinRoom {
+    pub appointment_id: String,
+    #[serde(default)]
+    pub avatar_seed: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SignalType {
+    Offer,
+    Answer,
+    IceCandidate,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Signal {
+    pub to: String,
+    #[serde(rename = "type")]
+    pub kind: SignalType,
+    pub payload: Value,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChatIn {
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_millis_and_round_trip() {
+        let at = from_unix_millis(1_795_000_000_123);
+        let text = rfc3339_millis(at);
+        assert_eq!(text, "2026-11-18T11:06:40.123Z");
+        assert_eq!(unix_millis(at), 1_795_000_000_123);
+    }
+
+    #[test]
+    fn ids_with_odd_characters_are_refused() {
+        assert!(check_id("appointmentId", "a1b2-c3_d4").is_ok());
+        assert!(check_id("appointmentId", "").is_err());
+        assert!(check_id("appointmentId", "x y").is_err());
+        assert!(check_id("appointmentId", &"a".repeat(129)).is_err());
+        assert!(check_id("appointmentId", "../etc").is_err());
+    }
+
+    #[test]
+    fn error_acks_have_the_contract_shape() {
+        let ack = EventError::forbidden("not your room").to_ack();
+        assert_eq!(
+            ack,
+            json!({"ok": false, "error": {"code": "forbidden", "message": "not your room"}})
+        );
+        let mut fields = ok_fields();
+        fields.insert("selfId".into(), json!("abc"));
+        assert_eq!(ok_ack(fields), json!({"ok": true, "selfId": "abc"}));
+    }
+
+    #[test]
+    fn signal_types_follow_the_contract_spelling() {
+        let s: Signal = parse(json!({"to": "x", "type": "ice-candidate", "payload": {}})).unwrap();
+        assert_eq!(s.kind, SignalType::IceCandidate);
+        assert!(parse::<Signal>(json!({"to": "x", "type": "bogus", "payload": {}})).is_err());
+        assert!(parse::<Signal>(json!({"to": 5, "type": "offer", "payload": {}})).is_err());
+    }
+}

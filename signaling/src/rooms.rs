@@ -1,0 +1,231 @@
+//! Consult-room membership: a plain registry with no I/O, owned by the signaling layer behind one
+//! short-lived lock. Socket.IO rooms carry the broadcasts; this is the source of truth for who is in.
+
+use std::collections::HashMap;
+
+use crate::protocol::Peer;
+
+/// Why a room's media goes through the SFU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RelayReason {
+    P2pFailed,
+    P2pTimeout,
+    RoomSize,
+    Forced,
+}
+
+impl RelayReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RelayReason::P2pFailed => "p2p-failed",
+            RelayReason::P2pTimeout => "p2p-timeout",
+            RelayReason::RoomSize => "room-size",
+            RelayReason::Forced => "forced",
+        }
+    }
+}
+
+/// Members from this count on are always relayed.
+pub const RELAY_ROOM_SIZE: usize = 3;
+
+#[derive(Debug, Default)]
+pub struct Room {
+    /// In join order.
+    pub members: Vec<Peer>,
+    pub relay: Option<RelayReason>,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Joined {
+    /// Everyone already in the room, the joiner excluded.
+    pub existing: Vec<Peer>,
+    /// Set when this join made the room big enough to be relayed.
+    pub relay_activated: Option<RelayReason>,
+    /// False when the socket was already in this room (nothing to announce).
+    pub is_new: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Left {
+    pub room_id: String,
+    pub peer: Peer,
+    pub room_now_empty: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: HashMap<String, Room>,
+    room_of_socket: HashMap<String, String>,
+}
+
+impl Rooms {
+    /// Adds `peer` to `room_id`. The caller has already made it leave any other room.
+    pub fn join(&mut self, room_id: &str, peer: Peer) -> Joined {
+        let room = self.rooms.entry(room_id.to_owned()).or_default();
+        if room.members.iter().any(|m| m.socket_id == peer.socket_id) {
+            return Joined {
+                existing: others(room, &peer.socket_id),
+                relay_activated: None,
+                is_new: false,
+            };
+        }
+        let existing = room.members.clone();
+        self.room_of_socket
+            .insert(peer.socket_id.clone(), room_id.to_owned());
+        room.members.push(peer);
+        let relay_activated = if room.relay.is_none() && room.members.len() >= RELAY_ROOM_SIZE {
+            room.relay = Some(RelayReason::RoomSize);
+            room.relay
+        } else {
+            None
+        };
+        Joined {
+            existing,
+            relay_activated,
+            is_new: true,
+        }
+    }
+
+    /// Removes the socket from its room, if any; an emptied room is forgotten (relay state too).
+    pub fn leave(&mut self, socket_id: &str) -> Option<Left> {
+        let room_id = self.room_of_socket.remove(socket_id)?;
+        let room = self.rooms.get_mut(&room_id)?;
+        let index = room.members.iter().position(|m| m.socket_id == socket_id)?;
+        let peer = room.members.remove(index);
+        let room_now_empty = room.members.is_empty();
+        if room_now_empty {
+            self.rooms.remove(&room_id);
+        }
+        Some(Left {
+            room_id,
+            peer,
+            room_now_empty,
+        })
+    }
+
+    pub fn room_of(&self, socket_id: &str) -> Option<&str> {
+        self.room_of_socket.get(socket_id).map(String::as_str)
+    }
+
+    pub fn get(&self, room_id: &str) -> Option<&Room> {
+        self.rooms.get(room_id)
+    }
+
+    /// True when both sockets are members of the same room.
+    pub fn share_room(&self, a: &str, b: &str) -> bool {
+        match (self.room_of(a), self.room_of(b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => false,
+        }
+    }
+
+    /// Marks the room relayed; returns true only the first time (so activation is announced once).
+    pub fn activate_relay(&mut self, room_id: &str, reason: RelayReason) -> bool {
+        match self.rooms.get_mut(room_id) {
+            Some(room) if room.relay.is_none() => {
+                room.relay = Some(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    pub fn participant_count(&self) -> usize {
+        self.room_of_socket.len()
+    }
+}
+
+fn others(room: &Room, socket_id: &str) -> Vec<Peer> {
+    room.members
+        .iter()
+        .filter(|m| m.socket_id != socket_id)
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Role;
+
+    fn peer(socket: &str, user: &str) -> Peer {
+        Peer {
+            socket_id: socket.into(),
+            user_id: user.into(),
+            name: user.into(),
+            role: Role::Patient,
+            avatar_seed: user.into(),
+        }
+    }
+
+    #[test]
+    fn joiners_see_earlier_members_in_order() {
+        let mut rooms = Rooms::default();
+        assert!(rooms.join("r", peer("s1", "u1")).existing.is_empty());
+        let j = rooms.join("r", peer("s2", "u2"));
+        assert_eq!(j.existing, vec![peer("s1", "u1")]);
+        assert!(j.is_new);
+        assert_eq!(rooms.participant_count(), 2);
+        assert_eq!(rooms.room_count(), 1);
+        assert!(rooms.share_room("s1", "s2"));
+    }
+
+    #[test]
+    fn joining_twice_announces_nothing_new() {
+        let mut rooms = Rooms::default();
+        rooms.join("r", peer("s1", "u1"));
+        rooms.join("r", peer("s2", "u2"));
+        let again = rooms.join("r", peer("s2", "u2"));
+        assert!(!again.is_new);
+        assert_eq!(again.existing, vec![peer("s1", "u1")]);
+        assert_eq!(rooms.participant_count(), 2);
+    }
+
+    #[test]
+    fn the_third_member_relays_the_room_once() {
+        let mut rooms = Rooms::default();
+        rooms.join("r", peer("s1", "u1"));
+        assert_eq!(rooms.join("r", peer("s2", "u2")).relay_activated, None);
+        assert_eq!(
+            rooms.join("r", peer("s3", "u3")).relay_activated,
+            Some(RelayReason::RoomSize)
+        );
+        assert_eq!(rooms.join("r", peer("s4", "u4")).relay_activated, None);
+        assert!(!rooms.activate_relay("r", RelayReason::Forced));
+    }
+
+    #[test]
+    fn explicit_relay_activation_is_reported_once() {
+        let mut rooms = Rooms::default();
+        rooms.join("r", peer("s1", "u1"));
+        assert!(rooms.activate_relay("r", RelayReason::P2pFailed));
+        assert!(!rooms.activate_relay("r", RelayReason::P2pTimeout));
+        assert!(!rooms.activate_relay("missing", RelayReason::Forced));
+        assert_eq!(
+            rooms.get("r").and_then(|r| r.relay),
+            Some(RelayReason::P2pFailed)
+        );
+    }
+
+    #[test]
+    fn leaving_forgets_empty_rooms_and_their_relay_state() {
+        let mut rooms = Rooms::default();
+        rooms.join("r", peer("s1", "u1"));
+        rooms.join("r", peer("s2", "u2"));
+        rooms.activate_relay("r", RelayReason::Forced);
+        let left = rooms.leave("s1").unwrap();
+        assert_eq!(left.room_id, "r");
+        assert!(!left.room_now_empty);
+        assert!(!rooms.share_room("s1", "s2"));
+        assert!(rooms.leave("s1").is_none());
+        assert!(rooms.leave("s2").unwrap().room_now_empty);
+        assert_eq!(rooms.room_count(), 0);
+        rooms.join("r", peer("s3", "u3"));
+        assert_eq!(rooms.get("r").and_then(|r| r.relay), None);
+    }
+}

@@ -1,0 +1,229 @@
+//! JWT (HS256) issuing and verification, shared by HTTP and the Socket.IO handshake.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use prometheus::IntCounterVec;
+use serde::{Deserialize, Serialize};
+
+use callrelay_signaling::{AuthFailure, Authenticator, Identity, Role};
+
+/// The claims of a callrelay token (contract section 2).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub name: String,
+    pub role: String,
+    pub exp: u64,
+    pub iat: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("unknown role {0:?}: expected patient, doctor, staff or admin")]
+    UnknownRole(String),
+    #[error("could not sign the token: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
+/// Signs and verifies tokens with one secret. The secret itself is never logged or displayed.
+pub struct JwtAuth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    failures: IntCounterVec,
+}
+
+impl JwtAuth {
+    /// `failures` is `callrelay_auth_failures_total{reason}`.
+    pub fn new(secret: &[u8], failures: IntCounterVec) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            failures,
+        }
+    }
+
+    /// Issues a token for `sub` valid for `ttl_secs`.
+    pub fn issue(
+        &self,
+        sub: &str,
+        name: &str,
+        role: &str,
+        ttl_secs: u64,
+    ) -> Result<String, TokenError> {
+        if sub.trim().is_empty() {
+            return Err(TokenError::Empty("sub"));
+        }
+        if name.trim().is_empty() {
+            return Err(TokenError::Empty("name"));
+        }
+        if Role::parse(role).is_none() {
+            return Err(TokenError::UnknownRole(role.to_owned()));
+        }
+        let iat = jsonwebtoken::get_current_timestamp();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            name: name.to_owned(),
+            role: role.to_owned(),
+            iat,
+            exp: iat.saturating_add(ttl_secs),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
+    }
+
+    fn check(&self, token: Option<&str>) -> Result<Identity, AuthFailure> {
+        let token = token
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(AuthFailure::Missing)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidSignature => AuthFailure::BadSignature,
+                ErrorKind::ExpiredSignature => AuthFailure::Expired,
+                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                    AuthFailure::Algorithm
+                }
+                _ if header_names_none(token) => AuthFailure::Algorithm,
+                _ => AuthFailure::Malformed,
+            })?;
+        let claims = data.claims;
+        let role = Role::parse(&claims.role).ok_or(AuthFailure::UnknownRole)?;
+        if claims.sub.is_empty() {
+            return Err(AuthFailure::Malformed);
+        }
+        Ok(Identity {
+            user_id: claims.sub,
+            name: claims.name,
+            role,
+        })
+    }
+}
+
+/// `alg: none` tokens do not even parse as a jsonwebtoken header; label them for operators.
+fn header_names_none(token: &str) -> bool {
+    use base64::Engine;
+    token
+        .split('.')
+        .next()
+        .and_then(|h| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .ok()
+        })
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .and_then(|h| h.get("alg").and_then(|a| a.as_str()).map(str::to_owned))
+        .is_some_and(|alg| alg.eq_ignore_ascii_case("none"))
+}
+
+impl Authenticator for JwtAuth {
+    fn verify(&self, token: Option<&str>) -> Result<Identity, AuthFailure> {
+        self.check(token).inspect_err(|failure| {
+            self.failures.with_label_values(&[failure.label()]).inc();
+        })
+    }
+}
+
+/// A random 32-byte secret for a server started without `auth.jwt_secret`.
+pub fn random_secret() -> Vec<u8> {
+    use rand::RngCore;
+    let mut secret = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    secret
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::Opts;
+
+    fn auth(secret: &[u8]) -> JwtAuth {
+        let failures =
+            IntCounterVec::new(Opts::new("test_auth_failures", "test"), &["reason"]).unwrap();
+        JwtAuth::new(secret, failures)
+    }
+
+    #[test]
+    fn issued_tokens_verify_to_their_identity() {
+        let a = auth(b"secret");
+        let token = a.issue("u1", "Dr Who", "doctor", 60).unwrap();
+        let who = a.verify(Some(&token)).unwrap();
+        assert_eq!(who.user_id, "u1");
+        assert_eq!(who.name, "Dr Who");
+        assert_eq!(who.role, Role::Doctor);
+    }
+
+    #[test]
+    fn refusals_are_labelled_by_reason() {
+        let a = auth(b"secret");
+        let other = auth(b"other-secret");
+        let foreign = other.issue("u1", "X", "patient", 60).unwrap();
+        assert_eq!(a.verify(None), Err(AuthFailure::Missing));
+        assert_eq!(a.verify(Some("abc")), Err(AuthFailure::Malformed));
+        assert_eq!(a.verify(Some(&foreign)), Err(AuthFailure::BadSignature));
+
+        let past = jsonwebtoken::get_current_timestamp() - 3600;
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "u1".into(),
+                name: "X".into(),
+                role: "patient".into(),
+                iat: past - 60,
+                exp: past,
+            },
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert_eq!(a.verify(Some(&expired)), Err(AuthFailure::Expired));
+
+        let now = jsonwebtoken::get_current_timestamp();
+        let odd_role = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims {
+                sub: "u1".into(),
+                name: "X".into(),
+                role: "janitor".into(),
+                iat: now,
+                exp: now + 60,
+            },
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert_eq!(a.verify(Some(&odd_role)), Err(AuthFailure::UnknownRole));
+
+        // {"alg":"none","typ":"JWT"} . {"sub":"u1",...} . (no signature)
+        let none = format!(
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.",
+            "eyJzdWIiOiJ1MSIsIm5hbWUiOiJYIiwicm9sZSI6ImFkbWluIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjF9"
+        );
+        assert_eq!(a.verify(Some(&none)), Err(AuthFailure::Algorithm));
+        assert_eq!(
+            a.failures.with_label_values(&["bad_signature"]).get(),
+            1,
+            "failures are counted"
+        );
+    }
+
+    #[test]
+    fn issuing_refuses_unknown_roles_and_empty_names() {
+        let a = auth(b"secret");
+        assert!(matches!(
+            a.issue("u", "n", "root", 60),
+            Err(TokenError::UnknownRole(_))
+        ));
+        assert!(matches!(
+            a.issue("", "n", "admin", 60),
+            Err(TokenError::Empty("sub"))
+        ));
+    }
+}

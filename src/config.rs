@@ -1,0 +1,1370 @@
+//! Layered configuration.
+//!
+//! Layers, later ones win key by key:
+//! 1. the built-in defaults, the committed `config/default.toml` embedded at build time;
+//! 2. an optional TOML file (`--config PATH`);
+//! 3. environment variables `CALLRELAY_<SECTION>__<KEY>` (list values comma-separated).
+//!
+//! Every layer is checked against one schema: unknown keys, values of the wrong TOML type and
+//! invalid values are errors naming the key and the layer (file path or environment variable)
+//! the value came from. After merging, cross-key checks name the layer of the winning value.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+/// The built-in defaults (the first layer).
+const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
+/// How the built-in defaults are named in error messages.
+const DEFAULTS_LABEL: &str = "config/default.toml";
+/// Prefix of the configuration environment variables.
+const ENV_PREFIX: &str = "CALLRELAY_";
+/// Separator between section and key in environment variable names.
+const ENV_SEPARATOR: &str = "__";
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// The complete, validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub media: MediaConfig,
+    pub calls: CallsConfig,
+    pub limits: LimitsConfig,
+}
+
+/// `[server]`: listeners, logging, shutdown, static files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    /// `""` in TOML (or the environment) is `None`.
+    pub metrics_bind: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub shutdown_grace_secs: u64,
+    pub web_dir: String,
+}
+
+/// `server.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogFormat {
+    /// `"text"`
+    Text,
+    /// `"json"`
+    Json,
+}
+
+/// `[database]`.
+///
+/// `Debug` hides a password in the URL.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseConfig {
+    /// Starts with `sqlite:`, `postgres://` or `postgresql://`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// `[auth]`.
+///
+/// `Debug` prints the secret as `<redacted>` (or `<empty>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Empty: the server generates a random secret at start.
+    pub jwt_secret: String,
+    pub dev_tokens: bool,
+    pub token_ttl_secs: u64,
+}
+
+/// `[media]`.
+///
+/// `Debug` prints the TURN credential as `<redacted>` (or `<empty>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    pub bind_ip: IpAddr,
+    pub udp_port: u16,
+    pub public_ips: Vec<IpAddr>,
+    pub mode: MediaMode,
+    pub p2p_timeout_ms: u64,
+    pub ice_urls: Vec<String>,
+    pub ice_username: String,
+    pub ice_credential: String,
+}
+
+/// `media.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaMode {
+    /// `"p2p-first"`
+    P2pFirst,
+    /// `"sfu-only"`
+    SfuOnly,
+    /// `"p2p-only"`
+    P2pOnly,
+}
+
+/// `[calls]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallsConfig {
+    pub ring_timeout_secs: u64,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitsConfig {
+    pub max_chat_chars: usize,
+    pub max_sdp_bytes: usize,
+    pub max_candidate_bytes: usize,
+    pub max_http_body_bytes: usize,
+    pub max_socket_message_bytes: usize,
+    pub signal_rate_per_sec: u32,
+    pub signal_burst: u32,
+    pub chat_rate_per_sec: u32,
+    pub chat_burst: u32,
+}
+
+/// Why the configuration could not be loaded. Every message names the key and the layer
+/// (`config/default.toml`, the file path, or `environment variable CALLRELAY_...`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The `--config` file could not be read.
+    #[error("cannot read config file {path}: {error}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    /// A layer is not valid TOML.
+    #[error("invalid TOML in {origin}: {message}")]
+    Syntax { origin: String, message: String },
+    /// A key (or section) that callrelay does not know.
+    #[error("unknown key \"{key}\" in {origin}")]
+    UnknownKey { key: String, origin: String },
+    /// A value of the wrong type or out of range. `value` is already quoted / redacted.
+    #[error("{key}: invalid value {value} (expected {expected}), from {origin}")]
+    InvalidValue {
+        key: String,
+        value: String,
+        expected: String,
+        origin: String,
+    },
+    /// A `CALLRELAY_<SECTION>__<KEY>` variable whose value is not UTF-8.
+    #[error("environment variable {var} is not valid UTF-8")]
+    NotUnicode { var: String },
+    /// The built-in defaults lack a key or disagree with the schema (a bug in callrelay).
+    #[error("config key {key} is missing from {DEFAULTS_LABEL} or has the wrong kind (a bug)")]
+    Schema { key: String },
+}
+
+impl Config {
+    /// Loads the defaults, then `file` (if any), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut env = Vec::new();
+        for (name, value) in std::env::vars_os() {
+            // A name that is not UTF-8 cannot be one of ours.
+            let Ok(name) = name.into_string() else {
+                continue;
+            };
+            match value.into_string() {
+                Ok(value) => env.push((name, value)),
+                Err(_) if env_target(&name).is_some() => {
+                    return Err(ConfigError::NotUnicode { var: name });
+                }
+                Err(_) => {}
+            }
+        }
+        Self::load_from(file, env)
+    }
+
+    /// Loads the defaults, then `file` (if any), then the given environment variables
+    /// (`(name, value)` pairs; names not starting with `CALLRELAY_` or without `__` are ignored).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = Merged::new();
+        merged.apply_toml(DEFAULTS_TOML, &Origin::Defaults)?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+                path: path.to_path_buf(),
+                error,
+            })?;
+            merged.apply_toml(&text, &Origin::File(path.to_path_buf()))?;
+        }
+        merged.apply_env(env)?;
+        merged.validate()?;
+        merged.build()
+    }
+}
+
+impl Default for Config {
+    /// The built-in defaults (`config/default.toml`). A unit test proves they load.
+    fn default() -> Self {
+        match Config::load_from(None, std::iter::empty()) {
+            Ok(config) => config,
+            Err(e) => unreachable!("built-in {DEFAULTS_LABEL} is invalid: {e}"),
+        }
+    }
+}
+
+impl LogFormat {
+    const NAMES: &[&str] = &["text", "json"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+impl FromStr for LogFormat {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl MediaMode {
+    const NAMES: &[&str] = &["p2p-first", "sfu-only", "p2p-only"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MediaMode::P2pFirst => "p2p-first",
+            MediaMode::SfuOnly => "sfu-only",
+            MediaMode::P2pOnly => "p2p-only",
+        }
+    }
+}
+
+impl FromStr for MediaMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "p2p-first" => Ok(MediaMode::P2pFirst),
+            "sfu-only" => Ok(MediaMode::SfuOnly),
+            "p2p-only" => Ok(MediaMode::P2pOnly),
+            _ => Err(()),
+        }
+    }
+}
+
+impl fmt::Display for MediaMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Shows whether a secret is set, never the secret itself.
+fn secret_marker(secret: &str) -> fmt::Arguments<'static> {
+    if secret.is_empty() {
+        format_args!("<empty>")
+    } else {
+        format_args!("<redacted>")
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &secret_marker(&self.jwt_secret))
+            .field("dev_tokens", &self.dev_tokens)
+            .field("token_ttl_secs", &self.token_ttl_secs)
+            .finish()
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+impl fmt::Debug for MediaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MediaConfig")
+            .field("bind_ip", &self.bind_ip)
+            .field("udp_port", &self.udp_port)
+            .field("public_ips", &self.public_ips)
+            .field("mode", &self.mode)
+            .field("p2p_timeout_ms", &self.p2p_timeout_ms)
+            .field("ice_urls", &self.ice_urls)
+            .field("ice_username", &self.ice_username)
+            .field("ice_credential", &secret_marker(&self.ice_credential))
+            .finish()
+    }
+}
+
+/// Replaces the password of a URL's user info (`scheme://user:PASSWORD@host`) and any
+/// `password=` query parameter with `<redacted>`; everything else is kept.
+fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo_end = auth_start + at;
+            if let Some(colon) = out[auth_start..userinfo_end].find(':') {
+                out.replace_range(auth_start + colon + 1..userinfo_end, "<redacted>");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => {
+                    format!("{name}=<redacted>")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema
+// ---------------------------------------------------------------------------------------------
+
+/// What a key holds; decides how TOML and environment values are checked and parsed.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Int {
+        min: i64,
+        max: i64,
+    },
+    Bool,
+    SocketAddr,
+    /// A socket address, or `""` for none.
+    OptSocketAddr,
+    Ip,
+    IpList,
+    StrList,
+    /// A string, one of these.
+    Enum(&'static [&'static str]),
+}
+
+/// How a value may be shown in error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    Plain,
+    /// Never shown.
+    Secret,
+    /// Shown with the password removed.
+    Url,
+}
+
+#[derive(Debug)]
+struct Field {
+    section: &'static str,
+    key: &'static str,
+    kind: Kind,
+    shown: Shown,
+}
+
+impl Field {
+    fn name(&self) -> String {
+        format!("{}.{}", self.section, self.key)
+    }
+
+    /// `CALLRELAY_<SECTION>__<KEY>`.
+    #[cfg(test)]
+    fn env_name(&self) -> String {
+        format!(
+            "{ENV_PREFIX}{}{ENV_SEPARATOR}{}",
+            self.section.to_ascii_uppercase(),
+            self.key.to_ascii_uppercase()
+        )
+    }
+}
+
+const fn field(section: &'static str, key: &'static str, kind: Kind) -> Field {
+    Field {
+        section,
+        key,
+        kind,
+        shown: Shown::Plain,
+    }
+}
+
+const fn int(min: i64, max: i64) -> Kind {
+    Kind::Int { min, max }
+}
+
+const BYTES: Kind = int(1, 1 << 30);
+const RATE: Kind = int(1, 1_000_000);
+
+/// Every key callrelay understands. `config/default.toml` must define each of them.
+static SCHEMA: &[Field] = &[
+    field("server", "bind", Kind::SocketAddr),
+    field("server", "metrics_bind", Kind::OptSocketAddr),
+    field("server", "log_format", Kind::Enum(LogFormat::NAMES)),
+    field("server", "shutdown_grace_secs", int(0, 3600)),
+    field("server", "web_dir", Kind::Str),
+    Field {
+        shown: Shown::Url,
+        ..field("database", "url", Kind::Str)
+    },
+    field("database", "max_connections", int(1, 10_000)),
+    Field {
+        shown: Shown::Secret,
+        ..field("auth", "jwt_secret", Kind::Str)
+    },
+    field("auth", "dev_tokens", Kind::Bool),
+    field("auth", "token_ttl_secs", int(1, 315_360_000)),
+    field("media", "bind_ip", Kind::Ip),
+    field("media", "udp_port", int(0, 65_535)),
+    field("media", "public_ips", Kind::IpList),
+    field("media", "mode", Kind::Enum(MediaMode::NAMES)),
+    field("media", "p2p_timeout_ms", int(1, 600_000)),
+    field("media", "ice_urls", Kind::StrList),
+    field("media", "ice_username", Kind::Str),
+    Field {
+        shown: Shown::Secret,
+        ..field("media", "ice_credential", Kind::Str)
+    },
+    field("calls", "ring_timeout_secs", int(1, 3600)),
+    field("limits", "max_chat_chars", int(1, 1_000_000)),
+    field("limits", "max_sdp_bytes", BYTES),
+    field("limits", "max_candidate_bytes", BYTES),
+    field("limits", "max_http_body_bytes", BYTES),
+    field("limits", "max_socket_message_bytes", BYTES),
+    field("limits", "signal_rate_per_sec", RATE),
+    field("limits", "signal_burst", RATE),
+    field("limits", "chat_rate_per_sec", RATE),
+    field("limits", "chat_burst", RATE),
+];
+
+fn lookup(section: &str, key: &str) -> Option<usize> {
+    SCHEMA
+        .iter()
+        .position(|f| f.section == section && f.key == key)
+}
+
+fn is_section(section: &str) -> bool {
+    SCHEMA.iter().any(|f| f.section == section)
+}
+
+/// The `(section, key)` a variable name addresses, or `None` if the variable is not
+/// configuration (no `CALLRELAY_` prefix, or no `__` separator).
+fn env_target(name: &str) -> Option<(String, String)> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let (section, key) = rest.split_once(ENV_SEPARATOR)?;
+    Some((section.to_ascii_lowercase(), key.to_ascii_lowercase()))
+}
+
+fn expected(kind: Kind, from_env: bool) -> String {
+    match kind {
+        Kind::Str => "a string".to_owned(),
+        Kind::Int { min, max } => format!("an integer {min}-{max}"),
+        Kind::Bool if from_env => "true, false, 1 or 0".to_owned(),
+        Kind::Bool => "true or false".to_owned(),
+        Kind::SocketAddr => "an IP address and port such as \"127.0.0.1:3000\"".to_owned(),
+        Kind::OptSocketAddr => {
+            "an IP address and port such as \"127.0.0.1:9100\", or \"\" for none".to_owned()
+        }
+        Kind::Ip => "an IP address such as \"0.0.0.0\" or \"::\"".to_owned(),
+        Kind::IpList if from_env => {
+            "a comma-separated list of IP addresses such as 203.0.113.5,198.51.100.7".to_owned()
+        }
+        Kind::IpList => "a list of IP addresses such as [\"203.0.113.5\"]".to_owned(),
+        Kind::StrList => "a list of strings".to_owned(),
+        Kind::Enum(names) => {
+            let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+            format!("one of {}", names.join(", "))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Merging
+// ---------------------------------------------------------------------------------------------
+
+/// Where a value came from.
+#[derive(Debug, Clone)]
+enum Origin {
+    Defaults,
+    File(PathBuf),
+    Env(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Defaults => f.write_str(DEFAULTS_LABEL),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+        }
+    }
+}
+
+/// A checked value.
+#[derive(Debug, Clone)]
+enum Val {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Addr(SocketAddr),
+    OptAddr(Option<SocketAddr>),
+    Ip(IpAddr),
+    IpList(Vec<IpAddr>),
+    StrList(Vec<String>),
+}
+
+#[derive(Debug)]
+struct Slot {
+    val: Val,
+    origin: Origin,
+}
+
+/// The winning value and its origin for each schema key.
+struct Merged {
+    slots: Vec<Option<Slot>>,
+}
+
+/// How a value is shown in an error message.
+fn show_text(field: &Field, text: &str) -> String {
+    match field.shown {
+        Shown::Plain => format!("{text:?}"),
+        Shown::Secret => "<redacted>".to_owned(),
+        Shown::Url => format!("{:?}", redact_url(text)),
+    }
+}
+
+fn show_toml(field: &Field, value: &toml::Value) -> String {
+    if field.shown == Shown::Secret {
+        return "<redacted>".to_owned();
+    }
+    match value {
+        toml::Value::String(s) => show_text(field, s),
+        other => render_toml(other),
+    }
+}
+
+/// A short rendering of a TOML value for error messages.
+fn render_toml(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(x) => x.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        toml::Value::Array(_) => "(a list)".to_owned(),
+        toml::Value::Table(_) => "(a table)".to_owned(),
+    }
+}
+
+fn invalid(field: &Field, value: String, from_env: bool, origin: &Origin) -> ConfigError {
+    ConfigError::InvalidValue {
+        key: field.name(),
+        value,
+        expected: expected(field.kind, from_env),
+        origin: origin.to_string(),
+    }
+}
+
+/// Parses the text form of a scalar (a TOML string or an environment value).
+fn parse_scalar(kind: Kind, text: &str) -> Option<Val> {
+    match kind {
+        Kind::Str => Some(Val::Str(text.to_owned())),
+        Kind::Int { min, max } => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|i| (min..=max).contains(i))
+            .map(Val::Int),
+        Kind::Bool => match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" => Some(Val::Bool(true)),
+            "false" | "0" => Some(Val::Bool(false)),
+            _ => None,
+        },
+        Kind::SocketAddr => text.trim().parse().ok().map(Val::Addr),
+        Kind::OptSocketAddr => match text.trim() {
+            "" => Some(Val::OptAddr(None)),
+            t => t.parse().ok().map(|a| Val::OptAddr(Some(a))),
+        },
+        Kind::Ip => text.trim().parse().ok().map(Val::Ip),
+        Kind::Enum(names) => names
+            .contains(&text.trim())
+            .then(|| Val::Str(text.trim().to_owned())),
+        Kind::IpList | Kind::StrList => None,
+    }
+}
+
+impl Merged {
+    fn new() -> Self {
+        Merged {
+            slots: SCHEMA.iter().map(|_| None).collect(),
+        }
+    }
+
+    fn apply_toml(&mut self, text: &str, origin: &Origin) -> Result<(), ConfigError> {
+        let table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    origin: origin.to_string(),
+                    message: e.to_string().trim_end().to_owned(),
+                })?;
+        for (section, value) in table {
+            if !is_section(&section) {
+                return Err(ConfigError::UnknownKey {
+                    key: section,
+                    origin: origin.to_string(),
+                });
+            }
+            let toml::Value::Table(keys) = value else {
+                return Err(ConfigError::InvalidValue {
+                    key: section.clone(),
+                    value: render_toml(&value),
+                    expected: format!("a table [{section}]"),
+                    origin: origin.to_string(),
+                });
+            };
+            for (key, value) in keys {
+                let Some(index) = lookup(&section, &key) else {
+                    return Err(ConfigError::UnknownKey {
+                        key: format!("{section}.{key}"),
+                        origin: origin.to_string(),
+                    });
+                };
+                let val = from_toml(&SCHEMA[index], &value, origin)?;
+                self.slots[index] = Some(Slot {
+                    val,
+                    origin: origin.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_env(
+        &mut self,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        let mut vars: Vec<((String, String), String, String)> = env
+            .into_iter()
+            .filter_map(|(name, value)| Some((env_target(&name)?, name, value)))
+            .collect();
+        // Deterministic order (the first error reported does not depend on the environment's
+        // order); the sort is stable, so of two equal names the later one wins.
+        vars.sort_by(|a, b| a.1.cmp(&b.1));
+        for ((section, key), name, value) in vars {
+            let origin = Origin::Env(name);
+            let Some(index) = lookup(&section, &key) else {
+                return Err(ConfigError::UnknownKey {
+                    key: format!("{section}.{key}"),
+                    origin: origin.to_string(),
+                });
+            };
+            let val = from_env(&SCHEMA[index], &value, &origin)?;
+            self.slots[index] = Some(Slot { val, origin });
+        }
+        Ok(())
+    }
+
+    /// Checks that involve more than the type and range of one value.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let (field, slot) = self.slot("database", "url")?;
+        if let Val::Str(url) = &slot.val {
+            let ok = ["sqlite:", "postgres://", "postgresql://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            if !ok {
+                return Err(ConfigError::InvalidValue {
+                    key: field.name(),
+                    value: show_text(field, url),
+                    expected: "a URL starting with sqlite:, postgres:// or postgresql://"
+                        .to_owned(),
+                    origin: slot.origin.to_string(),
+                });
+            }
+        }
+
+        let (field, slot) = self.slot("media", "ice_urls")?;
+        if let Val::StrList(urls) = &slot.val {
+            for url in urls {
+                let ok = ["stun:", "stuns:", "turn:", "turns:"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len());
+                if !ok {
+                    return Err(ConfigError::InvalidValue {
+                        key: field.name(),
+                        value: show_text(field, url),
+                        expected: "STUN/TURN URLs starting with stun:, stuns:, turn: or turns:"
+                            .to_owned(),
+                        origin: slot.origin.to_string(),
+                    });
+                }
+            }
+        }
+
+        let (_, bind) = self.slot("server", "bind")?;
+        let (field, metrics) = self.slot("server", "metrics_bind")?;
+        if let (Val::Addr(bind), Val::OptAddr(Some(metrics_addr))) = (&bind.val, &metrics.val)
+            && metrics_addr == bind
+            && bind.port() != 0
+        {
+            return Err(ConfigError::InvalidValue {
+                key: field.name(),
+                value: format!("\"{metrics_addr}\""),
+                expected: "an address other than server.bind, or \"\" to serve /metrics on \
+                           server.bind"
+                    .to_owned(),
+                origin: metrics.origin.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn slot(&self, section: &str, key: &str) -> Result<(&'static Field, &Slot), ConfigError> {
+        lookup(section, key)
+            .and_then(|i| Some((&SCHEMA[i], self.slots[i].as_ref()?)))
+            .ok_or_else(|| ConfigError::Schema {
+                key: format!("{section}.{key}"),
+            })
+    }
+
+    fn get(&self, section: &str, key: &str) -> Result<&Val, ConfigError> {
+        Ok(&self.slot(section, key)?.1.val)
+    }
+
+    fn schema_error(section: &str, key: &str) -> ConfigError {
+        ConfigError::Schema {
+            key: format!("{section}.{key}"),
+        }
+    }
+
+    fn string(&self, section: &str, key: &str) -> Result<String, ConfigError> {
+        match self.get(section, key)? {
+            Val::Str(s) => Ok(s.clone()),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn int<T: TryFrom<i64>>(&self, section: &str, key: &str) -> Result<T, ConfigError> {
+        let (field, slot) = self.slot(section, key)?;
+        match slot.val {
+            Val::Int(i) => {
+                T::try_from(i).map_err(|_| invalid(field, i.to_string(), false, &slot.origin))
+            }
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn bool(&self, section: &str, key: &str) -> Result<bool, ConfigError> {
+        match self.get(section, key)? {
+            Val::Bool(b) => Ok(*b),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn addr(&self, section: &str, key: &str) -> Result<SocketAddr, ConfigError> {
+        match self.get(section, key)? {
+            Val::Addr(a) => Ok(*a),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn opt_addr(&self, section: &str, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.get(section, key)? {
+            Val::OptAddr(a) => Ok(*a),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn ip(&self, section: &str, key: &str) -> Result<IpAddr, ConfigError> {
+        match self.get(section, key)? {
+            Val::Ip(a) => Ok(*a),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn ip_list(&self, section: &str, key: &str) -> Result<Vec<IpAddr>, ConfigError> {
+        match self.get(section, key)? {
+            Val::IpList(l) => Ok(l.clone()),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn str_list(&self, section: &str, key: &str) -> Result<Vec<String>, ConfigError> {
+        match self.get(section, key)? {
+            Val::StrList(l) => Ok(l.clone()),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn choice<T: FromStr>(&self, section: &str, key: &str) -> Result<T, ConfigError> {
+        match self.get(section, key)? {
+            Val::Str(s) => s.parse().map_err(|_| Self::schema_error(section, key)),
+            _ => Err(Self::schema_error(section, key)),
+        }
+    }
+
+    fn build(&self) -> Result<Config, ConfigError> {
+        Ok(Config {
+            server: ServerConfig {
+                bind: self.addr("server", "bind")?,
+                metrics_bind: self.opt_addr("server", "metrics_bind")?,
+                log_format: self.choice("server", "log_format")?,
+                shutdown_grace_secs: self.int("server", "shutdown_grace_secs")?,
+                web_dir: self.string("server", "web_dir")?,
+            },
+            database: DatabaseConfig {
+                url: self.string("database", "url")?,
+                max_connections: self.int("database", "max_connections")?,
+            },
+            auth: AuthConfig {
+                jwt_secret: self.string("auth", "jwt_secret")?,
+                dev_tokens: self.bool("auth", "dev_tokens")?,
+                token_ttl_secs: self.int("auth", "token_ttl_secs")?,
+            },
+            media: MediaConfig {
+                bind_ip: self.ip("media", "bind_ip")?,
+                udp_port: self.int("media", "udp_port")?,
+                public_ips: self.ip_list("media", "public_ips")?,
+                mode: self.choice("media", "mode")?,
+                p2p_timeout_ms: self.int("media", "p2p_timeout_ms")?,
+                ice_urls: self.str_list("media", "ice_urls")?,
+                ice_username: self.string("media", "ice_username")?,
+                ice_credential: self.string("media", "ice_credential")?,
+            },
+            calls: CallsConfig {
+                ring_timeout_secs: self.int("calls", "ring_timeout_secs")?,
+            },
+            limits: LimitsConfig {
+                max_chat_chars: self.int("limits", "max_chat_chars")?,
+                max_sdp_bytes: self.int("limits", "max_sdp_bytes")?,
+                max_candidate_bytes: self.int("limits", "max_candidate_bytes")?,
+                max_http_body_bytes: self.int("limits", "max_http_body_bytes")?,
+                max_socket_message_bytes: self.int("limits", "max_socket_message_bytes")?,
+                signal_rate_per_sec: self.int("limits", "signal_rate_per_sec")?,
+                signal_burst: self.int("limits", "signal_burst")?,
+                chat_rate_per_sec: self.int("limits", "chat_rate_per_sec")?,
+                chat_burst: self.int("limits", "chat_burst")?,
+            },
+        })
+    }
+}
+
+/// Checks a TOML value: it must have the TOML type of the key's kind.
+fn from_toml(field: &Field, value: &toml::Value, origin: &Origin) -> Result<Val, ConfigError> {
+    let bad = |shown: String| invalid(field, shown, false, origin);
+    match (field.kind, value) {
+        (Kind::Int { min, max }, toml::Value::Integer(i)) if (min..=max).contains(i) => {
+            Ok(Val::Int(*i))
+        }
+        (Kind::Bool, toml::Value::Boolean(b)) => Ok(Val::Bool(*b)),
+        (
+            kind @ (Kind::Str | Kind::SocketAddr | Kind::OptSocketAddr | Kind::Ip | Kind::Enum(_)),
+            toml::Value::String(s),
+        ) => parse_scalar(kind, s).ok_or_else(|| bad(show_text(field, s))),
+        (Kind::IpList, toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::String(s) => s.trim().parse().map_err(|_| bad(show_text(field, s))),
+                other => Err(bad(show_toml(field, other))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Val::IpList),
+        (Kind::StrList, toml::Value::Array(items)) => items
+            .iter()
+            .map(|item| match item {
+                toml::Value::String(s) => Ok(s.clone()),
+                other => Err(bad(show_toml(field, other))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Val::StrList),
+        _ => Err(bad(show_toml(field, value))),
+    }
+}
+
+/// Parses an environment value as text; lists are comma-separated (items trimmed, empty items
+/// skipped, so `""` is an empty list).
+fn from_env(field: &Field, text: &str, origin: &Origin) -> Result<Val, ConfigError> {
+    let bad = |shown: String| invalid(field, shown, true, origin);
+    let items = || text.split(',').map(str::trim).filter(|s| !s.is_empty());
+    match field.kind {
+        Kind::IpList => items()
+            .map(|item| item.parse().map_err(|_| bad(show_text(field, item))))
+            .collect::<Result<_, _>>()
+            .map(Val::IpList),
+        Kind::StrList => Ok(Val::StrList(items().map(str::to_owned).collect())),
+        kind => parse_scalar(kind, text).ok_or_else(|| bad(show_text(field, text))),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A file under the temp dir, removed on drop.
+    struct TempToml(PathBuf);
+
+    impl TempToml {
+        fn new(contents: &str) -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!(
+                "callrelay-config-test-{}-{n}.toml",
+                std::process::id()
+            ));
+            std::fs::write(&path, contents).expect("write temp config");
+            TempToml(path)
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempToml {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load_from(None, env(vars))
+    }
+
+    fn err_env(vars: &[(&str, &str)]) -> String {
+        load_env(vars).expect_err("should fail").to_string()
+    }
+
+    fn err_file(contents: &str) -> (String, String) {
+        let file = TempToml::new(contents);
+        let e = Config::load_from(Some(file.path()), Vec::new()).expect_err("should fail");
+        (e.to_string(), file.path().display().to_string())
+    }
+
+    #[test]
+    fn embedded_defaults_parse_and_match_documented_values() {
+        let c = Config::load_from(None, Vec::new()).expect("built-in defaults load");
+        assert_eq!(c, Config::default());
+
+        assert_eq!(c.server.bind, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.server.metrics_bind, None);
+        assert_eq!(c.server.log_format, LogFormat::Text);
+        assert_eq!(c.server.shutdown_grace_secs, 10);
+        assert_eq!(c.server.web_dir, "web");
+
+        assert_eq!(c.database.url, "sqlite://data/callrelay.db?mode=rwc");
+        assert_eq!(c.database.max_connections, 10);
+
+        assert_eq!(c.auth.jwt_secret, "");
+        assert!(c.auth.dev_tokens);
+        assert_eq!(c.auth.token_ttl_secs, 86400);
+
+        assert_eq!(c.media.bind_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(c.media.udp_port, 50000);
+        assert!(c.media.public_ips.is_empty());
+        assert_eq!(c.media.mode, MediaMode::P2pFirst);
+        assert_eq!(c.media.p2p_timeout_ms, 5000);
+        assert!(c.media.ice_urls.is_empty());
+        assert_eq!(c.media.ice_username, "");
+        assert_eq!(c.media.ice_credential, "");
+
+        assert_eq!(c.calls.ring_timeout_secs, 30);
+
+        assert_eq!(c.limits.max_chat_chars, 2000);
+        assert_eq!(c.limits.max_sdp_bytes, 65536);
+        assert_eq!(c.limits.max_candidate_bytes, 2048);
+        assert_eq!(c.limits.max_http_body_bytes, 65536);
+        assert_eq!(c.limits.max_socket_message_bytes, 131072);
+        assert_eq!(c.limits.signal_rate_per_sec, 50);
+        assert_eq!(c.limits.signal_burst, 200);
+        assert_eq!(c.limits.chat_rate_per_sec, 5);
+        assert_eq!(c.limits.chat_burst, 10);
+    }
+
+    #[test]
+    fn defaults_file_defines_and_documents_every_key() {
+        let table: toml::Table = DEFAULTS_TOML.parse().unwrap();
+        for field in SCHEMA {
+            assert!(
+                table
+                    .get(field.section)
+                    .and_then(|s| s.get(field.key))
+                    .is_some(),
+                "{} missing from config/default.toml",
+                field.name()
+            );
+            let line = format!("# Env: {}", field.env_name());
+            assert!(
+                DEFAULTS_TOML.contains(&line),
+                "config/default.toml does not document {}",
+                field.env_name()
+            );
+        }
+        let keys: usize = table
+            .values()
+            .map(|s| s.as_table().map_or(0, |t| t.len()))
+            .sum();
+        assert_eq!(keys, SCHEMA.len());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let file = TempToml::new(
+            r#"
+            [server]
+            bind = "0.0.0.0:3900"
+            metrics_bind = "127.0.0.1:9100"
+            log_format = "json"
+
+            [media]
+            udp_port = 0
+            public_ips = ["203.0.113.5", "2001:db8::5"]
+            mode = "sfu-only"
+            ice_urls = ["stun:stun.example.org:3478"]
+
+            [calls]
+            ring_timeout_secs = 2
+            "#,
+        );
+        let c = Config::load_from(Some(file.path()), Vec::new()).unwrap();
+        assert_eq!(c.server.bind, "0.0.0.0:3900".parse().unwrap());
+        assert_eq!(
+            c.server.metrics_bind,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(c.media.udp_port, 0);
+        assert_eq!(
+            c.media.public_ips,
+            vec![
+                "203.0.113.5".parse::<IpAddr>().unwrap(),
+                "2001:db8::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.media.mode, MediaMode::SfuOnly);
+        assert_eq!(c.media.ice_urls, vec!["stun:stun.example.org:3478"]);
+        assert_eq!(c.calls.ring_timeout_secs, 2);
+        // Untouched keys keep their defaults.
+        assert_eq!(c.server.web_dir, "web");
+        assert_eq!(c.limits, Config::default().limits);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = TempToml::new("[media]\nudp_port = 40000\nmode = \"sfu-only\"\n");
+        let c = Config::load_from(
+            Some(file.path()),
+            env(&[
+                ("CALLRELAY_MEDIA__UDP_PORT", "41000"),
+                ("CALLRELAY_SERVER__BIND", "127.0.0.1:3900"),
+                (
+                    "CALLRELAY_DATABASE__URL",
+                    "postgres://u:p@localhost/callrelay",
+                ),
+                ("CALLRELAY_AUTH__JWT_SECRET", "s3cret"),
+                ("CALLRELAY_AUTH__DEV_TOKENS", "0"),
+                ("CALLRELAY_CALLS__RING_TIMEOUT_SECS", "2"),
+                ("CALLRELAY_SERVER__METRICS_BIND", ""),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.media.udp_port, 41000);
+        assert_eq!(c.media.mode, MediaMode::SfuOnly); // from the file
+        assert_eq!(c.server.bind, "127.0.0.1:3900".parse().unwrap());
+        assert_eq!(c.database.url, "postgres://u:p@localhost/callrelay");
+        assert_eq!(c.auth.jwt_secret, "s3cret");
+        assert!(!c.auth.dev_tokens);
+        assert_eq!(c.calls.ring_timeout_secs, 2);
+        assert_eq!(c.server.metrics_bind, None);
+
+        let c = load_env(&[("CALLRELAY_MEDIA__MODE", "p2p-only")]).unwrap();
+        assert_eq!(c.media.mode, MediaMode::P2pOnly);
+        assert_eq!(c.media.mode.as_str(), "p2p-only");
+    }
+
+    #[test]
+    fn env_lists_are_comma_separated() {
+        let c = load_env(&[
+            (
+                "CALLRELAY_MEDIA__PUBLIC_IPS",
+                "203.0.113.5, 198.51.100.7 ,::1",
+            ),
+            (
+                "CALLRELAY_MEDIA__ICE_URLS",
+                " stun:stun.example.org:3478 ,turn:turn.example.org?transport=udp",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.media.public_ips,
+            vec![
+                "203.0.113.5".parse::<IpAddr>().unwrap(),
+                "198.51.100.7".parse().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            c.media.ice_urls,
+            vec![
+                "stun:stun.example.org:3478",
+                "turn:turn.example.org?transport=udp"
+            ]
+        );
+
+        // An empty value is an empty list, also over a non-empty file value.
+        let file = TempToml::new("[media]\npublic_ips = [\"203.0.113.5\"]\n");
+        let c = Config::load_from(
+            Some(file.path()),
+            env(&[("CALLRELAY_MEDIA__PUBLIC_IPS", "")]),
+        )
+        .unwrap();
+        assert!(c.media.public_ips.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_in_file_names_key_and_path() {
+        let (msg, path) = err_file("[server]\nbnd = \"127.0.0.1:1\"\n");
+        assert_eq!(msg, format!("unknown key \"server.bnd\" in {path}"));
+
+        let (msg, path) = err_file("[srever]\nbind = \"127.0.0.1:1\"\n");
+        assert_eq!(msg, format!("unknown key \"srever\" in {path}"));
+
+        let (msg, path) = err_file("bind = \"127.0.0.1:1\"\n");
+        assert_eq!(msg, format!("unknown key \"bind\" in {path}"));
+    }
+
+    #[test]
+    fn unknown_env_key_names_variable() {
+        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PROT", "1")]);
+        assert_eq!(
+            msg,
+            "unknown key \"media.udp_prot\" in environment variable CALLRELAY_MEDIA__UDP_PROT"
+        );
+        let msg = err_env(&[("CALLRELAY_X__Y", "1")]);
+        assert!(msg.contains("CALLRELAY_X__Y"), "{msg}");
+    }
+
+    #[test]
+    fn env_without_separator_is_ignored() {
+        let c = load_env(&[
+            ("CALLRELAY_TEST_POSTGRES_URL", "postgres://x@localhost/test"),
+            ("CALLRELAY_ANYTHING", "whatever"),
+            ("OTHER__THING", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn bad_env_value_names_key_and_variable() {
+        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "abc")]);
+        assert_eq!(
+            msg,
+            "media.udp_port: invalid value \"abc\" (expected an integer 0-65535), \
+             from environment variable CALLRELAY_MEDIA__UDP_PORT"
+        );
+        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "70000")]);
+        assert!(msg.contains("0-65535"), "{msg}");
+
+        let msg = err_env(&[("CALLRELAY_AUTH__DEV_TOKENS", "maybe")]);
+        assert!(
+            msg.starts_with("auth.dev_tokens: invalid value \"maybe\""),
+            "{msg}"
+        );
+        assert!(msg.ends_with("CALLRELAY_AUTH__DEV_TOKENS"), "{msg}");
+
+        let msg = err_env(&[("CALLRELAY_SERVER__BIND", "localhost")]);
+        assert!(
+            msg.starts_with("server.bind: invalid value \"localhost\""),
+            "{msg}"
+        );
+
+        let msg = err_env(&[("CALLRELAY_MEDIA__PUBLIC_IPS", "203.0.113.5,1.2.3")]);
+        assert!(
+            msg.starts_with("media.public_ips: invalid value \"1.2.3\""),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("environment variable CALLRELAY_MEDIA__PUBLIC_IPS"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn wrong_toml_type_is_an_error() {
+        let (msg, path) = err_file("[media]\nudp_port = \"50000\"\n");
+        assert_eq!(
+            msg,
+            format!(
+                "media.udp_port: invalid value \"50000\" (expected an integer 0-65535), from {path}"
+            )
+        );
+        let (msg, _) = err_file("[auth]\ndev_tokens = \"yes\"\n");
+        assert!(msg.starts_with("auth.dev_tokens: invalid value"), "{msg}");
+        let (msg, _) = err_file("[media]\npublic_ips = \"203.0.113.5\"\n");
+        assert!(msg.starts_with("media.public_ips: invalid value"), "{msg}");
+        let (msg, _) = err_file("[media]\nice_urls = [\"stun:a\", 3]\n");
+        assert!(msg.starts_with("media.ice_urls: invalid value 3"), "{msg}");
+        let (msg, path) = err_file("server = 5\n");
+        assert_eq!(
+            msg,
+            format!("server: invalid value 5 (expected a table [server]), from {path}")
+        );
+        let (msg, path) = err_file("[server\n");
+        assert!(
+            msg.starts_with(&format!("invalid TOML in {path}: ")),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_key_and_source() {
+        let msg = err_env(&[("CALLRELAY_DATABASE__URL", "mysql://u:hunter2@db/x")]);
+        assert!(msg.starts_with("database.url: invalid value"), "{msg}");
+        assert!(
+            msg.ends_with("environment variable CALLRELAY_DATABASE__URL"),
+            "{msg}"
+        );
+        assert!(!msg.contains("hunter2"), "password leaked: {msg}");
+
+        let (msg, path) = err_file("[calls]\nring_timeout_secs = 0\n");
+        assert_eq!(
+            msg,
+            format!(
+                "calls.ring_timeout_secs: invalid value 0 (expected an integer 1-3600), from {path}"
+            )
+        );
+        let msg = err_env(&[("CALLRELAY_CALLS__RING_TIMEOUT_SECS", "0")]);
+        assert!(
+            msg.starts_with("calls.ring_timeout_secs: invalid value \"0\""),
+            "{msg}"
+        );
+
+        let msg = err_env(&[("CALLRELAY_LIMITS__MAX_CHAT_CHARS", "0")]);
+        assert!(
+            msg.starts_with("limits.max_chat_chars: invalid value"),
+            "{msg}"
+        );
+
+        let (msg, path) = err_file("[media]\nmode = \"p2p\"\n");
+        assert_eq!(
+            msg,
+            format!(
+                "media.mode: invalid value \"p2p\" (expected one of \"p2p-first\", \"sfu-only\", \
+                 \"p2p-only\"), from {path}"
+            )
+        );
+
+        let msg = err_env(&[("CALLRELAY_MEDIA__ICE_URLS", "stun:ok.example,http://bad")]);
+        assert!(
+            msg.starts_with("media.ice_urls: invalid value \"http://bad\""),
+            "{msg}"
+        );
+
+        let file = TempToml::new("[server]\nmetrics_bind = \"127.0.0.1:3000\"\n");
+        let msg = Config::load_from(Some(file.path()), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("server.metrics_bind: invalid value"),
+            "{msg}"
+        );
+        assert!(msg.ends_with(&file.path().display().to_string()), "{msg}");
+
+        // The winning value's source is named: the file's bad URL is overridden, the env's wins.
+        let file = TempToml::new("[database]\nurl = \"sqlite::memory:\"\n");
+        let msg = Config::load_from(
+            Some(file.path()),
+            env(&[("CALLRELAY_DATABASE__URL", "file.db")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.ends_with("CALLRELAY_DATABASE__URL"), "{msg}");
+
+        // All accepted URL forms.
+        for url in [
+            "sqlite::memory:",
+            "sqlite://x.db",
+            "postgres://u@h/d",
+            "postgresql://u@h/d",
+        ] {
+            let c = load_env(&[("CALLRELAY_DATABASE__URL", url)]).unwrap();
+            assert_eq!(c.database.url, url);
+        }
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error() {
+        let path = std::env::temp_dir().join("callrelay-config-test-does-not-exist.toml");
+        let e = Config::load(Some(&path)).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains(&path.display().to_string()));
+    }
+
+    #[test]
+    fn secrets_do_not_reach_debug_or_errors() {
+        let c = load_env(&[
+            ("CALLRELAY_AUTH__JWT_SECRET", "super-secret-value"),
+            ("CALLRELAY_MEDIA__ICE_CREDENTIAL", "turn-password"),
+            ("CALLRELAY_DATABASE__URL", "postgres://app:db-password@db/x"),
+        ])
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("super-secret-value"), "{debug}");
+        assert!(!debug.contains("turn-password"), "{debug}");
+        assert!(!debug.contains("db-password"), "{debug}");
+        assert!(debug.contains("jwt_secret: <redacted>"), "{debug}");
+        assert!(debug.contains("postgres://app:<redacted>@db/x"), "{debug}");
+
+        let auth = format!("{:?}", Config::default().auth);
+        assert!(auth.contains("jwt_secret: <empty>"), "{auth}");
+
+        let (msg, _) = err_file("[auth]\njwt_secret = 12345\n");
+        assert!(!msg.contains("12345"), "{msg}");
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_only() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/d?sslmode=require"),
+            "postgres://u:<redacted>@h:5432/d?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u@h/d?password=pw&x=1"),
+            "postgres://u@h/d?password=<redacted>&x=1"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/callrelay.db?mode=rwc"),
+            "sqlite://data/callrelay.db?mode=rwc"
+        );
+    }
+}

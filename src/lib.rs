@@ -1,0 +1,9 @@
+//! callrelay's server assembly: configuration, auth, persistence, HTTP, metrics and start-up.
+//! The Socket.IO protocol lives in `callrelay-signaling`.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod server;

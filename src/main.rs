@@ -1,0 +1,108 @@
+//! The `callrelay` binary: `serve` (the default) and `token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use callrelay::auth::JwtAuth;
+use callrelay::config::Config;
+use callrelay::server;
+
+#[derive(Parser)]
+#[command(
+    name = "callrelay",
+    version,
+    about = "Signaling server and SFU for browser calls"
+)]
+struct Cli {
+    /// A TOML file whose keys override config/default.toml
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default)
+    Serve,
+    /// Print one signed JWT, signed with the configured auth.jwt_secret
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long)]
+        name: String,
+        /// patient, doctor, staff or admin
+        #[arg(long)]
+        role: String,
+        /// Lifetime in seconds (default: auth.token_ttl_secs)
+        #[arg(long)]
+        ttl_secs: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("callrelay: configuration error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => run_server(config),
+        Command::Token {
+            sub,
+            name,
+            role,
+            ttl_secs,
+        } => print_token(&config, &sub, &name, &role, ttl_secs),
+    }
+}
+
+fn run_server(config: Config) -> ExitCode {
+    server::init_logging(config.server.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("callrelay: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = %anyhow::Error::from(err), "callrelay stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_token(config: &Config, sub: &str, name: &str, role: &str, ttl: Option<u64>) -> ExitCode {
+    if config.auth.jwt_secret.is_empty() {
+        eprintln!(
+            "callrelay: auth.jwt_secret is empty, so the server signs with a random secret per \
+             start and no token printed here could verify. Set auth.jwt_secret (or \
+             CALLRELAY_AUTH__JWT_SECRET) for both the server and this command."
+        );
+        return ExitCode::from(2);
+    }
+    let failures = prometheus::IntCounterVec::new(
+        prometheus::Opts::new("unused", "token command has no metrics"),
+        &["reason"],
+    )
+    .expect("static metric definition is valid");
+    let auth = JwtAuth::new(config.auth.jwt_secret.as_bytes(), failures);
+    match auth.issue(sub, name, role, ttl.unwrap_or(config.auth.token_ttl_secs)) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("callrelay: {err}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Start-up and shutdown: wires configuration, database, auth, signaling and HTTP onto one
+//! listener, and drains on the first SIGINT/SIGTERM (a second one, or the grace period, forces).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use socketioxide::SocketIo;
+use tokio::net::TcpListener;
+use tower_http::services::{ServeDir, ServeFile};
+use tower_http::trace::TraceLayer;
+
+use callrelay_signaling::{Signaling, SignalingConfig, SignalingMetrics};
+
+use crate::auth::{self, JwtAuth};
+use crate::config::{Config, LogFormat};
+use crate::db::{Db, DbError};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Sets up `tracing` per `server.log_format`; `RUST_LOG` overrides the default filter.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    // Socket.IO internals log whole packets (handshake tokens included) at debug level: keep them
+    // quiet unless an operator asks for them by name in RUST_LOG.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,socketioxide=warn,engineioxide=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// The signing secret: the configured one, or a random one for this run only.
+pub fn jwt_secret(config: &Config) -> Vec<u8> {
+    if config.auth.jwt_secret.is_empty() {
+        tracing::warn!(
+            "auth.jwt_secret is empty: using a random secret, tokens will not survive a restart"
+        );
+        auth::random_secret()
+    } else {
+        config.auth.jwt_secret.as_bytes().to_vec()
+    }
+}
+
+/// Runs the server until a shutdown signal, then drains.
+pub async fn serve(config: Config) -> Result<(), ServeError> {
+    let metrics = Metrics::new()?;
+    let auth = Arc::new(JwtAuth::new(
+        &jwt_secret(&config),
+        metrics.auth_failures.clone(),
+    ));
+    let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    let closed = db.close_interrupted_calls().await?;
+    if closed > 0 {
+        tracing::info!(
+            calls = closed,
+            "closed calls left open by the previous run (server-restart)"
+        );
+    }
+
+    let signaling = Signaling::new(
+        signaling_config(&config),
+        Arc::new(db.clone()),
+        auth.clone(),
+        SignalingMetrics::register(&metrics.registry)?,
+    );
+    let message_limit = config.limits.max_socket_message_bytes;
+    let (socketio_layer, io) = SocketIo::builder()
+        .with_state(signaling.clone())
+        .max_payload(message_limit as u64)
+        .ws_max_message_size(message_limit)
+        .ws_max_frame_size(message_limit)
+        .build_layer();
+    Signaling::attach(&io);
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        db: db.clone(),
+        auth,
+        metrics: metrics.clone(),
+        draining: draining.clone(),
+        dev_tokens: config.auth.dev_tokens,
+        token_ttl_secs: config.auth.token_ttl_secs,
+        metrics_on_main: config.server.metrics_bind.is_none(),
+    };
+
+    let mut app = http::router(state.clone());
+    if let Some(web) = web_client(&config.server.web_dir) {
+        app = app.fallback_service(web);
+    }
+    let app = app
+        .layer(axum::extract::DefaultBodyLimit::max(
+            config.limits.max_http_body_bytes,
+        ))
+        .layer(socketio_layer)
+        .layer(TraceLayer::new_for_http());
+
+    let listener = bind(config.server.bind).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, database = ?db.backend(), "callrelay listening on http://{local}");
+
+    if let Some(addr) = config.server.metrics_bind {
+        let metrics_listener = bind(addr).await?;
+        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+        let router = http::metrics_router(state);
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(metrics_listener, router).await {
+                tracing::error!(error = %err, "metrics listener failed");
+            }
+        });
+    }
+
+    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let drain = {
+        let io = io.clone();
+        let signaling = signaling.clone();
+        async move {
+            first_signal().await;
+            tracing::info!("shutting down: draining (a second signal forces exit)");
+            draining.store(true, Ordering::Relaxed);
+            tokio::spawn(force_exit_after(grace));
+            signaling.shut_down(&io).await;
+            io.close().await;
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drain)
+        .await?;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn signaling_config(config: &Config) -> SignalingConfig {
+    let ice_servers = if config.media.ice_urls.is_empty() {
+        json!([])
+    } else if config.media.ice_username.is_empty() {
+        json!([{"urls": config.media.ice_urls}])
+    } else {
+        json!([{
+            "urls": config.media.ice_urls,
+            "username": config.media.ice_username,
+            "credential": config.media.ice_credential,
+        }])
+    };
+    let limits = &config.limits;
+    SignalingConfig {
+        max_chat_chars: limits.max_chat_chars,
+        max_sdp_bytes: limits.max_sdp_bytes,
+        max_candidate_bytes: limits.max_candidate_bytes,
+        signal_rate_per_sec: limits.signal_rate_per_sec,
+        signal_burst: limits.signal_burst,
+        chat_rate_per_sec: limits.chat_rate_per_sec,
+        chat_burst: limits.chat_burst,
+        ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
+        media_mode: config.media.mode.as_str().to_owned(),
+        p2p_timeout_ms: config.media.p2p_timeout_ms,
+        ice_servers,
+    }
+}
+
+/// The browser client, if its folder exists: static files, with `/consult/{id}` served the app.
+fn web_client(dir: &str) -> Option<ServeDir<ServeFile>> {
+    if dir.is_empty() {
+        return None;
+    }
+    let index = std::path::Path::new(dir).join("index.html");
+    index
+        .is_file()
+        .then(|| ServeDir::new(dir).fallback(ServeFile::new(index)))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn first_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Forces the exit when draining takes longer than the grace period or a second signal comes.
+async fn force_exit_after(grace: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over, forcing exit"),
+        _ = first_signal() => tracing::warn!("second signal, forcing exit"),
+    }
+    std::process::exit(1);
+}
