@@ -1,0 +1,219 @@
+//! Shared test harness: runs the real `callrelay` binary on free ports with a temporary database.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "integration-test-secret";
+
+/// A free TCP port on loopback (released just before the server binds it).
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback UDP port")
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub db_url: String,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server on SQLite in a fresh temporary folder.
+    pub async fn start(env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db_url = format!("sqlite://{}/callrelay.db?mode=rwc", dir.path().display());
+        Self::start_with_db(dir, db_url, env).await
+    }
+
+    pub async fn start_with_db(
+        dir: tempfile::TempDir,
+        db_url: String,
+        env: &[(&str, &str)],
+    ) -> TestServer {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut server = TestServer {
+            base: String::new(),
+            db_url,
+            child: None,
+            env,
+            _dir: dir,
+        };
+        server.launch().await;
+        server
+    }
+
+    async fn launch(&mut self) {
+        let port = free_tcp_port();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_callrelay"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CALLRELAY_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("CALLRELAY_SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env("CALLRELAY_DATABASE__URL", &self.db_url)
+            .env("CALLRELAY_AUTH__JWT_SECRET", SECRET)
+            .env("CALLRELAY_MEDIA__UDP_PORT", free_udp_port().to_string())
+            .env("CALLRELAY_SERVER__WEB_DIR", "")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn callrelay"));
+        self.base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let client = reqwest::Client::new();
+        loop {
+            if let Ok(r) = client.get(format!("{}/livez", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("callrelay exited during start-up: {status}");
+            }
+            assert!(Instant::now() < deadline, "callrelay did not start in 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Kills the process without letting it drain (a crash).
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the same configuration again on the same database.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.launch().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn token(&self, sub: &str, name: &str, role: &str) -> String {
+        let body: serde_json::Value = reqwest::Client::new()
+            .post(self.url("/api/dev/token"))
+            .json(&serde_json::json!({"sub": sub, "name": name, "role": role}))
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token json");
+        body["token"].as_str().expect("token").to_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.crash();
+    }
+}
+
+/// The PostgreSQL server to test against, from `CALLRELAY_TEST_POSTGRES_URL`. Without it the
+/// caller skips, saying so loudly.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("CALLRELAY_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "\n*** SKIPPED the PostgreSQL half: CALLRELAY_TEST_POSTGRES_URL is not set ***\n"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL database on the server of `admin_url`; dropped by `drop_database`.
+pub async fn fresh_postgres_database(admin_url: &str, label: &str) -> String {
+    use sqlx::Connection;
+    let name = format!(
+        "callrelay_{label}_{}_{}",
+        std::process::id(),
+        uuid_suffix()
+    );
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("connect to the test PostgreSQL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map(|(b, _)| b)
+        .unwrap_or(admin_url);
+    format!("{base}/{name}")
+}
+
+pub async fn drop_database(admin_url: &str, db_url: &str) {
+    use sqlx::Connection;
+    let Some((_, name)) = db_url.rsplit_once('/') else {
+        return;
+    };
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
+fn uuid_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{nanos}_{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
