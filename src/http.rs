@@ -27,6 +27,9 @@ use crate::metrics::Metrics;
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
+    /// Identities already recorded in `users` by this process (so names are known for
+    /// appointments and transcripts without a write per request).
+    pub seen_users: Arc<std::sync::Mutex<std::collections::HashSet<Identity>>>,
     pub auth: Arc<JwtAuth>,
     pub metrics: Metrics,
     pub draining: Arc<AtomicBool>,
@@ -134,11 +137,19 @@ impl FromRequestParts<AppState> for AuthUser {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))
             });
-        state
+        let who = state
             .auth
             .verify(token)
-            .map(AuthUser)
-            .map_err(|_| ApiError::unauthorized())
+            .map_err(|_| ApiError::unauthorized())?;
+        let first_sight = state
+            .seen_users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(who.clone());
+        if first_sight && let Err(err) = state.db.upsert_user(&who).await {
+            tracing::warn!(error = %err, "could not record user");
+        }
+        Ok(AuthUser(who))
     }
 }
 

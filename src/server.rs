@@ -97,6 +97,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
         db: db.clone(),
+        seen_users: Default::default(),
         auth,
         metrics: metrics.clone(),
         draining: draining.clone(),

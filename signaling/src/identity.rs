@@ -39,7 +39,7 @@ impl Role {
 }
 
 /// A verified user, as carried by a token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Identity {
     #[serde(rename = "userId")]

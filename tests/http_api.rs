@@ -1,0 +1,466 @@
+//! The HTTP API of contract section 2 and the process contract of section 1, against the real
+//! binary over real HTTP.
+
+mod support;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use support::TestServer;
+
+async fn get(server: &TestServer, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+    let mut req = Client::new().get(server.url(path));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn post(
+    server: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut req = Client::new().post(server.url(path)).json(&body);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+fn appointment_body(patient: &str, doctor: &str) -> Value {
+    json!({"patientId": patient, "doctorId": doctor, "scheduledAt": "2026-12-01T09:30:00Z"})
+}
+
+#[tokio::test]
+async fn health_metrics_and_openapi_are_public() {
+    let server = TestServer::start(&[]).await;
+    assert_eq!(get(&server, "/livez", None).await.0, StatusCode::OK);
+    assert_eq!(get(&server, "/readyz", None).await.0, StatusCode::OK);
+
+    let metrics = Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "callrelay_sockets_connected",
+        "callrelay_rooms_active",
+        "callrelay_room_participants",
+        "callrelay_chat_messages_total",
+        "callrelay_http_requests_total",
+        "callrelay_http_request_duration_seconds",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "/metrics lacks {name}");
+    }
+    assert!(
+        metrics.contains(r#"callrelay_http_requests_total{route="/livez",status="200"}"#),
+        "requests are counted by route and status:\n{metrics}"
+    );
+
+    let (status, doc) = get(&server, "/api/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap_or("").starts_with('3'));
+    for path in [
+        "/api/dev/token",
+        "/api/me",
+        "/api/appointments",
+        "/api/appointments/{id}",
+        "/api/appointments/{id}/confirm",
+        "/api/appointments/{id}/cancel",
+        "/api/appointments/{id}/messages",
+        "/api/calls",
+        "/livez",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "OpenAPI lacks {path}");
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_refusals_counted() {
+    let server = TestServer::start(&[]).await;
+    let token = server.token("u1", "Ann", "patient").await;
+    let (status, me) = get(&server, "/api/me", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me, json!({"id": "u1", "name": "Ann", "role": "patient"}));
+
+    let now = jsonwebtoken::get_current_timestamp();
+    let sign = |secret: &[u8], claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    };
+    let wrong_secret = sign(
+        b"not-the-secret",
+        json!({"sub": "u1", "name": "A", "role": "patient", "iat": now, "exp": now + 60}),
+    );
+    let expired = sign(
+        support::SECRET.as_bytes(),
+        json!({"sub": "u1", "name": "A", "role": "patient", "iat": now - 7200, "exp": now - 3600}),
+    );
+    let odd_role = sign(
+        support::SECRET.as_bytes(),
+        json!({"sub": "u1", "name": "A", "role": "janitor", "iat": now, "exp": now + 60}),
+    );
+    // {"alg":"none"} with valid-looking claims and no signature.
+    let alg_none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsIm5hbWUiOiJYIiwicm9sZSI6ImFkbWluIiwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjF9.";
+    for bad in [
+        None,
+        Some("garbage"),
+        Some(wrong_secret.as_str()),
+        Some(expired.as_str()),
+        Some(odd_role.as_str()),
+        Some(alg_none),
+    ] {
+        let (status, body) = get(&server, "/api/me", bad).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "token {bad:?}");
+        assert_eq!(error_code(&body), "unauthorized");
+    }
+    let metrics = Client::new()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for reason in [
+        "missing",
+        "malformed",
+        "bad_signature",
+        "expired",
+        "unknown_role",
+        "algorithm",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "callrelay_auth_failures_total{{reason=\"{reason}\"}} 1"
+            )),
+            "auth failure {reason} not counted:\n{metrics}"
+        );
+    }
+    assert!(
+        !metrics.contains(support::SECRET),
+        "the secret leaked into /metrics"
+    );
+
+    let (status, body) = post(
+        &server,
+        "/api/dev/token",
+        None,
+        json!({"sub": "x", "name": "X", "role": "root"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "invalid_payload");
+}
+
+#[tokio::test]
+async fn appointments_follow_roles_and_states() {
+    let server = TestServer::start(&[]).await;
+    let doctor = server.token("doc1", "Dr One", "doctor").await;
+    let other_doctor = server.token("doc2", "Dr Two", "doctor").await;
+    let patient = server.token("pat1", "Pat One", "patient").await;
+    let outsider = server.token("pat2", "Pat Two", "patient").await;
+    let staff = server.token("staff1", "Desk", "staff").await;
+    let admin = server.token("admin1", "Root", "admin").await;
+
+    let (status, body) = post(
+        &server,
+        "/api/appointments",
+        Some(&patient),
+        appointment_body("pat1", "doc1"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (status, _) = post(
+        &server,
+        "/api/appointments",
+        Some(&doctor),
+        appointment_body("pat1", "doc2"),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a doctor books only for themself"
+    );
+
+    let (status, appt) = post(
+        &server,
+        "/api/appointments",
+        Some(&doctor),
+        appointment_body("pat1", "doc1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(appt["status"], "pending");
+    assert_eq!(appt["doctorName"], "Dr One");
+    assert_eq!(
+        appt["patientName"], "Pat One",
+        "names come from users seen on tokens"
+    );
+    assert_eq!(appt["scheduledAt"], "2026-12-01T09:30:00.000Z");
+    assert!(
+        appt.get("joinUrl").is_none(),
+        "no joinUrl before confirmation"
+    );
+    let id = appt["id"].as_str().unwrap().to_owned();
+
+    let (status, staff_appt) = post(
+        &server,
+        "/api/appointments",
+        Some(&staff),
+        json!({
+        "patientId": "pat2", "doctorId": "doc2", "scheduledAt": "2026-12-02T10:00:00+01:00",
+        "patientName": "Second Patient", "doctorName": "Second Doctor"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(staff_appt["patientName"], "Second Patient");
+    assert_eq!(staff_appt["scheduledAt"], "2026-12-02T09:00:00.000Z");
+
+    let ids = |body: &Value| -> Vec<String> {
+        body["appointments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        ids(&get(&server, "/api/appointments", Some(&patient)).await.1),
+        vec![id.clone()]
+    );
+    assert_eq!(
+        ids(&get(&server, "/api/appointments", Some(&doctor)).await.1),
+        vec![id.clone()]
+    );
+    assert_eq!(
+        ids(&get(&server, "/api/appointments", Some(&admin)).await.1).len(),
+        2
+    );
+
+    let path = format!("/api/appointments/{id}");
+    assert_eq!(get(&server, &path, Some(&patient)).await.0, StatusCode::OK);
+    assert_eq!(get(&server, &path, Some(&staff)).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&server, &path, Some(&outsider)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        get(&server, &path, Some(&other_doctor)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, body) = get(&server, "/api/appointments/no-such-id", Some(&admin)).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    let confirm = format!("/api/appointments/{id}/confirm");
+    assert_eq!(
+        post(&server, &confirm, Some(&patient), json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, confirmed) = post(&server, &confirm, Some(&doctor), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(confirmed["status"], "confirmed");
+    assert_eq!(confirmed["joinUrl"], format!("/consult/{id}"));
+    assert_eq!(
+        get(&server, &path, Some(&patient)).await.1["joinUrl"],
+        format!("/consult/{id}")
+    );
+
+    let messages = format!("/api/appointments/{id}/messages");
+    assert_eq!(
+        get(&server, &messages, Some(&patient)).await.1,
+        json!({"messages": []})
+    );
+    assert_eq!(
+        get(&server, &messages, Some(&staff)).await.0,
+        StatusCode::FORBIDDEN,
+        "staff do not read transcripts"
+    );
+    assert_eq!(
+        get(&server, &messages, Some(&outsider)).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let cancel = format!("/api/appointments/{id}/cancel");
+    assert_eq!(
+        post(&server, &cancel, Some(&outsider), json!({})).await.0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, cancelled) = post(&server, &cancel, Some(&patient), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(cancelled.get("joinUrl").is_none());
+    let (status, body) = post(&server, &confirm, Some(&doctor), json!({})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::CONFLICT, "conflict")
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors_and_change_nothing() {
+    let server = TestServer::start(&[("CALLRELAY_LIMITS__MAX_HTTP_BODY_BYTES", "4096")]).await;
+    let doctor = server.token("doc1", "Dr One", "doctor").await;
+    let client = Client::new();
+    let send_raw = |body: &'static str| {
+        client
+            .post(server.url("/api/appointments"))
+            .bearer_auth(&doctor)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for raw in ["{bad json", "[]", "{\"patientId\": 5}", "{}"] {
+        let res = send_raw(raw).await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{raw}");
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(error_code(&body), "invalid_payload", "{raw}");
+    }
+    for body in [
+        json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "tomorrow"}),
+        json!({"patientId": "p 1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z"}),
+        json!({"patientId": "doc1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z"}),
+        json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z", "patientName": ""}),
+    ] {
+        let (status, reply) = post(&server, "/api/appointments", Some(&doctor), body.clone()).await;
+        assert_eq!(
+            (status, error_code(&reply)),
+            (StatusCode::BAD_REQUEST, "invalid_payload"),
+            "{body}"
+        );
+    }
+    let huge = json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z", "patientName": "x".repeat(10_000)});
+    let (status, reply) = post(&server, "/api/appointments", Some(&doctor), huge).await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+    );
+
+    let (_, list) = get(&server, "/api/appointments", Some(&doctor)).await;
+    assert_eq!(
+        list,
+        json!({"appointments": []}),
+        "refused requests created nothing"
+    );
+    let (status, _) = get(&server, "/api/nothing-here", Some(&doctor)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn dev_tokens_can_be_disabled_and_the_cli_signs_with_the_server_secret() {
+    let server = TestServer::start(&[("CALLRELAY_AUTH__DEV_TOKENS", "false")]).await;
+    let (status, body) = post(
+        &server,
+        "/api/dev/token",
+        None,
+        json!({"sub": "a", "name": "A", "role": "admin"}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callrelay"))
+        .args([
+            "token",
+            "--sub",
+            "cli-user",
+            "--name",
+            "Cli User",
+            "--role",
+            "staff",
+            "--ttl-secs",
+            "120",
+        ])
+        .env("CALLRELAY_AUTH__JWT_SECRET", support::SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "only the token on stdout");
+    let (status, me) = get(&server, "/api/me", Some(stdout.trim())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        me,
+        json!({"id": "cli-user", "name": "Cli User", "role": "staff"})
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callrelay"))
+        .args(["token", "--sub", "x", "--name", "X", "--role", "staff"])
+        .env("CALLRELAY_AUTH__JWT_SECRET", "")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "no token without a configured secret"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn bad_configuration_stops_start_up_naming_key_and_source() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callrelay"));
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(&[], &[("CALLRELAY_MEDIA__UDP_PORT", "abc")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("media.udp_port") && stderr.contains("CALLRELAY_MEDIA__UDP_PORT"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[server]\nbnd = \"127.0.0.1:1\"\n").unwrap();
+    let out = run(&["--config", file.to_str().unwrap()], &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.bnd") && stderr.contains("bad.toml"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_cleanly() {
+    let mut server = TestServer::start(&[]).await;
+    assert!(server.stop(), "callrelay exits 0 after SIGTERM");
+}
