@@ -83,6 +83,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         signaling_config(&config),
         Arc::new(db.clone()),
         auth.clone(),
+        None,
         SignalingMetrics::register(&metrics.registry)?,
     );
     let message_limit = config.limits.max_socket_message_bytes;

@@ -80,17 +80,8 @@ pub(crate) async fn join_room(
         let _ = s.to(room.clone()).emit("peer-joined", &me).await;
     }
     let _ = s.emit("existing-peers", &joined.existing);
-    if let Some(reason) = joined.relay_activated {
-        sig.metrics
-            .relay_activations
-            .with_label_values(&[reason.as_str()])
-            .inc();
-        let _ = io
-            .to(room)
-            .emit(
-                "relay-activated",
-                &json!({"roomId": appointment.id, "reason": reason.as_str()}),
-            )
+    if joined.is_new {
+        sig.after_consult_join(io, &appointment.id, &me.socket_id, joined.relay_activated)
             .await;
     }
 
@@ -248,6 +239,7 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef) {
         left
     };
     if let Some(left) = left {
+        sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
         let room = consult_room(&left.room_id);
         s.leave(room.clone());
         let _ = s

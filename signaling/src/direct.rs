@@ -255,6 +255,12 @@ async fn transition(
         count_finished(sig, &after);
     }
     drop(book);
+    if effects.finished && after.media == crate::call::MediaPath::Sfu {
+        sig.leave_relay(&after.id, &after.caller_socket).await;
+        if let Some(answered) = &after.answered_socket {
+            sig.leave_relay(&after.id, answered).await;
+        }
+    }
     deliver(io, &after, effects, extra).await;
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 mod order;
 pub mod protocol;
 pub mod ratelimit;
+pub mod relay;
 pub mod rooms;
 pub mod store;
 
@@ -25,6 +26,7 @@ use socketioxide::handler::ConnectHandler;
 
 pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
+pub use relay::{Relay, RelayError, RelayEvent};
 pub use store::{Store, StoreError};
 
 use order::{InOrder, OrderGate};
@@ -54,6 +56,8 @@ pub struct Signaling {
     config: SignalingConfig,
     store: Arc<dyn Store>,
     auth: Arc<dyn Authenticator>,
+    /// The SFU; `None` runs signaling without relay (every `sfu-*` event is refused).
+    relay: Option<Arc<dyn Relay>>,
     metrics: SignalingMetrics,
     rooms: Mutex<rooms::Rooms>,
     /// Held across the store write of a transition so records are written in transition order.
@@ -94,12 +98,14 @@ impl Signaling {
         config: SignalingConfig,
         store: Arc<dyn Store>,
         auth: Arc<dyn Authenticator>,
+        relay: Option<Arc<dyn Relay>>,
         metrics: SignalingMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             config,
             store,
             auth,
+            relay,
             metrics,
             rooms: Mutex::new(rooms::Rooms::default()),
             calls: tokio::sync::Mutex::new(call::CallBook::default()),
@@ -230,6 +236,12 @@ async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
     route!(s, "reject-call", direct::reject_call);
     route!(s, "end-call", direct::end_call);
     route!(s, "ice-candidate", direct::ice_candidate);
+
+    route!(s, "sfu-join", relay::sfu_join);
+    route!(s, "sfu-publish", relay::sfu_publish);
+    route!(s, "sfu-subscribe-answer", relay::sfu_subscribe_answer);
+    route!(s, "sfu-candidate", relay::sfu_candidate);
+    route!(s, "sfu-leave", relay::sfu_leave);
 
     s.on_disconnect(
         async |s: SocketRef, io: SocketIo, State(sig): State<Arc<Signaling>>| {

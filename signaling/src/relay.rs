@@ -1,0 +1,433 @@
+//! Relay through the SFU (contract section 3, "Relay through the SFU"): which sockets may use a
+//! relayed room, when a room switches to relay, and the mapping of the `sfu-*` events onto the
+//! media layer. Media itself is behind [`Relay`], so this crate never touches RTP or webrtc.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+
+use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
+use crate::rooms::RelayReason;
+use crate::{Signaling, identity};
+
+/// Which of a participant's two peer connections (`publish`: the client offers; `subscribe`:
+/// the server offers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcKind {
+    Publish,
+    Subscribe,
+}
+
+/// A refusal from the media layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RelayError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<RelayError> for EventError {
+    fn from(err: RelayError) -> Self {
+        EventError::new(err.code, err.message)
+    }
+}
+
+/// The SFU as signaling sees it. Participants are socket ids; rooms are appointment or call ids.
+#[async_trait]
+pub trait Relay: Send + Sync + 'static {
+    /// Makes the participant a subscriber of the room (it receives everyone else's tracks).
+    async fn join(&self, room: &str, participant: &str) -> Result<(), RelayError>;
+    /// Applies the client's publish offer; returns the answer SDP.
+    async fn publish(
+        &self,
+        room: &str,
+        participant: &str,
+        offer: String,
+    ) -> Result<String, RelayError>;
+    async fn subscribe_answer(
+        &self,
+        room: &str,
+        participant: &str,
+        answer: String,
+    ) -> Result<(), RelayError>;
+    /// `None` is the end of candidates.
+    async fn add_candidate(
+        &self,
+        room: &str,
+        participant: &str,
+        pc: PcKind,
+        candidate: Option<Value>,
+    ) -> Result<(), RelayError>;
+    /// Closes both peer connections; the others stop receiving this member's tracks.
+    async fn leave(&self, room: &str, participant: &str) -> Result<(), RelayError>;
+}
+
+/// What the media layer tells signaling; delivered with [`Signaling::on_relay_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayEvent {
+    SubscribeOffer {
+        room: String,
+        participant: String,
+        sdp: String,
+    },
+    LocalCandidate {
+        room: String,
+        participant: String,
+        pc: PcKind,
+        candidate: Value,
+    },
+}
+
+/// Where a relayed room comes from.
+enum RoomKind {
+    Consult,
+    Call,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SfuJoin {
+    room_id: String,
+    reason: RelayReason,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SfuSdp {
+    room_id: String,
+    sdp: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SfuCandidate {
+    room_id: String,
+    pc: PcKind,
+    candidate: Option<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SfuLeave {
+    room_id: String,
+}
+
+impl Signaling {
+    fn relay_enabled(&self) -> bool {
+        self.config.media_mode != "p2p-only"
+    }
+
+    /// Whether this socket may use `room_id` as a relay room: it is in that consult room, or it
+    /// is the placing or answering socket of that live call. Returns whether the room is
+    /// already relayed.
+    async fn relay_membership(
+        &self,
+        s: &SocketRef,
+        room_id: &str,
+    ) -> Result<(RoomKind, bool), EventError> {
+        let socket_id = s.id.to_string();
+        {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            if rooms.room_of(&socket_id) == Some(room_id) {
+                let relayed = rooms.get(room_id).is_some_and(|r| r.relay.is_some());
+                return Ok((RoomKind::Consult, relayed));
+            }
+        }
+        let book = self.calls.lock().await;
+        if let Some(call) = book.by_id(room_id)
+            && call.is_live()
+            && (call.caller_socket == socket_id
+                || call.answered_socket.as_deref() == Some(socket_id.as_str()))
+        {
+            return Ok((RoomKind::Call, call.media == crate::call::MediaPath::Sfu));
+        }
+        Err(EventError::forbidden("not a member of this room"))
+    }
+
+    /// Switches a consult room to relay (once), tells every member and subscribes them all.
+    pub(crate) async fn relay_consult_room(
+        &self,
+        io: &SocketIo,
+        room_id: &str,
+        reason: RelayReason,
+    ) {
+        let members: Vec<String> = {
+            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            if !rooms.activate_relay(room_id, reason) {
+                return;
+            }
+            rooms
+                .get(room_id)
+                .map(|r| r.members.iter().map(|m| m.socket_id.clone()).collect())
+                .unwrap_or_default()
+        };
+        self.announce_relay(io, room_id, reason, &members).await;
+    }
+
+    async fn announce_relay(
+        &self,
+        io: &SocketIo,
+        room_id: &str,
+        reason: RelayReason,
+        members: &[String],
+    ) {
+        self.metrics
+            .relay_activations
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        for member in members {
+            self.subscribe_member(room_id, member).await;
+        }
+        let body = json!({"roomId": room_id, "reason": reason.as_str()});
+        for member in members {
+            if let Some(socket) = member.parse().ok().and_then(|sid| io.get_socket(sid)) {
+                let _ = socket.emit("relay-activated", &body);
+            }
+        }
+    }
+
+    /// After a socket joined a consult room: relay the room if it just reached the relay size
+    /// (or the server is `sfu-only`), or subscribe the newcomer to an already relayed room.
+    pub(crate) async fn after_consult_join(
+        &self,
+        io: &SocketIo,
+        room_id: &str,
+        socket_id: &str,
+        reached_relay_size: Option<RelayReason>,
+    ) {
+        if !self.relay_enabled() {
+            return;
+        }
+        if let Some(reason) = reached_relay_size {
+            let members: Vec<String> = {
+                let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+                rooms
+                    .get(room_id)
+                    .map(|r| r.members.iter().map(|m| m.socket_id.clone()).collect())
+                    .unwrap_or_default()
+            };
+            self.announce_relay(io, room_id, reason, &members).await;
+            return;
+        }
+        if self.config.media_mode == "sfu-only" {
+            self.relay_consult_room(io, room_id, RelayReason::Forced)
+                .await;
+        }
+        let relayed = {
+            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            rooms.get(room_id).and_then(|r| r.relay)
+        };
+        // A newcomer to a relayed room is subscribed and told, like the members were.
+        if let Some(reason) = relayed {
+            self.subscribe_member(room_id, socket_id).await;
+            if let Some(socket) = socket_id.parse().ok().and_then(|sid| io.get_socket(sid)) {
+                let _ = socket.emit(
+                    "relay-activated",
+                    &json!({"roomId": room_id, "reason": reason.as_str()}),
+                );
+            }
+        }
+    }
+
+    /// Makes a member of a relayed room a subscriber; failures are logged, not fatal: the
+    /// member can still publish and will be subscribed on its next join.
+    pub(crate) async fn subscribe_member(&self, room_id: &str, socket_id: &str) {
+        if let Some(relay) = &self.relay
+            && let Err(err) = relay.join(room_id, socket_id).await
+        {
+            tracing::warn!(room_id, error = %err, "could not subscribe a member to the relay");
+        }
+    }
+
+    /// Drops a socket's peer connections in a room (leave, disconnect, call over).
+    pub(crate) async fn leave_relay(&self, room_id: &str, socket_id: &str) {
+        if let Some(relay) = &self.relay
+            && let Err(err) = relay.leave(room_id, socket_id).await
+        {
+            tracing::debug!(room_id, error = %err, "relay leave");
+        }
+    }
+
+    /// Forwards what the media layer says to the socket it concerns.
+    pub async fn on_relay_event(&self, io: &SocketIo, event: RelayEvent) {
+        let (participant, name, body) = match event {
+            RelayEvent::SubscribeOffer {
+                room,
+                participant,
+                sdp,
+            } => (
+                participant,
+                "sfu-subscribe-offer",
+                json!({"roomId": room, "sdp": sdp}),
+            ),
+            RelayEvent::LocalCandidate {
+                room,
+                participant,
+                pc,
+                candidate,
+            } => (
+                participant,
+                "sfu-candidate",
+                json!({"roomId": room, "pc": pc, "candidate": candidate}),
+            ),
+        };
+        if let Some(socket) = participant.parse().ok().and_then(|sid| io.get_socket(sid)) {
+            let _ = socket.emit(name, &body);
+        }
+    }
+}
+
+fn relay_of(sig: &Signaling) -> Result<&Arc<dyn Relay>, EventError> {
+    match &sig.relay {
+        Some(relay) if sig.relay_enabled() => Ok(relay),
+        _ => Err(EventError::forbidden(
+            "relay through the SFU is disabled on this server (media.mode = p2p-only)",
+        )),
+    }
+}
+
+fn check_sdp(sig: &Signaling, sdp: &str) -> Result<(), EventError> {
+    if sdp.len() > sig.config.max_sdp_bytes {
+        return Err(EventError::new(
+            ErrorCode::TooLarge,
+            format!("sdp is larger than {} bytes", sig.config.max_sdp_bytes),
+        ));
+    }
+    if !sdp.starts_with("v=0") {
+        return Err(EventError::invalid("sdp must start with v=0"));
+    }
+    Ok(())
+}
+
+pub(crate) async fn sfu_join(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    let req: SfuJoin = protocol::parse(data)?;
+    check_id("roomId", &req.room_id)?;
+    relay_of(sig)?;
+    let (kind, relayed) = sig.relay_membership(s, &req.room_id).await?;
+    if !relayed {
+        match kind {
+            RoomKind::Consult => sig.relay_consult_room(io, &req.room_id, req.reason).await,
+            RoomKind::Call => relay_call(sig, io, &req.room_id, req.reason).await?,
+        }
+    }
+    Ok(protocol::ok_fields())
+}
+
+/// Marks a direct call relayed (stored media `sfu`) and tells both parties.
+async fn relay_call(
+    sig: &Signaling,
+    io: &SocketIo,
+    call_id: &str,
+    reason: RelayReason,
+) -> Result<(), EventError> {
+    let members = {
+        let mut book = sig.calls.lock().await;
+        let call = book.call_mut(call_id)?;
+        if call.media == crate::call::MediaPath::Sfu {
+            return Ok(());
+        }
+        call.relayed();
+        let snapshot = call.clone();
+        sig.store.save_call(&snapshot).await?;
+        let mut members = vec![snapshot.caller_socket.clone()];
+        members.extend(snapshot.answered_socket.clone());
+        members
+    };
+    sig.announce_relay(io, call_id, reason, &members).await;
+    Ok(())
+}
+
+pub(crate) async fn sfu_publish(
+    sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    sig.spend(s, false)?;
+    let req: SfuSdp = protocol::parse(data)?;
+    check_id("roomId", &req.room_id)?;
+    check_sdp(sig, &req.sdp)?;
+    let relay = relay_of(sig)?;
+    let (_, relayed) = sig.relay_membership(s, &req.room_id).await?;
+    if !relayed {
+        return Err(EventError::new(
+            ErrorCode::Conflict,
+            "the room is not relayed: send sfu-join first",
+        ));
+    }
+    let answer = relay.publish(&req.room_id, s.id.as_str(), req.sdp).await?;
+    let mut fields = protocol::ok_fields();
+    fields.insert("sdp".into(), json!(answer));
+    Ok(fields)
+}
+
+pub(crate) async fn sfu_subscribe_answer(
+    sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    let req: SfuSdp = protocol::parse(data)?;
+    check_id("roomId", &req.room_id)?;
+    check_sdp(sig, &req.sdp)?;
+    let relay = relay_of(sig)?;
+    sig.relay_membership(s, &req.room_id).await?;
+    relay
+        .subscribe_answer(&req.room_id, s.id.as_str(), req.sdp)
+        .await?;
+    Ok(protocol::ok_fields())
+}
+
+pub(crate) async fn sfu_candidate(
+    sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    sig.spend(s, false)?;
+    let req: SfuCandidate = protocol::parse(data)?;
+    check_id("roomId", &req.room_id)?;
+    if let Some(candidate) = &req.candidate {
+        protocol::check_size("candidate", candidate, sig.config.max_candidate_bytes)?;
+        if !matches!(candidate.get("candidate"), Some(Value::String(_))) {
+            return Err(EventError::invalid(
+                "candidate is {candidate, sdpMid, sdpMLineIndex, usernameFragment} or null",
+            ));
+        }
+    }
+    let relay = relay_of(sig)?;
+    sig.relay_membership(s, &req.room_id).await?;
+    relay
+        .add_candidate(&req.room_id, s.id.as_str(), req.pc, req.candidate)
+        .await?;
+    Ok(protocol::ok_fields())
+}
+
+pub(crate) async fn sfu_leave(
+    sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    let req: SfuLeave = protocol::parse(data)?;
+    check_id("roomId", &req.room_id)?;
+    relay_of(sig)?;
+    sig.relay_membership(s, &req.room_id).await?;
+    sig.leave_relay(&req.room_id, s.id.as_str()).await;
+    Ok(protocol::ok_fields())
+}
