@@ -140,10 +140,10 @@ pub(crate) async fn call_user(
             .appointment(appointment_id)
             .await?
             .ok_or_else(|| EventError::not_found("no such appointment"))?;
-        let parties = [&appointment.patient_id, &appointment.doctor_id];
-        if !who.role.is_privileged()
-            && !(parties.contains(&&who.user_id) && parties.contains(&&req.to))
-        {
+        let between_them = [&appointment.patient_id, &appointment.doctor_id]
+            .iter()
+            .all(|party| **party == who.user_id || **party == req.to);
+        if !who.role.is_privileged() && !between_them {
             return Err(EventError::forbidden(
                 "the appointment is not between you and the callee",
             ));
@@ -157,32 +157,23 @@ pub(crate) async fn call_user(
     }
 
     let now = protocol::now_millis();
-    let call_id = uuid::Uuid::new_v4().to_string();
-    let socket_id = s.id.to_string();
-    let args = (
-        call_id.clone(),
-        who.user_id.clone(),
-        req.to.clone(),
-        req.call_type,
-        req.appointment_id.clone(),
-        socket_id,
-    );
-    let mut book = sig.calls.lock().await;
-    let placed = book
-        .insert(Call::ring(
-            args.0.clone(),
-            args.1.clone(),
-            args.2.clone(),
-            args.3,
-            args.4.clone(),
-            args.5.clone(),
+    let attempt = |ring: fn(_, _, _, _, _, _, _) -> Call| {
+        ring(
+            uuid::Uuid::new_v4().to_string(),
+            who.user_id.clone(),
+            req.to.clone(),
+            req.call_type,
+            req.appointment_id.clone(),
+            s.id.to_string(),
             now,
-        ))
-        .map(|call| call.clone());
-    let call = match placed {
-        Ok(call) => call,
+        )
+    };
+    let mut book = sig.calls.lock().await;
+    let call = match book.insert(attempt(Call::ring)) {
+        Ok(call) => call.clone(),
         Err(CallError::Busy) => {
-            let record = Call::busy(args.0, args.1, args.2, args.3, args.4, args.5, now);
+            drop(book);
+            let record = attempt(Call::busy);
             sig.store.save_call(&record).await?;
             count_finished(sig, &record);
             return Err(EventError::new(
