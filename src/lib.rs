@@ -6,4 +6,5 @@ pub mod config;
 pub mod db;
 pub mod http;
 pub mod metrics;
+pub mod relay;
 pub mod server;

@@ -12,18 +12,22 @@ use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
-use callrelay_signaling::{Signaling, SignalingConfig, SignalingMetrics};
+use callrelay_media::{MediaConfig, MediaError, Sfu};
+use callrelay_signaling::{Relay, Signaling, SignalingConfig, SignalingMetrics};
 
 use crate::auth::{self, JwtAuth};
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, LogFormat, MediaMode};
 use crate::db::{Db, DbError};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::relay::{SfuRelay, pump_media_events};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("database: {0}")]
     Db(#[from] DbError),
+    #[error("media relay: {0}")]
+    Media(#[from] MediaError),
     #[error("metrics registry: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
@@ -79,11 +83,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         );
     }
 
+    // p2p-only servers never relay, so they do not hold the UDP port either.
+    let sfu = if config.media.mode == MediaMode::P2pOnly {
+        None
+    } else {
+        let media_config = MediaConfig {
+            bind: SocketAddr::new(config.media.bind_ip, config.media.udp_port),
+            public_ips: config.media.public_ips.clone(),
+            ..MediaConfig::default()
+        };
+        let (handle, events) = Sfu::start(media_config, &metrics.registry).await?;
+        tracing::info!(addr = %handle.local_addr(), "SFU listening (UDP, ICE-lite)");
+        Some((handle, events))
+    };
+    let relay = sfu
+        .as_ref()
+        .map(|(handle, _)| Arc::new(SfuRelay(handle.clone())) as Arc<dyn Relay>);
     let signaling = Signaling::new(
         signaling_config(&config),
         Arc::new(db.clone()),
         auth.clone(),
-        None,
+        relay,
         SignalingMetrics::register(&metrics.registry)?,
     );
     let message_limit = config.limits.max_socket_message_bytes;
@@ -94,6 +114,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .ws_max_frame_size(message_limit)
         .build_layer();
     Signaling::attach(&io);
+    let sfu = sfu.map(|(handle, events)| {
+        tokio::spawn(pump_media_events(events, signaling.clone(), io.clone()));
+        handle
+    });
 
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -144,6 +168,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             tokio::spawn(force_exit_after(grace));
             signaling.shut_down(&io).await;
             io.close().await;
+            if let Some(sfu) = sfu {
+                sfu.shutdown().await;
+            }
         }
     };
     axum::serve(listener, app)

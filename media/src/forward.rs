@@ -1,0 +1,504 @@
+//! The per-packet forwarding decision, as plain functions over RTP headers.
+//!
+//! Every (published track, subscriber) pair has one [`Rewriter`]. It turns the publisher's
+//! header into the header this subscriber negotiated: its SSRC, its payload type, its
+//! header-extension ids, and a sequence number / timestamp space of its own that stays
+//! continuous when the source changes (a publisher re-publishes with a new SSRC) or pauses —
+//! a subscriber never sees a jump it would try to NACK, nor time running backwards.
+//!
+//! Nothing here allocates except the extension list of the header it builds, awaits, locks or
+//! touches a socket; it is unit-tested without a network.
+
+use bytes::Bytes;
+use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE, Extension, Header};
+
+/// `a` is newer than `b` in RFC 3550 sequence-number arithmetic (wrap-around aware).
+#[inline]
+pub fn seq_newer(a: u16, b: u16) -> bool {
+    a != b && a.wrapping_sub(b) < 0x8000
+}
+
+/// Publisher payload type → subscriber payload type. `NONE` = not forwarded.
+#[derive(Clone, Debug)]
+pub struct PayloadTypeMap([u8; 128]);
+
+impl PayloadTypeMap {
+    const NONE: u8 = 0xFF;
+
+    pub fn new() -> Self {
+        Self([Self::NONE; 128])
+    }
+
+    pub fn set(&mut self, from: u8, to: u8) {
+        if from < 128 && to < 128 {
+            self.0[from as usize] = to;
+        }
+    }
+
+    #[inline]
+    pub fn get(&self, from: u8) -> Option<u8> {
+        match self.0.get(from as usize) {
+            Some(&v) if v != Self::NONE => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl Default for PayloadTypeMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Publisher header-extension id → subscriber header-extension id. 0 = dropped (an extension
+/// the subscriber did not negotiate, or one that is hop-by-hop such as transport-cc or mid).
+#[derive(Clone, Debug)]
+pub struct ExtIdMap([u8; 256]);
+
+impl ExtIdMap {
+    pub fn new() -> Self {
+        Self([0; 256])
+    }
+
+    pub fn set(&mut self, from: u8, to: u8) {
+        self.0[from as usize] = to;
+    }
+
+    #[inline]
+    pub fn get(&self, from: u8) -> u8 {
+        self.0[from as usize]
+    }
+}
+
+impl Default for ExtIdMap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Sequence-number and timestamp translation for one subscriber of one track.
+#[derive(Clone, Debug)]
+pub struct Rewriter {
+    pub out_ssrc: u32,
+    pub clock_rate: u32,
+    pub payload_types: PayloadTypeMap,
+    pub extensions: ExtIdMap,
+    /// The source SSRC of the current segment; `None` before the first packet or after a pause.
+    source_ssrc: Option<u32>,
+    seq_offset: u16,
+    ts_offset: u32,
+    /// First source sequence number of the current segment (retransmissions before it belong
+    /// to an earlier segment and cannot be translated).
+    segment_start: u16,
+    /// Highest source sequence number forwarded in the current segment.
+    segment_highest: u16,
+    /// Last (highest) output sequence number and timestamp, and when it was sent (µs).
+    last_seq: u16,
+    last_ts: u32,
+    last_at_us: u64,
+    started: bool,
+}
+
+impl Rewriter {
+    /// `initial_seq` / `initial_ts` are where this subscriber's numbering starts (pick them at
+    /// random, as RFC 3550 asks).
+    pub fn new(
+        out_ssrc: u32,
+        clock_rate: u32,
+        initial_seq: u16,
+        initial_ts: u32,
+        payload_types: PayloadTypeMap,
+        extensions: ExtIdMap,
+    ) -> Self {
+        Self {
+            out_ssrc,
+            clock_rate: clock_rate.max(1),
+            payload_types,
+            extensions,
+            source_ssrc: None,
+            seq_offset: 0,
+            ts_offset: 0,
+            segment_start: 0,
+            segment_highest: 0,
+            // The first packet is numbered last + 1.
+            last_seq: initial_seq.wrapping_sub(1),
+            last_ts: initial_ts,
+            last_at_us: 0,
+            started: false,
+        }
+    }
+
+    /// The next packet starts a new segment: numbering continues from the last packet sent,
+    /// and the timestamp advances by the wall-clock time that passed meanwhile.
+    pub fn pause(&mut self) {
+        self.source_ssrc = None;
+    }
+
+    /// Writes the subscriber's version of `src` into `out` (whose allocations are reused).
+    /// Returns false (and leaves the numbering untouched) if the payload type is not
+    /// negotiated with this subscriber.
+    pub fn rewrite_into(&mut self, src: &Header, now_us: u64, out: &mut Header) -> bool {
+        let Some(pt) = self.payload_types.get(src.payload_type) else {
+            return false;
+        };
+        if self.source_ssrc != Some(src.ssrc) {
+            self.start_segment(src, now_us);
+        }
+        let seq = src.sequence_number.wrapping_add(self.seq_offset);
+        let ts = src.timestamp.wrapping_add(self.ts_offset);
+        if seq_newer(seq, self.last_seq) {
+            self.last_seq = seq;
+            self.last_ts = ts;
+            self.last_at_us = now_us;
+            self.segment_highest = src.sequence_number;
+        }
+        self.fill(src, pt, seq, ts, out);
+        true
+    }
+
+    /// Allocating convenience over [`Rewriter::rewrite_into`].
+    pub fn rewrite(&mut self, src: &Header, now_us: u64) -> Option<Header> {
+        let mut out = Header::default();
+        self.rewrite_into(src, now_us, &mut out).then_some(out)
+    }
+
+    /// The header for a retransmission of `src` (a packet of the current segment taken from
+    /// the cache). Changes no state.
+    pub fn rewrite_retransmission(&self, src: &Header) -> Option<Header> {
+        if self.source_ssrc != Some(src.ssrc) || !self.in_segment(src.sequence_number) {
+            return None;
+        }
+        let pt = self.payload_types.get(src.payload_type)?;
+        let mut out = Header::default();
+        self.fill(
+            src,
+            pt,
+            src.sequence_number.wrapping_add(self.seq_offset),
+            src.timestamp.wrapping_add(self.ts_offset),
+            &mut out,
+        );
+        Some(out)
+    }
+
+    /// Maps a sequence number the subscriber saw (e.g. in a NACK) back to the publisher's.
+    pub fn source_seq(&self, out_seq: u16) -> Option<u16> {
+        self.source_ssrc?;
+        let src = out_seq.wrapping_sub(self.seq_offset);
+        self.in_segment(src).then_some(src)
+    }
+
+    /// Output sequence number and timestamp of the last packet forwarded.
+    pub fn last_sent(&self) -> Option<(u16, u32)> {
+        self.started.then_some((self.last_seq, self.last_ts))
+    }
+
+    fn in_segment(&self, src_seq: u16) -> bool {
+        !seq_newer(self.segment_start, src_seq) && !seq_newer(src_seq, self.segment_highest)
+    }
+
+    fn start_segment(&mut self, src: &Header, now_us: u64) {
+        let next_seq = self.last_seq.wrapping_add(1);
+        let next_ts = if self.started {
+            let elapsed_us = now_us.saturating_sub(self.last_at_us);
+            let ticks = (u128::from(elapsed_us) * u128::from(self.clock_rate) / 1_000_000) as u64;
+            self.last_ts.wrapping_add(ticks.max(1) as u32)
+        } else {
+            self.last_ts
+        };
+        self.seq_offset = next_seq.wrapping_sub(src.sequence_number);
+        self.ts_offset = next_ts.wrapping_sub(src.timestamp);
+        self.segment_start = src.sequence_number;
+        self.segment_highest = src.sequence_number;
+        self.source_ssrc = Some(src.ssrc);
+        if !self.started {
+            self.started = true;
+            self.last_at_us = now_us;
+        }
+    }
+
+    #[inline]
+    fn fill(&self, src: &Header, pt: u8, seq: u16, ts: u32, out: &mut Header) {
+        out.version = 2;
+        out.padding = src.padding;
+        out.marker = src.marker;
+        out.payload_type = pt;
+        out.sequence_number = seq;
+        out.timestamp = ts;
+        out.ssrc = self.out_ssrc;
+        out.csrc.clear();
+        out.csrc.extend_from_slice(&src.csrc);
+        out.extensions.clear();
+        out.extensions_padding = 0;
+        let mut two_byte = false;
+        for ext in &src.extensions {
+            let id = self.extensions.get(ext.id);
+            if id != 0 {
+                two_byte |= id > 14 || ext.payload.is_empty() || ext.payload.len() > 16;
+                out.extensions.push(Extension {
+                    id,
+                    payload: Bytes::clone(&ext.payload),
+                });
+            }
+        }
+        out.extension = !out.extensions.is_empty();
+        out.extension_profile = if two_byte {
+            EXTENSION_PROFILE_TWO_BYTE
+        } else {
+            EXTENSION_PROFILE_ONE_BYTE
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(ssrc: u32, pt: u8, seq: u16, ts: u32) -> Header {
+        Header {
+            version: 2,
+            payload_type: pt,
+            sequence_number: seq,
+            timestamp: ts,
+            ssrc,
+            ..Default::default()
+        }
+    }
+
+    fn vp8_rewriter(initial_seq: u16, initial_ts: u32) -> Rewriter {
+        let mut pts = PayloadTypeMap::new();
+        pts.set(96, 100);
+        Rewriter::new(
+            0xABCD,
+            90_000,
+            initial_seq,
+            initial_ts,
+            pts,
+            ExtIdMap::new(),
+        )
+    }
+
+    #[test]
+    fn maps_ssrc_and_payload_type_and_keeps_spacing() {
+        let mut r = vp8_rewriter(1000, 50_000);
+        let a = r.rewrite(&hdr(7, 96, 40, 9_000), 0).unwrap();
+        assert_eq!((a.ssrc, a.payload_type), (0xABCD, 100));
+        assert_eq!((a.sequence_number, a.timestamp), (1000, 50_000));
+        let b = r.rewrite(&hdr(7, 96, 41, 12_000), 33_000).unwrap();
+        assert_eq!((b.sequence_number, b.timestamp), (1001, 53_000));
+        // A gap in the source stays a gap (so the subscriber NACKs what really was lost).
+        let c = r.rewrite(&hdr(7, 96, 44, 15_000), 66_000).unwrap();
+        assert_eq!(c.sequence_number, 1004);
+        // A payload type this subscriber did not negotiate is not forwarded.
+        assert!(r.rewrite(&hdr(7, 97, 45, 15_000), 70_000).is_none());
+        assert_eq!(r.last_sent(), Some((1004, 56_000)));
+    }
+
+    #[test]
+    fn wraps_around_at_65535_and_u32_max() {
+        // Source wraps and output wraps at different moments.
+        let mut r = vp8_rewriter(65_534, u32::MAX - 1_500);
+        let mut expect_seq = 65_534u16;
+        let mut expect_ts = u32::MAX - 1_500;
+        for i in 0..8u16 {
+            let src_seq = 65_532u16.wrapping_add(i);
+            let src_ts = (u32::MAX - 6_000).wrapping_add(u32::from(i) * 3_000);
+            let h = r
+                .rewrite(&hdr(1, 96, src_seq, src_ts), u64::from(i) * 33_000)
+                .unwrap();
+            assert_eq!(h.sequence_number, expect_seq, "packet {i}");
+            assert_eq!(h.timestamp, expect_ts, "packet {i}");
+            expect_seq = expect_seq.wrapping_add(1);
+            expect_ts = expect_ts.wrapping_add(3_000);
+        }
+        assert!(seq_newer(0, 65_535) && seq_newer(5, 65_000) && !seq_newer(65_000, 5));
+    }
+
+    #[test]
+    fn continuous_across_a_publisher_change() {
+        let mut r = vp8_rewriter(10, 1_000);
+        for i in 0..5u16 {
+            r.rewrite(
+                &hdr(1, 96, 500 + i, 90_000 + u32::from(i) * 3_000),
+                u64::from(i) * 33_333,
+            )
+            .unwrap();
+        }
+        assert_eq!(r.last_sent(), Some((14, 13_000)));
+        // A new source (new SSRC, unrelated numbering) 40 ms after the last packet.
+        let last_at = 4 * 33_333;
+        let h = r.rewrite(&hdr(2, 96, 60_000, 7), last_at + 40_000).unwrap();
+        assert_eq!(h.sequence_number, 15);
+        assert_eq!(h.timestamp, 13_000 + 3_600, "40 ms at 90 kHz");
+        let h = r
+            .rewrite(&hdr(2, 96, 60_001, 3_007), last_at + 73_000)
+            .unwrap();
+        assert_eq!((h.sequence_number, h.timestamp), (16, 16_600 + 3_000));
+        // A late packet of the old source is not forwarded into the new numbering as new.
+        assert!(r.rewrite_retransmission(&hdr(1, 96, 503, 99_000)).is_none());
+    }
+
+    #[test]
+    fn continuous_across_a_pause() {
+        let mut r = vp8_rewriter(100, 0);
+        r.rewrite(&hdr(1, 96, 1, 0), 0).unwrap();
+        r.rewrite(&hdr(1, 96, 2, 3_000), 33_000).unwrap();
+        r.pause();
+        // Two seconds later the same source resumes; its numbering jumped meanwhile.
+        let h = r.rewrite(&hdr(1, 96, 80, 183_000), 2_033_000).unwrap();
+        assert_eq!(h.sequence_number, 102, "no gap for the subscriber to NACK");
+        assert_eq!(
+            h.timestamp,
+            3_000 + 180_000,
+            "time kept running during the pause"
+        );
+        // Timestamps never run backwards, even if resumed at once.
+        r.pause();
+        let h2 = r.rewrite(&hdr(1, 96, 81, 0), 2_033_000).unwrap();
+        assert_eq!(h2.sequence_number, 103);
+        assert!(h2.timestamp > h.timestamp);
+    }
+
+    #[test]
+    fn reordered_packets_keep_their_place() {
+        let mut r = vp8_rewriter(0, 0);
+        r.rewrite(&hdr(1, 96, 10, 0), 0).unwrap();
+        r.rewrite(&hdr(1, 96, 12, 6_000), 1).unwrap();
+        let late = r.rewrite(&hdr(1, 96, 11, 3_000), 2).unwrap();
+        assert_eq!((late.sequence_number, late.timestamp), (1, 3_000));
+        assert_eq!(r.last_sent(), Some((2, 6_000)));
+    }
+
+    #[test]
+    fn remaps_header_extension_ids_and_drops_unnegotiated_ones() {
+        let mut r = vp8_rewriter(0, 0);
+        // Publisher: 1 = audio level, 3 = transport-cc, 4 = abs-send-time.
+        // Subscriber: audio level is 10, abs-send-time is 2, transport-cc not forwarded.
+        r.extensions.set(1, 10);
+        r.extensions.set(4, 2);
+        let mut src = hdr(1, 96, 5, 5);
+        src.extension = true;
+        src.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
+        for (id, v) in [(1u8, 0x85u8), (3, 0x01), (4, 0x22)] {
+            src.extensions.push(Extension {
+                id,
+                payload: Bytes::from(vec![v; if id == 4 { 3 } else { 1 }]),
+            });
+        }
+        let out = r.rewrite(&src, 0).unwrap();
+        let got: Vec<(u8, Vec<u8>)> = out
+            .extensions
+            .iter()
+            .map(|e| (e.id, e.payload.to_vec()))
+            .collect();
+        assert_eq!(got, vec![(10, vec![0x85]), (2, vec![0x22; 3])]);
+        assert!(out.extension);
+        assert_eq!(out.extension_profile, EXTENSION_PROFILE_ONE_BYTE);
+        // Ids above 14 need the two-byte form.
+        r.extensions.set(1, 20);
+        let out = r.rewrite(&src, 1).unwrap();
+        assert_eq!(out.extension_profile, EXTENSION_PROFILE_TWO_BYTE);
+        // Nothing negotiated: no extension block at all.
+        let mut bare = vp8_rewriter(0, 0);
+        let out = bare.rewrite(&src, 0).unwrap();
+        assert!(!out.extension && out.extensions.is_empty());
+        // It survives marshal/unmarshal with the new ids.
+        use rtc::shared::marshal::{Marshal, Unmarshal};
+        r.extensions.set(1, 10);
+        let out = r.rewrite(&src, 2).unwrap();
+        let bytes = out.marshal().unwrap();
+        let parsed = Header::unmarshal(&mut bytes.as_ref()).unwrap();
+        assert_eq!(parsed.get_extension(10).unwrap().as_ref(), &[0x85]);
+        assert_eq!(parsed.get_extension(2).unwrap().as_ref(), &[0x22; 3]);
+        assert!(parsed.get_extension(3).is_none());
+    }
+
+    #[test]
+    fn nack_sequence_numbers_map_back_to_the_source() {
+        let mut r = vp8_rewriter(65_530, 0);
+        for s in 100..110u16 {
+            r.rewrite(&hdr(1, 96, s, u32::from(s)), 0).unwrap();
+        }
+        // Output 65530..=65535,0..=3 ↔ source 100..=109.
+        assert_eq!(r.source_seq(65_530), Some(100));
+        assert_eq!(r.source_seq(2), Some(108));
+        assert_eq!(r.source_seq(4), None, "not sent yet");
+        assert_eq!(r.source_seq(65_000), None, "before the segment");
+        let rtx = r.rewrite_retransmission(&hdr(1, 96, 108, 108)).unwrap();
+        assert_eq!(
+            (rtx.sequence_number, rtx.ssrc, rtx.payload_type),
+            (2, 0xABCD, 100)
+        );
+        assert_eq!(
+            r.last_sent().unwrap().0,
+            3,
+            "a retransmission changes no state"
+        );
+    }
+
+    #[test]
+    fn rewrite_into_reuses_the_output_header() {
+        let mut r = vp8_rewriter(0, 0);
+        r.extensions.set(1, 1);
+        let mut src = hdr(1, 96, 1, 1);
+        src.extensions.push(Extension {
+            id: 1,
+            payload: Bytes::from_static(&[1]),
+        });
+        let mut out = Header::default();
+        assert!(r.rewrite_into(&src, 0, &mut out));
+        let cap = out.extensions.capacity();
+        let ptr = out.extensions.as_ptr();
+        for i in 2..1000u16 {
+            src.sequence_number = i;
+            assert!(r.rewrite_into(&src, u64::from(i), &mut out));
+        }
+        assert_eq!(
+            (out.extensions.capacity(), out.extensions.as_ptr()),
+            (cap, ptr)
+        );
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// Cost of the forwarding decision per packet per subscriber. Run with
+    /// `cargo test --release -p callrelay-media --lib -- --ignored --nocapture rewrite_cost`.
+    #[test]
+    #[ignore]
+    fn rewrite_cost() {
+        let mut pts = PayloadTypeMap::new();
+        pts.set(96, 100);
+        let mut exts = ExtIdMap::new();
+        exts.set(1, 3);
+        exts.set(2, 5);
+        let mut r = Rewriter::new(1, 90_000, 0, 0, pts, exts);
+        let mut src = Header {
+            version: 2,
+            payload_type: 96,
+            ssrc: 7,
+            ..Default::default()
+        };
+        for id in 1..=3u8 {
+            src.extensions.push(Extension {
+                id,
+                payload: Bytes::from_static(&[1, 2, 3]),
+            });
+        }
+        let mut out = Header::default();
+        let n = 10_000_000u32;
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            src.sequence_number = i as u16;
+            src.timestamp = i.wrapping_mul(3_000);
+            assert!(r.rewrite_into(
+                std::hint::black_box(&src),
+                u64::from(i),
+                std::hint::black_box(&mut out)
+            ));
+        }
+        let per = t.elapsed() / n;
+        eprintln!("rewrite_into: {per:?} per packet per subscriber (3 extensions, reused header)");
+    }
+}

@@ -1,0 +1,397 @@
+//! # callrelay-media — the SFU
+//!
+//! A selective forwarding unit for browser calls: every participant publishes its tracks on
+//! one peer connection (it offers, the SFU answers) and receives everyone else's on another
+//! (the SFU offers, it answers). This crate knows nothing of Socket.IO, SQL, HTTP or JWT; the
+//! signaling layer drives it through [`SfuHandle`] and relays [`MediaEvent`]s.
+//!
+//! ## The loop
+//!
+//! [`Sfu::start`] binds **one UDP socket** and spawns **one task**, the media loop
+//! (`sfu::MediaLoop`), which owns all state through `&mut self`: rooms, participants, every
+//! webrtc-rs sans-IO peer connection (crate `rtc` 0.21.1), the forwarding tables. No mutex,
+//! no `Arc` around state. The loop waits on three inputs:
+//!
+//! * **a datagram** → [`demux`] picks the peer connection (STUN by the local ICE ufrag,
+//!   everything else by the source address learned from STUN; garbage is dropped and counted)
+//!   → `handle_read` → the connection is *driven*: its events (connection state, tracks
+//!   opening), decoded RTP/RTCP and outgoing datagrams are drained;
+//! * **a command** from [`SfuHandle`] (publish, subscribe answer, candidate, join, leave,
+//!   stats, shutdown), answered on a oneshot channel;
+//! * **a timer**: a heap of each connection's `poll_timeout`, plus a 100 ms housekeeping tick
+//!   (metrics flush, held-back keyframe requests, liveness).
+//!
+//! A decoded RTP packet from a publisher goes to `forward_rtp`: it is stored in the track's
+//! [`rtx_cache`], then for every ready subscriber the [`forward::Rewriter`] builds that
+//! subscriber's header (SSRC, payload type, sequence number, timestamp, header-extension ids)
+//! and the copy is written into the subscriber's connection and straight out of the socket
+//! with `try_send_to`.
+//!
+//! ## Invariants
+//!
+//! * The packet path never awaits, never locks, and does no atomic operation: metrics are
+//!   `prometheus::local` counters flushed every 100 ms. Our own forwarding code allocates only
+//!   the extension list of each copy's header; the webrtc-rs core (SRTP, interceptors)
+//!   allocates inside `handle_write`/`poll_write`, which its API does not let us avoid.
+//! * ICE-lite: the SFU's host candidates (the bound address, or every interface address when
+//!   bound to an unspecified one; plus `public_ips`) are in every SDP it produces, so
+//!   [`MediaEvent::LocalCandidate`] never fires. Clients' candidates are accepted but not needed.
+//! * The msid stream id of every forwarded track is the publisher's participant id; a
+//!   participant never receives its own tracks.
+//! * At most one subscribe offer per participant is outstanding; changes meanwhile are
+//!   coalesced into one more offer after the answer.
+//! * A track becomes visible to others when its first RTP packet arrives (that is when the
+//!   core reports it with its SSRC and codec).
+//! * Keyframe requests reach a publisher at most once per track per 500 ms ([`keyframe`]);
+//!   one is sent whenever a subscriber starts receiving a track. NACKs from subscribers are
+//!   answered from the SFU's per-track cache; the SFU's own NACKs to publishers, receiver
+//!   reports to publishers and sender reports to subscribers come from the core's interceptors.
+//! * Leaving, ICE failure, a connection that never connects or goes silent for
+//!   [`MediaConfig::liveness_timeout`] closes both of the participant's connections, removes
+//!   its tracks from everyone (renegotiating them) and every table entry it had:
+//!   [`SfuStats`] returns to zero when everyone has left.
+//! * Bad input (SDP, candidates, ids, datagrams) is an error value or a counted drop, never a
+//!   panic; calls into the core are additionally guarded with `catch_unwind`, so even a bug
+//!   in the core fails one connection, not the loop and every other room.
+//!
+//! ## Metrics
+//!
+//! Registered on the registry passed to [`Sfu::start`]: `callrelay_sfu_peer_connections`,
+//! `callrelay_sfu_tracks{kind}`, `callrelay_rtp_packets_received_total{kind}`,
+//! `callrelay_rtp_packets_forwarded_total{kind}`, `callrelay_rtp_bytes_forwarded_total{kind}`
+//! (payload bytes, per copy), `callrelay_rtcp_nack_total{direction}` and
+//! `callrelay_rtcp_pli_total{direction}` (`in` = from subscribers, `out` = to publishers),
+//! `callrelay_rtp_packets_lost_total` (gaps in publishers' sequence numbers),
+//! `callrelay_media_datagrams_dropped_total{reason}`, and the histograms
+//! `callrelay_forward_latency_seconds` (socket read to each copy's socket write) and
+//! `callrelay_rtt_seconds` (from subscribers' receiver reports).
+
+mod error;
+mod metrics;
+mod peer;
+mod room;
+mod sfu;
+
+pub mod demux;
+pub mod forward;
+pub mod keyframe;
+pub mod rtx_cache;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::MediaError;
+
+/// How the SFU is set up. `bind` is `ip:media.udp_port`; `public_ips` are announced as extra
+/// host candidates (1:1 NAT).
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    pub bind: SocketAddr,
+    pub public_ips: Vec<IpAddr>,
+    /// A connected peer connection that receives nothing (no STUN consent checks, no media)
+    /// for this long is closed, as is one that does not connect within this long after its
+    /// offer/answer. Default 30 s.
+    pub liveness_timeout: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 50_000)),
+            public_ips: Vec::new(),
+            liveness_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Which of a participant's two peer connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcKind {
+    /// The client offers and sends its tracks.
+    Publish,
+    /// The server offers and sends everyone else's tracks.
+    Subscribe,
+}
+
+impl PcKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PcKind::Publish => "publish",
+            PcKind::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// The browser's `RTCIceCandidateInit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateInit {
+    pub candidate: String,
+    #[serde(default)]
+    pub sdp_mid: Option<String>,
+    #[serde(default, rename = "sdpMLineIndex")]
+    pub sdp_mline_index: Option<u16>,
+    #[serde(default)]
+    pub username_fragment: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// What the SFU tells the signaling layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaEvent {
+    /// Send to the participant as `sfu-subscribe-offer`; answer with
+    /// [`SfuHandle::subscribe_answer`]. At most one is outstanding per participant.
+    SubscribeOffer {
+        room: String,
+        participant: String,
+        sdp: String,
+    },
+    /// A server candidate to trickle. The server is ICE-lite with its candidates in the SDP, so
+    /// this does not fire today.
+    LocalCandidate {
+        room: String,
+        participant: String,
+        pc: PcKind,
+        candidate: CandidateInit,
+    },
+    /// A peer connection changed state: "new", "connecting", "connected", "disconnected",
+    /// "failed", "closed".
+    ConnectionState {
+        room: String,
+        participant: String,
+        pc: PcKind,
+        state: String,
+    },
+    /// Media of a new track arrived; every other member of the room gets a subscribe offer.
+    TrackPublished {
+        room: String,
+        participant: String,
+        kind: MediaKind,
+        track_id: String,
+    },
+    TrackUnpublished {
+        room: String,
+        participant: String,
+        kind: MediaKind,
+        track_id: String,
+    },
+    /// The SFU closed the participant's connections by itself ("ice-failed",
+    /// "connection-failed", "consent-timeout", "ice-timeout", "internal-error").
+    /// Not sent after [`SfuHandle::leave`].
+    ParticipantClosed {
+        room: String,
+        participant: String,
+        reason: String,
+    },
+}
+
+/// Counts of everything the SFU holds; all return to zero when every participant has left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SfuStats {
+    pub rooms: usize,
+    pub participants: usize,
+    pub peer_connections: usize,
+    pub audio_tracks: usize,
+    pub video_tracks: usize,
+    /// (track, subscriber) forwarding entries.
+    pub subscriptions: usize,
+    /// Demultiplexer entries (ufrags, learned addresses).
+    pub demux_ufrags: usize,
+    pub demux_addresses: usize,
+}
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
+
+pub(crate) enum Command {
+    Publish {
+        room: String,
+        participant: String,
+        sdp: String,
+        reply: Reply<String>,
+    },
+    SubscribeAnswer {
+        room: String,
+        participant: String,
+        sdp: String,
+        reply: Reply<()>,
+    },
+    AddCandidate {
+        room: String,
+        participant: String,
+        pc: PcKind,
+        candidate: Option<CandidateInit>,
+        reply: Reply<()>,
+    },
+    Join {
+        room: String,
+        participant: String,
+        reply: Reply<()>,
+    },
+    Leave {
+        room: String,
+        participant: String,
+        reply: Reply<()>,
+    },
+    Stats {
+        reply: Reply<SfuStats>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The SFU. [`Sfu::start`] binds the socket and spawns the media loop.
+pub struct Sfu;
+
+impl Sfu {
+    /// Binds `config.bind`, registers the metrics on `registry` and spawns the media loop on
+    /// the current tokio runtime.
+    pub async fn start(
+        config: MediaConfig,
+        registry: &prometheus::Registry,
+    ) -> Result<(SfuHandle, mpsc::UnboundedReceiver<MediaEvent>), MediaError> {
+        let metrics = metrics::Metrics::register(registry)
+            .map_err(|e| MediaError::Rtc(format!("metrics: {e}")))?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let media_loop = sfu::MediaLoop::bind(config, metrics, cmd_rx, event_tx).await?;
+        let local_addr = media_loop.local_addr();
+        tokio::spawn(media_loop.run());
+        Ok((SfuHandle { cmd_tx, local_addr }, event_rx))
+    }
+}
+
+/// Talks to the media loop. Cheap to clone, `Send + Sync`.
+#[derive(Clone, Debug)]
+pub struct SfuHandle {
+    cmd_tx: mpsc::Sender<Command>,
+    local_addr: SocketAddr,
+}
+
+impl SfuHandle {
+    /// The bound media socket address (the actual port if 0 was configured).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, MediaError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd_tx
+            .send(make(tx))
+            .await
+            .map_err(|_| MediaError::Stopped)?;
+        rx.await.map_err(|_| MediaError::Stopped)?
+    }
+
+    /// Applies the client's publish offer and returns the answer. Creates the participant
+    /// (and the room) if needed; a later call renegotiates (tracks added or removed).
+    pub async fn publish(
+        &self,
+        room: &str,
+        participant: &str,
+        offer_sdp: String,
+    ) -> Result<String, MediaError> {
+        self.call(|reply| Command::Publish {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            sdp: offer_sdp,
+            reply,
+        })
+        .await
+    }
+
+    /// Applies the client's answer to the last [`MediaEvent::SubscribeOffer`].
+    pub async fn subscribe_answer(
+        &self,
+        room: &str,
+        participant: &str,
+        answer_sdp: String,
+    ) -> Result<(), MediaError> {
+        self.call(|reply| Command::SubscribeAnswer {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            sdp: answer_sdp,
+            reply,
+        })
+        .await
+    }
+
+    /// Adds a client ICE candidate (`None` or an empty candidate string = end of candidates).
+    /// A publish candidate may arrive before [`SfuHandle::publish`]; it is kept for a while and
+    /// applied when the connection exists.
+    pub async fn add_candidate(
+        &self,
+        room: &str,
+        participant: &str,
+        pc: PcKind,
+        candidate: Option<CandidateInit>,
+    ) -> Result<(), MediaError> {
+        self.call(|reply| Command::AddCandidate {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            pc,
+            candidate,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes `participant` a member of `room` that receives everyone else's tracks, whether or
+    /// not it ever publishes.
+    pub async fn join(&self, room: &str, participant: &str) -> Result<(), MediaError> {
+        self.call(|reply| Command::Join {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Closes both connections of `participant`; the others stop receiving its tracks (and get
+    /// a new subscribe offer).
+    pub async fn leave(&self, room: &str, participant: &str) -> Result<(), MediaError> {
+        self.call(|reply| Command::Leave {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn stats(&self) -> Result<SfuStats, MediaError> {
+        self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// Closes every connection and stops the media loop. Later calls return
+    /// [`MediaError::Stopped`].
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .cmd_tx
+            .send(Command::Shutdown { reply: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Prometheus metrics of the SFU, counted locally on the packet path and flushed in batches.
+//!
+//! The media loop owns `Local*` counters and histograms (plain integers, no atomics) and
+//! [`Metrics::flush`] adds them to the shared prometheus values every 100 ms — so a forwarded
+//! packet costs a few non-atomic increments, never an atomic operation or a lock.
+//!
+//! Directions of `callrelay_rtcp_nack_total` and `callrelay_rtcp_pli_total`:
+//! `in` = received from subscribers (about the tracks the SFU sends them);
+//! `out` = sent by the SFU to publishers (keyframe requests, and NACKs for packets the SFU
+//! did not receive from a publisher). A subscriber's NACK is answered from the SFU's own
+//! retransmission cache, so it counts as `in` only and produces no `out`.
+
+use prometheus::local::{LocalHistogram, LocalIntCounter};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::MediaKind;
+use crate::demux::DropReason;
+
+pub(crate) struct Metrics {
+    pub peer_connections: IntGauge,
+    pub tracks: [IntGauge; 2],
+    pub packets_received: [LocalIntCounter; 2],
+    pub packets_forwarded: [LocalIntCounter; 2],
+    pub bytes_forwarded: [LocalIntCounter; 2],
+    pub nack_in: LocalIntCounter,
+    pub nack_out: LocalIntCounter,
+    pub pli_in: LocalIntCounter,
+    pub pli_out: LocalIntCounter,
+    pub packets_lost: LocalIntCounter,
+    dropped: Vec<LocalIntCounter>,
+    pub forward_latency: LocalHistogram,
+    pub rtt: LocalHistogram,
+}
+
+fn reg<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: C,
+) -> Result<C, prometheus::Error> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+        let peer_connections = reg(
+            r,
+            IntGauge::new(
+                "callrelay_sfu_peer_connections",
+                "Open SFU peer connections (publish and subscribe)",
+            )?,
+        )?;
+        let tracks = reg(
+            r,
+            IntGaugeVec::new(
+                Opts::new("callrelay_sfu_tracks", "Tracks published into the SFU"),
+                &["kind"],
+            )?,
+        )?;
+        let kinds = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+            reg(r, IntCounterVec::new(Opts::new(name, help), &["kind"])?)
+        };
+        let received = kinds(
+            "callrelay_rtp_packets_received_total",
+            "RTP packets received from publishers",
+        )?;
+        let forwarded = kinds(
+            "callrelay_rtp_packets_forwarded_total",
+            "RTP packets forwarded to subscribers (one per copy)",
+        )?;
+        let bytes = kinds(
+            "callrelay_rtp_bytes_forwarded_total",
+            "RTP payload bytes forwarded to subscribers (one per copy)",
+        )?;
+        let dir = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), &["direction"])?,
+            )
+        };
+        let nack = dir(
+            "callrelay_rtcp_nack_total",
+            "RTCP NACKs: in = from subscribers, out = to publishers",
+        )?;
+        let pli = dir(
+            "callrelay_rtcp_pli_total",
+            "RTCP keyframe requests (PLI/FIR): in = from subscribers, out = to publishers",
+        )?;
+        let lost = reg(
+            r,
+            IntCounter::new(
+                "callrelay_rtp_packets_lost_total",
+                "RTP packets from publishers that never arrived (sequence gaps)",
+            )?,
+        )?;
+        let dropped = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "callrelay_media_datagrams_dropped_total",
+                    "Datagrams on the media port dropped, by reason",
+                ),
+                &["reason"],
+            )?,
+        )?;
+        let latency = reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "callrelay_forward_latency_seconds",
+                    "Time from an RTP packet read from the socket to each copy written to it",
+                )
+                .buckets(vec![
+                    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5,
+                    0.005, 0.01, 0.025,
+                ]),
+            )?,
+        )?;
+        let rtt = reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "callrelay_rtt_seconds",
+                    "Round-trip time to subscribers, from RTCP receiver reports",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6,
+                ]),
+            )?,
+        )?;
+        let by_kind = |v: &IntCounterVec| {
+            [
+                v.with_label_values(&["audio"]).local(),
+                v.with_label_values(&["video"]).local(),
+            ]
+        };
+        Ok(Self {
+            peer_connections,
+            tracks: [
+                tracks.with_label_values(&["audio"]),
+                tracks.with_label_values(&["video"]),
+            ],
+            packets_received: by_kind(&received),
+            packets_forwarded: by_kind(&forwarded),
+            bytes_forwarded: by_kind(&bytes),
+            nack_in: nack.with_label_values(&["in"]).local(),
+            nack_out: nack.with_label_values(&["out"]).local(),
+            pli_in: pli.with_label_values(&["in"]).local(),
+            pli_out: pli.with_label_values(&["out"]).local(),
+            packets_lost: lost.local(),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|r| dropped.with_label_values(&[r.label()]).local())
+                .collect(),
+            forward_latency: latency.local(),
+            rtt: rtt.local(),
+        })
+    }
+
+    #[inline]
+    pub fn dropped(&self, reason: DropReason) {
+        let i = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.dropped[i].inc();
+    }
+
+    /// Adds everything counted locally to the shared prometheus values.
+    pub fn flush(&mut self) {
+        for c in self
+            .packets_received
+            .iter()
+            .chain(&self.packets_forwarded)
+            .chain(&self.bytes_forwarded)
+            .chain([
+                &self.nack_in,
+                &self.nack_out,
+                &self.pli_in,
+                &self.pli_out,
+                &self.packets_lost,
+            ])
+            .chain(&self.dropped)
+        {
+            c.flush();
+        }
+        self.forward_latency.flush();
+        self.rtt.flush();
+    }
+}
+
+pub(crate) fn kind_index(kind: MediaKind) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1,
+    }
+}

@@ -1,0 +1,1664 @@
+//! The media loop: one task that owns the socket, every peer connection and every room through
+//! `&mut self`, fed by the socket, the command channel and timers.
+//!
+//! Per input the loop (1) hands it to the one peer connection concerned, (2) drains that
+//! connection's events, decoded packets and outgoing datagrams (`drive`), which may touch
+//! other connections (a forwarded packet, a relayed keyframe request) — those are drained in
+//! turn from the `dirty` list — and (3) reschedules the connection's next timeout.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp::header::Header;
+use rtc::rtp::packet::Packet;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::time::SystemInstant;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::SfuStats;
+use crate::demux::{Demux, DropReason};
+use crate::forward::{ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
+use crate::keyframe::KeyframeThrottle;
+use crate::metrics::{Metrics, kind_index};
+use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
+use crate::room::{
+    EarlyCandidates, MAX_PENDING_CANDIDATES, Negotiation, Participant, PcId, Room, TrackKey,
+};
+use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache};
+use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
+
+const MAX_ID_LEN: usize = 256;
+const RECV_BATCH: usize = 64;
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+const CLOSED_MEMORY: Duration = Duration::from_secs(60);
+const EARLY_CANDIDATE_TTL: Duration = Duration::from_secs(10);
+
+/// One webrtc-rs peer connection and what the loop knows about it.
+struct Pc {
+    room: String,
+    participant: String,
+    kind: PcKind,
+    rtc: RTCPeerConnection,
+    /// The next timeout the loop has scheduled for it (the heap may hold stale ones).
+    scheduled: Option<Instant>,
+    dirty: bool,
+    created: Instant,
+    last_rx: Option<Instant>,
+    /// An offer/answer has been applied: from now on it must connect and stay alive.
+    negotiated: bool,
+    connected: bool,
+    /// Publish: the publisher's media SSRC → track.
+    in_tracks: HashMap<u32, TrackKey>,
+    /// Subscribe: the SSRC we send a track with → track.
+    out_ssrcs: HashMap<u32, TrackKey>,
+    /// Subscribe: an answer for the current offer was applied.
+    answered: bool,
+}
+
+/// One subscriber of one track: where its copies go and how they are rewritten.
+struct Fanout {
+    sub_pc: PcId,
+    sender_id: RTCRtpSenderId,
+    rewriter: Rewriter,
+    /// Negotiated (answered) and connected: copies are sent.
+    ready: bool,
+    configured: bool,
+}
+
+/// A track a publisher sends into the SFU.
+struct Track {
+    room: String,
+    publisher: String,
+    track_id: String,
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    pub_pc: PcId,
+    media_ssrc: u32,
+    /// The publisher's negotiated codecs and header extensions (uri, id).
+    pub_codecs: Vec<RTCRtpCodecParameters>,
+    pub_extensions: Vec<(String, u8)>,
+    cache: RtxCache,
+    keyframes: KeyframeThrottle,
+    keyframe_wanted: bool,
+    highest_seq: Option<u16>,
+    subscribers: Vec<Fanout>,
+}
+
+pub(crate) struct MediaLoop {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    candidates: Vec<SocketAddr>,
+    config: MediaConfig,
+    metrics: Metrics,
+    counters: Arc<CoreCounters>,
+    cmd_rx: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+
+    demux: Demux<PcId>,
+    pcs: HashMap<PcId, Pc>,
+    tracks: HashMap<TrackKey, Track>,
+    rooms: HashMap<String, Room>,
+    timers: BinaryHeap<Reverse<(Instant, PcId)>>,
+    dirty: Vec<PcId>,
+    early_candidates: EarlyCandidates,
+    closed_recently: HashMap<(String, String), Instant>,
+    next_id: u64,
+    epoch: Instant,
+    last_liveness_check: Instant,
+    /// Scratch buffers reused on every drive (no per-packet allocation for bookkeeping).
+    scratch_events: Vec<RTCPeerConnectionEvent>,
+    scratch_reads: Vec<TaggedRTCMessage>,
+}
+
+fn valid_id(s: &str, what: &'static str) -> Result<(), MediaError> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
+        Err(MediaError::InvalidId(what))
+    } else {
+        Ok(())
+    }
+}
+
+fn media_kind(kind: RtpCodecKind) -> MediaKind {
+    if kind == RtpCodecKind::Audio {
+        MediaKind::Audio
+    } else {
+        MediaKind::Video
+    }
+}
+
+fn rtc_kind(kind: MediaKind) -> RtpCodecKind {
+    match kind {
+        MediaKind::Audio => RtpCodecKind::Audio,
+        MediaKind::Video => RtpCodecKind::Video,
+    }
+}
+
+/// Runs a call into the webrtc-rs core, turning a panic inside it into an error so that
+/// hostile input can never take the media loop (and every other room) down.
+fn guarded<T>(f: impl FnOnce() -> Result<T, MediaError>) -> Result<T, MediaError> {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(MediaError::Rtc("webrtc core panicked".into())))
+}
+
+/// The addresses announced as host candidates: the bound address (or, if unspecified, every
+/// interface address of that family, loopback included) plus the configured public IPs.
+fn candidate_addrs(local: SocketAddr, public_ips: &[IpAddr]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    if local.ip().is_unspecified() {
+        if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
+            for ifa in ifaddrs {
+                let Some(addr) = ifa.address else { continue };
+                let ip = if let Some(v4) = addr.as_sockaddr_in() {
+                    IpAddr::V4(v4.ip())
+                } else if let Some(v6) = addr.as_sockaddr_in6() {
+                    IpAddr::V6(v6.ip())
+                } else {
+                    continue;
+                };
+                let same_family = ip.is_ipv4() == local.is_ipv4();
+                let link_local_v6 =
+                    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+                if same_family && !link_local_v6 {
+                    out.push(SocketAddr::new(ip, local.port()));
+                }
+            }
+        }
+        if out.is_empty() {
+            let lo: IpAddr = if local.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            out.push(SocketAddr::new(lo, local.port()));
+        }
+    } else {
+        out.push(local);
+    }
+    for ip in public_ips {
+        let a = SocketAddr::new(*ip, local.port());
+        if !out.contains(&a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+impl MediaLoop {
+    pub async fn bind(
+        config: MediaConfig,
+        metrics: Metrics,
+        cmd_rx: mpsc::Receiver<Command>,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> Result<Self, MediaError> {
+        let socket = UdpSocket::bind(config.bind).await?;
+        let local_addr = socket.local_addr()?;
+        let candidates = candidate_addrs(local_addr, &config.public_ips);
+        info!(%local_addr, candidates = candidates.len(), "media socket bound");
+        let now = Instant::now();
+        Ok(Self {
+            socket,
+            local_addr,
+            candidates,
+            config,
+            metrics,
+            counters: Arc::new(CoreCounters::default()),
+            cmd_rx,
+            events,
+            demux: Demux::new(),
+            pcs: HashMap::new(),
+            tracks: HashMap::new(),
+            rooms: HashMap::new(),
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            early_candidates: EarlyCandidates::default(),
+            closed_recently: HashMap::new(),
+            next_id: 1,
+            epoch: now,
+            last_liveness_check: now,
+            scratch_events: Vec::new(),
+            scratch_reads: Vec::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub async fn run(mut self) {
+        let mut buf = vec![0u8; 2048];
+        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| *t)
+                .unwrap_or(next_housekeeping)
+                .min(next_housekeeping);
+            tokio::select! {
+                biased;
+                cmd = self.cmd_rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    if let Command::Shutdown { reply } = cmd {
+                        self.close_all();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    self.handle_command(cmd);
+                }
+                res = self.socket.recv_from(&mut buf) => {
+                    match res {
+                        Ok((n, from)) => {
+                            self.handle_datagram(from, &buf[..n]);
+                            // Drain what else is already queued before looking at timers.
+                            for _ in 0..RECV_BATCH {
+                                match self.socket.try_recv_from(&mut buf) {
+                                    Ok((n, from)) => self.handle_datagram(from, &buf[..n]),
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        Err(e) => debug!("media socket recv error: {e}"),
+                    }
+                }
+                _ = tokio::time::sleep_until(next_timer.into()) => {
+                    let now = Instant::now();
+                    self.run_timers(now);
+                    if now >= next_housekeeping {
+                        self.housekeeping(now);
+                        next_housekeeping = now + HOUSEKEEPING;
+                    }
+                }
+            }
+            self.drive_dirty();
+        }
+        info!("media loop stopped");
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8]) {
+        let id = match self.demux.route(from, data) {
+            Ok(id) => id,
+            Err(reason) => {
+                self.metrics.dropped(reason);
+                return;
+            }
+        };
+        let now = Instant::now();
+        let local_addr = self.local_addr_for(from);
+        let Some(pc) = self.pcs.get_mut(&id) else {
+            self.metrics.dropped(DropReason::UnknownSource);
+            return;
+        };
+        pc.last_rx = Some(now);
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        let rtc = &mut pc.rtc;
+        if guarded(|| rtc.handle_read(msg).map_err(MediaError::from)).is_err() {
+            self.metrics.dropped(DropReason::Rejected);
+        }
+        self.drive(id, now);
+    }
+
+    /// The local address the ICE agent should see a datagram arrive on: one of the announced
+    /// host candidates (the socket may be bound to an unspecified address).
+    fn local_addr_for(&self, from: SocketAddr) -> SocketAddr {
+        if !self.local_addr.ip().is_unspecified() {
+            return self.local_addr;
+        }
+        let same_family = |a: &&SocketAddr| a.is_ipv4() == from.is_ipv4();
+        self.candidates
+            .iter()
+            .filter(same_family)
+            .find(|a| a.ip().is_loopback() == from.ip().is_loopback())
+            .or_else(|| self.candidates.iter().find(same_family))
+            .copied()
+            .unwrap_or(self.local_addr)
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(pc) = self.pcs.get_mut(&id) else {
+                continue;
+            };
+            if pc.scheduled != Some(t) {
+                continue; // stale entry
+            }
+            pc.scheduled = None;
+            let rtc = &mut pc.rtc;
+            if let Err(e) = guarded(|| rtc.handle_timeout(now).map_err(MediaError::from)) {
+                debug!("handle_timeout: {e}");
+            }
+            self.drive(id, now);
+        }
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        let nack_out = self.counters.nack_out.swap(0, Ordering::Relaxed);
+        if nack_out > 0 {
+            self.metrics.nack_out.inc_by(nack_out);
+        }
+        // Keyframe requests that the throttle held back.
+        let wanted: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.keyframe_wanted)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in wanted {
+            self.request_keyframe(key, now);
+        }
+        self.metrics.flush();
+        if now.duration_since(self.last_liveness_check) >= Duration::from_secs(1) {
+            self.last_liveness_check = now;
+            self.check_liveness(now);
+            self.early_candidates
+                .prune(now.checked_sub(EARLY_CANDIDATE_TTL).unwrap_or(now));
+            self.closed_recently
+                .retain(|_, t| now.duration_since(*t) < CLOSED_MEMORY);
+        }
+    }
+
+    /// Closes participants whose connections went silent (consent freshness, RFC 7675) or
+    /// never connected.
+    fn check_liveness(&mut self, now: Instant) {
+        let timeout = self.config.liveness_timeout;
+        let mut dead: Vec<(String, String, &'static str)> = Vec::new();
+        for pc in self.pcs.values() {
+            if !pc.negotiated {
+                continue;
+            }
+            let reason = match (pc.connected, pc.last_rx) {
+                (true, Some(rx)) if now.duration_since(rx) > timeout => Some("consent-timeout"),
+                (false, rx) if now.duration_since(rx.unwrap_or(pc.created)) > timeout => {
+                    Some("ice-timeout")
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                dead.push((pc.room.clone(), pc.participant.clone(), reason));
+            }
+        }
+        for (room, participant, reason) in dead {
+            self.close_participant(&room, &participant, Some(reason));
+        }
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    fn mark_dirty(dirty: &mut Vec<PcId>, pc: &mut Pc, id: PcId) {
+        if !pc.dirty {
+            pc.dirty = true;
+            dirty.push(id);
+        }
+    }
+
+    fn drive_dirty(&mut self) {
+        let now = Instant::now();
+        while let Some(id) = self.dirty.pop() {
+            if let Some(pc) = self.pcs.get_mut(&id) {
+                pc.dirty = false;
+                self.drive(id, now);
+            }
+        }
+    }
+
+    /// Drains one connection: events, decoded packets, outgoing datagrams, next timeout.
+    fn drive(&mut self, id: PcId, now: Instant) {
+        for _ in 0..64 {
+            let mut events = std::mem::take(&mut self.scratch_events);
+            let mut reads = std::mem::take(&mut self.scratch_reads);
+            {
+                let Some(pc) = self.pcs.get_mut(&id) else {
+                    return;
+                };
+                let rtc = &mut pc.rtc;
+                let _ = guarded(|| {
+                    while let Some(ev) = rtc.poll_event() {
+                        events.push(ev);
+                    }
+                    while let Some(msg) = rtc.poll_read() {
+                        reads.push(msg);
+                    }
+                    Ok(())
+                });
+            }
+            let idle = events.is_empty() && reads.is_empty();
+            for ev in events.drain(..) {
+                self.handle_pc_event(id, ev, now);
+            }
+            for msg in reads.drain(..) {
+                match msg.message {
+                    RTCMessage::RtpPacket(_, packet) => self.forward_rtp(id, packet, now),
+                    RTCMessage::RtcpPacket(_, packets) => self.handle_rtcp(id, &packets, now),
+                    _ => {}
+                }
+            }
+            self.scratch_events = events;
+            self.scratch_reads = reads;
+            self.flush_writes(id);
+            if idle {
+                break;
+            }
+        }
+        self.schedule(id, now);
+    }
+
+    fn flush_writes(&mut self, id: PcId) {
+        let Some(pc) = self.pcs.get_mut(&id) else {
+            return;
+        };
+        let rtc = &mut pc.rtc;
+        let socket = &self.socket;
+        let metrics = &self.metrics;
+        let _ = guarded(|| {
+            while let Some(out) = rtc.poll_write() {
+                if socket
+                    .try_send_to(&out.message, out.transport.peer_addr)
+                    .is_err()
+                {
+                    metrics.dropped(DropReason::SendFailed);
+                }
+            }
+            Ok(())
+        });
+    }
+
+    fn schedule(&mut self, id: PcId, now: Instant) {
+        let Some(pc) = self.pcs.get_mut(&id) else {
+            return;
+        };
+        let rtc = &mut pc.rtc;
+        let Ok(Some(mut t)) = guarded(|| Ok(rtc.poll_timeout())) else {
+            return;
+        };
+        if t <= now {
+            t = now + Duration::from_millis(1);
+        }
+        if pc.scheduled.is_none_or(|s| t < s) {
+            pc.scheduled = Some(t);
+            self.timers.push(Reverse((t, id)));
+        }
+    }
+
+    fn emit(&self, ev: MediaEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    fn handle_pc_event(&mut self, id: PcId, ev: RTCPeerConnectionEvent, now: Instant) {
+        let Some(pc) = self.pcs.get_mut(&id) else {
+            return;
+        };
+        let (room, participant, kind) = (pc.room.clone(), pc.participant.clone(), pc.kind);
+        match ev {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                debug!(%room, %participant, pc = kind.as_str(), %state, "connection state");
+                if state == RTCPeerConnectionState::Connected {
+                    pc.connected = true;
+                }
+                self.emit(MediaEvent::ConnectionState {
+                    room: room.clone(),
+                    participant: participant.clone(),
+                    pc: kind,
+                    state: state.to_string(),
+                });
+                match state {
+                    RTCPeerConnectionState::Connected if kind == PcKind::Subscribe => {
+                        self.activate_fanouts(id, now);
+                    }
+                    RTCPeerConnectionState::Failed => {
+                        self.close_participant(&room, &participant, Some("connection-failed"));
+                    }
+                    // We remove a connection before closing it ourselves, so this is the
+                    // client closing (DTLS close_notify).
+                    RTCPeerConnectionState::Closed => {
+                        self.close_participant(&room, &participant, Some("remote-closed"));
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
+                RTCIceConnectionState::Failed,
+            ) => {
+                self.close_participant(&room, &participant, Some("ice-failed"));
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
+                if kind == PcKind::Publish =>
+            {
+                self.publish_track(id, init, now);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
+                if kind == PcKind::Publish =>
+            {
+                let key = self.tracks.iter().find_map(|(k, t)| {
+                    (t.pub_pc == id && t.track_id == track_id.as_str()).then_some(*k)
+                });
+                if let Some(key) = key {
+                    self.unpublish_track(key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ media path
+
+    /// The hot path: one publisher packet in, one rewritten copy per ready subscriber out.
+    fn forward_rtp(&mut self, pub_id: PcId, packet: Packet, rx_at: Instant) {
+        let Self {
+            pcs,
+            tracks,
+            metrics,
+            socket,
+            epoch,
+            ..
+        } = self;
+        let Some(pc) = pcs.get(&pub_id) else { return };
+        // OnOpen (handled before reads in `drive`) registered every SSRC we forward; anything
+        // else (an SSRC we did not negotiate) is dropped.
+        let Some(&key) = pc.in_tracks.get(&packet.header.ssrc) else {
+            return;
+        };
+        let Some(track) = tracks.get_mut(&key) else {
+            return;
+        };
+        let kind = kind_index(track.kind);
+        metrics.packets_received[kind].inc();
+        let seq = packet.header.sequence_number;
+        match track.highest_seq {
+            Some(h) if seq_newer(seq, h) => {
+                let gap = seq.wrapping_sub(h) - 1;
+                if gap > 0 {
+                    metrics.packets_lost.inc_by(u64::from(gap));
+                }
+                track.highest_seq = Some(seq);
+            }
+            Some(_) => {}
+            None => track.highest_seq = Some(seq),
+        }
+        track.cache.insert(&packet);
+        let now_us = rx_at.duration_since(*epoch).as_micros() as u64;
+        let payload_len = packet.payload.len() as u64;
+        for f in track.subscribers.iter_mut().filter(|f| f.ready) {
+            let mut header = Header {
+                extensions: Vec::with_capacity(packet.header.extensions.len()),
+                ..Default::default()
+            };
+            if !f.rewriter.rewrite_into(&packet.header, now_us, &mut header) {
+                continue;
+            }
+            let Some(sub) = pcs.get_mut(&f.sub_pc) else {
+                continue;
+            };
+            let copy = Packet {
+                header,
+                payload: packet.payload.clone(),
+            };
+            let rtc = &mut sub.rtc;
+            let written = guarded(|| {
+                rtc.handle_write(TaggedRTCMessage {
+                    now: rx_at,
+                    message: RTCMessage::RtpPacket(String::new(), copy),
+                })?;
+                let mut n = 0;
+                while let Some(out) = rtc.poll_write() {
+                    if socket
+                        .try_send_to(&out.message, out.transport.peer_addr)
+                        .is_err()
+                    {
+                        metrics.dropped(DropReason::SendFailed);
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            });
+            if matches!(written, Ok(n) if n > 0) {
+                metrics.packets_forwarded[kind].inc();
+                metrics.bytes_forwarded[kind].inc_by(payload_len);
+                metrics
+                    .forward_latency
+                    .observe(rx_at.elapsed().as_secs_f64());
+            }
+        }
+    }
+
+    /// RTCP the interceptors delivered: feedback from subscribers about tracks we send them.
+    fn handle_rtcp(&mut self, id: PcId, packets: &[Box<dyn rtc::rtcp::Packet>], now: Instant) {
+        let Some(pc) = self.pcs.get(&id) else { return };
+        if pc.kind != PcKind::Subscribe {
+            return;
+        }
+        for p in packets {
+            let any = p.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.metrics.pli_in.inc();
+                if let Some(key) = self.out_track(id, pli.media_ssrc) {
+                    self.request_keyframe(key, now);
+                }
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                self.metrics.pli_in.inc();
+                let keys: Vec<TrackKey> = fir
+                    .fir
+                    .iter()
+                    .filter_map(|e| self.out_track(id, e.ssrc))
+                    .collect();
+                for key in keys {
+                    self.request_keyframe(key, now);
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.metrics.nack_in.inc();
+                self.answer_nack(id, nack, now);
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                self.observe_rtt(id, rr);
+            }
+        }
+    }
+
+    fn out_track(&self, sub: PcId, ssrc: u32) -> Option<TrackKey> {
+        self.pcs.get(&sub)?.out_ssrcs.get(&ssrc).copied()
+    }
+
+    /// Answers a subscriber's NACK from the track's retransmission cache.
+    fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack, now: Instant) {
+        let Some(key) = self.out_track(sub_id, nack.media_ssrc) else {
+            return;
+        };
+        let Self { pcs, tracks, .. } = self;
+        let Some(track) = tracks.get(&key) else {
+            return;
+        };
+        let Some(f) = track.subscribers.iter().find(|f| f.sub_pc == sub_id) else {
+            return;
+        };
+        let Some(sub) = pcs.get_mut(&sub_id) else {
+            return;
+        };
+        let mut sent = false;
+        for pair in &nack.nacks {
+            let lost = std::iter::once(pair.packet_id).chain(
+                (0..16u16)
+                    .filter(|i| pair.lost_packets & (1 << i) != 0)
+                    .map(|i| pair.packet_id.wrapping_add(i + 1)),
+            );
+            for out_seq in lost {
+                let Some(src_seq) = f.rewriter.source_seq(out_seq) else {
+                    continue;
+                };
+                let Some(original) = track.cache.get(track.media_ssrc, src_seq) else {
+                    continue;
+                };
+                let Some(header) = f.rewriter.rewrite_retransmission(&original.header) else {
+                    continue;
+                };
+                let copy = Packet {
+                    header,
+                    payload: original.payload.clone(),
+                };
+                let rtc = &mut sub.rtc;
+                if guarded(|| {
+                    rtc.handle_write(TaggedRTCMessage {
+                        now,
+                        message: RTCMessage::RtpPacket(String::new(), copy),
+                    })
+                    .map_err(MediaError::from)
+                })
+                .is_ok()
+                {
+                    sent = true;
+                }
+            }
+        }
+        if sent {
+            Self::mark_dirty(&mut self.dirty, sub, sub_id);
+        }
+    }
+
+    fn observe_rtt(&mut self, sub_id: PcId, rr: &ReceiverReport) {
+        let Some(pc) = self.pcs.get(&sub_id) else {
+            return;
+        };
+        let now_ntp = SystemInstant::unix2ntp(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let mid = (now_ntp >> 16) as u32;
+        for r in &rr.reports {
+            if r.last_sender_report == 0 || !pc.out_ssrcs.contains_key(&r.ssrc) {
+                continue;
+            }
+            let rtt = mid.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
+            if rtt < 0x8000_0000 {
+                self.metrics.rtt.observe(f64::from(rtt) / 65_536.0);
+            }
+        }
+    }
+
+    /// Asks the publisher of `key` for a keyframe, at most once per throttle interval; a
+    /// request held back is sent when the interval has passed.
+    fn request_keyframe(&mut self, key: TrackKey, now: Instant) {
+        let Some(track) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            track.keyframe_wanted = false;
+            return;
+        }
+        if !track.keyframes.allow(now) {
+            track.keyframe_wanted = true;
+            return;
+        }
+        track.keyframe_wanted = false;
+        let media_ssrc = track.media_ssrc;
+        let pub_id = track.pub_pc;
+        let Some(pc) = self.pcs.get_mut(&pub_id) else {
+            return;
+        };
+        let rtc = &mut pc.rtc;
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        if guarded(|| {
+            rtc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(pli)]),
+            })
+            .map_err(MediaError::from)
+        })
+        .is_ok()
+        {
+            self.metrics.pli_out.inc();
+            Self::mark_dirty(&mut self.dirty, pc, pub_id);
+        }
+    }
+
+    // ------------------------------------------------------------------ tracks
+
+    fn publish_track(&mut self, pub_id: PcId, init: RTCTrackEventInit, now: Instant) {
+        let Some(pc) = self.pcs.get_mut(&pub_id) else {
+            return;
+        };
+        if pc.in_tracks.contains_key(&init.ssrc) {
+            return;
+        }
+        let (room, publisher) = (pc.room.clone(), pc.participant.clone());
+        let info = guarded(|| {
+            let mut receiver = pc
+                .rtc
+                .rtp_receiver(init.receiver_id)
+                .ok_or(MediaError::InvalidState("no receiver"))?;
+            let track = receiver.track();
+            let kind = track.kind();
+            let codec = track.codec(init.ssrc).cloned();
+            let params = receiver.get_parameters();
+            let codecs = params.rtp_parameters.codecs.clone();
+            let exts: Vec<(String, u8)> = params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .map(|h| (h.uri.clone(), h.id as u8))
+                .collect();
+            Ok((kind, codec, codecs, exts))
+        });
+        let Ok((kind, Some(codec), pub_codecs, pub_extensions)) = info else {
+            warn!(%room, %publisher, "track opened without a usable codec; ignored");
+            return;
+        };
+        // The same track id on a new SSRC (the publisher restarted it): replace the old one.
+        let old = self.tracks.iter().find_map(|(k, t)| {
+            (t.pub_pc == pub_id && t.track_id == init.track_id.as_str()).then_some(*k)
+        });
+        if let Some(old) = old {
+            self.unpublish_track(old);
+        }
+        let key = TrackKey(self.next_id());
+        let kind = media_kind(kind);
+        info!(%room, %publisher, track = %init.track_id, kind = kind.as_str(), codec = %codec.mime_type, "track published");
+        self.tracks.insert(
+            key,
+            Track {
+                room: room.clone(),
+                publisher: publisher.clone(),
+                track_id: init.track_id.to_string(),
+                kind,
+                codec,
+                pub_pc: pub_id,
+                media_ssrc: init.ssrc,
+                pub_codecs,
+                pub_extensions,
+                cache: RtxCache::new(if kind == MediaKind::Video {
+                    DEFAULT_CAPACITY
+                } else {
+                    64
+                }),
+                keyframes: KeyframeThrottle::default(),
+                keyframe_wanted: false,
+                highest_seq: None,
+                subscribers: Vec::new(),
+            },
+        );
+        if let Some(pc) = self.pcs.get_mut(&pub_id) {
+            pc.in_tracks.insert(init.ssrc, key);
+        }
+        if let Some(p) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.participants.get_mut(&publisher))
+        {
+            p.published.push(key);
+        }
+        self.update_track_gauges();
+        self.emit(MediaEvent::TrackPublished {
+            room: room.clone(),
+            participant: publisher.clone(),
+            kind,
+            track_id: init.track_id.to_string(),
+        });
+        self.sync_room(&room, Some(&publisher), now);
+    }
+
+    fn unpublish_track(&mut self, key: TrackKey) {
+        let Some(track) = self.tracks.remove(&key) else {
+            return;
+        };
+        if let Some(pc) = self.pcs.get_mut(&track.pub_pc) {
+            pc.in_tracks.retain(|_, k| *k != key);
+        }
+        for f in &track.subscribers {
+            if let Some(pc) = self.pcs.get_mut(&f.sub_pc) {
+                pc.out_ssrcs.retain(|_, k| *k != key);
+            }
+        }
+        if let Some(p) = self
+            .rooms
+            .get_mut(&track.room)
+            .and_then(|r| r.participants.get_mut(&track.publisher))
+        {
+            p.published.retain(|k| *k != key);
+        }
+        self.update_track_gauges();
+        self.emit(MediaEvent::TrackUnpublished {
+            room: track.room.clone(),
+            participant: track.publisher.clone(),
+            kind: track.kind,
+            track_id: track.track_id.clone(),
+        });
+        self.sync_room(&track.room, Some(&track.publisher), Instant::now());
+    }
+
+    fn update_track_gauges(&self) {
+        let mut n = [0i64; 2];
+        for t in self.tracks.values() {
+            n[kind_index(t.kind)] += 1;
+        }
+        self.metrics.tracks[0].set(n[0]);
+        self.metrics.tracks[1].set(n[1]);
+        self.metrics.peer_connections.set(self.pcs.len() as i64);
+    }
+
+    // ------------------------------------------------------------------ subscribe side
+
+    /// Re-synchronises every member of `room` except `except` with the room's tracks.
+    fn sync_room(&mut self, room: &str, except: Option<&str>, now: Instant) {
+        let members: Vec<String> = match self.rooms.get(room) {
+            Some(r) => r
+                .participants
+                .keys()
+                .filter(|p| Some(p.as_str()) != except)
+                .cloned()
+                .collect(),
+            None => return,
+        };
+        for m in members {
+            if let Err(e) = self.sync_subscriptions(room, &m, now) {
+                warn!(%room, participant = %m, "renegotiation failed: {e}");
+            }
+        }
+    }
+
+    /// Makes `participant`'s subscribe connection carry exactly the room's other tracks, and
+    /// sends an offer if that changed anything. While an offer is outstanding, only notes that
+    /// another round is needed.
+    fn sync_subscriptions(
+        &mut self,
+        room: &str,
+        participant: &str,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let r = self
+            .rooms
+            .get_mut(room)
+            .ok_or_else(|| MediaError::UnknownRoom(room.to_owned()))?;
+        let p = r
+            .participants
+            .get_mut(participant)
+            .ok_or_else(|| unknown(room, participant))?;
+        if let Negotiation::OfferPending { again } = &mut p.negotiation {
+            *again = true;
+            return Ok(());
+        }
+        let desired: HashSet<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.room == room && t.publisher != participant)
+            .map(|(k, _)| *k)
+            .collect();
+        let r = self.rooms.get(room).expect("room checked above");
+        let p = &r.participants[participant];
+        let to_remove: Vec<(TrackKey, RTCRtpSenderId)> = p
+            .subscribed
+            .iter()
+            .filter(|(k, _)| !desired.contains(k))
+            .map(|(k, s)| (*k, *s))
+            .collect();
+        let mut to_add: Vec<TrackKey> = desired
+            .iter()
+            .filter(|k| !p.subscribed.contains_key(k))
+            .copied()
+            .collect();
+        to_add.sort();
+        if to_remove.is_empty() && to_add.is_empty() {
+            return Ok(());
+        }
+        let sub_id = match p.subscribe_pc {
+            Some(id) => id,
+            None => self.create_pc(room, participant, PcKind::Subscribe, now)?,
+        };
+        for (key, sender) in &to_remove {
+            if let Some(t) = self.tracks.get_mut(key) {
+                t.subscribers.retain(|f| f.sub_pc != sub_id);
+            }
+            if let Some(pc) = self.pcs.get_mut(&sub_id) {
+                pc.out_ssrcs.retain(|_, k| k != key);
+                let rtc = &mut pc.rtc;
+                let sender = *sender;
+                let _ = guarded(|| rtc.remove_track(sender).map_err(MediaError::from));
+            }
+            self.participant_mut(room, participant)
+                .map(|p| p.subscribed.remove(key));
+        }
+        for key in to_add {
+            let Some(track) = self.tracks.get_mut(&key) else {
+                continue;
+            };
+            let Some(pc) = self.pcs.get_mut(&sub_id) else {
+                break;
+            };
+            let out_ssrc = loop {
+                let s = rand::random::<u32>();
+                if s != 0 && !pc.out_ssrcs.contains_key(&s) {
+                    break s;
+                }
+            };
+            let media_track = MediaStreamTrack::new(
+                track.publisher.clone(),
+                track.track_id.clone(),
+                format!("{}-{}", track.publisher, track.kind.as_str()),
+                rtc_kind(track.kind),
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(out_ssrc),
+                        ..Default::default()
+                    },
+                    codec: track.codec.clone(),
+                    ..Default::default()
+                }],
+            );
+            let rtc = &mut pc.rtc;
+            let sender_id = match guarded(|| rtc.add_track(media_track).map_err(MediaError::from)) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(%room, %participant, "add_track: {e}");
+                    continue;
+                }
+            };
+            pc.out_ssrcs.insert(out_ssrc, key);
+            track.subscribers.push(Fanout {
+                sub_pc: sub_id,
+                sender_id,
+                rewriter: Rewriter::new(
+                    out_ssrc,
+                    track.codec.clock_rate,
+                    rand::random(),
+                    rand::random(),
+                    PayloadTypeMap::new(),
+                    ExtIdMap::new(),
+                ),
+                ready: false,
+                configured: false,
+            });
+            if let Some(p) = self.participant_mut(room, participant) {
+                p.subscribed.insert(key, sender_id);
+            }
+        }
+        self.send_offer(room, participant, sub_id)
+    }
+
+    fn send_offer(
+        &mut self,
+        room: &str,
+        participant: &str,
+        sub_id: PcId,
+    ) -> Result<(), MediaError> {
+        let pc = self
+            .pcs
+            .get_mut(&sub_id)
+            .ok_or(MediaError::ConnectionClosed)?;
+        let rtc = &mut pc.rtc;
+        let sdp = guarded(|| {
+            let offer = rtc.create_offer(None)?;
+            rtc.set_local_description(Instant::now(), offer)?;
+            rtc.local_description()
+                .map(|d| d.sdp)
+                .ok_or(MediaError::InvalidState("no local description"))
+        })?;
+        pc.negotiated = true;
+        pc.answered = false;
+        Self::mark_dirty(&mut self.dirty, pc, sub_id);
+        for t in self.tracks.values_mut() {
+            for f in t.subscribers.iter_mut().filter(|f| f.sub_pc == sub_id) {
+                // Keep forwarding tracks already negotiated; new ones wait for the answer.
+                if !f.configured {
+                    f.ready = false;
+                }
+            }
+        }
+        if let Some(p) = self.participant_mut(room, participant) {
+            p.negotiation = Negotiation::OfferPending { again: false };
+        }
+        self.emit(MediaEvent::SubscribeOffer {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            sdp,
+        });
+        Ok(())
+    }
+
+    /// After an answer: learn what each subscriber negotiated (payload types, extension ids)
+    /// and start forwarding once connected.
+    fn configure_fanouts(&mut self, sub_id: PcId) {
+        let Some(pc) = self.pcs.get_mut(&sub_id) else {
+            return;
+        };
+        for t in self.tracks.values_mut() {
+            for f in t.subscribers.iter_mut().filter(|f| f.sub_pc == sub_id) {
+                let rtc = &mut pc.rtc;
+                let sender_id = f.sender_id;
+                let params = guarded(|| {
+                    let mut sender = rtc
+                        .rtp_sender(sender_id)
+                        .ok_or(MediaError::InvalidState("no sender"))?;
+                    let p = sender.get_parameters();
+                    Ok((
+                        p.rtp_parameters.codecs.clone(),
+                        p.rtp_parameters
+                            .header_extensions
+                            .iter()
+                            .map(|h| (h.uri.clone(), h.id as u8))
+                            .collect::<Vec<_>>(),
+                    ))
+                });
+                let Ok((codecs, exts)) = params else { continue };
+                let mut pts = PayloadTypeMap::new();
+                for pc_codec in &t.pub_codecs {
+                    let same_mime = |c: &&RTCRtpCodecParameters| {
+                        c.rtp_codec
+                            .mime_type
+                            .eq_ignore_ascii_case(&pc_codec.rtp_codec.mime_type)
+                    };
+                    let found = codecs
+                        .iter()
+                        .filter(same_mime)
+                        .find(|c| c.rtp_codec.sdp_fmtp_line == pc_codec.rtp_codec.sdp_fmtp_line)
+                        .or_else(|| codecs.iter().find(same_mime));
+                    if let Some(c) = found {
+                        pts.set(pc_codec.payload_type, c.payload_type);
+                    }
+                }
+                let mut ext_map = ExtIdMap::new();
+                for uri in FORWARDED_EXTENSIONS {
+                    let from = t.pub_extensions.iter().find(|(u, _)| u == uri);
+                    let to = exts.iter().find(|(u, _)| u == uri);
+                    if let (Some((_, from)), Some((_, to))) = (from, to) {
+                        ext_map.set(*from, *to);
+                    }
+                }
+                f.rewriter.payload_types = pts;
+                f.rewriter.extensions = ext_map;
+                f.configured = true;
+            }
+        }
+    }
+
+    /// Starts forwarding every configured track of a connected subscribe connection, asking
+    /// each publisher for a keyframe so the new subscriber can start decoding.
+    fn activate_fanouts(&mut self, sub_id: PcId, now: Instant) {
+        let Some(pc) = self.pcs.get(&sub_id) else {
+            return;
+        };
+        if !pc.connected || !pc.answered {
+            return;
+        }
+        let mut started = Vec::new();
+        for (key, t) in self.tracks.iter_mut() {
+            for f in t.subscribers.iter_mut().filter(|f| f.sub_pc == sub_id) {
+                if f.configured && !f.ready {
+                    f.ready = true;
+                    started.push(*key);
+                }
+            }
+        }
+        for key in started {
+            self.request_keyframe(key, now);
+        }
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    fn handle_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Publish {
+                room,
+                participant,
+                sdp,
+                reply,
+            } => {
+                let r = self.publish(&room, &participant, sdp, now);
+                let _ = reply.send(r);
+            }
+            Command::SubscribeAnswer {
+                room,
+                participant,
+                sdp,
+                reply,
+            } => {
+                let r = self.subscribe_answer(&room, &participant, sdp, now);
+                let _ = reply.send(r);
+            }
+            Command::AddCandidate {
+                room,
+                participant,
+                pc,
+                candidate,
+                reply,
+            } => {
+                let r = self.add_candidate(&room, &participant, pc, candidate, now);
+                let _ = reply.send(r);
+            }
+            Command::Join {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = self.join(&room, &participant, now);
+                let _ = reply.send(r);
+            }
+            Command::Leave {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = self.leave(&room, &participant);
+                let _ = reply.send(r);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(Ok(self.stats()));
+            }
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn participant_mut(&mut self, room: &str, participant: &str) -> Option<&mut Participant> {
+        self.rooms.get_mut(room)?.participants.get_mut(participant)
+    }
+
+    /// Adds the participant (and room) if needed; true if it is new.
+    fn ensure_participant(&mut self, room: &str, participant: &str) -> Result<bool, MediaError> {
+        valid_id(room, "room")?;
+        valid_id(participant, "participant")?;
+        let r = self.rooms.entry(room.to_owned()).or_default();
+        Ok(match r.participants.entry(participant.to_owned()) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(v) => {
+                v.insert(Participant::new());
+                self.closed_recently
+                    .remove(&(room.to_owned(), participant.to_owned()));
+                true
+            }
+        })
+    }
+
+    fn join(&mut self, room: &str, participant: &str, now: Instant) -> Result<(), MediaError> {
+        if self.ensure_participant(room, participant)? {
+            self.sync_subscriptions(room, participant, now)?;
+        }
+        Ok(())
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn create_pc(
+        &mut self,
+        room: &str,
+        participant: &str,
+        kind: PcKind,
+        now: Instant,
+    ) -> Result<PcId, MediaError> {
+        let (ufrag, pwd) = peer::ice_credentials();
+        let setup = PcSetup {
+            kind,
+            ufrag: &ufrag,
+            pwd: &pwd,
+            candidates: &self.candidates,
+            counters: &self.counters,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: self.config.liveness_timeout,
+        };
+        let rtc = guarded(|| peer::build(&setup, now))?;
+        let id = PcId(self.next_id());
+        self.pcs.insert(
+            id,
+            Pc {
+                room: room.to_owned(),
+                participant: participant.to_owned(),
+                kind,
+                rtc,
+                scheduled: None,
+                dirty: false,
+                created: now,
+                last_rx: None,
+                negotiated: false,
+                connected: false,
+                in_tracks: HashMap::new(),
+                out_ssrcs: HashMap::new(),
+                answered: false,
+            },
+        );
+        self.demux.add_ufrag(&ufrag, id);
+        if let Some(p) = self.participant_mut(room, participant) {
+            match kind {
+                PcKind::Publish => p.publish_pc = Some(id),
+                PcKind::Subscribe => p.subscribe_pc = Some(id),
+            }
+        }
+        self.update_track_gauges();
+        self.schedule(id, now);
+        Ok(id)
+    }
+
+    fn publish(
+        &mut self,
+        room: &str,
+        participant: &str,
+        sdp: String,
+        now: Instant,
+    ) -> Result<String, MediaError> {
+        valid_id(room, "room")?;
+        valid_id(participant, "participant")?;
+        // Parse before creating anything: bad SDP leaves no trace.
+        let offer = guarded(|| {
+            RTCSessionDescription::offer(sdp).map_err(|e| MediaError::InvalidSdp(e.to_string()))
+        })?;
+        let is_new = self.ensure_participant(room, participant)?;
+        let existing = self
+            .participant_mut(room, participant)
+            .and_then(|p| p.publish_pc);
+        let (id, created) = match existing {
+            Some(id) => (id, false),
+            None => match self.create_pc(room, participant, PcKind::Publish, now) {
+                Ok(id) => (id, true),
+                Err(e) => {
+                    if is_new {
+                        self.remove_participant_entry(room, participant);
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        let pc = self.pcs.get_mut(&id).ok_or(MediaError::ConnectionClosed)?;
+        let rtc = &mut pc.rtc;
+        let answer = guarded(|| {
+            rtc.set_remote_description(now, offer)
+                .map_err(|e| MediaError::InvalidSdp(e.to_string()))?;
+            let answer = rtc.create_answer(None)?;
+            rtc.set_local_description(now, answer)?;
+            rtc.local_description()
+                .map(|d| d.sdp)
+                .ok_or(MediaError::InvalidState("no local description"))
+        });
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                if created {
+                    self.close_pc(id);
+                    if let Some(p) = self.participant_mut(room, participant) {
+                        p.publish_pc = None;
+                    }
+                    if is_new {
+                        self.remove_participant_entry(room, participant);
+                    }
+                }
+                return Err(e);
+            }
+        };
+        pc.negotiated = true;
+        Self::mark_dirty(&mut self.dirty, pc, id);
+        // Candidates that arrived before the connection existed.
+        let mut pending = self.early_candidates.take(room, participant);
+        if let Some(p) = self.participant_mut(room, participant) {
+            pending.append(&mut p.pending_publish_candidates);
+        }
+        for c in pending {
+            let _ = self.apply_candidate(id, c);
+        }
+        if is_new {
+            self.sync_subscriptions(room, participant, now)?;
+        }
+        Ok(answer)
+    }
+
+    fn subscribe_answer(
+        &mut self,
+        room: &str,
+        participant: &str,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let p = self.existing_participant(room, participant)?;
+        if !matches!(p.negotiation, Negotiation::OfferPending { .. }) {
+            return Err(MediaError::InvalidState("no subscribe offer outstanding"));
+        }
+        let sub_id = p.subscribe_pc.ok_or(MediaError::ConnectionClosed)?;
+        let answer = guarded(|| {
+            RTCSessionDescription::answer(sdp).map_err(|e| MediaError::InvalidSdp(e.to_string()))
+        })?;
+        let pc = self
+            .pcs
+            .get_mut(&sub_id)
+            .ok_or(MediaError::ConnectionClosed)?;
+        let rtc = &mut pc.rtc;
+        guarded(|| {
+            rtc.set_remote_description(now, answer)
+                .map_err(|e| MediaError::InvalidSdp(e.to_string()))
+        })?;
+        pc.answered = true;
+        Self::mark_dirty(&mut self.dirty, pc, sub_id);
+        let again = match self.participant_mut(room, participant) {
+            Some(p) => {
+                let again = matches!(p.negotiation, Negotiation::OfferPending { again: true });
+                p.negotiation = Negotiation::Stable;
+                again
+            }
+            None => false,
+        };
+        self.configure_fanouts(sub_id);
+        self.activate_fanouts(sub_id, now);
+        if again {
+            self.sync_subscriptions(room, participant, now)?;
+        }
+        Ok(())
+    }
+
+    fn existing_participant(
+        &self,
+        room: &str,
+        participant: &str,
+    ) -> Result<&Participant, MediaError> {
+        if self
+            .closed_recently
+            .contains_key(&(room.to_owned(), participant.to_owned()))
+        {
+            return Err(MediaError::ConnectionClosed);
+        }
+        self.rooms
+            .get(room)
+            .ok_or_else(|| MediaError::UnknownRoom(room.to_owned()))?
+            .participants
+            .get(participant)
+            .ok_or_else(|| unknown(room, participant))
+    }
+
+    fn add_candidate(
+        &mut self,
+        room: &str,
+        participant: &str,
+        kind: PcKind,
+        candidate: Option<CandidateInit>,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        valid_id(room, "room")?;
+        valid_id(participant, "participant")?;
+        let key = (room.to_owned(), participant.to_owned());
+        if self.closed_recently.contains_key(&key) {
+            return Err(MediaError::ConnectionClosed);
+        }
+        let candidate = candidate.filter(|c| !c.candidate.trim().is_empty());
+        if let Some(c) = &candidate
+            && c.candidate.len() > 1024
+        {
+            return Err(MediaError::InvalidCandidate("too long".into()));
+        }
+        let p = match self.existing_participant(room, participant) {
+            Ok(p) => p,
+            Err(MediaError::UnknownRoom(_) | MediaError::UnknownParticipant { .. })
+                if kind == PcKind::Publish =>
+            {
+                // May precede sfu-publish: keep it for a few seconds.
+                if let Some(c) = candidate {
+                    self.early_candidates.push(room, participant, c, now);
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let id = match kind {
+            PcKind::Publish => p.publish_pc,
+            PcKind::Subscribe => p.subscribe_pc,
+        };
+        let Some(c) = candidate else {
+            return Ok(()); // end of candidates: nothing to do for an ICE-lite server
+        };
+        match id {
+            Some(id) => self.apply_candidate(id, c),
+            None if kind == PcKind::Publish => {
+                if let Some(p) = self.participant_mut(room, participant)
+                    && p.pending_publish_candidates.len() < MAX_PENDING_CANDIDATES
+                {
+                    p.pending_publish_candidates.push(c);
+                }
+                Ok(())
+            }
+            None => Err(MediaError::InvalidState("no subscribe connection yet")),
+        }
+    }
+
+    fn apply_candidate(&mut self, id: PcId, c: CandidateInit) -> Result<(), MediaError> {
+        let pc = self.pcs.get_mut(&id).ok_or(MediaError::ConnectionClosed)?;
+        let rtc = &mut pc.rtc;
+        let init = RTCIceCandidateInit {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            username_fragment: c.username_fragment,
+            ..Default::default()
+        };
+        guarded(|| {
+            rtc.add_remote_candidate(init)
+                .map_err(|e| MediaError::InvalidCandidate(e.to_string()))
+        })
+    }
+
+    fn leave(&mut self, room: &str, participant: &str) -> Result<(), MediaError> {
+        self.existing_participant(room, participant)?;
+        self.close_participant(room, participant, None);
+        Ok(())
+    }
+
+    fn remove_participant_entry(&mut self, room: &str, participant: &str) {
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.participants.remove(participant);
+            if r.participants.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Closes both connections of a participant, removes its tracks from every subscriber
+    /// (renegotiating them) and forgets it. `reason` = closed by the SFU (event sent).
+    fn close_participant(&mut self, room: &str, participant: &str, reason: Option<&str>) {
+        let Some(p) = self
+            .rooms
+            .get_mut(room)
+            .and_then(|r| r.participants.remove(participant))
+        else {
+            return;
+        };
+        info!(%room, %participant, reason = reason.unwrap_or("leave"), "participant closed");
+        self.closed_recently
+            .insert((room.to_owned(), participant.to_owned()), Instant::now());
+        // Stop receiving: drop this participant's fanouts from the remaining tracks.
+        if let Some(sub) = p.subscribe_pc {
+            for key in p.subscribed.keys() {
+                if let Some(t) = self.tracks.get_mut(key) {
+                    t.subscribers.retain(|f| f.sub_pc != sub);
+                }
+            }
+        }
+        for id in [p.publish_pc, p.subscribe_pc].into_iter().flatten() {
+            self.close_pc(id);
+        }
+        // Its tracks leave the room: everyone else renegotiates.
+        for key in &p.published {
+            if let Some(track) = self.tracks.remove(key) {
+                self.emit(MediaEvent::TrackUnpublished {
+                    room: track.room.clone(),
+                    participant: track.publisher.clone(),
+                    kind: track.kind,
+                    track_id: track.track_id.clone(),
+                });
+                for f in &track.subscribers {
+                    if let Some(pc) = self.pcs.get_mut(&f.sub_pc) {
+                        pc.out_ssrcs.retain(|_, k| k != key);
+                    }
+                }
+            }
+        }
+        if self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.participants.is_empty())
+        {
+            self.rooms.remove(room);
+        }
+        self.update_track_gauges();
+        if !p.published.is_empty() {
+            self.sync_room(room, None, Instant::now());
+        }
+        if let Some(reason) = reason {
+            self.emit(MediaEvent::ParticipantClosed {
+                room: room.to_owned(),
+                participant: participant.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    fn close_pc(&mut self, id: PcId) {
+        if let Some(pc) = self.pcs.get_mut(&id) {
+            let rtc = &mut pc.rtc;
+            let _ = guarded(|| rtc.close().map_err(MediaError::from));
+            self.flush_writes(id);
+        }
+        self.pcs.remove(&id);
+        self.demux.remove(id);
+        self.update_track_gauges();
+    }
+
+    fn close_all(&mut self) {
+        let all: Vec<(String, String)> = self
+            .rooms
+            .iter()
+            .flat_map(|(r, room)| {
+                room.participants
+                    .keys()
+                    .map(move |p| (r.clone(), p.clone()))
+            })
+            .collect();
+        for (r, p) in all {
+            self.close_participant(&r, &p, None);
+        }
+        self.metrics.flush();
+    }
+
+    fn stats(&self) -> SfuStats {
+        let (demux_ufrags, demux_addresses) = self.demux.len();
+        SfuStats {
+            rooms: self.rooms.len(),
+            participants: self.rooms.values().map(|r| r.participants.len()).sum(),
+            peer_connections: self.pcs.len(),
+            audio_tracks: self
+                .tracks
+                .values()
+                .filter(|t| t.kind == MediaKind::Audio)
+                .count(),
+            video_tracks: self
+                .tracks
+                .values()
+                .filter(|t| t.kind == MediaKind::Video)
+                .count(),
+            subscriptions: self.tracks.values().map(|t| t.subscribers.len()).sum(),
+            demux_ufrags,
+            demux_addresses,
+        }
+    }
+}
+
+fn unknown(room: &str, participant: &str) -> MediaError {
+    MediaError::UnknownParticipant {
+        room: room.to_owned(),
+        participant: participant.to_owned(),
+    }
+}

@@ -1,0 +1,151 @@
+//! Connects signaling's [`Relay`] to the SFU of `callrelay-media`, and pumps the SFU's events
+//! back to the sockets they concern.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use socketioxide::SocketIo;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use callrelay_media::{CandidateInit, MediaError, MediaEvent, PcKind, SfuHandle};
+use callrelay_signaling::protocol::ErrorCode;
+use callrelay_signaling::relay::PcKind as SignalPc;
+use callrelay_signaling::{Relay, RelayError, RelayEvent, Signaling};
+
+pub struct SfuRelay(pub SfuHandle);
+
+fn refusal(err: MediaError) -> RelayError {
+    let code = match &err {
+        MediaError::InvalidSdp(_) | MediaError::InvalidCandidate(_) | MediaError::InvalidId(_) => {
+            ErrorCode::InvalidPayload
+        }
+        MediaError::UnknownRoom(_) | MediaError::UnknownParticipant { .. } => ErrorCode::NotFound,
+        MediaError::ConnectionClosed | MediaError::InvalidState(_) => ErrorCode::Conflict,
+        MediaError::Io(_) | MediaError::Rtc(_) | MediaError::Stopped => {
+            tracing::error!(error = %err, "SFU failure");
+            return RelayError {
+                code: ErrorCode::Internal,
+                message: "the media relay failed".into(),
+            };
+        }
+    };
+    RelayError {
+        code,
+        message: err.to_string(),
+    }
+}
+
+fn media_pc(pc: SignalPc) -> PcKind {
+    match pc {
+        SignalPc::Publish => PcKind::Publish,
+        SignalPc::Subscribe => PcKind::Subscribe,
+    }
+}
+
+#[async_trait]
+impl Relay for SfuRelay {
+    async fn join(&self, room: &str, participant: &str) -> Result<(), RelayError> {
+        self.0.join(room, participant).await.map_err(refusal)
+    }
+
+    async fn publish(
+        &self,
+        room: &str,
+        participant: &str,
+        offer: String,
+    ) -> Result<String, RelayError> {
+        self.0
+            .publish(room, participant, offer)
+            .await
+            .map_err(refusal)
+    }
+
+    async fn subscribe_answer(
+        &self,
+        room: &str,
+        participant: &str,
+        answer: String,
+    ) -> Result<(), RelayError> {
+        self.0
+            .subscribe_answer(room, participant, answer)
+            .await
+            .map_err(refusal)
+    }
+
+    async fn add_candidate(
+        &self,
+        room: &str,
+        participant: &str,
+        pc: SignalPc,
+        candidate: Option<Value>,
+    ) -> Result<(), RelayError> {
+        let candidate = match candidate {
+            Some(value) => {
+                Some(
+                    serde_json::from_value::<CandidateInit>(value).map_err(|e| RelayError {
+                        code: ErrorCode::InvalidPayload,
+                        message: format!("invalid candidate: {e}"),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        self.0
+            .add_candidate(room, participant, media_pc(pc), candidate)
+            .await
+            .map_err(refusal)
+    }
+
+    async fn leave(&self, room: &str, participant: &str) -> Result<(), RelayError> {
+        self.0.leave(room, participant).await.map_err(refusal)
+    }
+}
+
+/// Delivers the SFU's events until the SFU stops.
+pub async fn pump_media_events(
+    mut events: UnboundedReceiver<MediaEvent>,
+    signaling: Arc<Signaling>,
+    io: SocketIo,
+) {
+    while let Some(event) = events.recv().await {
+        let relay_event = match event {
+            MediaEvent::SubscribeOffer {
+                room,
+                participant,
+                sdp,
+            } => RelayEvent::SubscribeOffer {
+                room,
+                participant,
+                sdp,
+            },
+            MediaEvent::LocalCandidate {
+                room,
+                participant,
+                pc,
+                candidate,
+            } => RelayEvent::LocalCandidate {
+                room,
+                participant,
+                pc: match pc {
+                    PcKind::Publish => SignalPc::Publish,
+                    PcKind::Subscribe => SignalPc::Subscribe,
+                },
+                candidate: serde_json::to_value(candidate).unwrap_or(Value::Null),
+            },
+            MediaEvent::ParticipantClosed {
+                room,
+                participant,
+                reason,
+            } => {
+                tracing::info!(room, participant, reason, "SFU closed a participant");
+                continue;
+            }
+            other => {
+                tracing::debug!(event = ?other, "SFU event");
+                continue;
+            }
+        };
+        signaling.on_relay_event(&io, relay_event).await;
+    }
+}
