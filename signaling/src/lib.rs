@@ -245,6 +245,12 @@ async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
 
     s.on_disconnect(
         async |s: SocketRef, io: SocketIo, State(sig): State<Arc<Signaling>>| {
+            // After every event this socket sent before it went: a join still in flight must
+            // not add the socket to a room after its clean-up ran.
+            let _turn = match s.extensions.get::<OrderGate>() {
+                Some(gate) => Some(gate.enqueue().turn().await),
+                None => None,
+            };
             sig.metrics.sockets_connected.dec();
             consult::leave_current_room(&sig, &s).await;
             if let Ok(who) = identity(&s) {

@@ -31,6 +31,17 @@ impl Default for OrderGate {
     }
 }
 
+impl OrderGate {
+    /// Takes the next place in the queue (for work that does not come through an extractor,
+    /// like disconnect clean-up, which must run after every event received before it).
+    pub fn enqueue(&self) -> InOrder {
+        InOrder {
+            gate: Some(self.clone()),
+            ticket: self.0.next_ticket.fetch_add(1, Ordering::SeqCst),
+        }
+    }
+}
+
 /// A handler's place in its socket's queue.
 pub struct InOrder {
     gate: Option<OrderGate>,
@@ -69,12 +80,13 @@ impl FromMessageParts<LocalAdapter> for InOrder {
         _: &mut socketioxide_core::Value,
         _: &Option<i64>,
     ) -> Result<Self, Self::Error> {
-        let gate = s.extensions.get::<OrderGate>();
-        let ticket = gate
-            .as_ref()
-            .map(|g| g.0.next_ticket.fetch_add(1, Ordering::SeqCst))
-            .unwrap_or(0);
-        Ok(InOrder { gate, ticket })
+        Ok(match s.extensions.get::<OrderGate>() {
+            Some(gate) => gate.enqueue(),
+            None => InOrder {
+                gate: None,
+                ticket: 0,
+            },
+        })
     }
 }
 
@@ -87,12 +99,7 @@ mod tests {
     async fn turns_are_served_in_ticket_order_even_when_tasks_start_reversed() {
         let gate = OrderGate::default();
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tickets: Vec<InOrder> = (0..5)
-            .map(|_| InOrder {
-                gate: Some(gate.clone()),
-                ticket: gate.0.next_ticket.fetch_add(1, Ordering::SeqCst),
-            })
-            .collect();
+        let tickets: Vec<InOrder> = (0..5).map(|_| gate.enqueue()).collect();
         let mut tasks = Vec::new();
         for (i, ticket) in tickets.into_iter().enumerate().rev() {
             let log = log.clone();
