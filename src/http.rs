@@ -154,24 +154,26 @@ impl FromRequestParts<AppState> for AuthUser {
 }
 
 pub fn router(state: AppState) -> Router {
+    // Nested so that an unknown /api path is a JSON 404 even when the browser client (which
+    // answers every other unknown path with its page) is served.
     let api = Router::new()
-        .route("/api/dev/token", post(dev_token))
-        .route("/api/me", get(me))
+        .route("/dev/token", post(dev_token))
+        .route("/me", get(me))
         .route(
-            "/api/appointments",
+            "/appointments",
             post(create_appointment).get(list_appointments),
         )
-        .route("/api/appointments/{id}", get(get_appointment))
-        .route("/api/appointments/{id}/confirm", post(confirm_appointment))
-        .route("/api/appointments/{id}/cancel", post(cancel_appointment))
-        .route("/api/appointments/{id}/messages", get(appointment_messages))
-        .route("/api/calls", get(list_calls))
-        .route("/api/openapi.json", get(openapi_json))
+        .route("/appointments/{id}", get(get_appointment))
+        .route("/appointments/{id}/confirm", post(confirm_appointment))
+        .route("/appointments/{id}/cancel", post(cancel_appointment))
+        .route("/appointments/{id}/messages", get(appointment_messages))
+        .route("/calls", get(list_calls))
+        .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found);
     let mut app = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .merge(api);
+        .nest("/api", api);
     if state.metrics_on_main {
         app = app.route("/metrics", get(metrics));
     }
