@@ -1,0 +1,559 @@
+// Direct 1:1 calls: placing, ringing, answering, trickle ICE, fallback to the relay, history.
+
+import { api } from './api.js';
+import { ask, tell, listen, SignalError } from './signaling.js';
+import { h, clear, avatar, play, toast, showError, formatDateTime, formatDuration } from './ui.js';
+import { openLocalMedia, stopStream, toDescription, mediaSettings, p2pConfig, SfuSession } from './media.js';
+
+/**
+ * One per signed-in page. ctx: {socket, me, relayRoutes}. The ringing banner and the call dock
+ * live outside the routed views, so a call survives navigation inside the app.
+ */
+export class CallManager {
+  constructor(ctx, bannerHost, dockHost) {
+    this.ctx = ctx;
+    this.socket = ctx.socket;
+    this.bannerHost = bannerHost;
+    this.dockHost = dockHost;
+    this.ringing = new Map(); // callId -> {info, el, candidates}
+    this.call = null; // the one active (or outgoing) call
+    this.early = new Map(); // events for an outgoing call whose callId we do not know yet
+    this.ringer = new Ringer();
+    this.unlisten = listen(this.socket, {
+      'incoming-call': (m) => this.onIncoming(m),
+      'call-answered': (m) => this.route(m, 'answered'),
+      'call-answered-elsewhere': (m) => this.dropBanner(m.callId, 'Answered on another device.'),
+      'call-rejected': (m) => this.route(m, 'rejected'),
+      'call-ended': (m) => this.onEnded(m),
+      'ice-candidate': (m) => this.onCandidate(m),
+    });
+  }
+
+  /** Places a call. Rejects with an Error whose message is fit to show next to the form. */
+  async place(to, callType, appointmentId, name) {
+    if (this.call) throw new Error('You are already in a call. Hang up first.');
+    if (to === this.ctx.me.id) throw new Error('You cannot call yourself.');
+    const call = new CallSession(this, { direction: 'out', callType, peer: { userId: to, name: name || to } });
+    this.call = call;
+    try {
+      await call.placeOffer(appointmentId);
+    } catch (err) {
+      call.teardown();
+      if (this.call === call) this.call = null;
+      if (err instanceof SignalError) {
+        const who = to;
+        const text = {
+          busy: `${who} is busy in another call. Try again later.`,
+          offline: `${who} is not online right now.`,
+          forbidden: `You may not call ${who}: ${err.message}`,
+          not_found: `Cannot call ${who}: ${err.message}`,
+        }[err.code] || `Call failed: ${err.message}`;
+        const e = new Error(text);
+        e.code = err.code;
+        throw e;
+      }
+      throw err;
+    }
+    // Events that came before the ack told us the call id.
+    const early = this.early.get(call.callId) || [];
+    this.early.clear();
+    for (const [event, m] of early) {
+      if (event === 'ended') this.onEnded(m);
+      else if (event === 'candidate') this.onCandidate(m);
+      else this.route(m, event);
+    }
+  }
+
+  route(m, event) {
+    if (!m || !m.callId) return;
+    const call = this.call;
+    if (call && call.callId === m.callId) {
+      if (event === 'answered') call.onAnswered(m.answer);
+      else if (event === 'rejected') call.finish(`${call.peer.name} declined the call${m.reason && m.reason !== 'rejected' ? ` (${m.reason})` : ''}.`);
+    } else if (call && !call.callId && call.direction === 'out') {
+      if (!this.early.has(m.callId)) this.early.set(m.callId, []);
+      this.early.get(m.callId).push([event, m]);
+    }
+  }
+
+  onIncoming(m) {
+    if (!m || !m.callId || this.ringing.has(m.callId)) return;
+    const from = m.from || {};
+    const answerBtn = h('button', { class: 'primary', onclick: () => this.answer(m.callId) }, 'Answer');
+    const rejectBtn = h('button', { class: 'danger', onclick: () => this.reject(m.callId) }, 'Reject');
+    const el = h('div', { class: 'ringing', role: 'alertdialog', 'aria-label': 'Incoming call', dataset: { callId: m.callId } },
+      avatar(from.name || from.userId),
+      h('div', { class: 'ringing-text' },
+        h('strong', {}, from.name || from.userId || 'Someone'),
+        h('span', {}, ` (${from.role || 'user'}) is calling you — ${m.callType === 'audio' ? 'audio call' : 'video call'}`),
+        this.call ? h('div', { class: 'muted' }, 'You are in a call: hang up before answering.') : null),
+      h('div', { class: 'ringing-actions' }, answerBtn, rejectBtn));
+    this.ringing.set(m.callId, { info: m, el, candidates: [] });
+    this.bannerHost.appendChild(el);
+    this.ringer.start();
+    document.title = `📞 ${from.name || 'Incoming call'} — callrelay`;
+  }
+
+  dropBanner(callId, message) {
+    const entry = this.ringing.get(callId);
+    if (!entry) return null;
+    entry.el.remove();
+    this.ringing.delete(callId);
+    if (this.ringing.size === 0) {
+      this.ringer.stop();
+      document.title = 'callrelay';
+    }
+    if (message) toast(message);
+    return entry;
+  }
+
+  async answer(callId) {
+    const entry = this.dropBanner(callId);
+    if (!entry) return;
+    if (this.call) {
+      toast('Hang up your current call before answering another one.', 'error');
+      tell(this.socket, 'reject-call', { callId, reason: 'busy' });
+      return;
+    }
+    const m = entry.info;
+    const call = new CallSession(this, {
+      direction: 'in',
+      callType: m.callType,
+      peer: { userId: m.from.userId, name: m.from.name || m.from.userId, role: m.from.role },
+      callId,
+    });
+    this.call = call;
+    try {
+      await call.answerOffer(m.offer, entry.candidates);
+    } catch (err) {
+      // Not answered after all: let the caller know instead of leaving them ringing.
+      if (!call.answerSent) tell(this.socket, 'reject-call', { callId, reason: 'could not answer' });
+      call.finish(`Could not answer: ${err.message}`);
+    }
+  }
+
+  reject(callId) {
+    if (!this.dropBanner(callId)) return;
+    ask(this.socket, 'reject-call', { callId }).catch((err) => toast(`Could not reject the call: ${err.message}`, 'error'));
+  }
+
+  onEnded(m) {
+    if (!m || !m.callId) return;
+    const reason = m.reason;
+    const entry = this.ringing.get(m.callId);
+    if (entry) {
+      const who = entry.info.from.name || entry.info.from.userId;
+      const text = {
+        'no-answer': `Missed call from ${who}.`,
+        hangup: `Missed call from ${who}.`,
+        disconnected: `Missed call from ${who}.`,
+        rejected: 'Call declined on another device.',
+      }[reason] || `Call from ${who} ended.`;
+      this.dropBanner(m.callId, text);
+      return;
+    }
+    const call = this.call;
+    if (call && call.callId === m.callId) {
+      const name = call.peer.name;
+      call.finish({
+        hangup: `${name} hung up.`,
+        'no-answer': `${name} did not answer.`,
+        disconnected: `${name} got disconnected.`,
+        rejected: `${name} declined the call.`,
+        'server-restart': 'The server is restarting; the call ended.',
+      }[reason] || `Call ended (${reason}).`);
+    } else if (call && !call.callId && call.direction === 'out') {
+      if (!this.early.has(m.callId)) this.early.set(m.callId, []);
+      this.early.get(m.callId).push(['ended', m]);
+    }
+  }
+
+  onCandidate(m) {
+    if (!m || !m.callId) return;
+    if (this.call && this.call.callId === m.callId) this.call.addRemoteCandidate(m.candidate);
+    else if (this.ringing.has(m.callId)) this.ringing.get(m.callId).candidates.push(m.candidate);
+    else if (this.call && !this.call.callId) {
+      if (!this.early.has(m.callId)) this.early.set(m.callId, []);
+      this.early.get(m.callId).push(['candidate', m]);
+    }
+  }
+
+  hangUp() {
+    if (this.call) this.call.hangUp();
+  }
+
+  destroy() {
+    this.unlisten();
+    this.ringer.stop();
+    for (const id of [...this.ringing.keys()]) this.dropBanner(id);
+    if (this.call) this.call.teardown();
+    this.call = null;
+  }
+}
+
+/** One direct call and its dock (remote picture, our preview, status, controls). */
+class CallSession {
+  constructor(manager, { direction, callType, peer, callId = null }) {
+    this.manager = manager;
+    this.socket = manager.socket;
+    this.direction = direction;
+    this.callType = callType;
+    this.peer = peer;
+    this.callId = callId;
+    this.localCandidates = [];
+    this.remoteCandidates = [];
+    this.canSendCandidates = false;
+    this.sfu = null;
+    this.relayed = false;
+    this.ended = false;
+    this.settings = mediaSettings();
+    this.pc = new RTCPeerConnection(p2pConfig(this.settings.iceServers));
+    this.pc.onicecandidate = (e) => this.sendCandidate(e.candidate ? e.candidate.toJSON() : null);
+    this.pc.ontrack = (e) => this.showRemote(e.streams[0] || new MediaStream([e.track]));
+    this.pc.onconnectionstatechange = () => this.onPcState();
+    this.buildDock();
+  }
+
+  buildDock() {
+    this.remoteVideo = h('video', { autoplay: true, playsInline: true, class: 'call-remote' });
+    this.localVideo = h('video', { autoplay: true, playsInline: true, muted: true, class: 'call-local mirrored' });
+    this.statusEl = h('span', { class: 'call-status' }, this.direction === 'out' ? 'Calling…' : 'Connecting…');
+    this.pathEl = h('span', { class: 'path-badge small', dataset: { path: 'connecting' } }, '…');
+    this.muteBtn = h('button', { class: 'control', onclick: () => this.toggleMute() }, 'Mute');
+    this.hangBtn = h('button', { class: 'control danger', onclick: () => this.hangUp() }, this.direction === 'out' ? 'Cancel' : 'Hang up');
+    this.media = h('div', { class: `call-media${this.callType === 'audio' ? ' audio-only' : ''}` },
+      avatar(this.peer.name, 'avatar-lg'), this.remoteVideo, this.localVideo);
+    this.el = h('div', { class: 'call-dock', role: 'region', 'aria-label': 'Call', dataset: { callType: this.callType } },
+      h('div', { class: 'call-head' },
+        h('strong', {}, `${this.callType === 'audio' ? 'Audio' : 'Video'} call with ${this.peer.name}`),
+        this.pathEl),
+      this.media,
+      h('div', { class: 'call-foot' }, this.statusEl, h('div', { class: 'call-controls' }, this.muteBtn, this.hangBtn)));
+    this.remoteVideo.addEventListener('resize', () => this.media.classList.toggle('has-video', this.remoteVideo.videoWidth > 0));
+    this.manager.dockHost.appendChild(this.el);
+  }
+
+  setStatus(text, path, pathText) {
+    this.statusEl.textContent = text;
+    if (path) {
+      this.pathEl.dataset.path = path;
+      this.pathEl.textContent = pathText;
+    }
+  }
+
+  async openMedia() {
+    const { stream, warning } = await openLocalMedia({ audio: true, video: this.callType === 'video' });
+    if (!stream) throw new Error(warning);
+    if (warning) toast(warning, 'error', 8000);
+    this.localStream = stream;
+    this.localVideo.srcObject = stream;
+    this.localVideo.hidden = stream.getVideoTracks().length === 0;
+    return stream;
+  }
+
+  async placeOffer(appointmentId) {
+    const stream = await this.openMedia();
+    for (const track of stream.getTracks()) this.pc.addTrack(track, stream);
+    if (this.callType === 'video' && stream.getVideoTracks().length === 0) this.pc.addTransceiver('video', { direction: 'recvonly' });
+    await this.pc.setLocalDescription(await this.pc.createOffer());
+    const { type, sdp } = this.pc.localDescription;
+    const payload = { to: this.peer.userId, callType: this.callType, offer: { type, sdp } };
+    if (appointmentId) payload.appointmentId = appointmentId;
+    this.setStatus(`Calling ${this.peer.name}…`, 'connecting', 'Ringing');
+    const ack = await ask(this.socket, 'call-user', payload);
+    this.callId = ack.callId;
+    this.el.dataset.callId = this.callId;
+    this.manager.ctx.relayRoutes.set(this.callId, this);
+    this.setStatus(`Ringing ${this.peer.name}…`);
+    this.canSendCandidates = true;
+    for (const c of this.localCandidates.splice(0)) this.sendCandidate(c);
+    if (this.hangUpRequested) this.hangUp();
+  }
+
+  async answerOffer(offer, queuedCandidates) {
+    this.el.dataset.callId = this.callId;
+    this.manager.ctx.relayRoutes.set(this.callId, this);
+    this.remoteCandidates.push(...queuedCandidates);
+    const stream = await this.openMedia();
+    await this.pc.setRemoteDescription(toDescription(offer, 'offer'));
+    for (const track of stream.getTracks()) this.pc.addTrack(track, stream);
+    await this.flushRemote();
+    await this.pc.setLocalDescription(await this.pc.createAnswer());
+    const { type, sdp } = this.pc.localDescription;
+    this.answerSent = true;
+    await ask(this.socket, 'answer-call', { callId: this.callId, answer: { type, sdp } });
+    this.canSendCandidates = true;
+    for (const c of this.localCandidates.splice(0)) this.sendCandidate(c);
+    this.hangBtn.textContent = 'Hang up';
+    this.setStatus('Connecting…', 'connecting', 'Connecting…');
+    this.onPcState(); // ICE may have connected while the ack was on its way
+    if (this.pc.connectionState !== 'connected') this.startTimer();
+  }
+
+  onAnswered(answer) {
+    if (this.ended) return;
+    this.hangBtn.textContent = 'Hang up';
+    this.setStatus('Connecting…', 'connecting', 'Connecting…');
+    this.pc
+      .setRemoteDescription(toDescription(answer, 'answer'))
+      .then(() => this.flushRemote())
+      .catch((err) => this.finish(`Could not connect: ${err.message}`));
+    this.startTimer();
+  }
+
+  startTimer() {
+    clearTimeout(this.timer);
+    if (this.settings.mode === 'sfu-only') {
+      this.p2pFailed('forced');
+      return;
+    }
+    this.timer = setTimeout(() => {
+      if (!this.ended && !this.relayed && this.pc.connectionState !== 'connected') this.p2pFailed('p2p-timeout');
+    }, this.settings.p2pTimeoutMs || 5000);
+  }
+
+  onPcState() {
+    if (this.ended || this.relayed) return;
+    const state = this.pc.connectionState;
+    if (state === 'connected') {
+      clearTimeout(this.timer);
+      this.connectedAt = Date.now();
+      this.setStatus('Connected', 'p2p', 'P2P (direct)');
+    } else if (state === 'failed') {
+      this.p2pFailed('p2p-failed');
+    } else if (state === 'disconnected') {
+      this.setStatus('Connection unstable, reconnecting…');
+    }
+  }
+
+  async p2pFailed(reason) {
+    if (this.settings.mode === 'p2p-only' || this.askedRelay) {
+      if (reason === 'p2p-failed') this.setStatus('The direct connection failed.', 'connecting', 'No route');
+      return;
+    }
+    this.askedRelay = true;
+    this.setStatus('Switching to the relay…', 'connecting', 'Relay…');
+    try {
+      await ask(this.socket, 'sfu-join', { roomId: this.callId, reason });
+    } catch (err) {
+      this.setStatus(`Still trying directly — the relay is not available (${err.message}).`, 'connecting', 'Connecting…');
+    }
+  }
+
+  // Relay routes for roomId = callId.
+  relayActivated() {
+    if (this.ended || this.relayed || this.settings.mode === 'p2p-only') return;
+    this.relayed = true;
+    clearTimeout(this.timer);
+    this.pc.close();
+    this.setStatus('Connecting through the relay…', 'relay', 'Relay (SFU)');
+    this.ensureSfu()
+      .publish()
+      .catch((err) => this.setStatus(`The relay refused our media: ${err.message}`));
+  }
+
+  subscribeOffer(sdp) {
+    if (!this.ended) this.ensureSfu().subscribeOffer(sdp);
+  }
+
+  candidate(which, candidate) {
+    if (!this.ended) this.ensureSfu().addRemoteCandidate(which, candidate);
+  }
+
+  ensureSfu() {
+    if (!this.sfu) {
+      this.sfu = new SfuSession({
+        socket: this.socket,
+        roomId: this.callId,
+        localStream: this.localStream,
+        onTrack: (stream, track) => this.showRemote(stream || new MediaStream([track])),
+        onStateChange: (state) => {
+          if (state === 'connected') this.setStatus('Connected', 'relay', 'Relay (SFU)');
+          else if (state === 'failed') this.setStatus('The relay connection failed.', 'relay', 'Relay (SFU)');
+        },
+      });
+    }
+    return this.sfu;
+  }
+
+  showRemote(stream) {
+    if (this.remoteVideo.srcObject !== stream) {
+      this.remoteVideo.srcObject = stream;
+      play(this.remoteVideo, this.media);
+    }
+  }
+
+  sendCandidate(candidate) {
+    if (!this.canSendCandidates) {
+      this.localCandidates.push(candidate);
+      return;
+    }
+    if (!this.ended && !this.relayed) tell(this.socket, 'ice-candidate', { callId: this.callId, candidate });
+  }
+
+  addRemoteCandidate(candidate) {
+    if (this.relayed) return;
+    if (!this.pc.remoteDescription) this.remoteCandidates.push(candidate);
+    else if (candidate && candidate.candidate) this.pc.addIceCandidate(candidate).catch((err) => console.warn('[callrelay] call candidate', err));
+  }
+
+  async flushRemote() {
+    for (const c of this.remoteCandidates.splice(0)) {
+      if (c && c.candidate) await this.pc.addIceCandidate(c).catch((err) => console.warn('[callrelay] call candidate', err));
+    }
+  }
+
+  toggleMute() {
+    const tracks = this.localStream ? this.localStream.getAudioTracks() : [];
+    if (!tracks.length) return;
+    const enable = !tracks[0].enabled;
+    for (const t of tracks) t.enabled = enable;
+    this.muteBtn.textContent = enable ? 'Mute' : 'Unmute';
+    this.muteBtn.setAttribute('aria-pressed', String(!enable));
+  }
+
+  hangUp() {
+    if (this.ended) return;
+    if (!this.callId) {
+      // Still placing: end it as soon as the server tells us its id.
+      this.hangUpRequested = true;
+      this.setStatus('Cancelling…');
+      return;
+    }
+    const callId = this.callId;
+    ask(this.socket, 'end-call', { callId }).catch(() => {});
+    this.finish('Call ended.');
+  }
+
+  /** Ends the call locally, shows why for a moment, then removes the dock. */
+  finish(message) {
+    if (this.ended) return;
+    this.teardown();
+    this.setStatus(message, 'none', 'Ended');
+    this.el.classList.add('ended');
+    this.media.classList.remove('has-video');
+    this.localVideo.hidden = true;
+    this.hangBtn.textContent = 'Close';
+    this.hangBtn.onclick = () => this.el.remove();
+    this.muteBtn.hidden = true;
+    setTimeout(() => this.el.remove(), 6000);
+  }
+
+  teardown() {
+    this.ended = true;
+    clearTimeout(this.timer);
+    this.pc.close();
+    if (this.sfu) this.sfu.close(false);
+    stopStream(this.localStream);
+    this.remoteVideo.srcObject = null;
+    if (this.callId && this.manager.ctx.relayRoutes.get(this.callId) === this) this.manager.ctx.relayRoutes.delete(this.callId);
+    if (this.manager.call === this) this.manager.call = null;
+    if (!this.callId) this.el.remove();
+  }
+}
+
+/** A soft two-tone ring while a call is waiting, where the browser allows sound. */
+class Ringer {
+  start() {
+    if (this.interval) return;
+    const ring = () => {
+      try {
+        this.ctx = this.ctx || new AudioContext();
+        if (this.ctx.state === 'suspended') this.ctx.resume().catch(() => {});
+        const t = this.ctx.currentTime;
+        for (const [freq, at] of [[440, 0], [480, 0], [440, 0.5], [480, 0.5]]) {
+          const osc = this.ctx.createOscillator();
+          const gain = this.ctx.createGain();
+          osc.frequency.value = freq;
+          gain.gain.setValueAtTime(0.04, t + at);
+          gain.gain.setValueAtTime(0, t + at + 0.4);
+          osc.connect(gain).connect(this.ctx.destination);
+          osc.start(t + at);
+          osc.stop(t + at + 0.42);
+        }
+      } catch {
+        /* no sound: the banner is enough */
+      }
+    };
+    ring();
+    this.interval = setInterval(ring, 3000);
+  }
+
+  stop() {
+    clearInterval(this.interval);
+    this.interval = null;
+  }
+}
+
+/** The "Call someone" card on the home page. */
+export function callBox(manager) {
+  const to = h('input', { name: 'to', required: true, placeholder: 'e.g. doc1', autocomplete: 'off', pattern: '[A-Za-z0-9._:\\-]{1,128}', title: 'Letters, digits and . _ : -' });
+  const video = h('input', { type: 'radio', name: 'callType', value: 'video', checked: true });
+  const audio = h('input', { type: 'radio', name: 'callType', value: 'audio' });
+  const status = h('div', { class: 'form-status' });
+  const btn = h('button', { class: 'primary', type: 'submit' }, 'Call');
+  const form = h('form', {
+    class: 'stack',
+    onsubmit: async (e) => {
+      e.preventDefault();
+      clear(status);
+      btn.disabled = true;
+      try {
+        await manager.place(to.value.trim(), audio.checked ? 'audio' : 'video');
+      } catch (err) {
+        showError(status, err);
+      } finally {
+        btn.disabled = false;
+      }
+    },
+  },
+  h('label', {}, 'User id', to),
+  h('fieldset', { class: 'inline' }, h('legend', {}, 'Call type'),
+    h('label', { class: 'radio' }, video, 'Video'),
+    h('label', { class: 'radio' }, audio, 'Audio only')),
+  btn, status);
+  return h('section', { class: 'card' }, h('h2', {}, 'Call someone'),
+    h('p', { class: 'muted' }, 'Patients can call the doctor of one of their appointments; staff can call anyone.'), form);
+}
+
+/** /calls: the call history. */
+export function renderCallHistory(root, ctx, manager) {
+  const body = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
+  const refresh = h('button', { onclick: () => load() }, 'Refresh');
+  root.appendChild(h('section', { class: 'card' },
+    h('div', { class: 'card-head' }, h('h1', {}, 'Call history'), refresh), body));
+
+  async function load() {
+    try {
+      const { calls } = await api('/api/calls');
+      clear(body);
+      if (!calls || calls.length === 0) {
+        body.appendChild(h('p', { class: 'muted' }, 'No calls yet.'));
+        return;
+      }
+      body.appendChild(h('table', { class: 'table' },
+        h('thead', {}, h('tr', {}, ['When', 'With', 'Type', 'Outcome', 'Duration', 'Media', ''].map((t) => h('th', {}, t)))),
+        h('tbody', {}, calls.map((c) => {
+          const outgoing = c.callerId === ctx.me.id;
+          const other = outgoing ? c.calleeId : c.callerId;
+          return h('tr', {},
+            h('td', {}, formatDateTime(c.startedAt)),
+            h('td', {}, h('span', { class: 'dir', title: outgoing ? 'Outgoing' : 'Incoming' }, outgoing ? '↗ ' : '↙ '), other),
+            h('td', {}, c.callType),
+            h('td', {}, h('span', { class: `pill pill-${c.status}` }, c.status), c.endReason ? h('span', { class: 'muted' }, ` ${c.endReason}`) : null),
+            h('td', {}, c.answeredAt ? formatDuration(c.answeredAt, c.endedAt) : '—'),
+            h('td', {}, c.media === 'sfu' ? 'Relay' : c.media === 'p2p' ? 'P2P' : c.media || '—'),
+            h('td', {}, h('button', {
+              class: 'small',
+              onclick: () => manager.place(other, c.callType).catch((err) => toast(err.message, 'error', 8000)),
+            }, 'Call back')));
+        }))));
+    } catch (err) {
+      clear(body);
+      showError(body, err, 'Cannot load your calls:');
+    }
+  }
+  load();
+  return () => {};
+}
+

@@ -1,0 +1,273 @@
+// Local devices, the SFU session (publish + subscribe peer connections) and a video tile.
+
+import { ask, tell } from './signaling.js';
+import { h, avatar, play } from './ui.js';
+
+const MEDIA_KEY = 'callrelay.media';
+
+/** Media settings from the last join-room ack (direct calls reuse them). */
+export function mediaSettings() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(MEDIA_KEY) || 'null');
+    if (saved) return saved;
+  } catch {
+    /* fall through */
+  }
+  return { mode: 'p2p-first', p2pTimeoutMs: 5000, iceServers: [] };
+}
+
+/**
+ * RTCConfiguration of a peer-to-peer attempt. Testing switch: with sessionStorage
+ * `callrelay.debug.blockP2P` set, only TURN relay candidates are allowed, so without a TURN
+ * server the direct attempt can never connect (exercises the fallback to the SFU).
+ */
+export function p2pConfig(iceServers) {
+  const block = sessionStorage.getItem('callrelay.debug.blockP2P');
+  return { iceServers: iceServers || [], iceTransportPolicy: block ? 'relay' : 'all' };
+}
+
+export function saveMediaSettings({ mode, p2pTimeoutMs, iceServers }) {
+  sessionStorage.setItem(MEDIA_KEY, JSON.stringify({ mode, p2pTimeoutMs, iceServers: iceServers || [] }));
+}
+
+/**
+ * Asks for camera and/or microphone. Resolves to {stream, warning}: stream is null when nothing
+ * could be opened; warning explains, in plain words, what is missing and how to fix it.
+ */
+export async function openLocalMedia({ video = true, audio = true } = {}) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return {
+      stream: null,
+      warning: 'This page cannot use your camera or microphone: open it over HTTPS (or on localhost) in an up-to-date browser.',
+    };
+  }
+  const wanted = { audio, video: video ? { width: { ideal: 1280 }, height: { ideal: 720 } } : false };
+  try {
+    return { stream: await navigator.mediaDevices.getUserMedia(wanted), warning: null };
+  } catch (err) {
+    const first = explain(err, video ? 'camera and microphone' : 'microphone');
+    // A missing or busy camera should not keep someone from talking: try the microphone alone.
+    if (video && audio && err.name !== 'NotAllowedError' && err.name !== 'SecurityError') {
+      try {
+        const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+        return { stream, warning: `Your camera could not be used (${first}) — you are joining with your microphone only.` };
+      } catch {
+        /* report the first failure */
+      }
+    }
+    return { stream: null, warning: first };
+  }
+}
+
+function explain(err, what) {
+  switch (err && err.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+      return `Access to your ${what} was refused. Allow it in your browser (the camera icon in the address bar or the site settings), then reload this page. You can still join and use the chat.`;
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return `No ${what} was found on this device.`;
+    case 'NotReadableError':
+    case 'AbortError':
+      return `Your ${what} is in use by another application or could not be started.`;
+    default:
+      return `Your ${what} could not be opened (${(err && err.message) || err}).`;
+  }
+}
+
+export function stopStream(stream) {
+  if (stream) for (const track of stream.getTracks()) track.stop();
+}
+
+/** Normalises an offer/answer as it travels ({type, sdp} or a plain SDP string). */
+export function toDescription(payload, type) {
+  if (typeof payload === 'string') return { type, sdp: payload };
+  return { type: (payload && payload.type) || type, sdp: payload && payload.sdp };
+}
+
+/**
+ * Relay through the SFU for one room (an appointment id or a call id): a publish connection we
+ * offer on, and a subscribe connection the server offers on (renegotiated whenever the set of
+ * forwarded tracks changes). Remote tracks are reported with their stream id (msid), which the
+ * server sets to the publisher's socket id.
+ */
+export class SfuSession {
+  constructor({ socket, roomId, localStream, onTrack, onStateChange }) {
+    this.socket = socket;
+    this.roomId = roomId;
+    this.localStream = localStream;
+    this.onTrack = onTrack;
+    this.onStateChange = onStateChange || (() => {});
+    this.publishPc = null;
+    this.subscribePc = null;
+    this.remoteQueue = { publish: [], subscribe: [] };
+    this.localQueue = [];
+    this.publishSent = false;
+    this.chain = Promise.resolve();
+    this.closed = false;
+  }
+
+  get state() {
+    const states = [this.publishPc, this.subscribePc].filter(Boolean).map((pc) => pc.connectionState);
+    if (states.includes('failed')) return 'failed';
+    if (states.includes('connected')) return 'connected';
+    return states.length ? 'connecting' : 'new';
+  }
+
+  /** Sends our tracks to the SFU. Nothing to do without local media. */
+  async publish() {
+    const tracks = this.localStream ? this.localStream.getTracks() : [];
+    if (this.publishPc || this.closed || tracks.length === 0) return;
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    this.publishPc = pc;
+    for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [this.localStream] });
+    pc.onicecandidate = (e) => {
+      const candidate = e.candidate ? e.candidate.toJSON() : null;
+      if (this.publishSent) this.sendCandidate('publish', candidate);
+      else this.localQueue.push(candidate);
+    };
+    pc.onconnectionstatechange = () => this.onStateChange(this.state);
+    await pc.setLocalDescription(await pc.createOffer());
+    const answer = ask(this.socket, 'sfu-publish', { roomId: this.roomId, sdp: pc.localDescription.sdp });
+    this.publishSent = true;
+    for (const candidate of this.localQueue.splice(0)) this.sendCandidate('publish', candidate);
+    const ack = await answer;
+    if (this.closed) return;
+    await pc.setRemoteDescription({ type: 'answer', sdp: ack.sdp });
+    await this.flushRemote('publish');
+  }
+
+  /** The server's (re)offer for the subscribe connection; answered in arrival order. */
+  subscribeOffer(sdp) {
+    this.chain = this.chain
+      .then(() => this.answerSubscribe(sdp))
+      .catch((err) => {
+        if (!this.closed) console.warn('[callrelay] subscribe renegotiation failed', err);
+      });
+    return this.chain;
+  }
+
+  async answerSubscribe(sdp) {
+    if (this.closed) return;
+    if (!this.subscribePc) {
+      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      this.subscribePc = pc;
+      pc.onicecandidate = (e) => this.sendCandidate('subscribe', e.candidate ? e.candidate.toJSON() : null);
+      pc.ontrack = (e) => this.onTrack(e.streams[0] || null, e.track);
+      pc.onconnectionstatechange = () => this.onStateChange(this.state);
+    }
+    const pc = this.subscribePc;
+    await pc.setRemoteDescription({ type: 'offer', sdp });
+    await this.flushRemote('subscribe');
+    await pc.setLocalDescription(await pc.createAnswer());
+    await ask(this.socket, 'sfu-subscribe-answer', { roomId: this.roomId, sdp: pc.localDescription.sdp });
+  }
+
+  /** A candidate of the server's, for our `publish` or `subscribe` connection. */
+  addRemoteCandidate(which, candidate) {
+    if (!candidate || !candidate.candidate) return; // end of candidates: nothing to add
+    const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+    if (!pc || !pc.remoteDescription) {
+      this.remoteQueue[which].push(candidate);
+      return;
+    }
+    pc.addIceCandidate(candidate).catch((err) => console.warn('[callrelay] sfu candidate', err));
+  }
+
+  async flushRemote(which) {
+    const pc = which === 'publish' ? this.publishPc : this.subscribePc;
+    for (const candidate of this.remoteQueue[which].splice(0)) {
+      await pc.addIceCandidate(candidate).catch((err) => console.warn('[callrelay] sfu candidate', err));
+    }
+  }
+
+  sendCandidate(which, candidate) {
+    if (this.closed) return;
+    tell(this.socket, 'sfu-candidate', { roomId: this.roomId, pc: which, candidate });
+  }
+
+  /** Closes both connections; with `notify`, tells the server (sfu-leave). */
+  close(notify = true) {
+    if (this.closed) return;
+    this.closed = true;
+    if (notify) tell(this.socket, 'sfu-leave', { roomId: this.roomId });
+    for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
+  }
+}
+
+/** A person's tile: their video, or their initials while there is no picture. */
+export class Tile {
+  constructor({ name, seed, local = false, socketId = '' }) {
+    this.local = local;
+    this.stream = null;
+    this.video = h('video', { autoplay: true, playsInline: true, muted: local, class: local ? 'mirrored' : 'remote-video' });
+    this.avatarHost = h('div', { class: 'tile-avatar' });
+    this.nameEl = h('span', { class: 'tile-name' });
+    this.statusEl = h('span', { class: 'tile-status' });
+    this.micEl = h('span', { class: 'tile-mic', title: 'Microphone off', hidden: true }, 'mic off');
+    this.el = h('div', { class: `tile${local ? ' tile-local' : ''}`, dataset: { socketId } },
+      this.video, this.avatarHost, this.statusEl,
+      h('div', { class: 'tile-label' }, this.nameEl, this.micEl));
+    this.onTrackChange = () => this.refresh();
+    for (const ev of ['playing', 'resize', 'emptied', 'loadedmetadata']) this.video.addEventListener(ev, this.onTrackChange);
+    this.setIdentity(name, seed);
+  }
+
+  setIdentity(name, seed) {
+    this.nameEl.textContent = name;
+    this.avatarHost.replaceChildren(avatar(seed || name, 'avatar-lg'));
+  }
+
+  setStream(stream) {
+    if (stream === this.stream) {
+      this.refresh();
+      return;
+    }
+    if (this.stream) this.unwatch(this.stream);
+    this.stream = stream;
+    this.video.srcObject = stream;
+    if (stream) {
+      this.watch(stream);
+      play(this.video, this.el);
+    }
+    this.refresh();
+  }
+
+  watch(stream) {
+    stream.addEventListener('addtrack', this.onTrackChange);
+    stream.addEventListener('removetrack', this.onTrackChange);
+    for (const t of stream.getTracks()) this.watchTrack(t);
+  }
+
+  watchTrack(track) {
+    if (track.__tileWatched) return;
+    track.__tileWatched = true;
+    for (const ev of ['mute', 'unmute', 'ended']) track.addEventListener(ev, () => this.refresh());
+  }
+
+  unwatch(stream) {
+    stream.removeEventListener('addtrack', this.onTrackChange);
+    stream.removeEventListener('removetrack', this.onTrackChange);
+  }
+
+  /** Shows the picture only while a live, enabled video track is actually rendering. */
+  refresh() {
+    const tracks = this.stream ? this.stream.getVideoTracks() : [];
+    for (const t of tracks) this.watchTrack(t);
+    const live = tracks.some((t) => t.readyState === 'live' && t.enabled && !t.muted);
+    this.el.classList.toggle('has-video', live && this.video.videoWidth > 0);
+    const audio = this.stream ? this.stream.getAudioTracks() : [];
+    this.micEl.hidden = !(this.local && audio.length > 0 && audio.every((t) => !t.enabled));
+  }
+
+  setStatus(text, kind = '') {
+    this.statusEl.textContent = text;
+    this.statusEl.className = `tile-status ${kind}`;
+  }
+
+  remove() {
+    if (this.stream) this.unwatch(this.stream);
+    this.video.srcObject = null;
+    this.el.remove();
+  }
+}

@@ -1,0 +1,292 @@
+#!/usr/bin/env node
+// End-to-end smoke test of the web client in headless Chromium.
+//
+//   node web/smoke.mjs [BASE_URL] [--expect p2p|relay] [--out DIR] [--keep-open-ms N]
+//
+// BASE_URL defaults to http://127.0.0.1:3999. The server must serve this web/ folder and have
+// auth.dev_tokens on. A doctor and a patient (two browser contexts, fake camera/microphone):
+// the appointment is created and confirmed over HTTP; the doctor signs in through the sign-in
+// form and joins from the appointment list, the patient opens /consult/{id} directly; both must
+// see the other's video playing (videoWidth > 0) over the expected media path (default p2p);
+// a chat message goes each way; screenshots go to DIR (default /tmp).
+//
+// Needs playwright-core (never `npx playwright install`: it drives the system Chromium):
+//   npm install --prefix /tmp/callrelay-web playwright-core
+//   NODE_PATH=/tmp/callrelay-web/node_modules node web/smoke.mjs http://127.0.0.1:3999
+// and Chromium: apt-get install -y --no-install-recommends chromium fonts-liberation
+// (CHROMIUM=/path/to/chrome overrides /usr/bin/chromium).
+
+import { createRequire } from 'node:module';
+import { mkdirSync } from 'node:fs';
+import path from 'node:path';
+
+const args = process.argv.slice(2);
+const opt = (name, fallback) => {
+  const i = args.indexOf(name);
+  if (i === -1) return fallback;
+  const value = args[i + 1];
+  args.splice(i, 2);
+  return value;
+};
+let expectPath = opt('--expect', null);
+const outDir = opt('--out', '/tmp');
+const keepOpenMs = Number(opt('--keep-open-ms', '0'));
+// --block-p2p: browsers may only use TURN relay candidates (there is no TURN server), so the
+// direct attempt times out and the room must fall back to the SFU (implies --expect relay).
+const blockP2P = args.includes('--block-p2p') && args.splice(args.indexOf('--block-p2p'), 1);
+const withCalls = !(args.includes('--no-calls') && args.splice(args.indexOf('--no-calls'), 1));
+const base = (args[0] || 'http://127.0.0.1:3999').replace(/\/$/, '');
+expectPath = expectPath || (blockP2P ? 'relay' : 'p2p');
+if (!['p2p', 'relay'].includes(expectPath)) throw new Error('--expect is p2p or relay');
+
+async function loadPlaywright() {
+  try {
+    return await import('playwright-core');
+  } catch {
+    // Plain require() honours NODE_PATH, so the package can live outside the repository.
+    return createRequire(import.meta.url)('playwright-core');
+  }
+}
+
+const log = (...m) => console.log(`[smoke ${new Date().toISOString().slice(11, 23)}]`, ...m);
+
+async function http(method, url, token, body) {
+  const res = await fetch(base + url, {
+    method,
+    headers: {
+      'content-type': 'application/json',
+      ...(token ? { authorization: `Bearer ${token}` } : {}),
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!res.ok) throw new Error(`${method} ${url}: HTTP ${res.status} ${text}`);
+  return data;
+}
+
+const run = Math.random().toString(36).slice(2, 8);
+const doctor = { sub: `doc-${run}`, name: 'Dr Ada Lovelace', role: 'doctor' };
+const patient = { sub: `pat-${run}`, name: 'Pat Smith', role: 'patient' };
+
+async function main() {
+  const { chromium } = await loadPlaywright();
+  mkdirSync(outDir, { recursive: true });
+
+  // --- HTTP: tokens, appointment, confirmation
+  const doctorToken = (await http('POST', '/api/dev/token', null, doctor)).token;
+  const patientToken = (await http('POST', '/api/dev/token', null, patient)).token;
+  const when = new Date(Date.now() + 15 * 60 * 1000).toISOString();
+  const created = await http('POST', '/api/appointments', doctorToken, {
+    patientId: patient.sub,
+    doctorId: doctor.sub,
+    scheduledAt: when,
+    patientName: patient.name,
+    doctorName: doctor.name,
+  });
+  const confirmed = await http('POST', `/api/appointments/${created.id}/confirm`, doctorToken);
+  if (confirmed.status !== 'confirmed' || confirmed.joinUrl !== `/consult/${created.id}`) {
+    throw new Error(`unexpected confirmation: ${JSON.stringify(confirmed)}`);
+  }
+  log(`appointment ${created.id} confirmed`);
+
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    chromiumSandbox: false,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream',
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+    ],
+  });
+  const failures = [];
+  try {
+    const pages = {};
+    for (const who of ['doctor', 'patient']) {
+      const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+      await context.grantPermissions(['camera', 'microphone'], { origin: base });
+      if (blockP2P) await context.addInitScript(() => sessionStorage.setItem('callrelay.debug.blockP2P', '1'));
+      const page = await context.newPage();
+      page.on('console', (m) => {
+        if (m.type() === 'error' || m.type() === 'warning') log(`${who} console.${m.type()}: ${m.text()}`);
+      });
+      page.on('pageerror', (e) => {
+        failures.push(`${who} page error: ${e.message}`);
+        log(`${who} PAGE ERROR: ${e.message}`);
+      });
+      pages[who] = page;
+    }
+
+    // --- doctor: sign in through the form, then join from the appointment list
+    const d = pages.doctor;
+    await d.goto(`${base}/`);
+    await d.getByLabel('User id').fill(doctor.sub);
+    await d.getByLabel('Display name').fill(doctor.name);
+    await d.getByLabel('Role').selectOption('doctor');
+    await d.getByRole('button', { name: 'Sign in' }).click();
+    await d.locator(`.appt[data-id="${created.id}"]`).waitFor();
+    await d.screenshot({ path: path.join(outDir, 'callrelay-smoke-doctor-home.png') });
+    await d.locator(`.appt[data-id="${created.id}"] a`, { hasText: 'Join' }).click();
+    await d.waitForURL(`**/consult/${created.id}`);
+
+    // --- patient: token already in the session, straight to the room's address
+    const p = pages.patient;
+    await p.addInitScript((token) => sessionStorage.setItem('callrelay.token', token), patientToken);
+    await p.goto(`${base}/consult/${created.id}`);
+
+    for (const [who, page] of Object.entries(pages)) {
+      const join = page.getByRole('button', { name: 'Join consultation' });
+      await join.waitFor();
+      await page.waitForFunction(() => !document.querySelector('.lobby button.primary').disabled);
+      await join.click();
+      await page.locator('.grid').waitFor();
+      log(`${who} joined`);
+    }
+
+    // --- both see the other's video playing, over the expected path
+    for (const [who, page] of Object.entries(pages)) {
+      const started = Date.now();
+      try {
+        await page.waitForFunction(
+          (expected) => {
+            const videos = [...document.querySelectorAll('.tile:not(.tile-local) video')];
+            const badge = document.querySelector('.path-badge');
+            return videos.length === 1 && videos[0].videoWidth > 0 && badge && badge.dataset.path === expected;
+          },
+          expectPath,
+          { timeout: expectPath === 'relay' ? 30000 : 15000 },
+        );
+        const info = await page.evaluate(() => {
+          const v = document.querySelector('.tile:not(.tile-local) video');
+          return {
+            size: `${v.videoWidth}x${v.videoHeight}`,
+            badge: document.querySelector('.path-badge').textContent,
+            peer: v.closest('.tile').querySelector('.tile-name').textContent,
+          };
+        });
+        log(`${who} sees ${info.peer}: video ${info.size}, path "${info.badge}" after ${Date.now() - started} ms`);
+      } catch (err) {
+        const badge = await page.locator('.path-badge').textContent().catch(() => '?');
+        failures.push(`${who} does not see the other's video over ${expectPath} (badge "${badge}")`);
+        log(`${who} FAILED to see remote video: ${err.message.split('\n')[0]}`);
+      }
+    }
+
+    // --- chat both ways (each message shown exactly once on both sides)
+    const say = async (from, to, text) => {
+      await pages[from].getByLabel('Message').fill(text);
+      await pages[from].getByRole('button', { name: 'Send' }).click();
+      for (const who of [from, to]) {
+        try {
+          await pages[who].locator('.message-text', { hasText: text }).waitFor({ timeout: 5000 });
+          const n = await pages[who].locator('.message-text', { hasText: text }).count();
+          if (n !== 1) failures.push(`${who} shows "${text}" ${n} times`);
+        } catch {
+          failures.push(`${who} never shows the chat message "${text}"`);
+        }
+      }
+    };
+    await say('doctor', 'patient', 'Good morning, how are you feeling today?');
+    await say('patient', 'doctor', 'Much better, thank you!');
+    log('chat exchanged');
+
+    const transcript = await http('GET', `/api/appointments/${created.id}/messages`, patientToken);
+    if (transcript.messages.length !== 2) failures.push(`transcript has ${transcript.messages.length} messages, expected 2`);
+
+    await new Promise((r) => setTimeout(r, 1500 + keepOpenMs)); // let the picture settle for the screenshot
+    for (const [who, page] of Object.entries(pages)) {
+      const file = path.join(outDir, `callrelay-smoke-${who}.png`);
+      await page.screenshot({ path: file });
+      log(`screenshot ${file}`);
+    }
+
+    // --- leave: the doctor hangs up, the patient sees them go
+    await d.getByRole('button', { name: 'Leave' }).click();
+    await d.waitForURL(`${base}/`);
+    try {
+      await p.waitForFunction(() => document.querySelectorAll('.tile:not(.tile-local)').length === 0, null, { timeout: 5000 });
+      log('patient saw the doctor leave');
+    } catch {
+      failures.push('the patient still shows the doctor after they left');
+    }
+
+    if (withCalls) await directCall(pages, created.id, failures);
+  } finally {
+    await browser.close();
+  }
+
+  if (failures.length) {
+    console.error(`\nSMOKE FAILED:\n - ${failures.join('\n - ')}`);
+    process.exit(1);
+  }
+  log(`SMOKE OK (${expectPath})`);
+}
+
+// The doctor (now on the appointment list) calls the patient (still in the room); the patient
+// answers from the ringing banner; both see each other; the doctor hangs up; history shows it.
+async function directCall(pages, appointmentId, failures) {
+  const d = pages.doctor;
+  const p = pages.patient;
+  await d.locator(`.appt[data-id="${appointmentId}"] button`, { hasText: 'Call patient' }).click();
+  const banner = p.locator('.ringing');
+  try {
+    await banner.waitFor({ timeout: 10000 });
+  } catch {
+    failures.push('the patient never saw the incoming call');
+    return;
+  }
+  await p.screenshot({ path: path.join(outDir, 'callrelay-smoke-ringing.png') });
+  log(`patient is ringing: "${(await banner.innerText()).replace(/\s+/g, ' ')}"`);
+  await banner.getByRole('button', { name: 'Answer' }).click();
+  const callPath = expectPath; // sfu-only (or blocked P2P) relays direct calls too
+  for (const [who, page] of Object.entries(pages)) {
+    try {
+      await page.waitForFunction(
+        (expected) => {
+          const v = document.querySelector('.call-dock:not(.ended) video.call-remote');
+          const badge = document.querySelector('.call-dock .path-badge');
+          return v && v.videoWidth > 0 && badge && badge.dataset.path === expected;
+        },
+        callPath,
+        { timeout: callPath === 'relay' ? 30000 : 15000 },
+      );
+      log(`${who} sees the other in the call over ${callPath}`);
+    } catch {
+      const status = await page.locator('.call-dock .call-status').textContent().catch(() => '?');
+      failures.push(`${who} does not see the other's video in the direct call over ${callPath} (status "${status}")`);
+    }
+  }
+  await new Promise((r) => setTimeout(r, 1000));
+  await d.screenshot({ path: path.join(outDir, 'callrelay-smoke-call-doctor.png') });
+  await d.locator('.call-dock').getByRole('button', { name: 'Hang up' }).click();
+  try {
+    await p.locator('.call-dock .call-status', { hasText: 'hung up' }).waitFor({ timeout: 5000 });
+    log('patient was told the doctor hung up');
+  } catch {
+    failures.push('the patient was not told that the doctor hung up');
+  }
+  await d.getByRole('link', { name: 'Call history' }).click();
+  try {
+    await d.locator('table tbody tr').first().waitFor({ timeout: 5000 });
+    const row = (await d.locator('table tbody tr').first().innerText()).replace(/\s+/g, ' ');
+    log(`doctor's call history: ${row}`);
+    if (!/ended/i.test(row)) failures.push(`the newest call is not shown as ended: ${row}`);
+  } catch {
+    failures.push('the call history shows no call');
+  }
+  await d.screenshot({ path: path.join(outDir, 'callrelay-smoke-history.png') });
+}
+
+main().catch((err) => {
+  console.error('SMOKE ERROR:', err);
+  process.exit(1);
+});
