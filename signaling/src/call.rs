@@ -362,12 +362,21 @@ impl Call {
     /// - Active: `ended`, reason `hangup`; the other party gets `call-ended {hangup}`.
     /// - Ringing, by the caller (a cancel): `missed`, reason `hangup`; every callee socket gets
     ///   `call-ended {hangup}`.
-    /// - Ringing, by the callee: the same as [`Call::reject`] (status and reason `rejected`),
-    ///   except that every callee socket is told, as the ending socket is not known.
+    /// - Ringing, by the callee: status `rejected` (the callee declined) with reason `hangup`;
+    ///   the caller and every callee socket get `call-ended {hangup}`, as the contract says
+    ///   for `end-call`.
     pub fn end(&mut self, by_user: &str, now: OffsetDateTime) -> Result<Effects, CallError> {
         self.check_party(by_user)?;
         match self.status {
-            CallStatus::Ringing if by_user == self.callee_id => Ok(self.rejected(None, now)),
+            CallStatus::Ringing if by_user == self.callee_id => Ok(self.finish(
+                CallStatus::Rejected,
+                EndReason::Hangup,
+                now,
+                vec![
+                    self.notice_caller(CallEvent::Ended(EndReason::Hangup)),
+                    self.notice_callee(CallEvent::Ended(EndReason::Hangup), None),
+                ],
+            )),
             CallStatus::Ringing => Ok(self.finish(
                 CallStatus::Missed,
                 EndReason::Hangup,
@@ -898,18 +907,18 @@ mod tests {
     }
 
     #[test]
-    fn callee_ending_while_ringing_is_a_reject() {
+    fn callee_ending_while_ringing_declines_with_a_hangup() {
         let mut call = ringing();
         let fx = call.end("bob", at(4)).unwrap();
         assert_eq!(call.status, CallStatus::Rejected);
-        assert_eq!(call.end_reason, Some(EndReason::Rejected));
+        assert_eq!(call.end_reason, Some(EndReason::Hangup));
         assert_eq!(call.ended_at, Some(at(4)));
         assert!(fx.finished);
         assert_eq!(
             fx.notices,
             vec![
-                notice(socket("a1"), CallEvent::Rejected),
-                notice(bob_except(None), CallEvent::Ended(EndReason::Rejected)),
+                notice(socket("a1"), CallEvent::Ended(EndReason::Hangup)),
+                notice(bob_except(None), CallEvent::Ended(EndReason::Hangup)),
             ]
         );
     }
@@ -1157,7 +1166,7 @@ mod tests {
             (
                 |c| c.end("bob", at(8)),
                 CallStatus::Rejected,
-                EndReason::Rejected,
+                EndReason::Hangup,
             ),
             (
                 |c| c.ring_timeout(at(8)),

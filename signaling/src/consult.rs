@@ -68,15 +68,19 @@ pub(crate) async fn join_room(
         role: who.role,
         avatar_seed,
     };
+    let room = consult_room(&appointment.id);
     let joined = {
         let mut rooms = sig.rooms.lock().unwrap_or_else(|p| p.into_inner());
         let joined = rooms.join(&appointment.id, me.clone());
+        // Into the broadcast room under the registry's lock: a member joining right after us
+        // lists us in its existing-peers, so its peer-joined must find us in the room.
+        if joined.is_new {
+            s.join(room.clone());
+        }
         sig.refresh_room_gauges(&rooms);
         joined
     };
-    let room = consult_room(&appointment.id);
     if joined.is_new {
-        s.join(room.clone());
         let _ = s.to(room.clone()).emit("peer-joined", &me).await;
     }
     let _ = s.emit("existing-peers", &joined.existing);
@@ -224,8 +228,12 @@ pub(crate) async fn leave_room(
     sig: &Signaling,
     _io: &SocketIo,
     s: &SocketRef,
-    _data: Value,
+    data: Value,
 ) -> EventResult {
+    // `{}` or no payload; anything else is not a leave-room payload.
+    if !matches!(data, Value::Null | Value::Object(_)) {
+        return Err(EventError::invalid("leave-room takes {} or no payload"));
+    }
     leave_current_room(sig, s).await;
     Ok(protocol::ok_fields())
 }

@@ -172,6 +172,9 @@ fn identity(s: &SocketRef) -> Result<Identity, EventError> {
         .ok_or_else(|| EventError::new(ErrorCode::Unauthorized, "not authenticated"))
 }
 
+/// The connect middleware: verifies the token and sets the socket up completely before
+/// socketioxide sends CONNECT, so that events a client emits right after connecting find their
+/// handlers (the connect handler itself runs later, in a spawned task).
 async fn authenticate(
     s: SocketRef,
     State(sig): State<Arc<Signaling>>,
@@ -184,6 +187,7 @@ async fn authenticate(
         .auth
         .verify(token.as_deref())
         .map_err(|_| Unauthorized)?;
+    set_up_socket(&s, &sig, &who);
     s.extensions.insert(who);
     Ok(())
 }
@@ -208,11 +212,7 @@ macro_rules! route {
     };
 }
 
-async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
-    let Ok(who) = identity(&s) else {
-        let _ = s.disconnect();
-        return;
-    };
+fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     s.extensions.insert(OrderGate::default());
     s.extensions
         .insert(Limits(Arc::new(Mutex::new(SocketLimits {
@@ -220,10 +220,6 @@ async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
             chat: TokenBucket::new(sig.config.chat_rate_per_sec, sig.config.chat_burst),
         }))));
     s.join(user_room(&who.user_id));
-    sig.metrics.sockets_connected.inc();
-    if let Err(err) = sig.store.record_user(&who).await {
-        tracing::warn!(error = %err, "could not record user");
-    }
 
     route!(s, "join-room", consult::join_room);
     route!(s, "signal", consult::signal);
@@ -258,4 +254,14 @@ async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
             }
         },
     );
+    sig.metrics.sockets_connected.inc();
+}
+
+/// Runs once the socket is connected; everything it needs to receive events is already set up.
+async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
+    if let Ok(who) = identity(&s)
+        && let Err(err) = sig.store.record_user(&who).await
+    {
+        tracing::warn!(error = %err, "could not record user");
+    }
 }

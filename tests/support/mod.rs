@@ -171,11 +171,7 @@ pub fn postgres_url() -> Option<String> {
 /// A fresh, empty PostgreSQL database on the server of `admin_url`; dropped by `drop_database`.
 pub async fn fresh_postgres_database(admin_url: &str, label: &str) -> String {
     use sqlx::Connection;
-    let name = format!(
-        "callrelay_{label}_{}_{}",
-        std::process::id(),
-        uuid_suffix()
-    );
+    let name = format!("callrelay_{label}_{}_{}", std::process::id(), uuid_suffix());
     let mut admin = sqlx::PgConnection::connect(admin_url)
         .await
         .expect("connect to the test PostgreSQL");
