@@ -1,0 +1,67 @@
+//! The browser client in headless Chromium (real libwebrtc) against the real binary: a doctor
+//! and a patient see each other's video and chat, first peer-to-peer, then with the direct path
+//! blocked so the room and a direct call fall back to the SFU. Driven by `web/smoke.mjs`.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::TestServer;
+
+fn browser_available() -> bool {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let playwright = support::repo_root().join("tests/node/node_modules/playwright-core");
+    let found = Path::new(&chromium).exists() && playwright.is_dir();
+    if !found {
+        let hint = "needs /usr/bin/chromium (apt-get install chromium) and playwright-core \
+                    (npm ci --prefix tests/node); .ci/run installs both";
+        if std::env::var_os("CI").is_some() {
+            panic!("browser test cannot run: {hint}");
+        }
+        eprintln!("\n*** SKIPPED the browser client test: {hint} ***\n");
+    }
+    found
+}
+
+async fn smoke(extra_env: &[(&str, &str)], args: &[&str]) {
+    let root = support::repo_root();
+    let web = root.join("web");
+    let mut env = vec![(
+        "CALLRELAY_SERVER__WEB_DIR",
+        web.to_str().expect("utf-8 path"),
+    )];
+    env.extend_from_slice(extra_env);
+    let server = TestServer::start(&env).await;
+    let out = tempfile::tempdir().expect("screenshot dir");
+    let status = Command::new("node")
+        .arg(web.join("smoke.mjs"))
+        .arg(&server.base)
+        .args(args)
+        .arg("--out")
+        .arg(out.path())
+        .env("NODE_PATH", root.join("tests/node/node_modules"))
+        .status()
+        .expect("run node");
+    assert!(status.success(), "web/smoke.mjs {args:?} failed");
+}
+
+#[tokio::test]
+async fn two_browsers_meet_peer_to_peer() {
+    if !browser_available() {
+        return;
+    }
+    smoke(&[], &["--expect", "p2p"]).await;
+}
+
+#[tokio::test]
+async fn two_browsers_fall_back_to_the_sfu_when_the_direct_path_fails() {
+    if !browser_available() {
+        return;
+    }
+    smoke(
+        &[("CALLRELAY_MEDIA__P2P_TIMEOUT_MS", "2000")],
+        &["--block-p2p"],
+    )
+    .await;
+}
