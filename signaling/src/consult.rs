@@ -8,7 +8,7 @@ use crate::protocol::{
     self, ChatIn, EventError, EventResult, JoinRoom, Peer, Signal, SignalType, check_id,
 };
 use crate::store::{AppointmentStatus, ChatMessage, ChatSender};
-use crate::{Role, Signaling, consult_room, identity};
+use crate::{Role, Signaling, consult_room, emit_to_room, identity};
 
 pub(crate) async fn join_room(
     sig: &Signaling,
@@ -215,10 +215,7 @@ pub(crate) async fn chat_message(
     // Stored before anyone sees it: what was acknowledged or broadcast is in the transcript.
     sig.store.save_chat_message(&message).await?;
     sig.metrics.chat_messages.inc();
-    let _ = io
-        .to(consult_room(&appointment_id))
-        .emit("chat-message", &message)
-        .await;
+    emit_to_room(io, consult_room(&appointment_id), "chat-message", &message).await;
     let mut fields = protocol::ok_fields();
     fields.insert("message".into(), json!(message));
     Ok(fields)

@@ -11,7 +11,7 @@ use socketioxide::extract::SocketRef;
 
 use crate::call::{Call, CallError, CallEvent, CallType, Effects, Recipient};
 use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
-use crate::{Identity, Role, Signaling, identity, user_room};
+use crate::{Identity, Role, Signaling, emit_to_room, identity, room_sockets, user_room};
 
 impl From<CallError> for EventError {
     fn from(err: CallError) -> Self {
@@ -149,7 +149,7 @@ pub(crate) async fn call_user(
             ));
         }
     }
-    if io.to(user_room(&req.to)).sockets().is_empty() {
+    if room_sockets(io, user_room(&req.to)).is_empty() {
         return Err(EventError::new(
             ErrorCode::Offline,
             "the user is not online",
@@ -189,19 +189,19 @@ pub(crate) async fn call_user(
     }
     drop(book);
 
-    let _ = io
-        .to(user_room(&call.callee_id))
-        .emit(
-            "incoming-call",
-            &json!({
-                "callId": call.id,
-                "from": {"userId": who.user_id, "name": who.name, "role": who.role},
-                "callType": call.call_type,
-                "offer": req.offer,
-                "appointmentId": call.appointment_id,
-            }),
-        )
-        .await;
+    emit_to_room(
+        io,
+        user_room(&call.callee_id),
+        "incoming-call",
+        &json!({
+            "callId": call.id,
+            "from": {"userId": who.user_id, "name": who.name, "role": who.role},
+            "callType": call.call_type,
+            "offer": req.offer,
+            "appointmentId": call.appointment_id,
+        }),
+    )
+    .await;
     spawn_ring_timer(sig.clone(), io.clone(), call.id.clone());
 
     let mut fields = protocol::ok_fields();
@@ -297,7 +297,7 @@ async fn emit_to(io: &SocketIo, to: &Recipient, event: &str, body: &Value) {
             user_id,
             except_socket,
         } => {
-            for socket in io.to(user_room(user_id)).sockets() {
+            for socket in room_sockets(io, user_room(user_id)) {
                 if except_socket.as_deref() != Some(socket.id.as_str()) {
                     let _ = socket.emit(event, body);
                 }
@@ -401,9 +401,7 @@ pub(crate) async fn ice_candidate(
 /// A socket went away: a call whose placing or answering socket it was, or whose party has no
 /// socket left, ends as `disconnected` for the other side.
 pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, socket_id: &str) {
-    let user_still_online = io
-        .to(user_room(&who.user_id))
-        .sockets()
+    let user_still_online = room_sockets(io, user_room(&who.user_id))
         .iter()
         .any(|s| s.id.as_str() != socket_id);
     let affected: Vec<String> = {

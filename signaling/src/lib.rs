@@ -88,6 +88,26 @@ fn user_room(user_id: &str) -> String {
     format!("user:{user_id}")
 }
 
+/// The sockets of a Socket.IO room of namespace "/". Empty once the namespace is gone (during
+/// shutdown, when `SocketIo::to` would panic).
+fn room_sockets(io: &SocketIo, room: String) -> Vec<SocketRef> {
+    io.of("/")
+        .map(|ns| ns.to(room).sockets())
+        .unwrap_or_default()
+}
+
+/// Emits to every socket of a room of namespace "/"; nothing once the namespace is gone.
+async fn emit_to_room<T: serde::Serialize + ?Sized>(
+    io: &SocketIo,
+    room: String,
+    event: &str,
+    data: &T,
+) {
+    if let Some(ns) = io.of("/") {
+        let _ = ns.to(room).emit(event, data).await;
+    }
+}
+
 /// The Socket.IO room of a consult (an appointment).
 fn consult_room(appointment_id: &str) -> String {
     format!("consult:{appointment_id}")
