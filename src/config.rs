@@ -974,7 +974,10 @@ mod tests {
         let c = Config::load_from(None, Vec::new()).expect("built-in defaults load");
         assert_eq!(c, Config::default());
 
-        assert_eq!(c.server.bind, "127.0.0.1:3000".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.server.bind,
+            "127.0.0.1:3000".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.server.metrics_bind, None);
         assert_eq!(c.server.log_format, LogFormat::Text);
         assert_eq!(c.server.shutdown_grace_secs, 10);
@@ -1099,7 +1102,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.media.udp_port, 41000);
         assert_eq!(c.media.mode, MediaMode::SfuOnly); // from the file
-        assert_eq!(c.server.bind, "127.0.0.1:3900".parse::<SocketAddr>().unwrap());
+        assert_eq!(
+            c.server.bind,
+            "127.0.0.1:3900".parse::<SocketAddr>().unwrap()
+        );
         assert_eq!(c.database.url, "postgres://u:p@localhost/callrelay");
         assert_eq!(c.auth.jwt_secret, "s3cret");
         assert!(!c.auth.dev_tokens);
