@@ -136,8 +136,6 @@ pub(crate) async fn signal(
     Ok(protocol::ok_fields())
 }
 
-/// Offers and answers carry an SDP (a string, or `{type, sdp}` as browsers serialise it);
-/// candidates carry an RTCIceCandidateInit or null (end of candidates).
 fn check_signal_payload(
     sig: &Signaling,
     kind: SignalType,
@@ -145,28 +143,10 @@ fn check_signal_payload(
 ) -> Result<(), EventError> {
     match kind {
         SignalType::Offer | SignalType::Answer => {
-            protocol::check_size("payload", payload, sig.config.max_sdp_bytes)?;
-            let sdp = match payload {
-                Value::String(sdp) => Some(sdp.as_str()),
-                Value::Object(o) => o.get("sdp").and_then(Value::as_str),
-                _ => None,
-            };
-            match sdp {
-                Some(sdp) if sdp.starts_with("v=0") => Ok(()),
-                _ => Err(EventError::invalid(
-                    "an offer or answer needs an SDP starting with v=0",
-                )),
-            }
+            protocol::check_sdp("payload", payload, sig.config.max_sdp_bytes)
         }
         SignalType::IceCandidate => {
-            protocol::check_size("payload", payload, sig.config.max_candidate_bytes)?;
-            match payload {
-                Value::Null => Ok(()),
-                Value::Object(o) if matches!(o.get("candidate"), Some(Value::String(_))) => Ok(()),
-                _ => Err(EventError::invalid(
-                    "an ice-candidate payload is {candidate, sdpMid, sdpMLineIndex} or null",
-                )),
-            }
+            protocol::check_candidate("payload", payload, sig.config.max_candidate_bytes)
         }
     }
 }

@@ -84,22 +84,6 @@ pub(crate) async fn join(
     Ok(protocol::ok_fields())
 }
 
-/// An SDP as browsers send it: a string or `{type, sdp}`.
-fn check_sdp(sig: &Signaling, field: &str, value: &Value) -> Result<(), EventError> {
-    protocol::check_size(field, value, sig.config.max_sdp_bytes)?;
-    let sdp = match value {
-        Value::String(s) => Some(s.as_str()),
-        Value::Object(o) => o.get("sdp").and_then(Value::as_str),
-        _ => None,
-    };
-    match sdp {
-        Some(sdp) if sdp.starts_with("v=0") => Ok(()),
-        _ => Err(EventError::invalid(format!(
-            "{field} must be an SDP starting with v=0"
-        ))),
-    }
-}
-
 /// A patient may call the doctor of one of their appointments and the doctor may call them back;
 /// staff and admins may call anyone.
 async fn may_call(sig: &Signaling, who: &Identity, to: &str) -> Result<bool, EventError> {
@@ -127,7 +111,7 @@ pub(crate) async fn call_user(
     if let Some(appointment_id) = &req.appointment_id {
         check_id("appointmentId", appointment_id)?;
     }
-    check_sdp(sig, "offer", &req.offer)?;
+    protocol::check_sdp("offer", &req.offer, sig.config.max_sdp_bytes)?;
     if req.to == who.user_id {
         return Err(EventError::invalid("you cannot call yourself"));
     }
@@ -315,7 +299,7 @@ pub(crate) async fn answer_call(
     let who = identity(s)?;
     let req: AnswerCall = protocol::parse(data)?;
     check_id("callId", &req.call_id)?;
-    check_sdp(sig, "answer", &req.answer)?;
+    protocol::check_sdp("answer", &req.answer, sig.config.max_sdp_bytes)?;
     let socket_id = s.id.to_string();
     let mut extra = Map::new();
     extra.insert("answer".into(), req.answer);
@@ -375,14 +359,7 @@ pub(crate) async fn ice_candidate(
     sig.spend(s, false)?;
     let req: CallCandidate = protocol::parse(data)?;
     check_id("callId", &req.call_id)?;
-    protocol::check_size("candidate", &req.candidate, sig.config.max_candidate_bytes)?;
-    if !matches!(&req.candidate, Value::Null)
-        && !matches!(&req.candidate, Value::Object(o) if matches!(o.get("candidate"), Some(Value::String(_))))
-    {
-        return Err(EventError::invalid(
-            "candidate is {candidate, sdpMid, sdpMLineIndex} or null",
-        ));
-    }
+    protocol::check_candidate("candidate", &req.candidate, sig.config.max_candidate_bytes)?;
     let target = {
         let book = sig.calls.lock().await;
         let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;

@@ -127,6 +127,69 @@ pub fn check_size(field: &str, value: &Value, max: usize) -> Result<(), EventErr
     }
 }
 
+/// An SDP as browsers send it: a string, or `{type, sdp}`, within `max` bytes.
+pub fn check_sdp(field: &str, value: &Value, max: usize) -> Result<(), EventError> {
+    check_size(field, value, max)?;
+    let sdp = match value {
+        Value::String(sdp) => sdp.as_str(),
+        Value::Object(o) => o.get("sdp").and_then(Value::as_str).unwrap_or_default(),
+        _ => "",
+    };
+    if sdp.starts_with("v=0") {
+        Ok(())
+    } else {
+        Err(EventError::invalid(format!(
+            "{field} must be an SDP starting with v=0"
+        )))
+    }
+}
+
+/// A browser's `RTCIceCandidateInit` (`{candidate, sdpMid, sdpMLineIndex, usernameFragment}`,
+/// whose `candidate` is an ICE candidate line or "" for the end of candidates) or `null`.
+pub fn check_candidate(field: &str, value: &Value, max: usize) -> Result<(), EventError> {
+    check_size(field, value, max)?;
+    let fine = match value {
+        Value::Null => true,
+        Value::Object(o) => o
+            .get("candidate")
+            .and_then(Value::as_str)
+            .is_some_and(valid_candidate_line),
+        _ => false,
+    };
+    if fine {
+        Ok(())
+    } else {
+        Err(EventError::invalid(format!(
+            "{field} must be {{candidate, sdpMid, sdpMLineIndex, usernameFragment}} with an ICE \
+             candidate line (\"candidate:<foundation> <component> <transport> <priority> \
+             <address> <port> typ <type> ...\" or \"\"), or null"
+        )))
+    }
+}
+
+/// The `candidate` attribute of RFC 8839 (section 5.1), as browsers send it (an optional `a=`
+/// prefix is tolerated); "" is the end of candidates.
+fn valid_candidate_line(line: &str) -> bool {
+    let line = line.trim();
+    if line.is_empty() {
+        return true;
+    }
+    let line = line.strip_prefix("a=").unwrap_or(line);
+    let Some(rest) = line.strip_prefix("candidate:") else {
+        return false;
+    };
+    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
+    f.len() >= 8
+        && !f[0].is_empty()
+        && f[1].parse::<u16>().is_ok()
+        && !f[2].is_empty()
+        && f[3].parse::<u32>().is_ok()
+        && !f[4].is_empty()
+        && f[5].parse::<u16>().is_ok()
+        && f[6] == "typ"
+        && matches!(f[7], "host" | "srflx" | "prflx" | "relay")
+}
+
 const RFC3339_MILLIS: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
@@ -231,5 +294,31 @@ mod tests {
         assert_eq!(s.kind, SignalType::IceCandidate);
         assert!(parse::<Signal>(json!({"to": "x", "type": "bogus", "payload": {}})).is_err());
         assert!(parse::<Signal>(json!({"to": 5, "type": "offer", "payload": {}})).is_err());
+    }
+
+    #[test]
+    fn candidate_lines() {
+        for ok in [
+            "",
+            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
+            "a=candidate:1 1 UDP 2130706431 10.0.0.1 9 typ host",
+            "candidate:842163049 1 udp 1677729535 203.0.113.5 46154 typ srflx raddr 0.0.0.0 \
+             rport 0 generation 0 ufrag abcd network-cost 999",
+            "candidate:2 1 tcp 1518280447 192.168.1.2 9 typ host tcptype active",
+            "candidate:3 1 udp 2113937151 3a1c9b0e-1f7e-4b0e-9d8e-6a1b2c3d4e5f.local 54400 typ host",
+        ] {
+            assert!(valid_candidate_line(ok), "{ok}");
+        }
+        for bad in [
+            "garbage",
+            "candidate:garbage",
+            "candidate:1 1 udp 2130706431 127.0.0.1 50000",
+            "candidate:1 x udp 2130706431 127.0.0.1 50000 typ host",
+            "candidate:1 1 udp 2130706431 127.0.0.1 99999 typ host",
+            "candidate:1 1 udp 2130706431 127.0.0.1 50000 type host",
+            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ nonsense",
+        ] {
+            assert!(!valid_candidate_line(bad), "{bad}");
+        }
     }
 }

@@ -291,17 +291,13 @@ fn relay_of(sig: &Signaling) -> Result<&Arc<dyn Relay>, EventError> {
     }
 }
 
+/// A plain SDP string (the relay events carry no `{type, sdp}` objects).
 fn check_sdp(sig: &Signaling, sdp: &str) -> Result<(), EventError> {
-    if sdp.len() > sig.config.max_sdp_bytes {
-        return Err(EventError::new(
-            ErrorCode::TooLarge,
-            format!("sdp is larger than {} bytes", sig.config.max_sdp_bytes),
-        ));
-    }
-    if !sdp.starts_with("v=0") {
-        return Err(EventError::invalid("sdp must start with v=0"));
-    }
-    Ok(())
+    protocol::check_sdp(
+        "sdp",
+        &Value::String(sdp.to_owned()),
+        sig.config.max_sdp_bytes,
+    )
 }
 
 pub(crate) async fn sfu_join(
@@ -402,20 +398,7 @@ pub(crate) async fn sfu_candidate(
     let req: SfuCandidate = protocol::parse(data)?;
     check_id("roomId", &req.room_id)?;
     if let Some(candidate) = &req.candidate {
-        protocol::check_size("candidate", candidate, sig.config.max_candidate_bytes)?;
-        let Some(Value::String(line)) = candidate.get("candidate") else {
-            return Err(EventError::invalid(
-                "candidate is {candidate, sdpMid, sdpMLineIndex, usernameFragment} or null",
-            ));
-        };
-        // Checked here: the SFU keeps a candidate that precedes its connection and would only
-        // find it unparsable later, after acknowledging it.
-        if !valid_candidate_line(line) {
-            return Err(EventError::invalid(
-                "candidate.candidate is not an ICE candidate line (\"candidate:<foundation> \
-                 <component> <transport> <priority> <address> <port> typ <type> ...\" or \"\")",
-            ));
-        }
+        protocol::check_candidate("candidate", candidate, sig.config.max_candidate_bytes)?;
     }
     let relay = relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;
@@ -423,29 +406,6 @@ pub(crate) async fn sfu_candidate(
         .add_candidate(&req.room_id, s.id.as_str(), req.pc, req.candidate)
         .await?;
     Ok(protocol::ok_fields())
-}
-
-/// The `candidate` attribute of RFC 8839 (section 5.1), as browsers send it (an optional `a=`
-/// prefix is tolerated); "" is the end of candidates.
-fn valid_candidate_line(line: &str) -> bool {
-    let line = line.trim();
-    if line.is_empty() {
-        return true;
-    }
-    let line = line.strip_prefix("a=").unwrap_or(line);
-    let Some(rest) = line.strip_prefix("candidate:") else {
-        return false;
-    };
-    let f: Vec<&str> = rest.split_ascii_whitespace().collect();
-    f.len() >= 8
-        && !f[0].is_empty()
-        && f[1].parse::<u16>().is_ok()
-        && !f[2].is_empty()
-        && f[3].parse::<u32>().is_ok()
-        && !f[4].is_empty()
-        && f[5].parse::<u16>().is_ok()
-        && f[6] == "typ"
-        && matches!(f[7], "host" | "srflx" | "prflx" | "relay")
 }
 
 pub(crate) async fn sfu_leave(
@@ -461,35 +421,4 @@ pub(crate) async fn sfu_leave(
     sig.relay_membership(s, &req.room_id).await?;
     sig.leave_relay(&req.room_id, s.id.as_str()).await;
     Ok(protocol::ok_fields())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_candidate_line;
-
-    #[test]
-    fn candidate_lines() {
-        for ok in [
-            "",
-            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ host",
-            "a=candidate:1 1 UDP 2130706431 10.0.0.1 9 typ host",
-            "candidate:842163049 1 udp 1677729535 203.0.113.5 46154 typ srflx raddr 0.0.0.0 \
-             rport 0 generation 0 ufrag abcd network-cost 999",
-            "candidate:2 1 tcp 1518280447 192.168.1.2 9 typ host tcptype active",
-            "candidate:3 1 udp 2113937151 3a1c9b0e-1f7e-4b0e-9d8e-6a1b2c3d4e5f.local 54400 typ host",
-        ] {
-            assert!(valid_candidate_line(ok), "{ok}");
-        }
-        for bad in [
-            "garbage",
-            "candidate:garbage",
-            "candidate:1 1 udp 2130706431 127.0.0.1 50000",
-            "candidate:1 x udp 2130706431 127.0.0.1 50000 typ host",
-            "candidate:1 1 udp 2130706431 127.0.0.1 99999 typ host",
-            "candidate:1 1 udp 2130706431 127.0.0.1 50000 type host",
-            "candidate:1 1 udp 2130706431 127.0.0.1 50000 typ nonsense",
-        ] {
-            assert!(!valid_candidate_line(bad), "{bad}");
-        }
-    }
 }
