@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod relay;
 pub mod server;

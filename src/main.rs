@@ -1,4 +1,4 @@
-//! The `callrelay` binary: `serve` (the default) and `token`.
+//! The `callrelay` binary: `serve` (the default), `token` and `load`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +40,8 @@ enum Command {
         #[arg(long)]
         ttl_secs: Option<u64>,
     },
+    /// Load generator: rooms of WebRTC publishers and subscribers against a running server
+    Load(callrelay::load::LoadArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +61,24 @@ fn main() -> ExitCode {
             role,
             ttl_secs,
         } => print_token(&config, &sub, &name, &role, ttl_secs),
+        Command::Load(args) => run_load(args),
+    }
+}
+
+fn run_load(args: callrelay::load::LoadArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("callrelay: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(callrelay::load::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("callrelay load: {err}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -72,6 +72,10 @@ mod peer;
 mod room;
 mod sfu;
 
+/// Benchmark hooks (feature `bench`): the SFU's subscribe connection and per-copy forwarding
+/// step, for `benches/forwarding.rs`.
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod demux;
 pub mod forward;
 pub mod keyframe;

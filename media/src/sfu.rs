@@ -209,6 +209,47 @@ fn candidate_addrs(local: SocketAddr, public_ips: &[IpAddr]) -> Vec<SocketAddr> 
     out
 }
 
+/// One subscriber's copy of a publisher packet: rewrites the header for this subscriber, writes
+/// the copy through the subscriber's connection (interceptors, SRTP) and hands every datagram
+/// the core produces to `send` (the socket). Returns how many datagrams went out: 0 if the
+/// subscriber did not negotiate the payload type or the core refused the packet.
+///
+/// This is the whole per-copy cost of the forwarding path; the media loop calls it once per
+/// ready subscriber, and the `bench` feature exposes it to the forwarding benchmark.
+pub(crate) fn write_copy(
+    rewriter: &mut Rewriter,
+    rtc: &mut RTCPeerConnection,
+    packet: &Packet,
+    rx_at: Instant,
+    now_us: u64,
+    mut send: impl FnMut(&[u8], SocketAddr),
+) -> usize {
+    let mut header = Header {
+        extensions: Vec::with_capacity(packet.header.extensions.len()),
+        ..Default::default()
+    };
+    if !rewriter.rewrite_into(&packet.header, now_us, &mut header) {
+        return 0;
+    }
+    let copy = Packet {
+        header,
+        payload: packet.payload.clone(),
+    };
+    guarded(|| {
+        rtc.handle_write(TaggedRTCMessage {
+            now: rx_at,
+            message: RTCMessage::RtpPacket(String::new(), copy),
+        })?;
+        let mut n = 0;
+        while let Some(out) = rtc.poll_write() {
+            send(&out.message, out.transport.peer_addr);
+            n += 1;
+        }
+        Ok(n)
+    })
+    .unwrap_or(0)
+}
+
 impl MediaLoop {
     pub async fn bind(
         config: MediaConfig,
@@ -618,39 +659,22 @@ impl MediaLoop {
         let now_us = rx_at.duration_since(*epoch).as_micros() as u64;
         let payload_len = packet.payload.len() as u64;
         for f in track.subscribers.iter_mut().filter(|f| f.ready) {
-            let mut header = Header {
-                extensions: Vec::with_capacity(packet.header.extensions.len()),
-                ..Default::default()
-            };
-            if !f.rewriter.rewrite_into(&packet.header, now_us, &mut header) {
-                continue;
-            }
             let Some(sub) = pcs.get_mut(&f.sub_pc) else {
                 continue;
             };
-            let copy = Packet {
-                header,
-                payload: packet.payload.clone(),
-            };
-            let rtc = &mut sub.rtc;
-            let written = guarded(|| {
-                rtc.handle_write(TaggedRTCMessage {
-                    now: rx_at,
-                    message: RTCMessage::RtpPacket(String::new(), copy),
-                })?;
-                let mut n = 0;
-                while let Some(out) = rtc.poll_write() {
-                    if socket
-                        .try_send_to(&out.message, out.transport.peer_addr)
-                        .is_err()
-                    {
+            let written = write_copy(
+                &mut f.rewriter,
+                &mut sub.rtc,
+                &packet,
+                rx_at,
+                now_us,
+                |datagram, to| {
+                    if socket.try_send_to(datagram, to).is_err() {
                         metrics.dropped(DropReason::SendFailed);
                     }
-                    n += 1;
-                }
-                Ok(n)
-            });
-            if matches!(written, Ok(n) if n > 0) {
+                },
+            );
+            if written > 0 {
                 metrics.packets_forwarded[kind].inc();
                 metrics.bytes_forwarded[kind].inc_by(payload_len);
                 metrics

@@ -1,0 +1,58 @@
+//! Hooks for callrelay's benchmarks (feature `bench`; off in the server build).
+//!
+//! They expose the SFU's own pieces so that `benches/forwarding.rs` measures the code the media
+//! loop runs rather than a copy of it: a subscribe connection built exactly as the loop builds
+//! one, and the per-copy step of the forwarding path (rewrite, interceptors, SRTP, hand-off to
+//! the socket). Nothing here changes how the SFU behaves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtp::packet::Packet;
+
+/// The exact `rtc` core the SFU is built on, so a benchmark's client peers use the same version.
+pub use rtc;
+
+use crate::forward::Rewriter;
+use crate::peer::{self, CoreCounters, PcSetup};
+use crate::{MediaError, PcKind};
+
+/// A subscribe connection as the media loop creates one (ICE-lite with fresh credentials, the
+/// SFU's codecs, header extensions and interceptors), announcing `candidates` as its host
+/// candidates. Add tracks, offer and drive it like any `RTCPeerConnection`.
+pub fn subscribe_connection(
+    candidates: &[SocketAddr],
+    now: Instant,
+) -> Result<RTCPeerConnection, MediaError> {
+    let (ufrag, pwd) = peer::ice_credentials();
+    let counters = Arc::new(CoreCounters::default());
+    peer::build(
+        &PcSetup {
+            kind: PcKind::Subscribe,
+            ufrag: &ufrag,
+            pwd: &pwd,
+            candidates,
+            counters: &counters,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(30),
+        },
+        now,
+    )
+}
+
+/// The media loop's per-copy forwarding step (`forward_rtp` runs it once per ready subscriber):
+/// rewrites `packet`'s header with `rewriter`, writes the copy through the subscriber's
+/// connection `rtc` and hands every datagram produced to `send`. Returns the datagram count
+/// (0 = payload type not negotiated with this subscriber, or refused by the core).
+pub fn forward_copy(
+    rewriter: &mut Rewriter,
+    rtc: &mut RTCPeerConnection,
+    packet: &Packet,
+    rx_at: Instant,
+    now_us: u64,
+    send: impl FnMut(&[u8], SocketAddr),
+) -> usize {
+    crate::sfu::write_copy(rewriter, rtc, packet, rx_at, now_us, send)
+}
