@@ -134,20 +134,20 @@ fn media_engine(kind: PcKind) -> Result<MediaEngine, MediaError> {
 
 /// Interceptor chains by role. Publish (we receive): NACK generator (asks the publisher for
 /// what we lost), receiver reports, transport-cc feedback. Subscribe (we send): sender
-/// reports; NACKs are answered by the SFU from its per-track cache, not by a per-connection
-/// responder. Both: inbound keyframe requests, NACKs and receiver reports go to the
-/// application.
+/// reports only — it receives no media, so a receiver-report interceptor there would only add
+/// work to every forwarded copy; NACKs are answered by the SFU from its per-track cache, not by
+/// a per-connection responder. Both: inbound keyframe requests, NACKs and receiver reports go
+/// to the application.
 fn registry(
     kind: PcKind,
     me: &mut MediaEngine,
     counters: &Arc<CoreCounters>,
 ) -> Result<Registry, MediaError> {
-    let r = Registry::new()
-        .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-        .with(Slot::from(14_000), RtcpToApplication::default());
+    let r = Registry::new().with(Slot::from(14_000), RtcpToApplication::default());
     Ok(match kind {
         PcKind::Publish => {
             let r = r
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
                 .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
                 .with(
                     Slot::from(500),
