@@ -75,10 +75,127 @@ struct Pc {
     connected: bool,
     /// Publish: the publisher's media SSRC → track.
     in_tracks: HashMap<u32, TrackKey>,
+    /// Publish: tracks the publisher stopped by renegotiating (media SSRC → what they were),
+    /// kept so that they can be published again when their m-section sends again and their
+    /// RTP arrives (webrtc-rs does not report a stream it has already opened a second time).
+    dormant: HashMap<u32, Dormant>,
     /// Subscribe: the SSRC we send a track with → track.
     out_ssrcs: HashMap<u32, TrackKey>,
     /// Subscribe: an answer for the current offer was applied.
     answered: bool,
+}
+
+/// A track its publisher stopped in a renegotiation.
+struct Dormant {
+    info: TrackInfo,
+    /// Its m-section sends again: the next RTP packet on its SSRC publishes it again.
+    revivable: bool,
+}
+
+/// What publishing a track needs to know about it, learnt from the publish connection.
+struct TrackInfo {
+    track_id: String,
+    /// The m-section (transceiver) the track arrives on, if known.
+    mid: Option<String>,
+    kind: MediaKind,
+    codec: RTCRtpCodec,
+    media_ssrc: u32,
+    pub_codecs: Vec<RTCRtpCodecParameters>,
+    pub_extensions: Vec<(String, u8)>,
+}
+
+/// One m-section of a publisher's offer, as far as deciding whether it still sends a track.
+#[derive(Debug, Default)]
+struct OfferedSection {
+    mid: Option<String>,
+    /// Port non-zero, direction sendrecv/sendonly and a track announced (msid or ssrc).
+    sends: bool,
+    ssrcs: Vec<u32>,
+    track_ids: Vec<String>,
+}
+
+/// Parses the m-sections of a (remote) SDP: mid, whether it sends, SSRCs and msid track ids.
+fn offered_sections(sdp: &str) -> Vec<OfferedSection> {
+    struct Acc {
+        section: OfferedSection,
+        port_zero: bool,
+        direction_sends: bool,
+        has_msid: bool,
+    }
+    fn finish(a: Acc) -> OfferedSection {
+        let mut section = a.section;
+        let announced = a.has_msid || !section.ssrcs.is_empty();
+        section.sends = !a.port_zero && a.direction_sends && announced;
+        section
+    }
+    let mut out = Vec::new();
+    let mut cur: Option<Acc> = None;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(m) = line.strip_prefix("m=") {
+            if let Some(a) = cur.take() {
+                out.push(finish(a));
+            }
+            let port = m.split_whitespace().nth(1).unwrap_or("0");
+            cur = Some(Acc {
+                section: OfferedSection::default(),
+                port_zero: port.split('/').next() == Some("0"),
+                // RFC 4566: sendrecv unless stated otherwise.
+                direction_sends: true,
+                has_msid: false,
+            });
+            continue;
+        }
+        let Some(a) = cur.as_mut() else { continue };
+        let Some(attr) = line.strip_prefix("a=") else {
+            continue;
+        };
+        match attr {
+            "sendrecv" | "sendonly" => a.direction_sends = true,
+            "recvonly" | "inactive" => a.direction_sends = false,
+            _ => {}
+        }
+        if let Some(mid) = attr.strip_prefix("mid:") {
+            a.section.mid = Some(mid.trim().to_owned());
+        } else if let Some(msid) = attr.strip_prefix("msid:") {
+            a.has_msid = true;
+            if let Some(track) = msid.split_whitespace().nth(1) {
+                a.section.track_ids.push(track.to_owned());
+            }
+        } else if let Some(ssrc) = attr.strip_prefix("ssrc:") {
+            let mut parts = ssrc.splitn(2, ' ');
+            if let Some(Ok(n)) = parts.next().map(str::parse::<u32>) {
+                if !a.section.ssrcs.contains(&n) {
+                    a.section.ssrcs.push(n);
+                }
+                if let Some(track) = parts
+                    .next()
+                    .and_then(|rest| rest.strip_prefix("msid:"))
+                    .and_then(|msid| msid.split_whitespace().nth(1))
+                {
+                    a.section.track_ids.push(track.to_owned());
+                }
+            }
+        }
+    }
+    if let Some(a) = cur.take() {
+        out.push(finish(a));
+    }
+    out
+}
+
+/// Whether the m-section a track arrives on still sends it. The section is found by mid if
+/// known, else by SSRC, else by msid track id; a track with no section no longer sends.
+fn still_sent(sections: &[OfferedSection], mid: Option<&str>, ssrc: u32, track_id: &str) -> bool {
+    let by_mid = mid.and_then(|mid| sections.iter().find(|s| s.mid.as_deref() == Some(mid)));
+    by_mid
+        .or_else(|| sections.iter().find(|s| s.ssrcs.contains(&ssrc)))
+        .or_else(|| {
+            sections
+                .iter()
+                .find(|s| s.track_ids.iter().any(|t| t == track_id))
+        })
+        .is_some_and(|s| s.sends)
 }
 
 /// One subscriber of one track: where its copies go and how they are rewritten.
@@ -96,6 +213,8 @@ struct Track {
     room: String,
     publisher: String,
     track_id: String,
+    /// The publisher's m-section carrying it, if known.
+    mid: Option<String>,
     kind: MediaKind,
     codec: RTCRtpCodec,
     pub_pc: PcId,
@@ -624,6 +743,18 @@ impl MediaLoop {
 
     /// The hot path: one publisher packet in, one rewritten copy per ready subscriber out.
     fn forward_rtp(&mut self, pub_id: PcId, packet: Packet, rx_at: Instant) {
+        let ssrc = packet.header.ssrc;
+        // OnOpen (handled before reads in `drive`) registered every SSRC we forward, and a
+        // track stopped by renegotiation and re-enabled is published again on its first
+        // packet; anything else (an SSRC we did not negotiate) is dropped.
+        let known = self
+            .pcs
+            .get(&pub_id)
+            .and_then(|pc| pc.in_tracks.get(&ssrc))
+            .copied();
+        let Some(key) = known.or_else(|| self.revive_track(pub_id, ssrc, rx_at)) else {
+            return;
+        };
         let Self {
             pcs,
             tracks,
@@ -632,12 +763,6 @@ impl MediaLoop {
             epoch,
             ..
         } = self;
-        let Some(pc) = pcs.get(&pub_id) else { return };
-        // OnOpen (handled before reads in `drive`) registered every SSRC we forward; anything
-        // else (an SSRC we did not negotiate) is dropped.
-        let Some(&key) = pc.in_tracks.get(&packet.header.ssrc) else {
-            return;
-        };
         let Some(track) = tracks.get_mut(&key) else {
             return;
         };
@@ -846,6 +971,15 @@ impl MediaLoop {
         }
         let (room, publisher) = (pc.room.clone(), pc.participant.clone());
         let info = guarded(|| {
+            let transceivers: Vec<_> = pc.rtc.get_transceivers().collect();
+            let mid = transceivers.into_iter().find_map(|t| {
+                let t = pc.rtc.rtp_transceiver(t)?;
+                if t.receiver() == Some(init.receiver_id) {
+                    t.mid().clone()
+                } else {
+                    None
+                }
+            });
             let mut receiver = pc
                 .rtc
                 .rtp_receiver(init.receiver_id)
@@ -861,32 +995,64 @@ impl MediaLoop {
                 .iter()
                 .map(|h| (h.uri.clone(), h.id as u8))
                 .collect();
-            Ok((kind, codec, codecs, exts))
+            Ok((mid, kind, codec, codecs, exts))
         });
-        let Ok((kind, Some(codec), pub_codecs, pub_extensions)) = info else {
+        let Ok((mid, kind, Some(codec), pub_codecs, pub_extensions)) = info else {
             warn!(%room, %publisher, "track opened without a usable codec; ignored");
             return;
         };
+        let info = TrackInfo {
+            track_id: init.track_id.to_string(),
+            mid,
+            kind: media_kind(kind),
+            codec,
+            media_ssrc: init.ssrc,
+            pub_codecs,
+            pub_extensions,
+        };
+        self.insert_track(pub_id, info, now);
+    }
+
+    /// Publishes a track of `pub_id` into its room: every other member renegotiates.
+    fn insert_track(&mut self, pub_id: PcId, info: TrackInfo, now: Instant) -> Option<TrackKey> {
+        let pc = self.pcs.get_mut(&pub_id)?;
+        if pc.in_tracks.contains_key(&info.media_ssrc) {
+            return None;
+        }
+        // Whatever was stopped on this SSRC or under this track id is superseded.
+        pc.dormant
+            .retain(|ssrc, d| *ssrc != info.media_ssrc && d.info.track_id != info.track_id);
+        let (room, publisher) = (pc.room.clone(), pc.participant.clone());
         // The same track id on a new SSRC (the publisher restarted it): replace the old one.
-        let old = self.tracks.iter().find_map(|(k, t)| {
-            (t.pub_pc == pub_id && t.track_id == init.track_id.as_str()).then_some(*k)
-        });
+        let old = self
+            .tracks
+            .iter()
+            .find_map(|(k, t)| (t.pub_pc == pub_id && t.track_id == info.track_id).then_some(*k));
         if let Some(old) = old {
             self.unpublish_track(old);
         }
         let key = TrackKey(self.next_id());
-        let kind = media_kind(kind);
-        info!(%room, %publisher, track = %init.track_id, kind = kind.as_str(), codec = %codec.mime_type, "track published");
+        let TrackInfo {
+            track_id,
+            mid,
+            kind,
+            codec,
+            media_ssrc,
+            pub_codecs,
+            pub_extensions,
+        } = info;
+        info!(%room, %publisher, track = %track_id, kind = kind.as_str(), codec = %codec.mime_type, "track published");
         self.tracks.insert(
             key,
             Track {
                 room: room.clone(),
                 publisher: publisher.clone(),
-                track_id: init.track_id.to_string(),
+                track_id: track_id.clone(),
+                mid,
                 kind,
                 codec,
                 pub_pc: pub_id,
-                media_ssrc: init.ssrc,
+                media_ssrc,
                 pub_codecs,
                 pub_extensions,
                 cache: RtxCache::new(if kind == MediaKind::Video {
@@ -901,7 +1067,7 @@ impl MediaLoop {
             },
         );
         if let Some(pc) = self.pcs.get_mut(&pub_id) {
-            pc.in_tracks.insert(init.ssrc, key);
+            pc.in_tracks.insert(media_ssrc, key);
         }
         if let Some(p) = self
             .rooms
@@ -915,15 +1081,93 @@ impl MediaLoop {
             room: room.clone(),
             participant: publisher.clone(),
             kind,
-            track_id: init.track_id.to_string(),
+            track_id,
         });
         self.sync_room(&room, Some(&publisher), now);
+        Some(key)
+    }
+
+    /// A packet on an SSRC the publish connection does not forward: if it belongs to a track
+    /// the publisher stopped and has since re-enabled, publish that track again. Off the
+    /// forwarding path proper: it runs only for packets that would otherwise be dropped.
+    #[cold]
+    fn revive_track(&mut self, pub_id: PcId, ssrc: u32, now: Instant) -> Option<TrackKey> {
+        let pc = self.pcs.get_mut(&pub_id)?;
+        if !pc.dormant.get(&ssrc).is_some_and(|d| d.revivable) {
+            return None;
+        }
+        let d = pc.dormant.remove(&ssrc)?;
+        self.insert_track(pub_id, d.info, now)
+    }
+
+    /// After a new offer on an existing publish connection: every track whose m-section no
+    /// longer sends (direction inactive/recvonly, port 0, no msid/ssrc, or gone) leaves the
+    /// room exactly as on a leave; stopped tracks whose m-section sends again become
+    /// publishable again when their RTP arrives. webrtc-rs does not report these changes.
+    fn reconcile_published(&mut self, pub_id: PcId, now: Instant) {
+        let Some(pc) = self.pcs.get_mut(&pub_id) else {
+            return;
+        };
+        let rtc = &pc.rtc;
+        let Ok(Some(sdp)) = guarded(|| Ok(rtc.remote_description().map(|d| d.sdp.clone()))) else {
+            return;
+        };
+        let sections = offered_sections(&sdp);
+        for d in pc.dormant.values_mut() {
+            let i = &d.info;
+            d.revivable = still_sent(&sections, i.mid.as_deref(), i.media_ssrc, &i.track_id);
+        }
+        let stopped: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.pub_pc == pub_id)
+            .filter(|(_, t)| !still_sent(&sections, t.mid.as_deref(), t.media_ssrc, &t.track_id))
+            .map(|(k, _)| *k)
+            .collect();
+        if stopped.is_empty() {
+            return;
+        }
+        let mut room = None;
+        for key in stopped {
+            let Some(track) = self.remove_track(key) else {
+                continue;
+            };
+            info!(room = %track.room, publisher = %track.publisher, track = %track.track_id, "track stopped by renegotiation");
+            room = Some((track.room.clone(), track.publisher.clone()));
+            if let Some(pc) = self.pcs.get_mut(&pub_id) {
+                pc.dormant.insert(
+                    track.media_ssrc,
+                    Dormant {
+                        info: TrackInfo {
+                            track_id: track.track_id,
+                            mid: track.mid,
+                            kind: track.kind,
+                            codec: track.codec,
+                            media_ssrc: track.media_ssrc,
+                            pub_codecs: track.pub_codecs,
+                            pub_extensions: track.pub_extensions,
+                        },
+                        revivable: false,
+                    },
+                );
+            }
+        }
+        if let Some((room, publisher)) = room {
+            self.sync_room(&room, Some(&publisher), now);
+        }
     }
 
     fn unpublish_track(&mut self, key: TrackKey) {
-        let Some(track) = self.tracks.remove(&key) else {
+        let Some(track) = self.remove_track(key) else {
             return;
         };
+        self.sync_room(&track.room, Some(&track.publisher), Instant::now());
+    }
+
+    /// Takes a track out of the SFU (forwarding entries, the publisher's list, gauges, event)
+    /// without renegotiating its subscribers yet: the caller syncs the room.
+    fn remove_track(&mut self, key: TrackKey) -> Option<Track> {
+        let track = self.tracks.remove(&key)?;
         if let Some(pc) = self.pcs.get_mut(&track.pub_pc) {
             pc.in_tracks.retain(|_, k| *k != key);
         }
@@ -946,7 +1190,7 @@ impl MediaLoop {
             kind: track.kind,
             track_id: track.track_id.clone(),
         });
-        self.sync_room(&track.room, Some(&track.publisher), Instant::now());
+        Some(track)
     }
 
     fn update_track_gauges(&self) {
@@ -1337,6 +1581,7 @@ impl MediaLoop {
                 negotiated: false,
                 connected: false,
                 in_tracks: HashMap::new(),
+                dormant: HashMap::new(),
                 out_ssrcs: HashMap::new(),
                 answered: false,
             },
@@ -1410,6 +1655,10 @@ impl MediaLoop {
         };
         pc.negotiated = true;
         Self::mark_dirty(&mut self.dirty, pc, id);
+        if !created {
+            // A re-offer: tracks the publisher stopped leave the room.
+            self.reconcile_published(id, now);
+        }
         // Candidates that arrived before the connection existed.
         let mut pending = self.early_candidates.take(room, participant);
         if let Some(p) = self.participant_mut(room, participant) {
@@ -1684,5 +1933,43 @@ fn unknown(room: &str, participant: &str) -> MediaError {
     MediaError::UnknownParticipant {
         room: room.to_owned(),
         participant: participant.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2 3 4\r\n\
+        m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendrecv\r\na=msid:s a1\r\na=ssrc:11 cname:x\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=inactive\r\na=msid:s v1\r\na=ssrc:22 msid:s v1\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=recvonly\r\n\
+        m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\na=msid:s v3\r\n\
+        m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:4\r\na=sendonly\r\na=ssrc:55 cname:x\r\n";
+
+    #[test]
+    fn offered_sections_tell_which_still_send() {
+        let s = offered_sections(OFFER);
+        let sends: Vec<(Option<&str>, bool)> =
+            s.iter().map(|s| (s.mid.as_deref(), s.sends)).collect();
+        assert_eq!(
+            sends,
+            [
+                (Some("0"), true),
+                (Some("1"), false), // inactive
+                (Some("2"), false), // recvonly, no msid (removeTrack)
+                (Some("3"), false), // port 0
+                (Some("4"), true),  // sendonly, ssrc without msid
+            ]
+        );
+        assert_eq!(s[1].ssrcs, [22]);
+        assert_eq!(s[1].track_ids, ["v1", "v1"]);
+        // Found by mid, else SSRC, else msid track id; a track with no section stops.
+        assert!(still_sent(&s, Some("0"), 1, "x"));
+        assert!(!still_sent(&s, Some("1"), 11, "a1"));
+        assert!(still_sent(&s, None, 11, "x"));
+        assert!(!still_sent(&s, None, 22, "a1"));
+        assert!(still_sent(&s, None, 9, "a1"));
+        assert!(!still_sent(&s, Some("9"), 9, "gone"));
     }
 }

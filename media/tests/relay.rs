@@ -517,3 +517,117 @@ async fn silent_participant_times_out() {
     })
     .await;
 }
+
+/// A publisher with two tracks stops one by renegotiating (`removeTrack`: its m-section
+/// becomes recvonly without msid): the subscriber is renegotiated without that track while the
+/// other keeps flowing, and the stats and gauges count one track. Re-adding it publishes it
+/// again once its RTP arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_stops_one_track_by_renegotiation() {
+    bounded(async {
+        let sig = Signaling::start().await;
+        let sfu = sig.sfu.clone();
+        let sub = Subscriber::new("sub", &sig).await;
+        sfu.join(ROOM, "sub").await.unwrap();
+
+        let state = std::sync::Arc::new(ClientState::default());
+        let pc = client_pc(std::sync::Arc::clone(&state)).await;
+        let cam_a = video_track("pub", "cam-a", 0xA1A1);
+        let cam_b = video_track("pub", "cam-b", 0xB2B2);
+        pc.add_track(
+            cam_a.clone() as std::sync::Arc<dyn webrtc::media_stream::track_local::TrackLocal>
+        )
+        .await
+        .unwrap();
+        let sender_b = pc
+            .add_track(
+                cam_b.clone() as std::sync::Arc<dyn webrtc::media_stream::track_local::TrackLocal>
+            )
+            .await
+            .unwrap();
+        publish_pc(&sfu, &pc, "pub").await;
+        let _a = send_counter(cam_a.clone(), 0xA1A1, 0, Duration::from_millis(5));
+        let b = send_counter(cam_b.clone(), 0xB2B2, 1_000_000, Duration::from_millis(5));
+        let from_a = |s: &Subscriber| {
+            s.received_from("pub")
+                .iter()
+                .filter(|r| r.counter < 1_000_000)
+                .count()
+        };
+        let from_b = |s: &Subscriber| {
+            s.received_from("pub")
+                .iter()
+                .filter(|r| r.counter >= 1_000_000)
+                .count()
+        };
+        eventually(
+            "both tracks at the subscriber",
+            Duration::from_secs(20),
+            || from_a(&sub) >= 50 && from_b(&sub) >= 50,
+        )
+        .await;
+        let stats = sfu.stats().await.unwrap();
+        assert_eq!((stats.video_tracks, stats.subscriptions), (2, 2));
+        let offers = sig.offers_for("sub").len();
+
+        // Stop cam-b: removeTrack and renegotiate.
+        b.send(()).ok();
+        pc.remove_track(&sender_b).await.unwrap();
+        let offer = publish_pc(&sfu, &pc, "pub").await;
+        assert!(
+            !offer.contains("cam-b"),
+            "the re-offer no longer announces cam-b:\n{offer}"
+        );
+        eventually("subscriber renegotiated", Duration::from_secs(5), || {
+            sig.offers_for("sub").len() > offers
+        })
+        .await;
+        let last = sig.offers_for("sub").last().cloned().unwrap();
+        assert!(last.contains("msid:pub cam-a"), "cam-a stays:\n{last}");
+        assert!(!last.contains("msid:pub cam-b"), "cam-b is gone:\n{last}");
+        let stats = sfu.stats().await.unwrap();
+        assert_eq!((stats.video_tracks, stats.subscriptions), (1, 1));
+        eventually("gauge flushed", Duration::from_secs(2), || {
+            sig.metric("callrelay_sfu_tracks", Some(("kind", "video"))) == 1.0
+        })
+        .await;
+        assert!(
+            sig.events.lock().unwrap().iter().any(|e| matches!(e,
+            callrelay_media::MediaEvent::TrackUnpublished { track_id, .. } if track_id == "cam-b"))
+        );
+        // cam-a keeps flowing.
+        let a_before = from_a(&sub);
+        eventually("cam-a still flows", Duration::from_secs(5), || {
+            from_a(&sub) >= a_before + 50
+        })
+        .await;
+
+        // cam-b comes back: published again when its RTP arrives.
+        let offers = sig.offers_for("sub").len();
+        pc.add_track(
+            cam_b.clone() as std::sync::Arc<dyn webrtc::media_stream::track_local::TrackLocal>
+        )
+        .await
+        .unwrap();
+        publish_pc(&sfu, &pc, "pub").await;
+        let _b = send_counter(cam_b.clone(), 0xB2B2, 2_000_000, Duration::from_millis(5));
+        eventually("cam-b published again", Duration::from_secs(10), || {
+            sig.offers_for("sub").last().is_some_and(|o| {
+                sig.offers_for("sub").len() > offers && o.contains("msid:pub cam-b")
+            })
+        })
+        .await;
+        eventually("cam-b flows again", Duration::from_secs(20), || {
+            sub.received_from("pub")
+                .iter()
+                .filter(|r| r.counter >= 2_000_000)
+                .count()
+                >= 20
+        })
+        .await;
+        let stats = sfu.stats().await.unwrap();
+        assert_eq!((stats.video_tracks, stats.subscriptions), (2, 2));
+        sfu.shutdown().await;
+    })
+    .await;
+}

@@ -240,11 +240,6 @@ async def test_publisher_adds_a_track_later(server):
         assert all(ack.get("ok") for ack in mb.answer_acks), mb.answer_acks
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="media bug: a track the publisher stops in a renegotiation (a=inactive) stays published: "
-    "subscribers get no new offer and callrelay_sfu_tracks keeps counting it",
-)
 async def test_publisher_stops_a_track(server):
     """Turning the camera off mid-call: the video m-section becomes inactive."""
     async with asyncio.timeout(30), h.Session(server) as s:

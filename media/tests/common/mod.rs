@@ -80,7 +80,7 @@ impl Interceptor for DeliverAllRtcp {
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
-fn vp8() -> RTCRtpCodec {
+pub fn vp8() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_VP8.to_owned(),
         clock_rate: 90_000,
@@ -569,4 +569,79 @@ pub fn complete_up_to_slack(rx: &[Received], slack: u32) -> bool {
     };
     let upto = last.saturating_sub(slack);
     c.iter().take_while(|&&x| x <= upto).count() as u32 == upto - first + 1
+}
+
+/// A VP8 track of a hand-built publisher (stream id, track id, SSRC).
+pub fn video_track(stream_id: &str, track_id: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id.to_owned(),
+        track_id.to_owned(),
+        "camera".to_owned(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: vp8(),
+            ..Default::default()
+        }],
+    )))
+}
+
+/// Sends VP8 packets on `track` every `every`, the payload starting with `base + n` (big
+/// endian), until the returned sender is dropped or fired.
+pub fn send_counter(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    base: u32,
+    every: Duration,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        let mut n: u32 = 0;
+        loop {
+            tokio::select! {
+                _ = &mut rx => break,
+                _ = tick.tick() => {}
+            }
+            let mut payload = (base + n).to_be_bytes().to_vec();
+            payload.resize(100, 0xCD);
+            let packet = rtc::rtp::packet::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: n as u16,
+                    timestamp: n.wrapping_mul(3_000),
+                    ssrc,
+                    marker: true,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(payload),
+            };
+            let _ = track.write_rtp(packet).await;
+            n += 1;
+        }
+    });
+    tx
+}
+
+/// Offers from `pc`, lets the SFU answer as `participant`'s publish connection, applies it.
+/// Returns the offer sent.
+pub async fn publish_pc(
+    sfu: &SfuHandle,
+    pc: &Arc<dyn PeerConnection>,
+    participant: &str,
+) -> String {
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer.clone()).await.unwrap();
+    let answer = sfu
+        .publish(ROOM, participant, offer.sdp.clone())
+        .await
+        .unwrap();
+    pc.set_remote_description(RTCSessionDescription::answer(answer).unwrap())
+        .await
+        .unwrap();
+    offer.sdp
 }
