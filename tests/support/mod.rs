@@ -32,27 +32,18 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server on SQLite in a fresh temporary folder.
+    /// Starts a server on SQLite in a fresh temporary folder, with `env` on top of the defaults.
     pub async fn start(env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_url = format!("sqlite://{}/callrelay.db?mode=rwc", dir.path().display());
-        Self::start_with_db(dir, db_url, env).await
-    }
-
-    pub async fn start_with_db(
-        dir: tempfile::TempDir,
-        db_url: String,
-        env: &[(&str, &str)],
-    ) -> TestServer {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         let mut server = TestServer {
             base: String::new(),
             db_url,
             child: None,
-            env,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: dir,
         };
         server.launch().await;
@@ -122,12 +113,6 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    /// Starts the same configuration again on the same database.
-    pub async fn restart(&mut self) {
-        self.stop();
-        self.launch().await;
     }
 
     pub fn url(&self, path: &str) -> String {
