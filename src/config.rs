@@ -94,16 +94,8 @@ pub struct MediaConfig {
     pub ice_credential: String,
 }
 
-/// `media.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MediaMode {
-    /// `"p2p-first"`
-    P2pFirst,
-    /// `"sfu-only"`
-    SfuOnly,
-    /// `"p2p-only"`
-    P2pOnly,
-}
+/// `media.mode`: owned by signaling, which applies it.
+pub use callrelay_signaling::MediaMode;
 
 /// `[calls]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,36 +224,6 @@ impl FromStr for LogFormat {
 }
 
 impl fmt::Display for LogFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl MediaMode {
-    const NAMES: &[&str] = &["p2p-first", "sfu-only", "p2p-only"];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            MediaMode::P2pFirst => "p2p-first",
-            MediaMode::SfuOnly => "sfu-only",
-            MediaMode::P2pOnly => "p2p-only",
-        }
-    }
-}
-
-impl FromStr for MediaMode {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "p2p-first" => Ok(MediaMode::P2pFirst),
-            "sfu-only" => Ok(MediaMode::SfuOnly),
-            "p2p-only" => Ok(MediaMode::P2pOnly),
-            _ => Err(()),
-        }
-    }
-}
-
-impl fmt::Display for MediaMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

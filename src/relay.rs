@@ -43,6 +43,13 @@ fn media_pc(pc: SignalPc) -> PcKind {
     }
 }
 
+fn signal_pc(pc: PcKind) -> SignalPc {
+    match pc {
+        PcKind::Publish => SignalPc::Publish,
+        PcKind::Subscribe => SignalPc::Subscribe,
+    }
+}
+
 #[async_trait]
 impl Relay for SfuRelay {
     async fn join(&self, room: &str, participant: &str) -> Result<(), RelayError> {
@@ -127,10 +134,7 @@ pub async fn pump_media_events(
             } => RelayEvent::LocalCandidate {
                 room,
                 participant,
-                pc: match pc {
-                    PcKind::Publish => SignalPc::Publish,
-                    PcKind::Subscribe => SignalPc::Subscribe,
-                },
+                pc: signal_pc(pc),
                 candidate: serde_json::to_value(candidate).unwrap_or(Value::Null),
             },
             MediaEvent::ParticipantClosed {

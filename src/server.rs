@@ -203,7 +203,7 @@ fn signaling_config(config: &Config) -> SignalingConfig {
         chat_rate_per_sec: limits.chat_rate_per_sec,
         chat_burst: limits.chat_burst,
         ring_timeout: Duration::from_secs(config.calls.ring_timeout_secs),
-        media_mode: config.media.mode.as_str().to_owned(),
+        media_mode: config.media.mode,
         p2p_timeout_ms: config.media.p2p_timeout_ms,
         ice_servers,
     }

@@ -88,6 +88,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::MediaError;
+pub use peer::add_host_candidates;
 
 /// How the SFU is set up. `bind` is `ip:media.udp_port`; `public_ips` are announced as extra
 /// host candidates (1:1 NAT).

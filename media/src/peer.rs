@@ -185,7 +185,9 @@ pub(crate) fn build(setup: &PcSetup<'_>, now: Instant) -> Result<RTCPeerConnecti
     Ok(pc)
 }
 
-pub(crate) fn add_host_candidates(
+/// Announces host candidates on a peer connection of the `rtc` core: the SFU's own addresses,
+/// or, for client peers on the same core (the load generator, the benches), the client's socket.
+pub fn add_host_candidates(
     pc: &mut RTCPeerConnection,
     addrs: &[SocketAddr],
 ) -> Result<(), MediaError> {

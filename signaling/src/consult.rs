@@ -8,7 +8,7 @@ use crate::protocol::{
     self, ChatIn, EventError, EventResult, JoinRoom, Peer, Signal, SignalType, check_id,
 };
 use crate::store::{AppointmentStatus, ChatMessage, ChatSender};
-use crate::{Role, Signaling, consult_room, emit_to_room, identity};
+use crate::{Budget, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id};
 
 pub(crate) async fn join_room(
     sig: &Signaling,
@@ -52,9 +52,7 @@ pub(crate) async fn join_room(
     let self_id = s.id.to_string();
     // One consult room per socket: joining another one leaves the current one first.
     if sig
-        .rooms
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .rooms()
         .room_of(&self_id)
         .is_some_and(|r| r != appointment.id)
     {
@@ -70,7 +68,7 @@ pub(crate) async fn join_room(
     };
     let room = consult_room(&appointment.id);
     let joined = {
-        let mut rooms = sig.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rooms = sig.rooms();
         let joined = rooms.join(&appointment.id, me.clone());
         // Into the broadcast room under the registry's lock: a member joining right after us
         // lists us in its existing-peers, so its peer-joined must find us in the room.
@@ -92,7 +90,7 @@ pub(crate) async fn join_room(
     let mut fields = protocol::ok_fields();
     fields.insert("selfId".into(), json!(me.socket_id));
     fields.insert("peers".into(), json!(joined.existing));
-    fields.insert("mode".into(), json!(sig.config.media_mode));
+    fields.insert("mode".into(), json!(sig.config.media_mode.as_str()));
     fields.insert("p2pTimeoutMs".into(), json!(sig.config.p2p_timeout_ms));
     fields.insert("iceServers".into(), sig.config.ice_servers.clone());
     Ok(fields)
@@ -105,27 +103,17 @@ pub(crate) async fn signal(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    sig.spend(s, false)?;
+    sig.spend(s, Budget::Signal)?;
     let req: Signal = protocol::parse(data)?;
     check_id("to", &req.to)?;
     check_signal_payload(sig, req.kind, &req.payload)?;
     let from = s.id.to_string();
-    if req.to == from
-        || !sig
-            .rooms
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .share_room(&from, &req.to)
-    {
+    if req.to == from || !sig.rooms().share_room(&from, &req.to) {
         return Err(EventError::forbidden(
             "the target is not in your consult room",
         ));
     }
-    let target = req
-        .to
-        .parse()
-        .ok()
-        .and_then(|sid| io.get_socket(sid))
+    let target = socket_by_id(io, &req.to)
         .ok_or_else(|| EventError::not_found("the target socket is gone"))?;
     target
         .emit(
@@ -158,7 +146,7 @@ pub(crate) async fn chat_message(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    sig.spend(s, true)?;
+    sig.spend(s, Budget::Chat)?;
     let req: ChatIn = protocol::parse(data)?;
     let length = req.text.chars().count();
     if req.text.trim().is_empty() {
@@ -174,9 +162,7 @@ pub(crate) async fn chat_message(
         ));
     }
     let appointment_id = sig
-        .rooms
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+        .rooms()
         .room_of(&s.id.to_string())
         .map(str::to_owned)
         .ok_or_else(|| EventError::forbidden("join a consult room before chatting"))?;
@@ -218,7 +204,7 @@ pub(crate) async fn leave_room(
 /// Takes the socket out of its consult room, if any, and tells the others.
 pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef) {
     let left = {
-        let mut rooms = sig.rooms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rooms = sig.rooms();
         let left = rooms.leave(&s.id.to_string());
         sig.refresh_room_gauges(&rooms);
         left

@@ -11,7 +11,10 @@ use socketioxide::extract::SocketRef;
 
 use crate::call::{Call, CallError, CallEvent, CallType, Effects, Recipient};
 use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
-use crate::{Identity, Role, Signaling, emit_to_room, identity, room_sockets, user_room};
+use crate::{
+    Budget, Identity, Role, Signaling, emit_to_room, identity, room_sockets, socket_by_id,
+    user_room,
+};
 
 impl From<CallError> for EventError {
     fn from(err: CallError) -> Self {
@@ -105,7 +108,7 @@ pub(crate) async fn call_user(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    sig.spend(s, false)?;
+    sig.spend(s, Budget::Signal)?;
     let req: CallUser = protocol::parse(data)?;
     check_id("to", &req.to)?;
     if let Some(appointment_id) = &req.appointment_id {
@@ -273,7 +276,7 @@ async fn deliver(io: &SocketIo, call: &Call, effects: Effects, extra: Map<String
 async fn emit_to(io: &SocketIo, to: &Recipient, event: &str, body: &Value) {
     match to {
         Recipient::Socket(id) => {
-            if let Some(socket) = id.parse().ok().and_then(|sid| io.get_socket(sid)) {
+            if let Some(socket) = socket_by_id(io, id) {
                 let _ = socket.emit(event, body);
             }
         }
@@ -356,7 +359,7 @@ pub(crate) async fn ice_candidate(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    sig.spend(s, false)?;
+    sig.spend(s, Budget::Signal)?;
     let req: CallCandidate = protocol::parse(data)?;
     check_id("callId", &req.call_id)?;
     protocol::check_candidate("candidate", &req.candidate, sig.config.max_candidate_bytes)?;

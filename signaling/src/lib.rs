@@ -44,11 +44,52 @@ pub struct SignalingConfig {
     pub chat_rate_per_sec: u32,
     pub chat_burst: u32,
     pub ring_timeout: Duration,
-    /// `p2p-first`, `sfu-only` or `p2p-only`, handed to clients in the join ack.
-    pub media_mode: String,
+    /// Handed to clients in the join ack; decides whether and when rooms are relayed.
+    pub media_mode: MediaMode,
     pub p2p_timeout_ms: u64,
     /// RTCIceServer[] handed to clients for their peer-to-peer attempt.
     pub ice_servers: Value,
+}
+
+/// `media.mode`: how media flows between browsers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaMode {
+    /// Browsers try peer-to-peer first and ask for the relay when it fails.
+    P2pFirst,
+    /// Every consult room is relayed from its first member on.
+    SfuOnly,
+    /// Never relayed: every `sfu-*` event is refused.
+    P2pOnly,
+}
+
+impl MediaMode {
+    pub const NAMES: &[&str] = &["p2p-first", "sfu-only", "p2p-only"];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MediaMode::P2pFirst => "p2p-first",
+            MediaMode::SfuOnly => "sfu-only",
+            MediaMode::P2pOnly => "p2p-only",
+        }
+    }
+}
+
+impl std::str::FromStr for MediaMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "p2p-first" => Ok(MediaMode::P2pFirst),
+            "sfu-only" => Ok(MediaMode::SfuOnly),
+            "p2p-only" => Ok(MediaMode::P2pOnly),
+            _ => Err(()),
+        }
+    }
+}
+
+impl std::fmt::Display for MediaMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Shared state of the signaling layer, one per server.
@@ -62,6 +103,14 @@ pub struct Signaling {
     rooms: Mutex<rooms::Rooms>,
     /// Held across the store write of a transition so records are written in transition order.
     calls: tokio::sync::Mutex<call::CallBook>,
+}
+
+/// Which of a socket's event budgets an event spends.
+#[derive(Clone, Copy)]
+enum Budget {
+    Chat,
+    /// Offers, answers, candidates, calls, publishes.
+    Signal,
 }
 
 /// Per-socket event budgets.
@@ -108,6 +157,11 @@ async fn emit_to_room<T: serde::Serialize + ?Sized>(
     }
 }
 
+/// A connected socket by its id (as carried in payloads and records).
+fn socket_by_id(io: &SocketIo, id: &str) -> Option<SocketRef> {
+    id.parse().ok().and_then(|sid| io.get_socket(sid))
+}
+
 /// The Socket.IO room of a consult (an appointment).
 fn consult_room(appointment_id: &str) -> String {
     format!("consult:{appointment_id}")
@@ -143,16 +197,15 @@ impl Signaling {
         direct::shut_down_calls(self, io).await;
     }
 
-    /// Takes one token of the socket's budget for `kind` events.
-    fn spend(&self, s: &SocketRef, chat: bool) -> Result<(), EventError> {
+    /// Takes one token of the socket's `budget`.
+    fn spend(&self, s: &SocketRef, budget: Budget) -> Result<(), EventError> {
         let Some(Limits(limits)) = s.extensions.get::<Limits>() else {
             return Ok(());
         };
         let mut limits = limits.lock().unwrap_or_else(|p| p.into_inner());
-        let bucket = if chat {
-            &mut limits.chat
-        } else {
-            &mut limits.signal
+        let bucket = match budget {
+            Budget::Chat => &mut limits.chat,
+            Budget::Signal => &mut limits.signal,
         };
         if bucket.try_take(Instant::now()) {
             Ok(())
@@ -176,6 +229,12 @@ impl Signaling {
             .inc();
         // A client that passed no callback gets no ack; that is not an error.
         let _ = ack.send(&body);
+    }
+
+    /// The room registry; held briefly, never across an await. A panic while holding it
+    /// cannot leave it half-updated (every `Rooms` method is one step), so poison is ignored.
+    fn rooms(&self) -> std::sync::MutexGuard<'_, rooms::Rooms> {
+        self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn refresh_room_gauges(&self, rooms: &rooms::Rooms) {

@@ -135,6 +135,21 @@ pub fn check_sdp(field: &str, value: &Value, max: usize) -> Result<(), EventErro
         Value::Object(o) => o.get("sdp").and_then(Value::as_str).unwrap_or_default(),
         _ => "",
     };
+    check_sdp_start(field, sdp)
+}
+
+/// A plain SDP string within `max` bytes (the relay events carry no `{type, sdp}` objects).
+pub fn check_sdp_text(field: &str, sdp: &str, max: usize) -> Result<(), EventError> {
+    if sdp.len() > max {
+        return Err(EventError::new(
+            ErrorCode::TooLarge,
+            format!("{field} is larger than {max} bytes"),
+        ));
+    }
+    check_sdp_start(field, sdp)
+}
+
+fn check_sdp_start(field: &str, sdp: &str) -> Result<(), EventError> {
     if sdp.starts_with("v=0") {
         Ok(())
     } else {

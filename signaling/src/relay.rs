@@ -12,7 +12,7 @@ use socketioxide::extract::SocketRef;
 
 use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
 use crate::rooms::RelayReason;
-use crate::{Signaling, identity};
+use crate::{Budget, MediaMode, Signaling, identity, socket_by_id};
 
 /// Which of a participant's two peer connections (`publish`: the client offers; `subscribe`:
 /// the server offers).
@@ -119,7 +119,7 @@ struct SfuLeave {
 
 impl Signaling {
     fn relay_enabled(&self) -> bool {
-        self.config.media_mode != "p2p-only"
+        self.config.media_mode != MediaMode::P2pOnly
     }
 
     /// Whether this socket may use `room_id` as a relay room: it is in that consult room, or it
@@ -132,7 +132,7 @@ impl Signaling {
     ) -> Result<(RoomKind, bool), EventError> {
         let socket_id = s.id.to_string();
         {
-            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let rooms = self.rooms();
             if rooms.room_of(&socket_id) == Some(room_id) {
                 let relayed = rooms.get(room_id).is_some_and(|r| r.relay.is_some());
                 return Ok((RoomKind::Consult, relayed));
@@ -157,14 +157,11 @@ impl Signaling {
         reason: RelayReason,
     ) {
         let members: Vec<String> = {
-            let mut rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rooms = self.rooms();
             if !rooms.activate_relay(room_id, reason) {
                 return;
             }
-            rooms
-                .get(room_id)
-                .map(|r| r.members.iter().map(|m| m.socket_id.clone()).collect())
-                .unwrap_or_default()
+            rooms.member_ids(room_id)
         };
         self.announce_relay(io, room_id, reason, &members).await;
     }
@@ -185,7 +182,7 @@ impl Signaling {
         }
         let body = json!({"roomId": room_id, "reason": reason.as_str()});
         for member in members {
-            if let Some(socket) = member.parse().ok().and_then(|sid| io.get_socket(sid)) {
+            if let Some(socket) = socket_by_id(io, member) {
                 let _ = socket.emit("relay-activated", &body);
             }
         }
@@ -204,28 +201,22 @@ impl Signaling {
             return;
         }
         if let Some(reason) = reached_relay_size {
-            let members: Vec<String> = {
-                let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
-                rooms
-                    .get(room_id)
-                    .map(|r| r.members.iter().map(|m| m.socket_id.clone()).collect())
-                    .unwrap_or_default()
-            };
+            let members = self.rooms().member_ids(room_id);
             self.announce_relay(io, room_id, reason, &members).await;
             return;
         }
-        if self.config.media_mode == "sfu-only" {
+        if self.config.media_mode == MediaMode::SfuOnly {
             self.relay_consult_room(io, room_id, RelayReason::Forced)
                 .await;
         }
         let relayed = {
-            let rooms = self.rooms.lock().unwrap_or_else(|p| p.into_inner());
+            let rooms = self.rooms();
             rooms.get(room_id).and_then(|r| r.relay)
         };
         // A newcomer to a relayed room is subscribed and told, like the members were.
         if let Some(reason) = relayed {
             self.subscribe_member(room_id, socket_id).await;
-            if let Some(socket) = socket_id.parse().ok().and_then(|sid| io.get_socket(sid)) {
+            if let Some(socket) = socket_by_id(io, socket_id) {
                 let _ = socket.emit(
                     "relay-activated",
                     &json!({"roomId": room_id, "reason": reason.as_str()}),
@@ -276,7 +267,7 @@ impl Signaling {
                 json!({"roomId": room, "pc": pc, "candidate": candidate}),
             ),
         };
-        if let Some(socket) = participant.parse().ok().and_then(|sid| io.get_socket(sid)) {
+        if let Some(socket) = socket_by_id(io, &participant) {
             let _ = socket.emit(name, &body);
         }
     }
@@ -291,13 +282,8 @@ fn relay_of(sig: &Signaling) -> Result<&Arc<dyn Relay>, EventError> {
     }
 }
 
-/// A plain SDP string (the relay events carry no `{type, sdp}` objects).
 fn check_sdp(sig: &Signaling, sdp: &str) -> Result<(), EventError> {
-    protocol::check_sdp(
-        "sdp",
-        &Value::String(sdp.to_owned()),
-        sig.config.max_sdp_bytes,
-    )
+    protocol::check_sdp_text("sdp", sdp, sig.config.max_sdp_bytes)
 }
 
 pub(crate) async fn sfu_join(
@@ -351,7 +337,7 @@ pub(crate) async fn sfu_publish(
     data: Value,
 ) -> EventResult {
     identity(s)?;
-    sig.spend(s, false)?;
+    sig.spend(s, Budget::Signal)?;
     let req: SfuSdp = protocol::parse(data)?;
     check_id("roomId", &req.room_id)?;
     check_sdp(sig, &req.sdp)?;
@@ -394,7 +380,7 @@ pub(crate) async fn sfu_candidate(
     data: Value,
 ) -> EventResult {
     identity(s)?;
-    sig.spend(s, false)?;
+    sig.spend(s, Budget::Signal)?;
     let req: SfuCandidate = protocol::parse(data)?;
     check_id("roomId", &req.room_id)?;
     if let Some(candidate) = &req.candidate {

@@ -131,6 +131,14 @@ impl Rooms {
         }
     }
 
+    /// The socket ids of a room's members, in join order (empty for an unknown room).
+    pub fn member_ids(&self, room_id: &str) -> Vec<String> {
+        self.rooms
+            .get(room_id)
+            .map(|r| r.members.iter().map(|m| m.socket_id.clone()).collect())
+            .unwrap_or_default()
+    }
+
     pub fn room_count(&self) -> usize {
         self.rooms.len()
     }
@@ -173,6 +181,8 @@ mod tests {
         assert_eq!(rooms.participant_count(), 2);
         assert_eq!(rooms.room_count(), 1);
         assert!(rooms.share_room("s1", "s2"));
+        assert_eq!(rooms.member_ids("r"), vec!["s1", "s2"]);
+        assert!(rooms.member_ids("elsewhere").is_empty());
     }
 
     #[test]

@@ -19,7 +19,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -112,18 +111,8 @@ impl ClientPeer {
             .with_media_engine(media_engine()?)
             .with_interceptor_registry(Registry::new())
             .build(now)?;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: local.ip().to_string(),
-                port: local.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()?;
-        rtc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+        callrelay_media::add_host_candidates(&mut rtc, &[local])
+            .map_err(|e| LoadError::Rtc(e.to_string()))?;
         Ok(Self {
             rtc,
             local,
