@@ -1,12 +1,12 @@
 //! The per-packet forwarding path of `callrelay-media` in isolation: one publisher packet fanned
 //! out to 1, 10 and 100 subscribers through the SFU's own code — `forward_copy` (header
-//! rewrite, the subscribe connection's interceptors, SRTP protect, hand-off to the socket) on
+//! rewrite, marshal, SRTP protect with the connection's context, hand-off to the socket) on
 //! subscribe connections built exactly as the media loop builds them and connected (ICE-lite,
 //! DTLS-SRTP) to in-memory client peers.
 //!
 //! `cargo bench --bench forwarding`. Groups (time per publisher packet; the throughput column is
 //! subscriber-packets per second):
-//! * `sfu_core`: rewrite + interceptors + SRTP, datagrams discarded (CPU of the core alone);
+//! * `sfu_core`: rewrite + marshal + SRTP, datagrams discarded (CPU of the path alone);
 //! * `sfu_core_udp`: the same plus a real `sendto` per copy on loopback (to a socket nobody
 //!   reads, so the kernel drops it after delivery);
 //! * `floor_srtp` / `floor_srtp_udp`: the floor — rewrite SSRC/sequence, marshal, protect with a
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use callrelay::load::peer::{ClientPeer, Kind, VP8_PT, codec};
-use callrelay_media::bench::{forward_copy, subscribe_connection};
+use callrelay_media::bench::{CopyScratch, forward_copy, subscribe_connection};
 use callrelay_media::forward::{ExtIdMap, PayloadTypeMap, Rewriter};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rtc::media_stream::MediaStreamTrack;
@@ -233,21 +233,21 @@ fn bench_forwarding(c: &mut Criterion) {
         group.warm_up_time(Duration::from_secs(1));
         group.sample_size(30);
 
+        let mut copy_scratch = CopyScratch::default();
         for (name, udp) in [("sfu_core", false), ("sfu_core_udp", true)] {
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 b.iter(|| {
                     packet.header.sequence_number = packet.header.sequence_number.wrapping_add(1);
                     packet.header.timestamp = packet.header.timestamp.wrapping_add(3_000);
-                    let now = Instant::now();
-                    let now_us = (now - epoch).as_micros() as u64;
+                    let now_us = epoch.elapsed().as_micros() as u64;
                     let mut sent = 0usize;
                     for s in subs.iter_mut() {
-                        sent += forward_copy(
+                        sent += usize::from(forward_copy(
                             &mut s.rewriter,
                             &mut s.rtc,
                             &packet,
-                            now,
                             now_us,
+                            &mut copy_scratch,
                             |d, _| {
                                 if udp {
                                     let _ = tx.send_to(d, sink_addr);
@@ -255,7 +255,7 @@ fn bench_forwarding(c: &mut Criterion) {
                                     black_box(d);
                                 }
                             },
-                        );
+                        ));
                     }
                     assert_eq!(sent, n, "every subscriber got its copy");
                 })

@@ -15,6 +15,7 @@ use rtc::rtp::packet::Packet;
 /// The exact `rtc` core the SFU is built on, so a benchmark's client peers use the same version.
 pub use rtc;
 
+pub use crate::forward::CopyScratch;
 use crate::forward::Rewriter;
 use crate::peer::{self, CoreCounters, PcSetup};
 use crate::{MediaError, PcKind};
@@ -43,16 +44,16 @@ pub fn subscribe_connection(
 }
 
 /// The media loop's per-copy forwarding step (`forward_rtp` runs it once per ready subscriber):
-/// rewrites `packet`'s header with `rewriter`, writes the copy through the subscriber's
-/// connection `rtc` and hands every datagram produced to `send`. Returns the datagram count
-/// (0 = payload type not negotiated with this subscriber, or refused by the core).
+/// rewrites `packet`'s header with `rewriter` into `scratch`, protects the copy with the
+/// subscriber connection's SRTP context and hands the datagram to `send`. Returns whether a
+/// datagram went out (not if the payload type is not negotiated or DTLS-SRTP is not up).
 pub fn forward_copy(
     rewriter: &mut Rewriter,
     rtc: &mut RTCPeerConnection,
     packet: &Packet,
-    rx_at: Instant,
     now_us: u64,
+    scratch: &mut CopyScratch,
     send: impl FnMut(&[u8], SocketAddr),
-) -> usize {
-    crate::sfu::write_copy(rewriter, rtc, packet, rx_at, now_us, send)
+) -> bool {
+    crate::sfu::write_copy(rewriter, rtc, packet, now_us, scratch, send)
 }

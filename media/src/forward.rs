@@ -6,11 +6,16 @@
 //! continuous when the source changes (a publisher re-publishes with a new SSRC) or pauses —
 //! a subscriber never sees a jump it would try to NACK, nor time running backwards.
 //!
-//! Nothing here allocates except the extension list of the header it builds, awaits, locks or
-//! touches a socket; it is unit-tested without a network.
+//! The SFU protects the rewritten copies itself (not through the connection's interceptors), so
+//! the rewriter also counts what it sent and writes the RTCP sender reports for it.
+//!
+//! Nothing here allocates once its buffers have grown, awaits, locks or touches a socket; it is
+//! unit-tested without a network.
 
 use bytes::Bytes;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, EXTENSION_PROFILE_TWO_BYTE, Extension, Header};
+use rtc::shared::marshal::{Marshal, MarshalSize};
 
 /// `a` is newer than `b` in RFC 3550 sequence-number arithmetic (wrap-around aware).
 #[inline]
@@ -97,6 +102,10 @@ pub struct Rewriter {
     last_ts: u32,
     last_at_us: u64,
     started: bool,
+    /// Packets and payload octets sent on `out_ssrc` (retransmissions included), for sender
+    /// reports; they wrap as RFC 3550 allows.
+    sent_packets: u32,
+    sent_octets: u32,
 }
 
 impl Rewriter {
@@ -125,6 +134,8 @@ impl Rewriter {
             last_ts: initial_ts,
             last_at_us: 0,
             started: false,
+            sent_packets: 0,
+            sent_octets: 0,
         }
     }
 
@@ -162,22 +173,30 @@ impl Rewriter {
         self.rewrite_into(src, now_us, &mut out).then_some(out)
     }
 
-    /// The header for a retransmission of `src` (a packet of the current segment taken from
-    /// the cache). Changes no state.
-    pub fn rewrite_retransmission(&self, src: &Header) -> Option<Header> {
+    /// Writes the header for a retransmission of `src` (a packet of the current segment taken
+    /// from the cache) into `out`. Changes no numbering; false if `src` cannot be translated.
+    pub fn rewrite_retransmission_into(&self, src: &Header, out: &mut Header) -> bool {
         if self.source_ssrc != Some(src.ssrc) || !self.in_segment(src.sequence_number) {
-            return None;
+            return false;
         }
-        let pt = self.payload_types.get(src.payload_type)?;
-        let mut out = Header::default();
+        let Some(pt) = self.payload_types.get(src.payload_type) else {
+            return false;
+        };
         self.fill(
             src,
             pt,
             src.sequence_number.wrapping_add(self.seq_offset),
             src.timestamp.wrapping_add(self.ts_offset),
-            &mut out,
+            out,
         );
-        Some(out)
+        true
+    }
+
+    /// Allocating convenience over [`Rewriter::rewrite_retransmission_into`].
+    pub fn rewrite_retransmission(&self, src: &Header) -> Option<Header> {
+        let mut out = Header::default();
+        self.rewrite_retransmission_into(src, &mut out)
+            .then_some(out)
     }
 
     /// Maps a sequence number the subscriber saw (e.g. in a NACK) back to the publisher's.
@@ -185,6 +204,35 @@ impl Rewriter {
         self.source_ssrc?;
         let src = out_seq.wrapping_sub(self.seq_offset);
         self.in_segment(src).then_some(src)
+    }
+
+    /// Counts one packet of `payload_len` octets sent on `out_ssrc`.
+    #[inline]
+    pub fn count_sent(&mut self, payload_len: usize) {
+        self.sent_packets = self.sent_packets.wrapping_add(1);
+        self.sent_octets = self.sent_octets.wrapping_add(payload_len as u32);
+    }
+
+    /// The RTCP sender report for `out_ssrc` at `now_us` (same clock as `rewrite_into`), whose
+    /// wall-clock time is `ntp_now` (NTP format): the RTP timestamp is the last one sent,
+    /// advanced by the time since at the track's clock rate. `None` before the first packet.
+    pub fn sender_report(&self, now_us: u64, ntp_now: u64) -> Option<SenderReport> {
+        if !self.started || self.sent_packets == 0 {
+            return None;
+        }
+        Some(SenderReport {
+            ssrc: self.out_ssrc,
+            ntp_time: ntp_now,
+            rtp_time: self.last_ts.wrapping_add(self.ticks_since_last(now_us)),
+            packet_count: self.sent_packets,
+            octet_count: self.sent_octets,
+            ..Default::default()
+        })
+    }
+
+    fn ticks_since_last(&self, now_us: u64) -> u32 {
+        let elapsed_us = now_us.saturating_sub(self.last_at_us);
+        (u128::from(elapsed_us) * u128::from(self.clock_rate) / 1_000_000) as u32
     }
 
     /// Output sequence number and timestamp of the last packet forwarded.
@@ -199,9 +247,8 @@ impl Rewriter {
     fn start_segment(&mut self, src: &Header, now_us: u64) {
         let next_seq = self.last_seq.wrapping_add(1);
         let next_ts = if self.started {
-            let elapsed_us = now_us.saturating_sub(self.last_at_us);
-            let ticks = (u128::from(elapsed_us) * u128::from(self.clock_rate) / 1_000_000) as u64;
-            self.last_ts.wrapping_add(ticks.max(1) as u32)
+            self.last_ts
+                .wrapping_add(self.ticks_since_last(now_us).max(1))
         } else {
             self.last_ts
         };
@@ -246,6 +293,36 @@ impl Rewriter {
         } else {
             EXTENSION_PROFILE_ONE_BYTE
         };
+    }
+}
+
+/// Reused buffers for building one subscriber's copy: its header and the marshalled packet.
+#[derive(Default)]
+pub struct CopyScratch {
+    pub header: Header,
+    pub bytes: Vec<u8>,
+}
+
+impl CopyScratch {
+    /// Marshals `self.header` and `payload` into `self.bytes` the way `rtp::Packet` does
+    /// (padding, when the header asks for it, back to a multiple of four octets).
+    pub fn marshal(&mut self, payload: &[u8]) -> bool {
+        let header_len = self.header.marshal_size();
+        self.bytes.clear();
+        self.bytes.resize(header_len, 0);
+        if self.header.marshal_to(&mut self.bytes).is_err() {
+            return false;
+        }
+        self.bytes.extend_from_slice(payload);
+        if self.header.padding {
+            let pad = match payload.len() % 4 {
+                0 => 4,
+                r => 4 - r,
+            };
+            self.bytes.resize(self.bytes.len() + pad - 1, 0);
+            self.bytes.push(pad as u8);
+        }
+        true
     }
 }
 

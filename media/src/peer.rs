@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, Slot, StreamInfo, TaggedPacket,
+    Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry, Slot,
+    StreamInfo, TaggedPacket,
 };
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
@@ -133,11 +133,10 @@ fn media_engine(kind: PcKind) -> Result<MediaEngine, MediaError> {
 }
 
 /// Interceptor chains by role. Publish (we receive): NACK generator (asks the publisher for
-/// what we lost), receiver reports, transport-cc feedback. Subscribe (we send): sender
-/// reports only — it receives no media, so a receiver-report interceptor there would only add
-/// work to every forwarded copy; NACKs are answered by the SFU from its per-track cache, not by
-/// a per-connection responder. Both: inbound keyframe requests, NACKs and receiver reports go
-/// to the application.
+/// what we lost), receiver reports, transport-cc feedback. Subscribe (we send): none of its
+/// own — the SFU protects forwarded copies itself, past the interceptors (`protect_rtp`), and
+/// writes their sender reports from its rewriters; NACKs are answered from the SFU's per-track
+/// cache. Both: inbound keyframe requests, NACKs and receiver reports go to the application.
 fn registry(
     kind: PcKind,
     me: &mut MediaEngine,
@@ -158,7 +157,7 @@ fn registry(
                 );
             configure_twcc_receiver_only(r, me)?
         }
-        PcKind::Subscribe => r.with(Slot::SenderReport, SenderReportBuilder::new().build()),
+        PcKind::Subscribe => r,
     })
 }
 

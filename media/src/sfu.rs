@@ -27,7 +27,6 @@ use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -43,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use crate::SfuStats;
 use crate::demux::{Demux, DropReason};
-use crate::forward::{ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
+use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::keyframe::KeyframeThrottle;
 use crate::metrics::{Metrics, kind_index};
 use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
@@ -56,6 +55,7 @@ use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKi
 const MAX_ID_LEN: usize = 256;
 const RECV_BATCH: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const CLOSED_MEMORY: Duration = Duration::from_secs(60);
 const EARLY_CANDIDATE_TTL: Duration = Duration::from_secs(10);
 
@@ -253,6 +253,8 @@ pub(crate) struct MediaLoop {
     /// Scratch buffers reused on every drive (no per-packet allocation for bookkeeping).
     scratch_events: Vec<RTCPeerConnectionEvent>,
     scratch_reads: Vec<TaggedRTCMessage>,
+    copy_scratch: CopyScratch,
+    last_sender_reports: Instant,
 }
 
 fn valid_id(s: &str, what: &'static str) -> Result<(), MediaError> {
@@ -328,10 +330,9 @@ fn candidate_addrs(local: SocketAddr, public_ips: &[IpAddr]) -> Vec<SocketAddr> 
     out
 }
 
-/// One subscriber's copy of a publisher packet: rewrites the header for this subscriber, writes
-/// the copy through the subscriber's connection (interceptors, SRTP) and hands every datagram
-/// the core produces to `send` (the socket). Returns how many datagrams went out: 0 if the
-/// subscriber did not negotiate the payload type or the core refused the packet.
+/// One subscriber's copy of a publisher packet: rewrites the header for this subscriber into
+/// `scratch`, then protects and sends it ([`send_copy`]). Returns whether a datagram went out:
+/// not if the subscriber did not negotiate the payload type or its DTLS-SRTP is not up yet.
 ///
 /// This is the whole per-copy cost of the forwarding path; the media loop calls it once per
 /// ready subscriber, and the `bench` feature exposes it to the forwarding benchmark.
@@ -339,34 +340,37 @@ pub(crate) fn write_copy(
     rewriter: &mut Rewriter,
     rtc: &mut RTCPeerConnection,
     packet: &Packet,
-    rx_at: Instant,
     now_us: u64,
+    scratch: &mut CopyScratch,
+    send: impl FnMut(&[u8], SocketAddr),
+) -> bool {
+    rewriter.rewrite_into(&packet.header, now_us, &mut scratch.header)
+        && send_copy(rewriter, rtc, &packet.payload, scratch, send)
+}
+
+/// Marshals `scratch.header` with `payload`, protects it with the subscriber connection's
+/// SRTP context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler
+/// pipeline, no interceptors — the rewriter counts the packet for our own sender reports)
+/// and hands the datagram to `send`.
+fn send_copy(
+    rewriter: &mut Rewriter,
+    rtc: &mut RTCPeerConnection,
+    payload: &[u8],
+    scratch: &mut CopyScratch,
     mut send: impl FnMut(&[u8], SocketAddr),
-) -> usize {
-    let mut header = Header {
-        extensions: Vec::with_capacity(packet.header.extensions.len()),
-        ..Default::default()
-    };
-    if !rewriter.rewrite_into(&packet.header, now_us, &mut header) {
-        return 0;
+) -> bool {
+    if !scratch.marshal(payload) {
+        return false;
     }
-    let copy = Packet {
-        header,
-        payload: packet.payload.clone(),
-    };
-    guarded(|| {
-        rtc.handle_write(TaggedRTCMessage {
-            now: rx_at,
-            message: RTCMessage::RtpPacket(String::new(), copy),
-        })?;
-        let mut n = 0;
-        while let Some(out) = rtc.poll_write() {
-            send(&out.message, out.transport.peer_addr);
-            n += 1;
+    let CopyScratch { header, bytes } = scratch;
+    match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
+        Ok(Some((datagram, to))) => {
+            send(&datagram, to);
+            rewriter.count_sent(payload.len());
+            true
         }
-        Ok(n)
-    })
-    .unwrap_or(0)
+        _ => false,
+    }
 }
 
 impl MediaLoop {
@@ -403,6 +407,8 @@ impl MediaLoop {
             last_liveness_check: now,
             scratch_events: Vec::new(),
             scratch_reads: Vec::new(),
+            copy_scratch: CopyScratch::default(),
+            last_sender_reports: now,
         })
     }
 
@@ -546,6 +552,7 @@ impl MediaLoop {
         for key in wanted {
             self.request_keyframe(key, now);
         }
+        self.send_sender_reports(now);
         self.metrics.flush();
         if now.duration_since(self.last_liveness_check) >= Duration::from_secs(1) {
             self.last_liveness_check = now;
@@ -761,6 +768,7 @@ impl MediaLoop {
             metrics,
             socket,
             epoch,
+            copy_scratch,
             ..
         } = self;
         let Some(track) = tracks.get_mut(&key) else {
@@ -791,15 +799,15 @@ impl MediaLoop {
                 &mut f.rewriter,
                 &mut sub.rtc,
                 &packet,
-                rx_at,
                 now_us,
+                copy_scratch,
                 |datagram, to| {
                     if socket.try_send_to(datagram, to).is_err() {
                         metrics.dropped(DropReason::SendFailed);
                     }
                 },
             );
-            if written > 0 {
+            if written {
                 metrics.packets_forwarded[kind].inc();
                 metrics.bytes_forwarded[kind].inc_by(payload_len);
                 metrics
@@ -834,7 +842,7 @@ impl MediaLoop {
                 }
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.metrics.nack_in.inc();
-                self.answer_nack(id, nack, now);
+                self.answer_nack(id, nack);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 self.observe_rtt(id, rr);
             }
@@ -846,21 +854,33 @@ impl MediaLoop {
     }
 
     /// Answers a subscriber's NACK from the track's retransmission cache.
-    fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack, now: Instant) {
+    fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack) {
         let Some(key) = self.out_track(sub_id, nack.media_ssrc) else {
             return;
         };
-        let Self { pcs, tracks, .. } = self;
-        let Some(track) = tracks.get(&key) else {
+        let Self {
+            pcs,
+            tracks,
+            socket,
+            metrics,
+            copy_scratch,
+            ..
+        } = self;
+        let Some(Track {
+            subscribers,
+            cache,
+            media_ssrc,
+            ..
+        }) = tracks.get_mut(&key)
+        else {
             return;
         };
-        let Some(f) = track.subscribers.iter().find(|f| f.sub_pc == sub_id) else {
+        let Some(f) = subscribers.iter_mut().find(|f| f.sub_pc == sub_id) else {
             return;
         };
         let Some(sub) = pcs.get_mut(&sub_id) else {
             return;
         };
-        let mut sent = false;
         for pair in &nack.nacks {
             let lost = std::iter::once(pair.packet_id).chain(
                 (0..16u16)
@@ -871,32 +891,71 @@ impl MediaLoop {
                 let Some(src_seq) = f.rewriter.source_seq(out_seq) else {
                     continue;
                 };
-                let Some(original) = track.cache.get(track.media_ssrc, src_seq) else {
+                let Some(original) = cache.get(*media_ssrc, src_seq) else {
                     continue;
                 };
-                let Some(header) = f.rewriter.rewrite_retransmission(&original.header) else {
+                if !f
+                    .rewriter
+                    .rewrite_retransmission_into(&original.header, &mut copy_scratch.header)
+                {
+                    continue;
+                }
+                send_copy(
+                    &mut f.rewriter,
+                    &mut sub.rtc,
+                    &original.payload,
+                    copy_scratch,
+                    |datagram, to| {
+                        if socket.try_send_to(datagram, to).is_err() {
+                            metrics.dropped(DropReason::SendFailed);
+                        }
+                    },
+                );
+            }
+        }
+    }
+
+    /// Sends every connected subscriber an RTCP sender report per track it receives, once a
+    /// second (what rtc's sender-report interceptor did before the SFU protected its copies
+    /// itself): browsers need them for audio/video sync and for their round-trip time.
+    fn send_sender_reports(&mut self, now: Instant) {
+        if now.duration_since(self.last_sender_reports) < SENDER_REPORT_INTERVAL {
+            return;
+        }
+        self.last_sender_reports = now;
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        let ntp_now = SystemInstant::unix2ntp(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        );
+        let Self { pcs, tracks, .. } = self;
+        let mut written = Vec::new();
+        for track in tracks.values() {
+            for f in track.subscribers.iter().filter(|f| f.ready) {
+                let Some(sr) = f.rewriter.sender_report(now_us, ntp_now) else {
                     continue;
                 };
-                let copy = Packet {
-                    header,
-                    payload: original.payload.clone(),
+                let Some(sub) = pcs.get_mut(&f.sub_pc) else {
+                    continue;
                 };
                 let rtc = &mut sub.rtc;
-                if guarded(|| {
+                let sent = guarded(|| {
                     rtc.handle_write(TaggedRTCMessage {
                         now,
-                        message: RTCMessage::RtpPacket(String::new(), copy),
+                        message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(sr)]),
                     })
                     .map_err(MediaError::from)
-                })
-                .is_ok()
-                {
-                    sent = true;
+                });
+                if sent.is_ok() {
+                    written.push(f.sub_pc);
                 }
             }
         }
-        if sent {
-            Self::mark_dirty(&mut self.dirty, sub, sub_id);
+        written.sort_unstable();
+        written.dedup();
+        for id in written {
+            self.flush_writes(id);
         }
     }
 

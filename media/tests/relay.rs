@@ -3,7 +3,7 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use common::*;
 
@@ -154,6 +154,66 @@ async fn relays_between_real_peers() {
         let stats = sfu.stats().await.unwrap();
         assert_eq!(stats, callrelay_media::SfuStats::default());
         sfu.shutdown().await;
+    })
+    .await;
+}
+
+/// The SFU writes the sender reports for the copies it protects itself: about once a second
+/// per subscribed track, on the SSRC the subscriber receives, counting what was sent, with an
+/// RTP time that continues the forwarded timestamps and an NTP time that is the wall clock;
+/// the subscriber's receiver reports on them give the SFU round-trip times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sender_reports_describe_the_forwarded_stream() {
+    bounded(async {
+        let sig = Signaling::start().await;
+        let (mut publ, sub) = streaming_room(&sig, "pub-1", "sub-1").await;
+        eventually("three sender reports", Duration::from_secs(10), || {
+            sub.state.sender_reports.lock().unwrap().len() >= 3
+        })
+        .await;
+        let reports = sub.state.sender_reports.lock().unwrap().clone();
+        let ssrc = sub.received_from("pub-1")[0].ssrc;
+        for r in &reports {
+            let sr = &r.report;
+            assert_eq!(sr.ssrc, ssrc, "about the SSRC the subscriber receives");
+            let counted = i64::from(sr.packet_count) - r.packets_before as i64;
+            assert!(
+                counted.abs() <= 3,
+                "{} packets reported, {} received before the report",
+                sr.packet_count,
+                r.packets_before
+            );
+            assert_eq!(sr.octet_count, sr.packet_count * 100, "payload octets");
+            let last = r.last_timestamp.expect("packets arrived before the report");
+            let ahead = sr.rtp_time.wrapping_sub(last);
+            assert!(
+                ahead <= 90_000,
+                "RTP time {} continues the stream (last packet {last})",
+                sr.rtp_time
+            );
+            let ntp_unix_secs = (sr.ntp_time >> 32) as i64 - 2_208_988_800;
+            let at_secs = r.at.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+            assert!(
+                (ntp_unix_secs - at_secs).abs() <= 2,
+                "NTP time is the wall clock"
+            );
+        }
+        for w in reports.windows(2) {
+            assert!(w[1].report.packet_count > w[0].report.packet_count);
+            let gap = w[1].at.duration_since(w[0].at).unwrap_or_default();
+            assert!(
+                gap >= Duration::from_millis(500),
+                "not more than about one a second"
+            );
+        }
+        eventually(
+            "round-trip times from receiver reports",
+            Duration::from_secs(10),
+            || sig.metric("callrelay_rtt_seconds", None) >= 1.0,
+        )
+        .await;
+        publ.stop_sending();
+        sig.sfu.shutdown().await;
     })
     .await;
 }

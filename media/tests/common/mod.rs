@@ -7,7 +7,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use callrelay_media::{MediaConfig, MediaEvent, Sfu, SfuHandle};
 use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
@@ -18,6 +18,7 @@ use rtc::peer_connection::configuration::interceptor_registry::{
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_VP8, MediaEngine};
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
@@ -96,12 +97,23 @@ pub struct Received {
     pub stream_id: String,
     pub ssrc: u32,
     pub seq: u16,
+    pub timestamp: u32,
     pub counter: u32,
+}
+
+/// An RTCP sender report as a subscriber got it, with what it had received on that SSRC then.
+#[derive(Clone, Debug)]
+pub struct ReceivedReport {
+    pub report: SenderReport,
+    pub packets_before: usize,
+    pub last_timestamp: Option<u32>,
+    pub at: SystemTime,
 }
 
 #[derive(Default)]
 pub struct ClientState {
     pub received: Mutex<Vec<Received>>,
+    pub sender_reports: Mutex<Vec<ReceivedReport>>,
     pub remote_tracks: Mutex<Vec<Arc<dyn TrackRemote>>>,
     pub connected: Mutex<Vec<RTCPeerConnectionState>>,
 }
@@ -133,8 +145,26 @@ impl PeerConnectionEventHandler for Handler {
                             stream_id: stream_id.clone(),
                             ssrc: p.header.ssrc,
                             seq: p.header.sequence_number,
+                            timestamp: p.header.timestamp,
                             counter,
                         });
+                    }
+                    TrackRemoteEvent::OnRtcpPacket(packets) => {
+                        for sr in packets
+                            .iter()
+                            .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                        {
+                            let received = state.received.lock().unwrap();
+                            let same_ssrc = received.iter().filter(|r| r.ssrc == sr.ssrc);
+                            let report = ReceivedReport {
+                                report: sr.clone(),
+                                packets_before: same_ssrc.clone().count(),
+                                last_timestamp: same_ssrc.last().map(|r| r.timestamp),
+                                at: SystemTime::now(),
+                            };
+                            drop(received);
+                            state.sender_reports.lock().unwrap().push(report);
+                        }
                     }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}

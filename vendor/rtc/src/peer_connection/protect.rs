@@ -1,0 +1,42 @@
+//! callrelay patch — not in upstream rtc 0.21.1 (see vendor/rtc/CALLRELAY-PATCH.md).
+//!
+//! RTP the application protects itself, outside the handler pipeline. A forwarding server
+//! writes one packet to many connections; through `handle_write`/`poll_write` every copy
+//! crosses eight handlers and the interceptor chain, queued and moved at each step, which
+//! costs several times the SRTP encryption itself.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use shared::error::Result;
+
+use super::RTCPeerConnection;
+
+impl RTCPeerConnection {
+    /// Protects `packet` (one marshalled RTP packet whose parsed header is `header`) with this
+    /// connection's outbound SRTP context and returns the datagram with the remote address of
+    /// the selected ICE candidate pair, or `Ok(None)` while DTLS-SRTP or ICE is not up yet.
+    ///
+    /// No interceptor sees the packet and no statistics count it: the caller takes over what
+    /// the interceptors would have done for these packets (sender reports, for one).
+    pub fn protect_rtp(
+        &mut self,
+        packet: &[u8],
+        header: &rtp::Header,
+    ) -> Result<Option<(BytesMut, SocketAddr)>> {
+        let ctx = &mut self.pipeline_context;
+        let Some(srtp) = ctx.srtp_handler_context.local_srtp_context.as_mut() else {
+            return Ok(None);
+        };
+        let Some((_, remote)) = ctx
+            .ice_handler_context
+            .ice_transport
+            .agent
+            .get_selected_candidate_pair()
+        else {
+            return Ok(None);
+        };
+        let to = remote.addr();
+        Ok(Some((srtp.encrypt_rtp_with_header(packet, header)?, to)))
+    }
+}
