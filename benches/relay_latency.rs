@@ -6,19 +6,28 @@
 //! `RELAY_SUBSCRIBERS=1,10,50,100`, `RELAY_SECS=6` (measured window per run),
 //! `RELAY_VIDEO_PPS=200`, `RELAY_AUDIO_PPS=50`, `RELAY_MODES=callrelay,floor`,
 //! `RELAY_FLOOR_PROFILE=gcm|cm` (default gcm, the profile webrtc-rs negotiates).
+//! `RELAY_RAMP=1` measures saturation instead: each N and mode at rising video rates
+//! (`RELAY_RAMP_PPS=250,500,1000,2000,3000,4000,6000,8000`) until copies are lost, reporting
+//! where (server socket and SFU, or the subscribers' sockets) from the kernel's per-socket
+//! drop counters.
 //!
 //! Threads: the server (the SFU's media loop, or the floor relay) runs alone on its own
 //! current-thread runtime so its CPU time is that thread's CPU time; all subscribers share one
-//! thread; the publisher has one. Latencies use `CLOCK_REALTIME` on both ends:
+//! thread; the publisher has one. Latencies:
 //!
-//! * **forwarding** (per stream, per copy): publisher's `sendto` start → the copy queued on the
-//!   subscriber's socket (kernel receive timestamp, `SO_TIMESTAMPNS`). On loopback both ends
-//!   of this interval happen inside `sendto` calls, so it is the time the packet spent inside
-//!   the server (socket queue + processing + its own `sendto`), not the client's.
+//! * **forwarding, in the loop** (per stream, per copy; `p50_us`, `p99_us`...): the packet read
+//!   off the socket by the server's loop → each copy handed to the kernel, on the server
+//!   thread's own clock (the SFU's `bench` hook; the floor measures itself the same way). This
+//!   is the issue's definition: the server's own work, fan-out order included.
+//! * **forwarding, on the wire** (`wire_*`): publisher's `sendto` start → the copy queued on the
+//!   subscriber's socket (kernel receive timestamp, `SO_TIMESTAMPNS`, `CLOCK_REALTIME` on both
+//!   ends). On loopback both ends happen inside `sendto` calls, so this adds to the above the
+//!   wait in the server's socket queue (behind earlier packets' fan-out) and the server
+//!   thread's wake-up.
 //! * **end to end**: publisher's payload stamp (before SRTP) → the subscriber application
 //!   holding the decrypted packet.
 //!
-//! Per run: p50/p99/p99.9/max of both, packets per second, server CPU µs per forwarded packet
+//! Per run: p50/p99/p99.9/max of these, packets per second, server CPU µs per forwarded packet
 //! (thread CPU of the server thread / copies forwarded), allocations per forwarded packet
 //! (counting allocator, per thread), loss, and the client threads' own CPU. One JSON line per
 //! N at the end.
@@ -35,7 +44,7 @@ use callrelay::load::payload::{self, Stamp};
 use callrelay::load::peer::{ClientPeer, Kind, OPUS_PT, VP8_PT};
 use callrelay::load::stats::{Histogram, thread_cpu};
 use callrelay::load::udp;
-use callrelay_media::{MediaConfig, MediaEvent, Sfu, SfuHandle};
+use callrelay_media::{MediaConfig, MediaEvent, Sfu, SfuHandle, bench};
 use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
@@ -186,6 +195,18 @@ struct ThreadSample {
 
 type ProbeTx = mpsc::UnboundedSender<oneshot::Sender<ThreadSample>>;
 
+/// Where a server thread leaves the in-loop latencies (ns per copy) of the measured window: the
+/// first probe of a run (window start) starts recording, the second (window end) stops it.
+type LoopLatencies = Arc<std::sync::Mutex<Vec<u32>>>;
+
+fn loop_histogram(latencies: &LoopLatencies) -> Histogram {
+    let mut h = Histogram::new();
+    for ns in latencies.lock().expect("latencies").iter() {
+        h.record(u64::from(*ns) / 1_000);
+    }
+    h
+}
+
 async fn probe(tx: &ProbeTx) -> ThreadSample {
     let (reply, rx) = oneshot::channel();
     if tx.send(reply).is_err() {
@@ -325,6 +346,11 @@ struct RunResult {
     sent_in_window: u64,
     expected: u64,
     received: u64,
+    /// Per-stream forwarding latency as the issue defines it, from the server's own clock:
+    /// the packet read off the socket by the server's loop → each copy handed to the kernel.
+    in_loop: Histogram,
+    /// Publisher's `sendto` → the copy in the subscriber's socket (kernel timestamp): adds the
+    /// wait in the server's socket queue and the server thread's wake-up.
     forwarding: Histogram,
     e2e: Histogram,
     server: ThreadSample,
@@ -332,6 +358,8 @@ struct RunResult {
     clients_cpu: Duration,
     server_hist: Option<(f64, f64)>,
     server_drops: u64,
+    server_socket_drops: u64,
+    client_socket_drops: u64,
     profile: String,
 }
 
@@ -709,6 +737,49 @@ struct Window {
     clients_cpu: Duration,
     sent: Vec<Sent>,
     got: Vec<Got>,
+    /// Datagrams the kernel dropped in the window because a receive queue was full: the
+    /// server's socket, and the subscribers' sockets.
+    server_socket_drops: u64,
+    client_socket_drops: u64,
+}
+
+/// The local UDP ports of a run: the server's and the subscribers'.
+struct Ports {
+    server: u16,
+    clients: Vec<u16>,
+}
+
+impl Ports {
+    fn new(server: SocketAddr, clients: &[std::net::UdpSocket]) -> Self {
+        Self {
+            server: server.port(),
+            clients: clients
+                .iter()
+                .filter_map(|s| s.local_addr().ok())
+                .map(|a| a.port())
+                .collect(),
+        }
+    }
+
+    /// (server, subscribers) receive-queue drops so far.
+    fn drops(&self) -> (u64, u64) {
+        let by_port = udp_drops_by_port();
+        let of = |p: &u16| by_port.get(p).copied().unwrap_or(0);
+        (of(&self.server), self.clients.iter().map(of).sum())
+    }
+}
+
+/// The `drops` column of /proc/net/udp (IPv4; the bench binds 127.0.0.1) by local port.
+fn udp_drops_by_port() -> HashMap<u16, u64> {
+    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let port = u16::from_str_radix(cols.get(1)?.rsplit_once(':')?.1, 16).ok()?;
+            Some((port, cols.last()?.parse().ok()?))
+        })
+        .collect()
 }
 
 async fn measure(
@@ -717,12 +788,14 @@ async fn measure(
     server_probe: &ProbeTx,
     clients: Clients,
     publisher: Publisher,
+    ports: &Ports,
     mut on_edge: impl FnMut(bool),
 ) -> Result<Window, String> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let s0 = probe(server_probe).await;
     let c0 = probe(&clients.probe).await;
     let p0 = probe(&publisher.probe).await;
+    let drops0 = ports.drops();
     on_edge(true);
     shared.measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(s.window).await;
@@ -733,6 +806,7 @@ async fn measure(
     on_edge(false);
     // Let the last in-window packets arrive.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let drops1 = ports.drops();
     shared.stop.store(true, Ordering::SeqCst);
     let sent = publisher.sent.await.map_err(|_| "publisher died")?;
     let got = clients.got.await.map_err(|_| "subscribers died")?;
@@ -743,6 +817,8 @@ async fn measure(
         clients_cpu: (c1.cpu - c0.cpu) + (p1.cpu - p0.cpu),
         sent,
         got,
+        server_socket_drops: drops1.0.saturating_sub(drops0.0),
+        client_socket_drops: drops1.1.saturating_sub(drops0.1),
     })
 }
 
@@ -772,6 +848,7 @@ fn summarise(mode: Mode, n: usize, s: &Settings, w: &Window) -> RunResult {
         sent_in_window,
         expected: sent_in_window * n as u64,
         received,
+        in_loop: Histogram::new(),
         forwarding,
         e2e,
         server: ThreadSample {
@@ -783,6 +860,8 @@ fn summarise(mode: Mode, n: usize, s: &Settings, w: &Window) -> RunResult {
         clients_cpu: w.clients_cpu,
         server_hist: None,
         server_drops: 0,
+        server_socket_drops: w.server_socket_drops,
+        client_socket_drops: w.client_socket_drops,
         profile: String::new(),
     }
 }
@@ -795,6 +874,8 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
     let (start_tx, start_rx) = oneshot::channel();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<oneshot::Sender<ThreadSample>>();
     let reg = registry.clone();
+    let latencies = LoopLatencies::default();
+    let loop_out = Arc::clone(&latencies);
     let server_thread = spawn_thread("sfu", move |rt| {
         rt.block_on(async move {
             let config = MediaConfig {
@@ -812,12 +893,20 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
                     return;
                 }
             };
+            let mut probes = 0;
             while let Some(reply) = probe_rx.recv().await {
-                let _ = reply.send(ThreadSample {
+                let sample = ThreadSample {
                     cpu: thread_cpu(),
                     allocs: thread_allocs(),
                     forwarded: 0,
-                });
+                };
+                probes += 1;
+                match probes {
+                    1 => bench::start_recording_copy_latencies(),
+                    2 => *loop_out.lock().expect("latencies") = bench::take_copy_latencies(),
+                    _ => {}
+                }
+                let _ = reply.send(sample);
             }
             handle.shutdown().await;
         });
@@ -851,6 +940,7 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
             }
         }
     });
+    let ports = Ports::new(sfu.local_addr(), &sockets);
     let clients = start_clients(sockets, kinds, cmd_rxs, Arc::clone(&shared));
 
     // The publisher: offer audio + video, get the SFU's answer, connect, then pace.
@@ -903,7 +993,7 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
     // (forwarded, latency buckets, drops) at the window's start and end.
     let mut marks: Vec<Marks> = Vec::new();
     let reg = registry.clone();
-    let w = measure(s, &shared, &probe_tx, clients, publisher, |_| {
+    let w = measure(s, &shared, &probe_tx, clients, publisher, &ports, |_| {
         marks.push((
             metric_sum(&reg, fwd),
             histogram_buckets(&reg, hist),
@@ -912,6 +1002,7 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
     })
     .await?;
     let mut r = summarise(Mode::Callrelay, n, s, &w);
+    r.in_loop = loop_histogram(&latencies);
     if let [(f0, h0, d0), (f1, h1, d1)] = &marks[..] {
         r.forwarded = (f1 - f0) as u64;
         r.server.forwarded = r.forwarded;
@@ -959,11 +1050,15 @@ async fn floor_relay(
     mut input: Context,
     mut outs: Vec<FloorOut>,
     mut probe_rx: mpsc::UnboundedReceiver<oneshot::Sender<ThreadSample>>,
+    loop_out: LoopLatencies,
 ) {
     let mut buf = vec![0u8; 2048];
     let mut scratch: Vec<u8> = Vec::with_capacity(2048);
     let mut forwarded = 0u64;
-    let mut handle = |data: &[u8], forwarded: &mut u64| {
+    let mut probes = 0;
+    let mut recording: Option<Vec<u32>> = None;
+    let mut handle = |data: &[u8], forwarded: &mut u64, recording: &mut Option<Vec<u32>>| {
+        let rx_at = Instant::now();
         let plain = match input.decrypt_rtp(data) {
             Ok(p) => p,
             Err(e) => {
@@ -991,6 +1086,9 @@ async fn floor_relay(
                 && socket.try_send_to(&d, o.addr).is_ok()
             {
                 *forwarded += 1;
+                if let Some(v) = recording.as_mut() {
+                    v.push(u32::try_from(rx_at.elapsed().as_nanos()).unwrap_or(u32::MAX));
+                }
             }
             h.sequence_number = h.sequence_number.wrapping_sub(o.seq_offset);
         }
@@ -1000,14 +1098,21 @@ async fn floor_relay(
             biased;
             p = probe_rx.recv() => {
                 let Some(reply) = p else { break };
-                let _ = reply.send(ThreadSample { cpu: thread_cpu(), allocs: thread_allocs(), forwarded });
+                let sample = ThreadSample { cpu: thread_cpu(), allocs: thread_allocs(), forwarded };
+                probes += 1;
+                match probes {
+                    1 => recording = Some(Vec::with_capacity(1 << 20)),
+                    2 => *loop_out.lock().expect("latencies") = recording.take().unwrap_or_default(),
+                    _ => {}
+                }
+                let _ = reply.send(sample);
             }
             r = socket.recv_from(&mut buf) => {
                 if let Ok((len, _)) = r {
-                    handle(&buf[..len], &mut forwarded);
+                    handle(&buf[..len], &mut forwarded, &mut recording);
                     for _ in 0..64 {
                         match socket.try_recv_from(&mut buf) {
-                            Ok((len, _)) => handle(&buf[..len], &mut forwarded),
+                            Ok((len, _)) => handle(&buf[..len], &mut forwarded, &mut recording),
                             Err(_) => break,
                         }
                     }
@@ -1045,12 +1150,15 @@ async fn run_floor(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<RunRes
     }
     let (probe_tx, probe_rx) = mpsc::unbounded_channel();
     let input = srtp_context(profile, &in_key, &in_salt);
+    let latencies = LoopLatencies::default();
+    let loop_out = Arc::clone(&latencies);
     let server_thread = spawn_thread("floor", move |rt| {
         rt.block_on(async move {
             let socket = UdpSocket::from_std(relay_socket).expect("socket");
-            floor_relay(socket, input, outs, probe_rx).await;
+            floor_relay(socket, input, outs, probe_rx, loop_out).await;
         });
     });
+    let ports = Ports::new(relay_addr, &sub_sockets);
     let clients = start_clients(sub_sockets, kinds, cmd_rxs, Arc::clone(&shared));
     let publisher = start_publisher(
         pub_socket,
@@ -1067,8 +1175,9 @@ async fn run_floor(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<RunRes
         || shared.ready.load(Ordering::SeqCst) >= n,
     )
     .await?;
-    let w = measure(s, &shared, &probe_tx, clients, publisher, |_| {}).await?;
+    let w = measure(s, &shared, &probe_tx, clients, publisher, &ports, |_| {}).await?;
     let mut r = summarise(Mode::Floor, n, s, &w);
+    r.in_loop = loop_histogram(&latencies);
     r.profile = format!("{profile:?}");
     drop(probe_tx);
     let _ = server_thread.join();
@@ -1087,28 +1196,27 @@ fn per_pkt_us(cpu: Duration, pkts: u64) -> f64 {
 
 fn print_run(r: &RunResult) {
     let secs = r.window.as_secs_f64();
-    let loss = if r.expected == 0 {
-        0.0
-    } else {
-        1.0 - r.received as f64 / r.expected as f64
-    };
+    let lost = loss(r);
     println!(
-        "{:>9} N={:<3} in {:>6.0} pps, out {:>8.0} pps | forwarding µs p50 {:>5} p99 {:>5} p99.9 {:>6} max {:>6} | e2e µs p50 {:>5} p99 {:>6} | server CPU {:>6.2} µs/pkt ({:>4.1} % of a core), {:>5.1} allocs/pkt | clients CPU {:>4.1} % of a core | loss {:.4} %{}",
+        "{:>9} N={:<3} in {:>6.0} pps, out {:>8.0} pps | in-loop µs p50 {:>5} p99 {:>5} p99.9 {:>6} max {:>6} | wire µs p50 {:>5} p99 {:>5} p99.9 {:>6} | e2e µs p50 {:>5} p99 {:>6} | server CPU {:>6.2} µs/pkt ({:>4.1} % of a core), {:>5.1} allocs/pkt | clients CPU {:>4.1} % of a core | loss {:.4} %{}",
         r.mode.name(),
         r.n,
         r.sent_in_window as f64 / secs,
         r.forwarded as f64 / secs,
+        r.in_loop.quantile(0.5),
+        r.in_loop.quantile(0.99),
+        r.in_loop.quantile(0.999),
+        r.in_loop.max(),
         r.forwarding.quantile(0.5),
         r.forwarding.quantile(0.99),
         r.forwarding.quantile(0.999),
-        r.forwarding.max(),
         r.e2e.quantile(0.5),
         r.e2e.quantile(0.99),
         per_pkt_us(r.server.cpu, r.forwarded),
         r.server.cpu.as_secs_f64() * 100.0 / secs,
         r.server.allocs as f64 / r.forwarded.max(1) as f64,
         r.clients_cpu.as_secs_f64() * 100.0 / secs,
-        loss * 100.0,
+        lost * 100.0,
         match r.server_hist {
             Some((p50, p99)) => format!(
                 " | SFU histogram p50 ≤ {p50:.0} µs, p99 ≤ {p99:.0} µs, drops {}",
@@ -1117,25 +1225,103 @@ fn print_run(r: &RunResult) {
             None => String::new(),
         }
     );
+    if r.server_socket_drops + r.client_socket_drops > 0 {
+        println!(
+            "          kernel receive-queue drops: server socket {}, subscriber sockets {}",
+            r.server_socket_drops, r.client_socket_drops
+        );
+    }
+}
+
+fn loss(r: &RunResult) -> f64 {
+    if r.expected == 0 {
+        0.0
+    } else {
+        1.0 - r.received as f64 / r.expected as f64
+    }
+}
+
+/// Saturation: the same run at rising packet rates (`RELAY_RAMP_PPS`, video packets per second
+/// in) until copies are lost, per N and mode. Prints one JSON line per step and a summary:
+/// the highest lossless rate, the server thread's share of a core there, and where the first
+/// loss happened (the server's socket or SFU, or the subscribers' sockets: then the clients,
+/// on the same two cores, ran out first and the server's capacity is extrapolated).
+fn ramp(s: &Settings) {
+    let steps: Vec<u32> = std::env::var("RELAY_RAMP_PPS")
+        .unwrap_or_else(|_| "250,500,1000,2000,3000,4000,6000,8000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for &n in &s.subscribers {
+        for &mode in &s.modes {
+            let mut lossless: Option<(f64, f64, f64, f64)> = None;
+            let mut first_loss = String::from("\"none\"");
+            for &pps in &steps {
+                let step = Settings {
+                    video_pps: pps,
+                    ..s.clone()
+                };
+                let r = match run_once(mode, n, &step) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("{} N={n} at {pps} pps: FAILED: {e}", mode.name());
+                        break;
+                    }
+                };
+                print_run(&r);
+                let secs = r.window.as_secs_f64();
+                let (in_pps, out_pps) = (r.sent_in_window as f64 / secs, r.forwarded as f64 / secs);
+                let server_core = r.server.cpu.as_secs_f64() / secs;
+                let client_core = r.clients_cpu.as_secs_f64() / secs;
+                println!(
+                    "{{\"bench\":\"relay_saturation_step\",\"mode\":\"{}\",\"subscribers\":{n},\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"loss\":{:.6},\"server_socket_drops\":{},\"server_drops\":{},\"client_socket_drops\":{},\"p99_us\":{}}}",
+                    mode.name(),
+                    loss(&r),
+                    r.server_socket_drops,
+                    r.server_drops,
+                    r.client_socket_drops,
+                    r.in_loop.quantile(0.99),
+                );
+                if r.received >= r.expected {
+                    lossless = Some((in_pps, out_pps, server_core, client_core));
+                    continue;
+                }
+                let at_server = r.server_socket_drops + r.server_drops > 0;
+                first_loss = format!(
+                    "{{\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"loss\":{:.6},\"where\":\"{}\",\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3}}}",
+                    loss(&r),
+                    if at_server { "server" } else { "subscribers" }
+                );
+                break;
+            }
+            let (in_pps, out_pps, server_core, client_core) = lossless.unwrap_or_default();
+            println!(
+                "{{\"bench\":\"relay_saturation\",\"mode\":\"{}\",\"subscribers\":{n},\"max_lossless_in_pps\":{in_pps:.0},\"max_lossless_out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"out_pps_per_server_core\":{:.0},\"first_loss\":{first_loss}}}",
+                mode.name(),
+                if server_core > 0.0 {
+                    out_pps / server_core
+                } else {
+                    0.0
+                },
+            );
+        }
+    }
 }
 
 fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
     let secs = c.window.as_secs_f64();
-    let loss = |r: &RunResult| {
-        if r.expected == 0 {
-            0.0
-        } else {
-            1.0 - r.received as f64 / r.expected as f64
-        }
-    };
     let cpu = per_pkt_us(c.server.cpu, c.forwarded);
     let mut fields = vec![
         ("bench", "\"relay_latency\"".to_owned()),
         ("subscribers", c.n.to_string()),
-        ("p50_us", c.forwarding.quantile(0.5).to_string()),
-        ("p99_us", c.forwarding.quantile(0.99).to_string()),
-        ("p999_us", c.forwarding.quantile(0.999).to_string()),
-        ("max_us", c.forwarding.max().to_string()),
+        ("p50_us", c.in_loop.quantile(0.5).to_string()),
+        ("p99_us", c.in_loop.quantile(0.99).to_string()),
+        ("p999_us", c.in_loop.quantile(0.999).to_string()),
+        ("max_us", c.in_loop.max().to_string()),
+        ("wire_p50_us", c.forwarding.quantile(0.5).to_string()),
+        ("wire_p99_us", c.forwarding.quantile(0.99).to_string()),
+        ("wire_p999_us", c.forwarding.quantile(0.999).to_string()),
+        ("wire_max_us", c.forwarding.max().to_string()),
         ("e2e_p50_us", c.e2e.quantile(0.5).to_string()),
         ("e2e_p99_us", c.e2e.quantile(0.99).to_string()),
         ("e2e_p999_us", c.e2e.quantile(0.999).to_string()),
@@ -1157,19 +1343,24 @@ fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
         fields.push(("sfu_hist_p99_le_us", format!("{p99:.0}")));
         fields.push(("server_drops", c.server_drops.to_string()));
     }
+    fields.push(("server_socket_drops", c.server_socket_drops.to_string()));
+    fields.push(("client_socket_drops", c.client_socket_drops.to_string()));
     if let Some(f) = f {
         let fcpu = per_pkt_us(f.server.cpu, f.forwarded);
         fields.push(("floor_cpu_us_per_pkt", format!("{fcpu:.3}")));
         fields.push(("ratio_cpu", format!("{:.2}", cpu / fcpu)));
-        fields.push(("floor_p50_us", f.forwarding.quantile(0.5).to_string()));
-        fields.push(("floor_p99_us", f.forwarding.quantile(0.99).to_string()));
-        fields.push((
-            "ratio_p99",
+        let ratio = |a: &Histogram, b: &Histogram| {
             format!(
                 "{:.2}",
-                c.forwarding.quantile(0.99) as f64 / f.forwarding.quantile(0.99).max(1) as f64
-            ),
-        ));
+                a.quantile(0.99) as f64 / b.quantile(0.99).max(1) as f64
+            )
+        };
+        fields.push(("floor_p50_us", f.in_loop.quantile(0.5).to_string()));
+        fields.push(("floor_p99_us", f.in_loop.quantile(0.99).to_string()));
+        fields.push(("ratio_p99", ratio(&c.in_loop, &f.in_loop)));
+        fields.push(("floor_wire_p50_us", f.forwarding.quantile(0.5).to_string()));
+        fields.push(("floor_wire_p99_us", f.forwarding.quantile(0.99).to_string()));
+        fields.push(("ratio_wire_p99", ratio(&c.forwarding, &f.forwarding)));
         fields.push(("floor_loss", format!("{:.6}", loss(f))));
         fields.push((
             "floor_allocs_per_pkt",
@@ -1194,6 +1385,10 @@ fn main() {
         s.audio_pps,
         s.modes.iter().map(|m| m.name()).collect::<Vec<_>>()
     );
+    if std::env::var("RELAY_RAMP").is_ok_and(|v| v == "1") {
+        ramp(&s);
+        return;
+    }
     let started = Instant::now();
     let mut results: Vec<RunResult> = Vec::new();
     for &n in &s.subscribers {

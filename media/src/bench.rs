@@ -57,3 +57,32 @@ pub fn forward_copy(
 ) -> bool {
     crate::sfu::write_copy(rewriter, rtc, packet, now_us, scratch, send)
 }
+
+thread_local! {
+    /// Per-copy forwarding latencies (ns) recorded on the media loop's thread, while switched on.
+    static COPY_LATENCIES: std::cell::RefCell<Option<Vec<u32>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Starts (or restarts, dropping what was recorded) recording, on the calling thread, the
+/// forwarding latency of every copy the media loop sends: from its packet read off the socket
+/// to the copy handed to the kernel. Call it on the thread that runs the media loop (the
+/// benchmark's SFU runs on a current-thread runtime of its own).
+pub fn start_recording_copy_latencies() {
+    COPY_LATENCIES.with(|r| *r.borrow_mut() = Some(Vec::with_capacity(1 << 20)));
+}
+
+/// Stops recording and returns what was recorded (ns per copy, in sending order).
+pub fn take_copy_latencies() -> Vec<u32> {
+    COPY_LATENCIES.with(|r| r.borrow_mut().take().unwrap_or_default())
+}
+
+/// The media loop's hook: a no-op unless recording was started on this thread.
+#[inline]
+pub(crate) fn observe_copy(latency: Duration) {
+    COPY_LATENCIES.with(|r| {
+        if let Some(v) = r.borrow_mut().as_mut() {
+            v.push(u32::try_from(latency.as_nanos()).unwrap_or(u32::MAX));
+        }
+    });
+}

@@ -534,4 +534,49 @@ mod tests {
             (cap, ptr)
         );
     }
+
+    #[test]
+    fn copy_is_marshalled_as_rtp_packet_would_be() {
+        use rtc::rtp::packet::Packet;
+        for (padding, len) in [(false, 1_000), (true, 999), (true, 1_000), (true, 0)] {
+            let mut header = hdr(0x1234, 96, 7, 90_000);
+            header.padding = padding;
+            header.extension = true;
+            header.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
+            header.extensions.push(Extension {
+                id: 3,
+                payload: Bytes::from_static(&[0xAB, 0xCD, 0xEF]),
+            });
+            let payload = Bytes::from(vec![0x5A; len]);
+            let mut scratch = CopyScratch {
+                header: header.clone(),
+                bytes: Vec::new(),
+            };
+            assert!(scratch.marshal(&payload));
+            let expected = Packet { header, payload }.marshal().unwrap();
+            assert_eq!(
+                scratch.bytes,
+                expected.to_vec(),
+                "padding {padding}, {len} octets"
+            );
+        }
+    }
+
+    #[test]
+    fn sender_report_counts_what_was_sent_and_continues_the_timestamps() {
+        let mut r = vp8_rewriter(100, 5_000);
+        assert!(r.sender_report(0, 1 << 32).is_none(), "nothing sent yet");
+        let mut out = Header::default();
+        assert!(r.rewrite_into(&hdr(9, 96, 1, 0), 1_000_000, &mut out));
+        r.count_sent(1_000);
+        assert!(r.rewrite_into(&hdr(9, 96, 2, 3_000), 1_033_000, &mut out));
+        r.count_sent(500);
+        let sent_ts = out.timestamp;
+        // Half a second after the last packet: 45,000 ticks of the 90 kHz clock later.
+        let sr = r.sender_report(1_533_000, 42 << 32).unwrap();
+        assert_eq!(sr.ssrc, r.out_ssrc);
+        assert_eq!(sr.ntp_time, 42 << 32);
+        assert_eq!((sr.packet_count, sr.octet_count), (2, 1_500));
+        assert_eq!(sr.rtp_time, sent_ts.wrapping_add(45_000));
+    }
 }

@@ -810,9 +810,10 @@ impl MediaLoop {
             if written {
                 metrics.packets_forwarded[kind].inc();
                 metrics.bytes_forwarded[kind].inc_by(payload_len);
-                metrics
-                    .forward_latency
-                    .observe(rx_at.elapsed().as_secs_f64());
+                let latency = rx_at.elapsed();
+                metrics.forward_latency.observe(latency.as_secs_f64());
+                #[cfg(feature = "bench")]
+                crate::bench::observe_copy(latency);
             }
         }
     }
