@@ -1131,6 +1131,12 @@ async fn run_floor(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<RunRes
     relay_socket
         .set_nonblocking(true)
         .map_err(|e| e.to_string())?;
+    // The socket buffers the SFU asks for on its media socket.
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let _ = setsockopt(&relay_socket, sockopt::RcvBuf, &(4 << 20));
+        let _ = setsockopt(&relay_socket, sockopt::SndBuf, &(4 << 20));
+    }
     let relay_addr = relay_socket.local_addr().map_err(|e| e.to_string())?;
 
     let (in_key, in_salt) = (random_bytes(kl), random_bytes(sl));

@@ -9,7 +9,8 @@
 //!
 //! [`Sfu::start`] binds **one UDP socket** and spawns **one task**, the media loop
 //! (`sfu::MediaLoop`), which owns all state through `&mut self`: rooms, participants, every
-//! webrtc-rs sans-IO peer connection (crate `rtc` 0.21.1), the forwarding tables. No mutex,
+//! webrtc-rs sans-IO peer connection (crate `rtc` 0.21.1, with the one-function patch in
+//! `vendor/rtc/CALLRELAY-PATCH.md`), the forwarding tables. No mutex,
 //! no `Arc` around state. The loop waits on three inputs:
 //!
 //! * **a datagram** → [`demux`] picks the peer connection (STUN by the local ICE ufrag,
@@ -24,15 +25,18 @@
 //! A decoded RTP packet from a publisher goes to `forward_rtp`: it is stored in the track's
 //! [`rtx_cache`], then for every ready subscriber the [`forward::Rewriter`] builds that
 //! subscriber's header (SSRC, payload type, sequence number, timestamp, header-extension ids)
-//! and the copy is written into the subscriber's connection and straight out of the socket
-//! with `try_send_to`.
+//! into a reused buffer; the copy is marshalled there, protected with the subscriber
+//! connection's SRTP context (`RTCPeerConnection::protect_rtp`, past the core's handler
+//! pipeline and interceptors, which cost several times the encryption per copy) and sent
+//! straight out of the socket with `try_send_to`. Because no interceptor sees those packets,
+//! the rewriters count them and the loop writes each subscriber's RTCP sender reports itself,
+//! once a second (housekeeping).
 //!
 //! ## Invariants
 //!
 //! * The packet path never awaits, never locks, and does no atomic operation: metrics are
-//!   `prometheus::local` counters flushed every 100 ms. Our own forwarding code allocates only
-//!   the extension list of each copy's header; the webrtc-rs core (SRTP, interceptors)
-//!   allocates inside `handle_write`/`poll_write`, which its API does not let us avoid.
+//!   `prometheus::local` counters flushed every 100 ms. Per copy, the only allocation is the
+//!   ciphertext `protect_rtp` returns; the header and plaintext buffers are reused.
 //! * ICE-lite: the SFU's host candidates (the bound address, or every interface address when
 //!   bound to an unspecified one; plus `public_ips`) are in every SDP it produces, so
 //!   [`MediaEvent::LocalCandidate`] never fires. Clients' candidates are accepted but not needed.
@@ -44,8 +48,9 @@
 //!   core reports it with its SSRC and codec).
 //! * Keyframe requests reach a publisher at most once per track per 500 ms ([`keyframe`]);
 //!   one is sent whenever a subscriber starts receiving a track. NACKs from subscribers are
-//!   answered from the SFU's per-track cache; the SFU's own NACKs to publishers, receiver
-//!   reports to publishers and sender reports to subscribers come from the core's interceptors.
+//!   answered from the SFU's per-track cache; the SFU's own NACKs to publishers and receiver
+//!   reports to publishers come from the core's interceptors, sender reports to subscribers
+//!   from the rewriters (RTP time = last forwarded timestamp advanced at the clock rate).
 //! * Leaving, ICE failure, a connection that never connects or goes silent for
 //!   [`MediaConfig::liveness_timeout`] closes both of the participant's connections, removes
 //!   its tracks from everyone (renegotiating them) and every table entry it had:

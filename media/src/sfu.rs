@@ -330,6 +330,22 @@ fn candidate_addrs(local: SocketAddr, public_ips: &[IpAddr]) -> Vec<SocketAddr> 
     out
 }
 
+/// Every publisher shares the one socket, so its receive queue must absorb their bursts (a
+/// keyframe is dozens of packets at once) while the loop fans out the previous packet: the
+/// kernel default (208 KiB, ~170 datagrams) drops under load long before the CPU is busy.
+/// Asks for 4 MiB each way; the kernel caps it at `net.core.rmem_max`/`wmem_max`, so the sizes
+/// obtained are returned (and logged) for the operator to raise those if needed.
+fn grow_socket_buffers(socket: &UdpSocket) -> (usize, usize) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    const WANTED: usize = 4 << 20;
+    let _ = setsockopt(socket, sockopt::RcvBuf, &WANTED);
+    let _ = setsockopt(socket, sockopt::SndBuf, &WANTED);
+    (
+        nix::sys::socket::getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
+        nix::sys::socket::getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
+    )
+}
+
 /// One subscriber's copy of a publisher packet: rewrites the header for this subscriber into
 /// `scratch`, then protects and sends it ([`send_copy`]). Returns whether a datagram went out:
 /// not if the subscriber did not negotiate the payload type or its DTLS-SRTP is not up yet.
@@ -381,9 +397,16 @@ impl MediaLoop {
         events: mpsc::UnboundedSender<MediaEvent>,
     ) -> Result<Self, MediaError> {
         let socket = UdpSocket::bind(config.bind).await?;
+        let (rcvbuf, sndbuf) = grow_socket_buffers(&socket);
         let local_addr = socket.local_addr()?;
         let candidates = candidate_addrs(local_addr, &config.public_ips);
-        info!(%local_addr, candidates = candidates.len(), "media socket bound");
+        info!(
+            %local_addr,
+            candidates = candidates.len(),
+            rcvbuf,
+            sndbuf,
+            "media socket bound"
+        );
         let now = Instant::now();
         Ok(Self {
             socket,
