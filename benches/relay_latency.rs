@@ -6,10 +6,12 @@
 //! `RELAY_SUBSCRIBERS=1,10,50,100`, `RELAY_SECS=6` (measured window per run),
 //! `RELAY_VIDEO_PPS=200`, `RELAY_AUDIO_PPS=50`, `RELAY_MODES=callrelay,floor`,
 //! `RELAY_FLOOR_PROFILE=gcm|cm` (default gcm, the profile webrtc-rs negotiates).
-//! `RELAY_RAMP=1` measures saturation instead: each N and mode at rising video rates
-//! (`RELAY_RAMP_PPS=250,500,1000,2000,3000,4000,6000,8000`) until copies are lost, reporting
-//! where (server socket and SFU, or the subscribers' sockets) from the kernel's per-socket
-//! drop counters.
+//! `RELAY_PIN=0` lets the scheduler place threads (by default the server thread has a CPU of
+//! its own and the load shares another).
+//! `RELAY_RAMP=1` measures saturation instead: each N and mode at rising forwarding rates
+//! (`RELAY_RAMP_OUT_PPS=10000,20000,...,100000` copies per second) until copies are lost,
+//! telling where from the kernel's per-socket drop counters (server socket and SFU, or the
+//! subscribers' sockets) or that nothing was dropped but copies were still queued.
 //!
 //! Threads: the server (the SFU's media loop, or the floor relay) runs alone on its own
 //! current-thread runtime so its CPU time is that thread's CPU time; all subscribers share one
@@ -215,13 +217,53 @@ async fn probe(tx: &ProbeTx) -> ThreadSample {
     rx.await.unwrap_or_default()
 }
 
+/// Which CPU a thread runs on: the server alone on one, everything else (subscribers,
+/// publisher, the run's own thread) on another, so that the load never preempts the server it
+/// measures (on two cores, a woken subscriber thread is otherwise often placed on the server's
+/// core). `RELAY_PIN=0` leaves placement to the scheduler; with one usable CPU nothing is pinned.
+#[derive(Clone, Copy)]
+enum Cpu {
+    Server,
+    Load,
+}
+
+fn pin_current_thread(cpu: Cpu) {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
+        return;
+    };
+    let usable: Vec<usize> = (0..CpuSet::count())
+        .filter(|&c| allowed.is_set(c).unwrap_or(false))
+        .collect();
+    let (Some(&server), Some(&load)) = (usable.first(), usable.get(1)) else {
+        return;
+    };
+    let mut set = CpuSet::new();
+    let chosen = match cpu {
+        Cpu::Server => server,
+        Cpu::Load => load,
+    };
+    if set.set(chosen).is_ok() {
+        let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    }
+}
+
 fn spawn_thread<F>(name: &str, f: F) -> std::thread::JoinHandle<()>
 where
     F: FnOnce(&tokio::runtime::Runtime) + Send + 'static,
 {
+    let cpu = match name {
+        "sfu" | "floor" => Cpu::Server,
+        _ => Cpu::Load,
+    };
     std::thread::Builder::new()
         .name(name.to_owned())
         .spawn(move || {
+            pin_current_thread(cpu);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -1247,14 +1289,16 @@ fn loss(r: &RunResult) -> f64 {
     }
 }
 
-/// Saturation: the same run at rising packet rates (`RELAY_RAMP_PPS`, video packets per second
-/// in) until copies are lost, per N and mode. Prints one JSON line per step and a summary:
-/// the highest lossless rate, the server thread's share of a core there, and where the first
-/// loss happened (the server's socket or SFU, or the subscribers' sockets: then the clients,
-/// on the same two cores, ran out first and the server's capacity is extrapolated).
+/// Saturation: the same run at rising forwarding rates (`RELAY_RAMP_OUT_PPS`, copies per
+/// second out; the video rate in is that / N less the audio) until copies are lost, per N and
+/// mode. Prints one JSON line per step and a summary: the highest lossless rate, the server
+/// thread's share of a core there, and what the first loss was: datagrams dropped by the
+/// kernel at the server's socket (or by the SFU), at the subscribers' sockets (the clients,
+/// on the same two cores, ran out first), or copies still queued when the window closed
+/// (nothing dropped, but latency no longer bounded).
 fn ramp(s: &Settings) {
-    let steps: Vec<u32> = std::env::var("RELAY_RAMP_PPS")
-        .unwrap_or_else(|_| "250,500,1000,2000,3000,4000,6000,8000".into())
+    let steps: Vec<u32> = std::env::var("RELAY_RAMP_OUT_PPS")
+        .unwrap_or_else(|_| "10000,20000,30000,40000,50000,60000,70000,80000,100000".into())
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .collect();
@@ -1262,15 +1306,16 @@ fn ramp(s: &Settings) {
         for &mode in &s.modes {
             let mut lossless: Option<(f64, f64, f64, f64)> = None;
             let mut first_loss = String::from("\"none\"");
-            for &pps in &steps {
+            for &out_pps in &steps {
+                let per_subscriber = out_pps / n.max(1) as u32;
                 let step = Settings {
-                    video_pps: pps,
+                    video_pps: per_subscriber.saturating_sub(s.audio_pps).max(1),
                     ..s.clone()
                 };
                 let r = match run_once(mode, n, &step) {
                     Ok(r) => r,
                     Err(e) => {
-                        eprintln!("{} N={n} at {pps} pps: FAILED: {e}", mode.name());
+                        eprintln!("{} N={n} at {out_pps} copies/s: FAILED: {e}", mode.name());
                         break;
                     }
                 };
@@ -1280,23 +1325,30 @@ fn ramp(s: &Settings) {
                 let server_core = r.server.cpu.as_secs_f64() / secs;
                 let client_core = r.clients_cpu.as_secs_f64() / secs;
                 println!(
-                    "{{\"bench\":\"relay_saturation_step\",\"mode\":\"{}\",\"subscribers\":{n},\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"loss\":{:.6},\"server_socket_drops\":{},\"server_drops\":{},\"client_socket_drops\":{},\"p99_us\":{}}}",
+                    "{{\"bench\":\"relay_saturation_step\",\"mode\":\"{}\",\"subscribers\":{n},\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"loss\":{:.6},\"server_socket_drops\":{},\"server_drops\":{},\"client_socket_drops\":{},\"p99_us\":{},\"wire_p99_us\":{}}}",
                     mode.name(),
                     loss(&r),
                     r.server_socket_drops,
                     r.server_drops,
                     r.client_socket_drops,
                     r.in_loop.quantile(0.99),
+                    r.forwarding.quantile(0.99),
                 );
                 if r.received >= r.expected {
                     lossless = Some((in_pps, out_pps, server_core, client_core));
                     continue;
                 }
-                let at_server = r.server_socket_drops + r.server_drops > 0;
+                let what = if r.server_socket_drops + r.server_drops > 0 {
+                    "dropped at the server"
+                } else if r.client_socket_drops > 0 {
+                    "dropped at the subscribers"
+                } else {
+                    "queued past the window"
+                };
                 first_loss = format!(
-                    "{{\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"loss\":{:.6},\"where\":\"{}\",\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3}}}",
+                    "{{\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"loss\":{:.6},\"what\":\"{what}\",\"wire_p99_us\":{},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3}}}",
                     loss(&r),
-                    if at_server { "server" } else { "subscribers" }
+                    r.forwarding.quantile(0.99),
                 );
                 break;
             }
@@ -1382,6 +1434,7 @@ fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
 fn main() {
     // `cargo bench` passes `--bench`; a filter argument is not supported.
     let s = Settings::from_env();
+    pin_current_thread(Cpu::Load);
     AUDIO_ON.store(s.audio_pps > 0, Ordering::Relaxed);
     println!(
         "relay_latency: subscribers {:?}, {:.0} s window per run, video {} pps + audio {} pps, modes {:?}",

@@ -475,13 +475,18 @@ impl MediaLoop {
                         Err(e) => debug!("media socket recv error: {e}"),
                     }
                 }
-                _ = tokio::time::sleep_until(next_timer.into()) => {
-                    let now = Instant::now();
-                    self.run_timers(now);
-                    if now >= next_housekeeping {
-                        self.housekeeping(now);
-                        next_housekeeping = now + HOUSEKEEPING;
-                    }
+                _ = tokio::time::sleep_until(next_timer.into()) => {}
+            }
+            // Timers run whenever they are due, not only when the select picks the sleep: under
+            // sustained load the socket is always readable, the biased select never reaches
+            // the sleep, and the connections' own timeouts (RTCP, retransmissions), metrics
+            // flushes and sender reports would stop exactly when the server is busiest.
+            let now = Instant::now();
+            if now >= next_timer {
+                self.run_timers(now);
+                if now >= next_housekeeping {
+                    self.housekeeping(now);
+                    next_housekeeping = now + HOUSEKEEPING;
                 }
             }
             self.drive_dirty();
