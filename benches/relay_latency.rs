@@ -227,19 +227,28 @@ enum Cpu {
     Load,
 }
 
+/// The CPUs the process may use, read once before any thread is pinned (a thread inherits its
+/// creator's affinity, so reading it later would see only the pinned CPU).
+static USABLE_CPUS: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
+
+fn usable_cpus() -> &'static [usize] {
+    use nix::sched::{CpuSet, sched_getaffinity};
+    USABLE_CPUS.get_or_init(|| {
+        let Ok(allowed) = sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+            return Vec::new();
+        };
+        (0..CpuSet::count())
+            .filter(|&c| allowed.is_set(c).unwrap_or(false))
+            .collect()
+    })
+}
+
 fn pin_current_thread(cpu: Cpu) {
-    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
-    use nix::unistd::Pid;
+    use nix::sched::{CpuSet, sched_setaffinity};
     if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") {
         return;
     }
-    let Ok(allowed) = sched_getaffinity(Pid::from_raw(0)) else {
-        return;
-    };
-    let usable: Vec<usize> = (0..CpuSet::count())
-        .filter(|&c| allowed.is_set(c).unwrap_or(false))
-        .collect();
-    let (Some(&server), Some(&load)) = (usable.first(), usable.get(1)) else {
+    let (Some(&server), Some(&load)) = (usable_cpus().first(), usable_cpus().get(1)) else {
         return;
     };
     let mut set = CpuSet::new();
@@ -248,7 +257,7 @@ fn pin_current_thread(cpu: Cpu) {
         Cpu::Load => load,
     };
     if set.set(chosen).is_ok() {
-        let _ = sched_setaffinity(Pid::from_raw(0), &set);
+        let _ = sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
 }
 
