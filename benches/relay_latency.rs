@@ -193,6 +193,15 @@ struct ThreadSample {
     allocs: u64,
     /// Copies forwarded (floor relay only; the SFU's come from its metrics).
     forwarded: u64,
+    /// When the thread took the sample ([`since_start`]): a saturated server answers its probe
+    /// late, so rates use the thread's own interval, not the window's nominal length.
+    at: Duration,
+}
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn since_start() -> Duration {
+    START.get_or_init(Instant::now).elapsed()
 }
 
 type ProbeTx = mpsc::UnboundedSender<oneshot::Sender<ThreadSample>>;
@@ -404,8 +413,11 @@ struct RunResult {
     /// wait in the server's socket queue and the server thread's wake-up.
     forwarding: Histogram,
     e2e: Histogram,
+    /// The server's CPU and allocations over its own sampling interval (`server.at`).
     server: ThreadSample,
     forwarded: u64,
+    /// The interval `forwarded` was counted over (the server's, or the metric reads').
+    forwarded_over: Duration,
     clients_cpu: Duration,
     server_hist: Option<(f64, f64)>,
     server_drops: u64,
@@ -626,6 +638,7 @@ fn start_clients(
                         cpu: thread_cpu(),
                         allocs: thread_allocs(),
                         forwarded: 0,
+                        at: since_start(),
                     });
                 }
             });
@@ -703,7 +716,7 @@ fn start_publisher(
                 tokio::select! {
                     biased;
                     Some(reply) = probe_rx.recv() => {
-                        let _ = reply.send(ThreadSample { cpu: thread_cpu(), allocs: thread_allocs(), forwarded: 0 });
+                        let _ = reply.send(ThreadSample { cpu: thread_cpu(), allocs: thread_allocs(), forwarded: 0, at: since_start() });
                     }
                     r = socket.recv_from(&mut buf) => {
                         if let (Ok((len, from)), PublisherKind::Webrtc(p)) = (r, &mut kind) {
@@ -792,6 +805,8 @@ struct Window {
     /// server's socket, and the subscribers' sockets.
     server_socket_drops: u64,
     client_socket_drops: u64,
+    /// When `on_edge` ran (window start, end), on the measuring thread.
+    edges: (Duration, Duration),
 }
 
 /// The local UDP ports of a run: the server's and the subscribers'.
@@ -847,6 +862,7 @@ async fn measure(
     let c0 = probe(&clients.probe).await;
     let p0 = probe(&publisher.probe).await;
     let drops0 = ports.drops();
+    let edge0 = since_start();
     on_edge(true);
     shared.measuring.store(true, Ordering::SeqCst);
     tokio::time::sleep(s.window).await;
@@ -854,6 +870,7 @@ async fn measure(
     let s1 = probe(server_probe).await;
     let c1 = probe(&clients.probe).await;
     let p1 = probe(&publisher.probe).await;
+    let edge1 = since_start();
     on_edge(false);
     // Let the last in-window packets arrive.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -870,6 +887,7 @@ async fn measure(
         got,
         server_socket_drops: drops1.0.saturating_sub(drops0.0),
         client_socket_drops: drops1.1.saturating_sub(drops0.1),
+        edges: (edge0, edge1),
     })
 }
 
@@ -906,8 +924,10 @@ fn summarise(mode: Mode, n: usize, s: &Settings, w: &Window) -> RunResult {
             cpu: b.cpu.saturating_sub(a.cpu),
             allocs: b.allocs - a.allocs,
             forwarded: b.forwarded - a.forwarded,
+            at: b.at.saturating_sub(a.at),
         },
         forwarded: b.forwarded - a.forwarded,
+        forwarded_over: b.at.saturating_sub(a.at),
         clients_cpu: w.clients_cpu,
         server_hist: None,
         server_drops: 0,
@@ -950,6 +970,7 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
                     cpu: thread_cpu(),
                     allocs: thread_allocs(),
                     forwarded: 0,
+                    at: since_start(),
                 };
                 probes += 1;
                 match probes {
@@ -1056,6 +1077,7 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
     r.in_loop = loop_histogram(&latencies);
     if let [(f0, h0, d0), (f1, h1, d1)] = &marks[..] {
         r.forwarded = (f1 - f0) as u64;
+        r.forwarded_over = w.edges.1.saturating_sub(w.edges.0);
         r.server.forwarded = r.forwarded;
         r.server_hist = Some((bucket_quantile(h0, h1, 0.5), bucket_quantile(h0, h1, 0.99)));
         r.server_drops = (d1 - d0) as u64;
@@ -1149,7 +1171,7 @@ async fn floor_relay(
             biased;
             p = probe_rx.recv() => {
                 let Some(reply) = p else { break };
-                let sample = ThreadSample { cpu: thread_cpu(), allocs: thread_allocs(), forwarded };
+                let sample = ThreadSample { cpu: thread_cpu(), allocs: thread_allocs(), forwarded, at: since_start() };
                 probes += 1;
                 match probes {
                     1 => recording = Some(Vec::with_capacity(1 << 20)),
@@ -1243,23 +1265,45 @@ async fn run_floor(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<RunRes
 
 // ---------------------------------------------------------------- report
 
-fn per_pkt_us(cpu: Duration, pkts: u64) -> f64 {
-    if pkts == 0 {
-        f64::NAN
-    } else {
-        cpu.as_secs_f64() * 1e6 / pkts as f64
+impl RunResult {
+    fn window_secs(&self) -> f64 {
+        self.window.as_secs_f64()
+    }
+
+    /// Copies forwarded per second.
+    fn out_pps(&self) -> f64 {
+        self.forwarded as f64 / self.forwarded_over.as_secs_f64().max(1e-9)
+    }
+
+    /// The server thread's share of one core.
+    fn server_core(&self) -> f64 {
+        self.server.cpu.as_secs_f64() / self.server.at.as_secs_f64().max(1e-9)
+    }
+
+    /// Server CPU per forwarded copy (µs), from the two rates so that a late probe skews
+    /// neither.
+    fn cpu_us_per_pkt(&self) -> f64 {
+        if self.forwarded == 0 {
+            f64::NAN
+        } else {
+            self.server_core() * 1e6 / self.out_pps()
+        }
+    }
+
+    fn allocs_per_pkt(&self) -> f64 {
+        self.server.allocs as f64 / self.forwarded.max(1) as f64
     }
 }
 
 fn print_run(r: &RunResult) {
-    let secs = r.window.as_secs_f64();
+    let secs = r.window_secs();
     let lost = loss(r);
     println!(
         "{:>9} N={:<3} in {:>6.0} pps, out {:>8.0} pps | in-loop µs p50 {:>5} p99 {:>5} p99.9 {:>6} max {:>6} | wire µs p50 {:>5} p99 {:>5} p99.9 {:>6} | e2e µs p50 {:>5} p99 {:>6} | server CPU {:>6.2} µs/pkt ({:>4.1} % of a core), {:>5.1} allocs/pkt | clients CPU {:>4.1} % of a core | loss {:.4} %{}",
         r.mode.name(),
         r.n,
         r.sent_in_window as f64 / secs,
-        r.forwarded as f64 / secs,
+        r.out_pps(),
         r.in_loop.quantile(0.5),
         r.in_loop.quantile(0.99),
         r.in_loop.quantile(0.999),
@@ -1269,9 +1313,9 @@ fn print_run(r: &RunResult) {
         r.forwarding.quantile(0.999),
         r.e2e.quantile(0.5),
         r.e2e.quantile(0.99),
-        per_pkt_us(r.server.cpu, r.forwarded),
-        r.server.cpu.as_secs_f64() * 100.0 / secs,
-        r.server.allocs as f64 / r.forwarded.max(1) as f64,
+        r.cpu_us_per_pkt(),
+        r.server_core() * 100.0,
+        r.allocs_per_pkt(),
         r.clients_cpu.as_secs_f64() * 100.0 / secs,
         lost * 100.0,
         match r.server_hist {
@@ -1300,11 +1344,17 @@ fn loss(r: &RunResult) -> f64 {
 
 /// Saturation: the same run at rising forwarding rates (`RELAY_RAMP_OUT_PPS`, copies per
 /// second out; the video rate in is that / N less the audio) until copies are lost, per N and
-/// mode. Prints one JSON line per step and a summary: the highest lossless rate, the server
+/// mode. Prints one JSON line per step and a summary: the highest sustained rate (no loss, no
+/// growing queue: [`SUSTAINED_WIRE_P99_US`]), the server
 /// thread's share of a core there, and what the first loss was: datagrams dropped by the
 /// kernel at the server's socket (or by the SFU), at the subscribers' sockets (the clients,
 /// on the same two cores, ran out first), or copies still queued when the window closed
 /// (nothing dropped, but latency no longer bounded).
+/// A rate is sustained only if nothing is lost and copies do not queue up: a wire p99 over
+/// 50 ms means the server's socket queue (4 MiB, seconds of packets) is filling, which ends in
+/// loss if the rate holds.
+const SUSTAINED_WIRE_P99_US: u64 = 50_000;
+
 fn ramp(s: &Settings) {
     let steps: Vec<u32> = std::env::var("RELAY_RAMP_OUT_PPS")
         .unwrap_or_else(|_| "10000,20000,30000,40000,50000,60000,70000,80000,100000".into())
@@ -1313,8 +1363,8 @@ fn ramp(s: &Settings) {
         .collect();
     for &n in &s.subscribers {
         for &mode in &s.modes {
-            let mut lossless: Option<(f64, f64, f64, f64)> = None;
-            let mut first_loss = String::from("\"none\"");
+            let mut sustained: Option<(f64, f64, f64, f64)> = None;
+            let mut first_unsustained = String::from("\"none\"");
             for &out_pps in &steps {
                 let per_subscriber = out_pps / n.max(1) as u32;
                 let step = Settings {
@@ -1329,9 +1379,9 @@ fn ramp(s: &Settings) {
                     }
                 };
                 print_run(&r);
-                let secs = r.window.as_secs_f64();
-                let (in_pps, out_pps) = (r.sent_in_window as f64 / secs, r.forwarded as f64 / secs);
-                let server_core = r.server.cpu.as_secs_f64() / secs;
+                let secs = r.window_secs();
+                let (in_pps, out_pps) = (r.sent_in_window as f64 / secs, r.out_pps());
+                let server_core = r.server_core();
                 let client_core = r.clients_cpu.as_secs_f64() / secs;
                 println!(
                     "{{\"bench\":\"relay_saturation_step\",\"mode\":\"{}\",\"subscribers\":{n},\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"loss\":{:.6},\"server_socket_drops\":{},\"server_drops\":{},\"client_socket_drops\":{},\"p99_us\":{},\"wire_p99_us\":{}}}",
@@ -1343,27 +1393,30 @@ fn ramp(s: &Settings) {
                     r.in_loop.quantile(0.99),
                     r.forwarding.quantile(0.99),
                 );
-                if r.received >= r.expected {
-                    lossless = Some((in_pps, out_pps, server_core, client_core));
+                let queueing = r.forwarding.quantile(0.99) > SUSTAINED_WIRE_P99_US;
+                if r.received >= r.expected && !queueing {
+                    sustained = Some((in_pps, out_pps, server_core, client_core));
                     continue;
                 }
                 let what = if r.server_socket_drops + r.server_drops > 0 {
                     "dropped at the server"
                 } else if r.client_socket_drops > 0 {
                     "dropped at the subscribers"
-                } else {
+                } else if r.received < r.expected {
                     "queued past the window"
+                } else {
+                    "queue growing (wire p99 over 50 ms)"
                 };
-                first_loss = format!(
+                first_unsustained = format!(
                     "{{\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"loss\":{:.6},\"what\":\"{what}\",\"wire_p99_us\":{},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3}}}",
                     loss(&r),
                     r.forwarding.quantile(0.99),
                 );
                 break;
             }
-            let (in_pps, out_pps, server_core, client_core) = lossless.unwrap_or_default();
+            let (in_pps, out_pps, server_core, client_core) = sustained.unwrap_or_default();
             println!(
-                "{{\"bench\":\"relay_saturation\",\"mode\":\"{}\",\"subscribers\":{n},\"max_lossless_in_pps\":{in_pps:.0},\"max_lossless_out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"out_pps_per_server_core\":{:.0},\"first_loss\":{first_loss}}}",
+                "{{\"bench\":\"relay_saturation\",\"mode\":\"{}\",\"subscribers\":{n},\"max_sustained_in_pps\":{in_pps:.0},\"max_sustained_out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"out_pps_per_server_core\":{:.0},\"first_unsustained\":{first_unsustained}}}",
                 mode.name(),
                 if server_core > 0.0 {
                     out_pps / server_core
@@ -1376,8 +1429,8 @@ fn ramp(s: &Settings) {
 }
 
 fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
-    let secs = c.window.as_secs_f64();
-    let cpu = per_pkt_us(c.server.cpu, c.forwarded);
+    let secs = c.window_secs();
+    let cpu = c.cpu_us_per_pkt();
     let mut fields = vec![
         ("bench", "\"relay_latency\"".to_owned()),
         ("subscribers", c.n.to_string()),
@@ -1393,12 +1446,9 @@ fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
         ("e2e_p99_us", c.e2e.quantile(0.99).to_string()),
         ("e2e_p999_us", c.e2e.quantile(0.999).to_string()),
         ("in_pps", format!("{:.0}", c.sent_in_window as f64 / secs)),
-        ("out_pps", format!("{:.0}", c.forwarded as f64 / secs)),
+        ("out_pps", format!("{:.0}", c.out_pps())),
         ("cpu_us_per_pkt", format!("{cpu:.3}")),
-        (
-            "allocs_per_pkt",
-            format!("{:.2}", c.server.allocs as f64 / c.forwarded.max(1) as f64),
-        ),
+        ("allocs_per_pkt", format!("{:.2}", c.allocs_per_pkt())),
         ("loss", format!("{:.6}", loss(c))),
         (
             "client_cpu_core_frac",
@@ -1413,7 +1463,7 @@ fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
     fields.push(("server_socket_drops", c.server_socket_drops.to_string()));
     fields.push(("client_socket_drops", c.client_socket_drops.to_string()));
     if let Some(f) = f {
-        let fcpu = per_pkt_us(f.server.cpu, f.forwarded);
+        let fcpu = f.cpu_us_per_pkt();
         fields.push(("floor_cpu_us_per_pkt", format!("{fcpu:.3}")));
         fields.push(("ratio_cpu", format!("{:.2}", cpu / fcpu)));
         let ratio = |a: &Histogram, b: &Histogram| {
@@ -1429,10 +1479,7 @@ fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
         fields.push(("floor_wire_p99_us", f.forwarding.quantile(0.99).to_string()));
         fields.push(("ratio_wire_p99", ratio(&c.forwarding, &f.forwarding)));
         fields.push(("floor_loss", format!("{:.6}", loss(f))));
-        fields.push((
-            "floor_allocs_per_pkt",
-            format!("{:.2}", f.server.allocs as f64 / f.forwarded.max(1) as f64),
-        ));
+        fields.push(("floor_allocs_per_pkt", format!("{:.2}", f.allocs_per_pkt())));
         fields.push(("floor_srtp", format!("\"{}\"", f.profile)));
     }
     fields.push(("saturation_pps_per_core_est", format!("{:.0}", 1e6 / cpu)));
