@@ -334,7 +334,8 @@ fn candidate_addrs(local: SocketAddr, public_ips: &[IpAddr]) -> Vec<SocketAddr> 
 /// keyframe is dozens of packets at once) while the loop fans out the previous packet: the
 /// kernel default (208 KiB, ~170 datagrams) drops under load long before the CPU is busy.
 /// Asks for 4 MiB each way; the kernel caps it at `net.core.rmem_max`/`wmem_max`, so the sizes
-/// obtained are returned (and logged) for the operator to raise those if needed.
+/// obtained are returned (and logged, as the kernel reports them: twice the usable size) for
+/// the operator to raise those if needed.
 fn grow_socket_buffers(socket: &UdpSocket) -> (usize, usize) {
     use nix::sys::socket::{setsockopt, sockopt};
     const WANTED: usize = 4 << 20;
