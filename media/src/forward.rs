@@ -167,7 +167,8 @@ impl Rewriter {
         true
     }
 
-    /// Allocating convenience over [`Rewriter::rewrite_into`].
+    /// For the tests: [`Rewriter::rewrite_into`] into a new header.
+    #[cfg(test)]
     pub fn rewrite(&mut self, src: &Header, now_us: u64) -> Option<Header> {
         let mut out = Header::default();
         self.rewrite_into(src, now_us, &mut out).then_some(out)
@@ -192,7 +193,8 @@ impl Rewriter {
         true
     }
 
-    /// Allocating convenience over [`Rewriter::rewrite_retransmission_into`].
+    /// For the tests: [`Rewriter::rewrite_retransmission_into`] into a new header.
+    #[cfg(test)]
     pub fn rewrite_retransmission(&self, src: &Header) -> Option<Header> {
         let mut out = Header::default();
         self.rewrite_retransmission_into(src, &mut out)
@@ -235,7 +237,8 @@ impl Rewriter {
         (u128::from(elapsed_us) * u128::from(self.clock_rate) / 1_000_000) as u32
     }
 
-    /// Output sequence number and timestamp of the last packet forwarded.
+    /// For the tests: output sequence number and timestamp of the last packet forwarded.
+    #[cfg(test)]
     pub fn last_sent(&self) -> Option<(u16, u32)> {
         self.started.then_some((self.last_seq, self.last_ts))
     }
