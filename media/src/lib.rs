@@ -67,7 +67,8 @@
 //! (payload bytes, per copy), `callrelay_rtcp_nack_total{direction}` and
 //! `callrelay_rtcp_pli_total{direction}` (`in` = from subscribers, `out` = to publishers),
 //! `callrelay_rtp_packets_lost_total` (gaps in publishers' sequence numbers),
-//! `callrelay_media_datagrams_dropped_total{reason}`, and the histograms
+//! `callrelay_media_datagrams_dropped_total{reason}` (`queue_full`: dropped by the kernel, the
+//! socket's receive queue full — the loop is saturated), and the histograms
 //! `callrelay_forward_latency_seconds` (socket read to each copy's socket write) and
 //! `callrelay_rtt_seconds` (from subscribers' receiver reports).
 
@@ -76,6 +77,7 @@ mod metrics;
 mod peer;
 mod room;
 mod sfu;
+mod socket_drops;
 
 /// Benchmark hooks (feature `bench`): the SFU's subscribe connection and per-copy forwarding
 /// step, for `benches/forwarding.rs`.

@@ -30,6 +30,8 @@ pub(crate) struct Metrics {
     pub pli_out: LocalIntCounter,
     pub packets_lost: LocalIntCounter,
     dropped: Vec<LocalIntCounter>,
+    /// Kernel drops at the media socket (receive queue full), counted off the loop.
+    pub socket_queue_full: IntCounter,
     pub forward_latency: LocalHistogram,
     pub rtt: LocalHistogram,
 }
@@ -153,6 +155,7 @@ impl Metrics {
                 .iter()
                 .map(|r| dropped.with_label_values(&[r.label()]).local())
                 .collect(),
+            socket_queue_full: dropped.with_label_values(&["queue_full"]),
             forward_latency: latency.local(),
             rtt: rtt.local(),
         })

@@ -441,6 +441,10 @@ impl MediaLoop {
     }
 
     pub async fn run(mut self) {
+        let drops = tokio::spawn(crate::socket_drops::watch(
+            self.local_addr.port(),
+            self.metrics.socket_queue_full.clone(),
+        ));
         let mut buf = vec![0u8; 2048];
         let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
         loop {
@@ -492,6 +496,7 @@ impl MediaLoop {
             }
             self.drive_dirty();
         }
+        drops.abort();
         info!("media loop stopped");
     }
 
