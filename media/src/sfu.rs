@@ -964,8 +964,9 @@ impl MediaLoop {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default(),
         );
-        let Self { pcs, tracks, .. } = self;
-        let mut written = Vec::new();
+        let Self {
+            pcs, tracks, dirty, ..
+        } = self;
         for track in tracks.values() {
             for f in track.subscribers.iter().filter(|f| f.ready) {
                 let Some(sr) = f.rewriter.sender_report(now_us, ntp_now) else {
@@ -975,22 +976,17 @@ impl MediaLoop {
                     continue;
                 };
                 let rtc = &mut sub.rtc;
-                let sent = guarded(|| {
+                let written = guarded(|| {
                     rtc.handle_write(TaggedRTCMessage {
                         now,
                         message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(sr)]),
                     })
                     .map_err(MediaError::from)
                 });
-                if sent.is_ok() {
-                    written.push(f.sub_pc);
+                if written.is_ok() {
+                    Self::mark_dirty(dirty, sub, f.sub_pc);
                 }
             }
-        }
-        written.sort_unstable();
-        written.dedup();
-        for id in written {
-            self.flush_writes(id);
         }
     }
 
