@@ -81,6 +81,9 @@ impl Default for ExtIdMap {
     }
 }
 
+/// How long after its last new packet a stream still gets sender reports (two 1 s intervals).
+pub const SENDER_IDLE_US: u64 = 2_000_000;
+
 /// Sequence-number and timestamp translation for one subscriber of one track.
 #[derive(Clone, Debug)]
 pub struct Rewriter {
@@ -217,9 +220,12 @@ impl Rewriter {
 
     /// The RTCP sender report for `out_ssrc` at `now_us` (same clock as `rewrite_into`), whose
     /// wall-clock time is `ntp_now` (NTP format): the RTP timestamp is the last one sent,
-    /// advanced by the time since at the track's clock rate. `None` before the first packet.
+    /// advanced by the time since at the track's clock rate. `None` before the first packet
+    /// and while the track is paused (nothing new for [`SENDER_IDLE_US`]: RFC 3550 6.4 stops
+    /// counting a participant as a sender after two report intervals without data).
     pub fn sender_report(&self, now_us: u64, ntp_now: u64) -> Option<SenderReport> {
-        if !self.started || self.sent_packets == 0 {
+        let idle = now_us.saturating_sub(self.last_at_us) > SENDER_IDLE_US;
+        if !self.started || self.sent_packets == 0 || idle {
             return None;
         }
         Some(SenderReport {
@@ -581,5 +587,10 @@ mod tests {
         assert_eq!(sr.ntp_time, 42 << 32);
         assert_eq!((sr.packet_count, sr.octet_count), (2, 1_500));
         assert_eq!(sr.rtp_time, sent_ts.wrapping_add(45_000));
+        assert!(
+            r.sender_report(1_033_000 + SENDER_IDLE_US + 1, 43 << 32)
+                .is_none(),
+            "a paused stream gets no sender reports"
+        );
     }
 }
