@@ -2,21 +2,20 @@
 //!
 //! They expose the SFU's own pieces so that `benches/forwarding.rs` measures the code the media
 //! loop runs rather than a copy of it: a subscribe connection built exactly as the loop builds
-//! one, and the per-copy step of the forwarding path (rewrite, interceptors, SRTP, hand-off to
-//! the socket). Nothing here changes how the SFU behaves.
+//! one, the per-copy step of the forwarding path (rewrite, marshal, SRTP, hand-off to the
+//! socket), and a recorder of each copy's forwarding latency. Nothing here changes how the SFU
+//! behaves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::rtp::packet::Packet;
 
 /// The exact `rtc` core the SFU is built on, so a benchmark's client peers use the same version.
 pub use rtc;
 
 pub use crate::forward::CopyScratch;
-use crate::forward::Rewriter;
 use crate::peer::{self, CoreCounters, PcSetup};
 use crate::{MediaError, PcKind};
 
@@ -44,19 +43,8 @@ pub fn subscribe_connection(
 }
 
 /// The media loop's per-copy forwarding step (`forward_rtp` runs it once per ready subscriber):
-/// rewrites `packet`'s header with `rewriter` into `scratch`, protects the copy with the
-/// subscriber connection's SRTP context and hands the datagram to `send`. Returns whether a
-/// datagram went out (not if the payload type is not negotiated or DTLS-SRTP is not up).
-pub fn forward_copy(
-    rewriter: &mut Rewriter,
-    rtc: &mut RTCPeerConnection,
-    packet: &Packet,
-    now_us: u64,
-    scratch: &mut CopyScratch,
-    send: impl FnMut(&[u8], SocketAddr),
-) -> bool {
-    crate::sfu::write_copy(rewriter, rtc, packet, now_us, scratch, send)
-}
+/// see `write_copy` in the SFU.
+pub use crate::sfu::write_copy as forward_copy;
 
 thread_local! {
     /// Per-copy forwarding latencies (ns) recorded on the media loop's thread, while switched on.

@@ -95,7 +95,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::MediaError;
-pub use peer::add_host_candidates;
+pub use peer::{add_host_candidates, register_header_extensions};
 
 /// How the SFU is set up. `bind` is `ip:media.udp_port`; `public_ips` are announced as extra
 /// host candidates (1:1 NAT).

@@ -115,11 +115,18 @@ pub(crate) fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
     ]
 }
 
-fn media_engine(kind: PcKind) -> Result<MediaEngine, MediaError> {
+fn media_engine() -> Result<MediaEngine, MediaError> {
     let mut me = MediaEngine::default();
     for (codec, kind) in codecs() {
         me.register_codec(codec, kind)?;
     }
+    register_header_extensions(&mut me)?;
+    Ok(me)
+}
+
+/// The RTP header extensions the SFU negotiates (mid, abs-send-time, audio level), registered
+/// on a media engine: the SFU's own, or a client peer's on the same core (the load generator).
+pub fn register_header_extensions(me: &mut MediaEngine) -> Result<(), MediaError> {
     let ext = |uri: &str| RTCRtpHeaderExtensionCapability {
         uri: uri.to_owned(),
     };
@@ -128,8 +135,7 @@ fn media_engine(kind: PcKind) -> Result<MediaEngine, MediaError> {
         me.register_header_extension(ext(ABS_SEND_TIME_URI), k, None)?;
     }
     me.register_header_extension(ext(AUDIO_LEVEL_URI), RtpCodecKind::Audio, None)?;
-    let _ = kind;
-    Ok(me)
+    Ok(())
 }
 
 /// Interceptor chains by role. Publish (we receive): NACK generator (asks the publisher for
@@ -162,7 +168,7 @@ fn registry(
 }
 
 pub(crate) fn build(setup: &PcSetup<'_>, now: Instant) -> Result<RTCPeerConnection, MediaError> {
-    let mut me = media_engine(setup.kind)?;
+    let mut me = media_engine()?;
     let registry = registry(setup.kind, &mut me, setup.counters)?;
     let settings = SettingEngineBuilder::new()
         .with_lite(true)

@@ -353,7 +353,7 @@ fn grow_socket_buffers(socket: &UdpSocket) -> (usize, usize) {
 ///
 /// This is the whole per-copy cost of the forwarding path; the media loop calls it once per
 /// ready subscriber, and the `bench` feature exposes it to the forwarding benchmark.
-pub(crate) fn write_copy(
+pub fn write_copy(
     rewriter: &mut Rewriter,
     rtc: &mut RTCPeerConnection,
     packet: &Packet,

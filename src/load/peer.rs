@@ -23,10 +23,9 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
-    RTCRtpEncodingParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
+    RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::{ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use super::LoadError;
@@ -84,14 +83,8 @@ fn media_engine() -> Result<MediaEngine, LoadError> {
         },
         RtpCodecKind::Video,
     )?;
-    let ext = |uri: &str| RTCRtpHeaderExtensionCapability {
-        uri: uri.to_owned(),
-    };
-    for k in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-        me.register_header_extension(ext(SDES_MID_URI), k, None)?;
-        me.register_header_extension(ext(ABS_SEND_TIME_URI), k, None)?;
-    }
-    me.register_header_extension(ext(AUDIO_LEVEL_URI), RtpCodecKind::Audio, None)?;
+    callrelay_media::register_header_extensions(&mut me)
+        .map_err(|e| LoadError::Rtc(e.to_string()))?;
     Ok(me)
 }
 

@@ -697,18 +697,12 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
         exp
     );
     println!(
-        "latency publisher stamp → subscriber socket (kernel timestamp): p50 {} µs p99 {} µs p99.9 {} µs max {} µs",
-        r.network.quantile(0.5),
-        r.network.quantile(0.99),
-        r.network.quantile(0.999),
-        r.network.max()
+        "latency publisher stamp → subscriber socket (kernel timestamp): {}",
+        r.network.summary_us()
     );
     println!(
-        "latency end to end (stamp → decrypted at subscriber): p50 {} µs p99 {} µs p99.9 {} µs max {} µs",
-        r.e2e.quantile(0.5),
-        r.e2e.quantile(0.99),
-        r.e2e.quantile(0.999),
-        r.e2e.max()
+        "latency end to end (stamp → decrypted at subscriber): {}",
+        r.e2e.summary_us()
     );
     match (page0, page1) {
         (Some(a), Some(b)) => {

@@ -104,6 +104,17 @@ impl Histogram {
         }
         self.max
     }
+
+    /// "p50 … µs p99 … µs p99.9 … µs max … µs", for reports.
+    pub fn summary_us(&self) -> String {
+        format!(
+            "p50 {} µs p99 {} µs p99.9 {} µs max {} µs",
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            self.max()
+        )
+    }
 }
 
 /// CPU time consumed by the calling thread.

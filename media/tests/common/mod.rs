@@ -222,20 +222,7 @@ impl Publisher {
     pub async fn new(id: &str, ssrc: u32) -> Self {
         let state = Arc::new(ClientState::default());
         let pc = client_pc(Arc::clone(&state)).await;
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            format!("local-stream-{id}"),
-            format!("video-{id}"),
-            "camera".to_owned(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: vp8(),
-                ..Default::default()
-            }],
-        )));
+        let track = video_track(&format!("local-stream-{id}"), &format!("video-{id}"), ssrc);
         pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal>)
             .await
             .unwrap();
