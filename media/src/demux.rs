@@ -2,13 +2,24 @@
 //!
 //! One UDP socket serves every peer connection. A datagram is classified by its first byte
 //! (RFC 7983): STUN is routed by the local ICE username fragment (the part of USERNAME before
-//! the colon, which is the ufrag the server put in its SDP), and the source address of a STUN
-//! request that routed is learned. DTLS, RTP and RTCP are routed by that learned address.
-//! Anything else is dropped with a reason.
+//! the colon, which is the ufrag the server put in its SDP). A STUN request is passed on, and
+//! its source address learned, only once its MESSAGE-INTEGRITY verifies with that connection's
+//! ICE password: anyone who learns a ufrag could otherwise register addresses for a connection
+//! (and push its real address out of the table). DTLS, RTP and RTCP are routed by learned
+//! address. Anything else is dropped with a reason.
+//!
+//! The address of the last authenticated request that nominated its pair (USE-CANDIDATE: the
+//! selected pair of an ICE-lite agent) is never the one forgotten when a connection has learned
+//! too many.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rtc::crypto::RTCCryptoProvider;
+use rtc::stun::integrity::MessageIntegrity;
+use rtc::stun::message::{CLASS_REQUEST, Message};
 
 /// How many source addresses one peer connection may have learned at once (a client that moves
 /// between networks, or checks on several candidate pairs). Oldest is forgotten first.
@@ -42,6 +53,9 @@ pub enum DropReason {
     MalformedStun,
     /// A STUN message whose USERNAME names no live peer connection.
     UnknownUfrag,
+    /// A STUN request naming a live connection whose MESSAGE-INTEGRITY does not verify with
+    /// its ICE password (or is missing): a forgery, or a client holding stale credentials.
+    StunUnauthenticated,
     /// DTLS/RTP/RTCP (or STUN without USERNAME) from an address no peer connection learned.
     UnknownSource,
     /// The webrtc-rs core rejected it (bad SRTP auth, DTLS garbage, ...).
@@ -51,10 +65,11 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::NotWebrtc,
         DropReason::MalformedStun,
         DropReason::UnknownUfrag,
+        DropReason::StunUnauthenticated,
         DropReason::UnknownSource,
         DropReason::Rejected,
         DropReason::SendFailed,
@@ -65,6 +80,7 @@ impl DropReason {
             DropReason::NotWebrtc => "not_webrtc",
             DropReason::MalformedStun => "malformed_stun",
             DropReason::UnknownUfrag => "unknown_ufrag",
+            DropReason::StunUnauthenticated => "stun_unauthenticated",
             DropReason::UnknownSource => "unknown_source",
             DropReason::Rejected => "rejected",
             DropReason::SendFailed => "send_failed",
@@ -75,6 +91,8 @@ impl DropReason {
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const STUN_HEADER_LEN: usize = 20;
 const ATTR_USERNAME: u16 = 0x0006;
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
+const MESSAGE_INTEGRITY_LEN: usize = 20;
 
 /// Result of looking inside a STUN message.
 #[derive(Debug, PartialEq, Eq)]
@@ -120,41 +138,84 @@ pub fn stun_local_ufrag(msg: &[u8]) -> Result<StunUser<'_>, MalformedStun> {
     Ok(StunUser::None)
 }
 
-/// The routing table: local ufrag → key, learned source address → key.
-#[derive(Debug)]
+/// Checks that a STUN message is a request authenticated with the short-term credential `pwd`
+/// (RFC 8445 7.2.2: MESSAGE-INTEGRITY keyed with the recipient's password). Returns whether it
+/// nominates its candidate pair (USE-CANDIDATE).
+fn verify_request(
+    datagram: &[u8],
+    pwd: &str,
+    crypto: &dyn RTCCryptoProvider,
+) -> Result<bool, DropReason> {
+    let mut msg = Message::new();
+    msg.unmarshal_binary(datagram)
+        .map_err(|_| DropReason::MalformedStun)?;
+    if msg.typ.class != CLASS_REQUEST {
+        return Err(DropReason::StunUnauthenticated);
+    }
+    let integrity = msg
+        .get(rtc::stun::attributes::ATTR_MESSAGE_INTEGRITY)
+        .map_err(|_| DropReason::StunUnauthenticated)?;
+    if integrity.len() != MESSAGE_INTEGRITY_LEN {
+        return Err(DropReason::StunUnauthenticated);
+    }
+    MessageIntegrity::check(&mut msg, pwd.as_bytes(), crypto.crypto())
+        .map_err(|_| DropReason::StunUnauthenticated)?;
+    Ok(msg.contains(rtc::stun::attributes::AttrType(ATTR_USE_CANDIDATE)))
+}
+
+/// The routing table: local ufrag → (key, ICE password), learned source address → key.
 pub struct Demux<K> {
-    by_ufrag: HashMap<String, K>,
+    by_ufrag: HashMap<String, Credentials<K>>,
     by_addr: HashMap<SocketAddr, K>,
     /// Reverse index so that removing a key is exact and cheap.
     owned: HashMap<K, Owned>,
+    crypto: Arc<dyn RTCCryptoProvider>,
+}
+
+struct Credentials<K> {
+    key: K,
+    pwd: String,
 }
 
 #[derive(Debug, Default)]
 struct Owned {
     ufrags: Vec<String>,
+    /// Learned addresses, oldest first.
     addrs: Vec<SocketAddr>,
+    /// The address of the last authenticated request that nominated its pair.
+    selected: Option<SocketAddr>,
 }
 
-impl<K: Copy + Eq + Hash> Default for Demux<K> {
-    fn default() -> Self {
-        Self {
-            by_ufrag: HashMap::new(),
-            by_addr: HashMap::new(),
-            owned: HashMap::new(),
-        }
+impl<K> std::fmt::Debug for Demux<K> {
+    // Never prints the passwords.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Demux")
+            .field("ufrags", &self.by_ufrag.len())
+            .field("addresses", &self.by_addr.len())
+            .finish()
     }
 }
 
 impl<K: Copy + Eq + Hash> Demux<K> {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(crypto: Arc<dyn RTCCryptoProvider>) -> Self {
+        Self {
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            owned: HashMap::new(),
+            crypto,
+        }
     }
 
-    /// Routes STUN whose USERNAME starts with `ufrag` to `key`.
-    pub fn add_ufrag(&mut self, ufrag: &str, key: K) {
-        if let Some(old) = self.by_ufrag.insert(ufrag.to_owned(), key)
-            && old != key
-            && let Some(o) = self.owned.get_mut(&old)
+    /// Routes STUN whose USERNAME starts with `ufrag` and whose MESSAGE-INTEGRITY verifies
+    /// with `pwd` (the local ICE password of the same SDP) to `key`.
+    pub fn add_ufrag(&mut self, ufrag: &str, pwd: &str, key: K) {
+        let credentials = Credentials {
+            key,
+            pwd: pwd.to_owned(),
+        };
+        if let Some(old) = self.by_ufrag.insert(ufrag.to_owned(), credentials)
+            && old.key != key
+            && let Some(o) = self.owned.get_mut(&old.key)
         {
             o.ufrags.retain(|u| u != ufrag);
         }
@@ -169,7 +230,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     pub fn remove(&mut self, key: K) {
         if let Some(owned) = self.owned.remove(&key) {
             for u in owned.ufrags {
-                if self.by_ufrag.get(&u) == Some(&key) {
+                if self.by_ufrag.get(&u).is_some_and(|c| c.key == key) {
                     self.by_ufrag.remove(&u);
                 }
             }
@@ -188,8 +249,11 @@ impl<K: Copy + Eq + Hash> Demux<K> {
             Class::Stun => match stun_local_ufrag(datagram) {
                 Err(MalformedStun) => Err(DropReason::MalformedStun),
                 Ok(StunUser::Ufrag(ufrag)) => {
-                    let key = *self.by_ufrag.get(ufrag).ok_or(DropReason::UnknownUfrag)?;
-                    self.learn(from, key);
+                    let credentials = self.by_ufrag.get(ufrag).ok_or(DropReason::UnknownUfrag)?;
+                    let key = credentials.key;
+                    let nominates =
+                        verify_request(datagram, &credentials.pwd, self.crypto.as_ref())?;
+                    self.learn(from, key, nominates);
                     Ok(key)
                 }
                 Ok(StunUser::None) => self
@@ -206,22 +270,33 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         }
     }
 
-    fn learn(&mut self, from: SocketAddr, key: K) {
+    fn learn(&mut self, from: SocketAddr, key: K, nominates: bool) {
         match self.by_addr.insert(from, key) {
-            Some(old) if old == key => return,
-            Some(old) => {
+            Some(old) if old != key => {
                 if let Some(o) = self.owned.get_mut(&old) {
                     o.addrs.retain(|a| *a != from);
+                    if o.selected == Some(from) {
+                        o.selected = None;
+                    }
                 }
             }
-            None => {}
+            _ => {}
         }
         let owned = self.owned.entry(key).or_default();
+        if nominates {
+            owned.selected = Some(from);
+        }
+        if owned.addrs.contains(&from) {
+            return;
+        }
         owned.addrs.push(from);
         if owned.addrs.len() > MAX_ADDRS_PER_KEY {
-            let oldest = owned.addrs.remove(0);
-            if self.by_addr.get(&oldest) == Some(&key) {
-                self.by_addr.remove(&oldest);
+            let selected = owned.selected;
+            if let Some(i) = owned.addrs.iter().position(|a| Some(*a) != selected) {
+                let oldest = owned.addrs.remove(i);
+                if self.by_addr.get(&oldest) == Some(&key) {
+                    self.by_addr.remove(&oldest);
+                }
             }
         }
     }
@@ -239,10 +314,21 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rtc::stun::attributes::ATTR_USERNAME as USERNAME;
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, MessageType, Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
 
-    /// A minimal STUN binding request with USERNAME `user` (no integrity: the demultiplexer
-    /// does not check it, the ICE agent does).
-    pub(crate) fn binding_request(user: &str) -> Vec<u8> {
+    fn crypto() -> Arc<dyn RTCCryptoProvider> {
+        rtc::crypto::default_provider().unwrap()
+    }
+
+    fn demux() -> Demux<u32> {
+        Demux::new(crypto())
+    }
+
+    /// A STUN binding request with USERNAME `user` and no MESSAGE-INTEGRITY.
+    fn unsigned_request(user: &str) -> Vec<u8> {
         let mut attr = Vec::new();
         attr.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
         attr.extend_from_slice(&(user.len() as u16).to_be_bytes());
@@ -258,9 +344,47 @@ mod tests {
         m
     }
 
+    struct UseCandidate;
+    impl Setter for UseCandidate {
+        fn add_to(&self, m: &mut Message) -> rtc::shared::error::Result<()> {
+            m.add(rtc::stun::attributes::AttrType(ATTR_USE_CANDIDATE), &[]);
+            Ok(())
+        }
+    }
+
+    /// A STUN message as a browser sends it: USERNAME, optional USE-CANDIDATE,
+    /// MESSAGE-INTEGRITY keyed with `pwd`, FINGERPRINT.
+    fn signed(typ: MessageType, user: &str, pwd: &str, nominate: bool) -> Vec<u8> {
+        let crypto = crypto();
+        let mut setters: Vec<Box<dyn Setter + '_>> = vec![
+            Box::new(typ),
+            Box::new(TransactionId::new()),
+            Box::new(TextAttribute::new(USERNAME, user.to_owned())),
+        ];
+        if nominate {
+            setters.push(Box::new(UseCandidate));
+        }
+        setters.push(Box::new(
+            MessageIntegrity::new_short_term_integrity_with_provider(
+                pwd.to_owned(),
+                crypto.crypto(),
+            ),
+        ));
+        setters.push(Box::new(FINGERPRINT));
+        let mut m = Message::new();
+        m.build(&setters).unwrap();
+        m.raw
+    }
+
+    fn request(user: &str, pwd: &str) -> Vec<u8> {
+        signed(BINDING_REQUEST, user, pwd, false)
+    }
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
+
+    const RTP: [u8; 4] = [0x80, 96, 0, 1];
 
     #[test]
     fn classifies_by_first_byte() {
@@ -272,68 +396,134 @@ mod tests {
     }
 
     #[test]
-    fn stun_routes_by_local_ufrag_and_learns_the_address() {
-        let mut d = Demux::new();
-        d.add_ufrag("srvA", 1u32);
-        d.add_ufrag("srvB", 2u32);
+    fn authenticated_stun_routes_by_local_ufrag_and_learns_the_address() {
+        let mut d = demux();
+        d.add_ufrag("srvA", "pwdA-0123456789abcdef01234", 1);
+        d.add_ufrag("srvB", "pwdB-0123456789abcdef01234", 2);
         // Before any STUN, media from that address is unknown.
-        assert_eq!(
-            d.route(addr(5000), &[0x80, 96, 0, 1]),
-            Err(DropReason::UnknownSource)
-        );
-        assert_eq!(d.route(addr(5000), &binding_request("srvB:cli1")), Ok(2));
-        assert_eq!(d.route(addr(6000), &binding_request("srvA:cli2")), Ok(1));
+        assert_eq!(d.route(addr(5000), &RTP), Err(DropReason::UnknownSource));
+        let b = request("srvB:cli1", "pwdB-0123456789abcdef01234");
+        assert_eq!(d.route(addr(5000), &b), Ok(2));
+        let a = request("srvA:cli2", "pwdA-0123456789abcdef01234");
+        assert_eq!(d.route(addr(6000), &a), Ok(1));
         // Now DTLS and RTP from those addresses route by address.
         assert_eq!(d.route(addr(5000), &[22, 254, 253, 0]), Ok(2));
         assert_eq!(d.route(addr(6000), &[0x80, 111, 0, 1]), Ok(1));
-        // The remote ufrag part is ignored; an unknown local ufrag is refused.
+        // An unknown local ufrag is refused whatever the integrity.
+        let nope = request("nope:srvA", "pwdA-0123456789abcdef01234");
         assert_eq!(
-            d.route(addr(7000), &binding_request("nope:srvA")),
+            d.route(addr(7000), &nope),
             Err(DropReason::UnknownUfrag)
         );
         // A client moving to a new address keeps working through STUN.
-        assert_eq!(d.route(addr(5001), &binding_request("srvB:cli1")), Ok(2));
-        assert_eq!(d.route(addr(5001), &[0x80, 96, 0, 2]), Ok(2));
+        assert_eq!(d.route(addr(5001), &b), Ok(2));
+        assert_eq!(d.route(addr(5001), &RTP), Ok(2));
+    }
+
+    #[test]
+    fn unauthenticated_stun_is_dropped_and_learns_nothing() {
+        let mut d = demux();
+        d.add_ufrag("srv", "the-real-password-0123456789", 1);
+        let forgeries = [
+            unsigned_request("srv:x"),
+            request("srv:x", "a-guessed-password-012345678"),
+            // Signed with the right password, but a response, not a request.
+            signed(BINDING_SUCCESS, "srv:x", "the-real-password-0123456789", false),
+        ];
+        for (i, forged) in forgeries.iter().enumerate() {
+            let from = addr(9000 + i as u16);
+            assert_eq!(
+                d.route(from, forged),
+                Err(DropReason::StunUnauthenticated)
+            );
+            assert_eq!(d.route(from, &RTP), Err(DropReason::UnknownSource));
+        }
+        // A valid request whose integrity was tampered with after signing.
+        let mut tampered = request("srv:x", "the-real-password-0123456789");
+        let last = tampered.len() - 9; // inside the MESSAGE-INTEGRITY value
+        tampered[last] ^= 1;
+        assert_eq!(
+            d.route(addr(9100), &tampered),
+            Err(DropReason::StunUnauthenticated)
+        );
+        assert_eq!(d.len(), (1, 0), "no address learned");
+    }
+
+    /// The attack of the hardening issue: many source ports sending requests with the right
+    /// ufrag and a bogus integrity must not displace the address the client's media comes from.
+    #[test]
+    fn forged_requests_cannot_displace_the_clients_address() {
+        let mut d = demux();
+        let pwd = "pwd-of-the-connection-0123456";
+        d.add_ufrag("srv", pwd, 1);
+        let client = addr(4000);
+        let nominating = signed(BINDING_REQUEST, "srv:cli", pwd, true);
+        assert_eq!(d.route(client, &nominating), Ok(1));
+        for port in 0..64 {
+            let forged = request("srv:cli", "not-the-password-00000000000");
+            let _ = d.route(addr(20_000 + port), &forged);
+        }
+        assert_eq!(d.route(client, &RTP), Ok(1));
+        // The client itself checking many other pairs (authenticated) still keeps the
+        // nominated one.
+        for port in 0..(2 * MAX_ADDRS_PER_KEY as u16) {
+            assert_eq!(d.route(addr(30_000 + port), &request("srv:cli", pwd)), Ok(1));
+        }
+        assert_eq!(d.route(client, &RTP), Ok(1), "the selected pair's address stays");
+        assert_eq!(d.len().1, MAX_ADDRS_PER_KEY, "addresses per key stay bounded");
     }
 
     #[test]
     fn garbage_is_dropped_with_a_reason_and_never_panics() {
-        let mut d: Demux<u32> = Demux::new();
-        d.add_ufrag("srv", 9);
+        let mut d = demux();
+        let pwd = "pwd-of-the-connection-0123456";
+        d.add_ufrag("srv", pwd, 9);
         assert_eq!(
             d.route(addr(1), b"GET / HTTP/1.1"),
             Err(DropReason::NotWebrtc)
         );
         assert_eq!(d.route(addr(1), &[0, 1, 0]), Err(DropReason::MalformedStun));
         // Length field larger than the datagram.
-        let mut m = binding_request("srv:x");
+        let mut m = unsigned_request("srv:x");
         m[3] = 200;
         assert_eq!(d.route(addr(1), &m), Err(DropReason::MalformedStun));
         // Attribute length running past the end.
-        let mut m = binding_request("srv:x");
+        let mut m = unsigned_request("srv:x");
         m[23] = 250;
         assert_eq!(d.route(addr(1), &m), Err(DropReason::MalformedStun));
-        // Every prefix and every single-byte corruption of a valid request: no panic.
-        let good = binding_request("srv:client");
+        // Every prefix and every single-byte corruption of a valid request: no panic, and
+        // nothing but the untouched request authenticates.
+        let good = signed(BINDING_REQUEST, "srv:client", pwd, true);
         for n in 0..good.len() {
-            let _ = d.route(addr(2), &good[..n]);
+            assert!(d.route(addr(2), &good[..n]).is_err());
             for b in [0u8, 0xff, 0x3a] {
                 let mut m = good.clone();
+                if m[n] == b {
+                    continue;
+                }
                 m[n] = b;
-                let _ = d.route(addr(2), &m);
+                let routed = d.route(addr(3), &m);
+                // FINGERPRINT is not checked here (the ICE agent checks it): a corrupted
+                // fingerprint alone may still route.
+                assert!(
+                    routed.is_err() || n >= good.len() - 8,
+                    "byte {n} set to {b} still authenticated"
+                );
             }
         }
     }
 
     #[test]
     fn remove_forgets_ufrags_and_learned_addresses() {
-        let mut d = Demux::new();
-        d.add_ufrag("a", 1u32);
-        d.add_ufrag("b", 2u32);
+        let mut d = demux();
+        d.add_ufrag("a", "password-of-a-0000000000000", 1);
+        d.add_ufrag("b", "password-of-b-0000000000000", 2);
+        let a = request("a:x", "password-of-a-0000000000000");
         for port in 0..20 {
-            d.route(addr(1000 + port), &binding_request("a:x")).unwrap();
+            d.route(addr(1000 + port), &a).unwrap();
         }
-        d.route(addr(2000), &binding_request("b:y")).unwrap();
+        d.route(addr(2000), &request("b:y", "password-of-b-0000000000000"))
+            .unwrap();
         let (_, addrs) = d.len();
         assert_eq!(
             addrs,
@@ -341,10 +531,7 @@ mod tests {
             "addresses per key are bounded"
         );
         d.remove(1);
-        assert_eq!(
-            d.route(addr(1019), &binding_request("a:x")),
-            Err(DropReason::UnknownUfrag)
-        );
+        assert_eq!(d.route(addr(1019), &a), Err(DropReason::UnknownUfrag));
         assert_eq!(d.route(addr(2000), &[0x80, 0]), Ok(2));
         d.remove(2);
         assert!(d.is_empty());

@@ -418,7 +418,9 @@ impl MediaLoop {
             counters: Arc::new(CoreCounters::default()),
             cmd_rx,
             events,
-            demux: Demux::new(),
+            demux: Demux::new(
+                rtc::crypto::default_provider().map_err(|e| MediaError::Rtc(e.to_string()))?,
+            ),
             pcs: HashMap::new(),
             tracks: HashMap::new(),
             rooms: HashMap::new(),
@@ -516,7 +518,6 @@ impl MediaLoop {
             self.metrics.dropped(DropReason::UnknownSource);
             return;
         };
-        pc.last_rx = Some(now);
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -530,6 +531,10 @@ impl MediaLoop {
         let rtc = &mut pc.rtc;
         if guarded(|| rtc.handle_read(msg).map_err(MediaError::from)).is_err() {
             self.metrics.dropped(DropReason::Rejected);
+        } else {
+            // Only what the connection accepted (authenticated STUN, DTLS, SRTP) proves the
+            // client is alive: a spoofed datagram must not keep a dead connection open.
+            pc.last_rx = Some(now);
         }
         self.drive(id, now);
     }
@@ -1676,7 +1681,7 @@ impl MediaLoop {
                 answered: false,
             },
         );
-        self.demux.add_ufrag(&ufrag, id);
+        self.demux.add_ufrag(&ufrag, &pwd, id);
         if let Some(p) = self.participant_mut(room, participant) {
             match kind {
                 PcKind::Publish => p.publish_pc = Some(id),
