@@ -32,6 +32,9 @@ pub(crate) struct Metrics {
     dropped: Vec<LocalIntCounter>,
     /// Kernel drops at the media socket (receive queue full), counted off the loop.
     pub socket_queue_full: IntCounter,
+    /// The shared totals of `dropped` and `socket_queue_full`, and what they were at the last
+    /// log summary.
+    dropped_totals: Vec<(&'static str, IntCounter, u64)>,
     pub forward_latency: LocalHistogram,
     pub rtt: LocalHistogram,
 }
@@ -156,6 +159,12 @@ impl Metrics {
                 .map(|r| dropped.with_label_values(&[r.label()]).local())
                 .collect(),
             socket_queue_full: dropped.with_label_values(&["queue_full"]),
+            dropped_totals: DropReason::ALL
+                .iter()
+                .map(|r| r.label())
+                .chain(["queue_full"])
+                .map(|label| (label, dropped.with_label_values(&[label]), 0))
+                .collect(),
             forward_latency: latency.local(),
             rtt: rtt.local(),
         })
@@ -168,6 +177,20 @@ impl Metrics {
             .position(|r| *r == reason)
             .unwrap_or(0);
         self.dropped[i].inc();
+    }
+
+    /// Datagrams dropped since the previous call, by reason (only reasons with drops), so the
+    /// loop can log one summary line instead of one line per bad datagram.
+    pub fn drops_since_last_summary(&mut self) -> Vec<(&'static str, u64)> {
+        let mut out = Vec::new();
+        for (label, total, seen) in &mut self.dropped_totals {
+            let now = total.get();
+            if now > *seen {
+                out.push((*label, now - *seen));
+            }
+            *seen = now;
+        }
+        out
     }
 
     /// Adds everything counted locally to the shared prometheus values.

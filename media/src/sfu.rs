@@ -55,6 +55,8 @@ use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKi
 const MAX_ID_LEN: usize = 256;
 const RECV_BATCH: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// How often dropped datagrams are summarised in the log (one line, only if any were dropped).
+const DROP_SUMMARY_EVERY: Duration = Duration::from_secs(60);
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const CLOSED_MEMORY: Duration = Duration::from_secs(60);
 const EARLY_CANDIDATE_TTL: Duration = Duration::from_secs(10);
@@ -250,6 +252,7 @@ pub(crate) struct MediaLoop {
     next_id: u64,
     epoch: Instant,
     last_liveness_check: Instant,
+    last_drop_summary: Instant,
     /// Scratch buffers reused on every drive (no per-packet allocation for bookkeeping).
     scratch_events: Vec<RTCPeerConnectionEvent>,
     scratch_reads: Vec<TaggedRTCMessage>,
@@ -431,6 +434,7 @@ impl MediaLoop {
             next_id: 1,
             epoch: now,
             last_liveness_check: now,
+            last_drop_summary: now,
             scratch_events: Vec::new(),
             scratch_reads: Vec::new(),
             copy_scratch: CopyScratch::default(),
@@ -593,6 +597,10 @@ impl MediaLoop {
         }
         self.send_sender_reports(now);
         self.metrics.flush();
+        if now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {
+            self.last_drop_summary = now;
+            self.log_drop_summary();
+        }
         if now.duration_since(self.last_liveness_check) >= Duration::from_secs(1) {
             self.last_liveness_check = now;
             self.check_liveness(now);
@@ -601,6 +609,27 @@ impl MediaLoop {
             self.closed_recently
                 .retain(|_, t| now.duration_since(*t) < CLOSED_MEMORY);
         }
+    }
+
+    /// One line for every datagram dropped in the last interval: garbage on a public UDP port is
+    /// routine, and a line per datagram would let anyone fill the disk.
+    fn log_drop_summary(&mut self) {
+        let drops = self.metrics.drops_since_last_summary();
+        if drops.is_empty() {
+            return;
+        }
+        let total: u64 = drops.iter().map(|(_, n)| n).sum();
+        let by_reason = drops
+            .iter()
+            .map(|(reason, n)| format!("{reason}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        warn!(
+            total,
+            by_reason,
+            interval_secs = DROP_SUMMARY_EVERY.as_secs(),
+            "media port dropped datagrams (callrelay_media_datagrams_dropped_total)"
+        );
     }
 
     /// Closes participants whose connections went silent (consent freshness, RFC 7675) or
