@@ -4,9 +4,8 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
-use crate::protocol::{
-    self, ChatIn, EventError, EventResult, JoinRoom, Peer, Signal, SignalType, check_id,
-};
+use crate::payload;
+use crate::protocol::{self, EventError, EventResult, Peer};
 use crate::store::{AppointmentStatus, ChatMessage, ChatSender};
 use crate::{Budget, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id};
 
@@ -17,17 +16,8 @@ pub(crate) async fn join_room(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    let req: JoinRoom = protocol::parse(data)?;
-    check_id("appointmentId", &req.appointment_id)?;
-    let avatar_seed = match req.avatar_seed {
-        Some(seed) if seed.chars().count() > 64 => {
-            return Err(EventError::invalid(
-                "avatarSeed is longer than 64 characters",
-            ));
-        }
-        Some(seed) if !seed.trim().is_empty() => seed,
-        _ => who.user_id.clone(),
-    };
+    let req = payload::join_room(data)?;
+    let avatar_seed = req.avatar_seed.unwrap_or_else(|| who.user_id.clone());
 
     let appointment = sig
         .store
@@ -56,7 +46,7 @@ pub(crate) async fn join_room(
         .room_of(&self_id)
         .is_some_and(|r| r != appointment.id)
     {
-        leave_current_room(sig, s).await;
+        leave_current_room(sig, s, LeaveReason::JoinedAnother).await;
     }
 
     let me = Peer {
@@ -79,6 +69,14 @@ pub(crate) async fn join_room(
         joined
     };
     if joined.is_new {
+        tracing::info!(
+            appointment_id = %appointment.id,
+            socket_id = %me.socket_id,
+            user_id = %me.user_id,
+            role = me.role.as_str(),
+            peers = joined.existing.len(),
+            "joined consult room"
+        );
         let _ = s.to(room.clone()).emit("peer-joined", &me).await;
     }
     let _ = s.emit("existing-peers", &joined.existing);
@@ -104,9 +102,7 @@ pub(crate) async fn signal(
 ) -> EventResult {
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
-    let req: Signal = protocol::parse(data)?;
-    check_id("to", &req.to)?;
-    check_signal_payload(sig, req.kind, &req.payload)?;
+    let req = payload::signal(data, &sig.config.payload_limits())?;
     let from = s.id.to_string();
     if req.to == from || !sig.rooms().share_room(&from, &req.to) {
         return Err(EventError::forbidden(
@@ -124,21 +120,6 @@ pub(crate) async fn signal(
     Ok(protocol::ok_fields())
 }
 
-fn check_signal_payload(
-    sig: &Signaling,
-    kind: SignalType,
-    payload: &Value,
-) -> Result<(), EventError> {
-    match kind {
-        SignalType::Offer | SignalType::Answer => {
-            protocol::check_sdp("payload", payload, sig.config.max_sdp_bytes)
-        }
-        SignalType::IceCandidate => {
-            protocol::check_candidate("payload", payload, sig.config.max_candidate_bytes)
-        }
-    }
-}
-
 pub(crate) async fn chat_message(
     sig: &Signaling,
     io: &SocketIo,
@@ -147,20 +128,7 @@ pub(crate) async fn chat_message(
 ) -> EventResult {
     let who = identity(s)?;
     sig.spend(s, Budget::Chat)?;
-    let req: ChatIn = protocol::parse(data)?;
-    let length = req.text.chars().count();
-    if req.text.trim().is_empty() {
-        return Err(EventError::invalid("text is empty"));
-    }
-    if length > sig.config.max_chat_chars {
-        return Err(EventError::new(
-            protocol::ErrorCode::TooLarge,
-            format!(
-                "text is {length} characters, the limit is {}",
-                sig.config.max_chat_chars
-            ),
-        ));
-    }
+    let req = payload::chat_message(data, &sig.config.payload_limits())?;
     let appointment_id = sig
         .rooms()
         .room_of(&s.id.to_string())
@@ -193,16 +161,31 @@ pub(crate) async fn leave_room(
     s: &SocketRef,
     data: Value,
 ) -> EventResult {
-    // `{}` or no payload; anything else is not a leave-room payload.
-    if !matches!(data, Value::Null | Value::Object(_)) {
-        return Err(EventError::invalid("leave-room takes {} or no payload"));
-    }
-    leave_current_room(sig, s).await;
+    payload::leave_room(data)?;
+    leave_current_room(sig, s, LeaveReason::Left).await;
     Ok(protocol::ok_fields())
 }
 
+/// Why a socket left its consult room (logged).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LeaveReason {
+    Left,
+    Disconnected,
+    JoinedAnother,
+}
+
+impl LeaveReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "leave-room",
+            LeaveReason::Disconnected => "disconnect",
+            LeaveReason::JoinedAnother => "joined-another-room",
+        }
+    }
+}
+
 /// Takes the socket out of its consult room, if any, and tells the others.
-pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef) {
+pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: LeaveReason) {
     let left = {
         let mut rooms = sig.rooms();
         let left = rooms.leave(&s.id.to_string());
@@ -210,6 +193,13 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef) {
         left
     };
     if let Some(left) = left {
+        tracing::info!(
+            appointment_id = %left.room_id,
+            socket_id = %left.peer.socket_id,
+            user_id = %left.peer.user_id,
+            reason = reason.as_str(),
+            "left consult room"
+        );
         sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
         let room = consult_room(&left.room_id);
         s.leave(room.clone());

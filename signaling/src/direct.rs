@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
-use crate::call::{Call, CallError, CallEvent, CallType, Effects, Recipient};
-use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
+use crate::call::{Call, CallError, CallEvent, CallStatus, Effects, Recipient};
+use crate::payload;
+use crate::protocol::{self, ErrorCode, EventError, EventResult};
 use crate::{
     Budget, Identity, Role, Signaling, emit_to_room, identity, room_sockets, socket_by_id,
     user_room,
@@ -28,50 +28,6 @@ impl From<CallError> for EventError {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct JoinUser {
-    user_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallUser {
-    to: String,
-    call_type: CallType,
-    offer: Value,
-    #[serde(default)]
-    appointment_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct AnswerCall {
-    call_id: String,
-    answer: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RejectCall {
-    call_id: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct EndCall {
-    call_id: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CallCandidate {
-    call_id: String,
-    candidate: Value,
-}
-
 /// Every socket is reachable by its user id from connect on; `join` only confirms it.
 pub(crate) async fn join(
     _sig: &Arc<Signaling>,
@@ -80,7 +36,7 @@ pub(crate) async fn join(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    let req: JoinUser = protocol::parse(data)?;
+    let req = payload::join(data)?;
     if req.user_id != who.user_id {
         return Err(EventError::forbidden("you can only join as yourself"));
     }
@@ -109,12 +65,7 @@ pub(crate) async fn call_user(
 ) -> EventResult {
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
-    let req: CallUser = protocol::parse(data)?;
-    check_id("to", &req.to)?;
-    if let Some(appointment_id) = &req.appointment_id {
-        check_id("appointmentId", appointment_id)?;
-    }
-    protocol::check_sdp("offer", &req.offer, sig.config.max_sdp_bytes)?;
+    let req = payload::call_user(data, &sig.config.payload_limits())?;
     if req.to == who.user_id {
         return Err(EventError::invalid("you cannot call yourself"));
     }
@@ -137,6 +88,13 @@ pub(crate) async fn call_user(
         }
     }
     if room_sockets(io, user_room(&req.to)).is_empty() {
+        tracing::info!(
+            caller_id = %who.user_id,
+            callee_id = %req.to,
+            call_type = req.call_type.as_str(),
+            outcome = "offline",
+            "call not placed: the callee is offline"
+        );
         return Err(EventError::new(
             ErrorCode::Offline,
             "the user is not online",
@@ -163,6 +121,7 @@ pub(crate) async fn call_user(
             let record = attempt(Call::busy);
             sig.store.save_call(&record).await?;
             count_finished(sig, &record);
+            log_call(&record);
             return Err(EventError::new(
                 ErrorCode::Busy,
                 "the user is in another call",
@@ -175,6 +134,7 @@ pub(crate) async fn call_user(
         return Err(err.into());
     }
     drop(book);
+    log_call(&call);
 
     emit_to_room(
         io,
@@ -233,6 +193,9 @@ async fn transition(
         count_finished(sig, &after);
     }
     drop(book);
+    if after.status != before.status {
+        log_call(&after);
+    }
     if effects.finished && after.media == crate::call::MediaPath::Sfu {
         sig.leave_relay(&after.id, &after.caller_socket).await;
         if let Some(answered) = &after.answered_socket {
@@ -241,6 +204,32 @@ async fn transition(
     }
     deliver(io, &after, effects, extra).await;
     Ok(())
+}
+
+/// One structured line per call outcome (placed, answered, rejected, missed, ended, busy); ids
+/// only, never the SDPs or candidates.
+fn log_call(call: &Call) {
+    let what = match call.status {
+        CallStatus::Ringing => "placed",
+        CallStatus::Active => "answered",
+        CallStatus::Ended => "ended",
+        CallStatus::Rejected => "rejected",
+        CallStatus::Missed => "missed",
+        CallStatus::Busy => "refused: the callee is busy",
+    };
+    tracing::info!(
+        call_id = %call.id,
+        caller_id = %call.caller_id,
+        callee_id = %call.callee_id,
+        call_type = call.call_type.as_str(),
+        appointment_id = call.appointment_id.as_deref(),
+        caller_socket = %call.caller_socket,
+        answered_socket = call.answered_socket.as_deref(),
+        outcome = call.status.as_str(),
+        reason = call.end_reason.map(|r| r.as_str()),
+        media = call.media.as_str(),
+        "call {what}"
+    );
 }
 
 fn count_finished(sig: &Signaling, call: &Call) {
@@ -300,9 +289,7 @@ pub(crate) async fn answer_call(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    let req: AnswerCall = protocol::parse(data)?;
-    check_id("callId", &req.call_id)?;
-    protocol::check_sdp("answer", &req.answer, sig.config.max_sdp_bytes)?;
+    let req = payload::answer_call(data, &sig.config.payload_limits())?;
     let socket_id = s.id.to_string();
     let mut extra = Map::new();
     extra.insert("answer".into(), req.answer);
@@ -320,12 +307,8 @@ pub(crate) async fn reject_call(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    let req: RejectCall = protocol::parse(data)?;
-    check_id("callId", &req.call_id)?;
+    let req = payload::reject_call(data)?;
     let reason = req.reason.unwrap_or_else(|| "rejected".to_owned());
-    if reason.chars().count() > 200 {
-        return Err(EventError::invalid("reason is longer than 200 characters"));
-    }
     let socket_id = s.id.to_string();
     let mut extra = Map::new();
     extra.insert("reason".into(), json!(reason));
@@ -343,8 +326,7 @@ pub(crate) async fn end_call(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
-    let req: EndCall = protocol::parse(data)?;
-    check_id("callId", &req.call_id)?;
+    let req = payload::end_call(data)?;
     transition(sig, io, &req.call_id, Map::new(), |call, now| {
         call.end(&who.user_id, now)
     })
@@ -360,9 +342,7 @@ pub(crate) async fn ice_candidate(
 ) -> EventResult {
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
-    let req: CallCandidate = protocol::parse(data)?;
-    check_id("callId", &req.call_id)?;
-    protocol::check_candidate("candidate", &req.candidate, sig.config.max_candidate_bytes)?;
+    let req = payload::ice_candidate(data, &sig.config.payload_limits())?;
     let target = {
         let book = sig.calls.lock().await;
         let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;

@@ -10,6 +10,7 @@ mod direct;
 pub mod identity;
 pub mod metrics;
 mod order;
+pub mod payload;
 pub mod protocol;
 pub mod ratelimit;
 pub mod relay;
@@ -26,6 +27,7 @@ use socketioxide::handler::ConnectHandler;
 
 pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
+pub use payload::{PayloadLimits, validate_event_payload};
 pub use relay::{Relay, RelayError, RelayEvent};
 pub use store::{Store, StoreError};
 
@@ -49,6 +51,17 @@ pub struct SignalingConfig {
     pub p2p_timeout_ms: u64,
     /// RTCIceServer[] handed to clients for their peer-to-peer attempt.
     pub ice_servers: Value,
+}
+
+impl SignalingConfig {
+    /// The limits the stateless payload checks apply.
+    pub fn payload_limits(&self) -> PayloadLimits {
+        PayloadLimits {
+            max_chat_chars: self.max_chat_chars,
+            max_sdp_bytes: self.max_sdp_bytes,
+            max_candidate_bytes: self.max_candidate_bytes,
+        }
+    }
 }
 
 /// `media.mode`: how media flows between browsers.
@@ -318,6 +331,18 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     route!(s, "sfu-candidate", relay::sfu_candidate);
     route!(s, "sfu-leave", relay::sfu_leave);
 
+    // Any other event: `not_found`, counted under one label (the name is the client's choice,
+    // unbounded). It spends the signal budget so that it is no free way to flood the server.
+    s.on_fallback(
+        async |s: SocketRef, order: InOrder, State(sig): State<Arc<Signaling>>, ack: AckSender| {
+            let _turn = order.turn().await;
+            let result = sig
+                .spend(&s, Budget::Signal)
+                .and_then(|()| Err(payload::unknown_event()));
+            sig.acknowledge("unknown", ack, result);
+        },
+    );
+
     s.on_disconnect(
         async |s: SocketRef, io: SocketIo, State(sig): State<Arc<Signaling>>| {
             // After every event this socket sent before it went: a join still in flight must
@@ -327,7 +352,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
                 None => None,
             };
             sig.metrics.sockets_connected.dec();
-            consult::leave_current_room(&sig, &s).await;
+            consult::leave_current_room(&sig, &s, consult::LeaveReason::Disconnected).await;
             if let Ok(who) = identity(&s) {
                 direct::socket_gone(&sig, &io, &who, &s.id.to_string()).await;
             }

@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
-use crate::protocol::{self, ErrorCode, EventError, EventResult, check_id};
+use crate::payload;
+use crate::protocol::{self, ErrorCode, EventError, EventResult};
 use crate::rooms::RelayReason;
 use crate::{Budget, MediaMode, Signaling, identity, socket_by_id};
 
@@ -89,34 +90,6 @@ enum RoomKind {
     Call,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SfuJoin {
-    room_id: String,
-    reason: RelayReason,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SfuSdp {
-    room_id: String,
-    sdp: String,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SfuCandidate {
-    room_id: String,
-    pc: PcKind,
-    candidate: Option<Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct SfuLeave {
-    room_id: String,
-}
-
 impl Signaling {
     fn relay_enabled(&self) -> bool {
         self.config.media_mode != MediaMode::P2pOnly
@@ -177,6 +150,12 @@ impl Signaling {
             .relay_activations
             .with_label_values(&[reason.as_str()])
             .inc();
+        tracing::info!(
+            room_id,
+            reason = reason.as_str(),
+            members = members.len(),
+            "relay activated"
+        );
         for member in members {
             self.subscribe_member(room_id, member).await;
         }
@@ -282,10 +261,6 @@ fn relay_of(sig: &Signaling) -> Result<&Arc<dyn Relay>, EventError> {
     }
 }
 
-fn check_sdp(sig: &Signaling, sdp: &str) -> Result<(), EventError> {
-    protocol::check_sdp_text("sdp", sdp, sig.config.max_sdp_bytes)
-}
-
 pub(crate) async fn sfu_join(
     sig: &Arc<Signaling>,
     io: &SocketIo,
@@ -293,8 +268,7 @@ pub(crate) async fn sfu_join(
     data: Value,
 ) -> EventResult {
     identity(s)?;
-    let req: SfuJoin = protocol::parse(data)?;
-    check_id("roomId", &req.room_id)?;
+    let req = payload::sfu_join(data)?;
     relay_of(sig)?;
     let (kind, relayed) = sig.relay_membership(s, &req.room_id).await?;
     if !relayed {
@@ -338,9 +312,7 @@ pub(crate) async fn sfu_publish(
 ) -> EventResult {
     identity(s)?;
     sig.spend(s, Budget::Signal)?;
-    let req: SfuSdp = protocol::parse(data)?;
-    check_id("roomId", &req.room_id)?;
-    check_sdp(sig, &req.sdp)?;
+    let req = payload::sfu_publish(data, &sig.config.payload_limits())?;
     let relay = relay_of(sig)?;
     let (_, relayed) = sig.relay_membership(s, &req.room_id).await?;
     if !relayed {
@@ -362,9 +334,7 @@ pub(crate) async fn sfu_subscribe_answer(
     data: Value,
 ) -> EventResult {
     identity(s)?;
-    let req: SfuSdp = protocol::parse(data)?;
-    check_id("roomId", &req.room_id)?;
-    check_sdp(sig, &req.sdp)?;
+    let req = payload::sfu_subscribe_answer(data, &sig.config.payload_limits())?;
     let relay = relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;
     relay
@@ -381,11 +351,7 @@ pub(crate) async fn sfu_candidate(
 ) -> EventResult {
     identity(s)?;
     sig.spend(s, Budget::Signal)?;
-    let req: SfuCandidate = protocol::parse(data)?;
-    check_id("roomId", &req.room_id)?;
-    if let Some(candidate) = &req.candidate {
-        protocol::check_candidate("candidate", candidate, sig.config.max_candidate_bytes)?;
-    }
+    let req = payload::sfu_candidate(data, &sig.config.payload_limits())?;
     let relay = relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;
     relay
@@ -401,8 +367,7 @@ pub(crate) async fn sfu_leave(
     data: Value,
 ) -> EventResult {
     identity(s)?;
-    let req: SfuLeave = protocol::parse(data)?;
-    check_id("roomId", &req.room_id)?;
+    let req = payload::sfu_leave(data)?;
     relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;
     sig.leave_relay(&req.room_id, s.id.as_str()).await;
