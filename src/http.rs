@@ -169,7 +169,8 @@ pub fn router(state: AppState) -> Router {
         .route("/appointments/{id}/messages", get(appointment_messages))
         .route("/calls", get(list_calls))
         .route("/openapi.json", get(openapi_json))
-        .fallback(api_not_found);
+        .fallback(api_not_found)
+        .method_not_allowed_fallback(method_not_allowed);
     let mut app = Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
@@ -177,17 +178,20 @@ pub fn router(state: AppState) -> Router {
     if state.metrics_on_main {
         app = app.route("/metrics", get(metrics));
     }
-    app.layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        count_requests,
-    ))
-    .with_state(state)
+    // Registered last: it applies to the routes registered before it.
+    app.method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
 }
 
 /// The operators' listener when `server.metrics_bind` is set.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -214,6 +218,16 @@ async fn count_requests(State(state): State<AppState>, req: Request, next: Next)
 
 async fn api_not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
+}
+
+/// A known path with a method it does not take: 405 in the JSON error shape (axum's default is
+/// an empty body), code `method_not_allowed`; axum still adds the `Allow` header.
+async fn method_not_allowed(method: axum::http::Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this path (see the Allow header)"),
+    )
 }
 
 #[utoipa::path(get, path = "/livez", responses((status = 200, description = "The process runs")))]

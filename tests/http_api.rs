@@ -374,6 +374,84 @@ async fn bad_bodies_get_clear_errors_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn wrong_methods_answer_405_in_the_json_error_shape() {
+    let server = TestServer::start(&[]).await;
+    let doctor = server.token("doc1", "Dr One", "doctor").await;
+    let client = Client::new();
+    for (method, path, allow) in [
+        ("DELETE", "/api/appointments", "GET,POST"),
+        ("GET", "/api/dev/token", "POST"),
+        ("PUT", "/api/me", "GET,HEAD"),
+        ("POST", "/api/calls", "GET,HEAD"),
+        ("GET", "/api/appointments/a1/confirm", "POST"),
+        ("PATCH", "/api/appointments/a1", "GET,HEAD"),
+        ("POST", "/api/openapi.json", "GET,HEAD"),
+        ("POST", "/livez", "GET,HEAD"),
+        ("DELETE", "/readyz", "GET,HEAD"),
+        ("PUT", "/metrics", "GET,HEAD"),
+    ] {
+        let res = client
+            .request(method.parse().unwrap(), server.url(path))
+            .bearer_auth(&doctor)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        let allowed: Vec<String> = res
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .collect();
+        for m in allow.split(',') {
+            assert!(
+                allowed.iter().any(|a| a == m),
+                "{method} {path}: Allow {allowed:?} lacks {m}"
+            );
+        }
+        assert!(
+            res.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with("application/json")),
+            "{method} {path}"
+        );
+        let body: Value = res.json().await.expect("a JSON body");
+        assert_eq!(
+            error_code(&body),
+            "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    let (_, list) = get(&server, "/api/appointments", Some(&doctor)).await;
+    assert_eq!(
+        list,
+        json!({"appointments": []}),
+        "wrong methods changed nothing"
+    );
+    // An unknown path is still 404, whatever the method.
+    let res = client
+        .delete(server.url("/api/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
 async fn dev_tokens_can_be_disabled_and_the_cli_signs_with_the_server_secret() {
     let server = TestServer::start(&[("CALLRELAY_AUTH__DEV_TOKENS", "false")]).await;
     let (status, body) = post(
