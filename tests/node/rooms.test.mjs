@@ -428,8 +428,9 @@ describe('signal', () => {
     // Over limits.max_candidate_bytes (2048).
     const bigCand = { ...h.candidate(1), candidate: `candidate:1 1 udp 1 10.0.0.1 9 typ host ${'x'.repeat(3000)}` };
     assertError(await h.ack(sp, 'signal', { to, type: 'ice-candidate', payload: bigCand }), 'too_large');
-    // Just under the SDP limit is fine.
-    const okSdp = h.sdp('offer', `a=x-pad:${'a'.repeat(60000)}`);
+    // Just under the SDP limit is fine (in lines of at most 4096 bytes, the line limit).
+    const okSdp = h.sdp('offer', Array.from({ length: 600 }, (_, i) => `a=x-pad-${i}:${'a'.repeat(90)}`).join('\r\n'));
+    assert.ok(okSdp.length > 60000 && okSdp.length < 65536);
     assert.deepEqual(await h.ack(sp, 'signal', { to, type: 'offer', payload: okSdp }), { ok: true });
     assert.equal((await h.nextEvent(sd, 'signal')).payload, okSdp);
 
