@@ -46,6 +46,10 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
+        // Every refusal reason exists at zero from the start (alerts use rate()).
+        for failure in callrelay_signaling::AuthFailure::ALL {
+            auth_failures.with_label_values(&[failure.label()]);
+        }
         Ok(Self {
             registry,
             http_requests,
@@ -62,5 +66,42 @@ impl Metrics {
             tracing::error!(error = %err, "could not encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dashboards and alerts use `rate()`/`increase()`, which see nothing of a series that does
+    /// not exist yet: every label value known in advance is on /metrics at zero from the start.
+    #[tokio::test]
+    async fn known_label_values_are_exported_at_zero_before_any_event() {
+        let metrics = Metrics::new().unwrap();
+        callrelay_signaling::SignalingMetrics::register(&metrics.registry).unwrap();
+        let media = callrelay_media::MediaConfig {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Default::default()
+        };
+        let _sfu = callrelay_media::Sfu::start(media, &metrics.registry)
+            .await
+            .unwrap();
+        let text = metrics.render();
+        for series in [
+            r#"callrelay_auth_failures_total{reason="expired"} 0"#,
+            r#"callrelay_auth_failures_total{reason="bad_signature"} 0"#,
+            r#"callrelay_calls_total{call_type="video",outcome="missed"} 0"#,
+            r#"callrelay_calls_total{call_type="audio",outcome="busy"} 0"#,
+            r#"callrelay_relay_activations_total{reason="p2p-failed"} 0"#,
+            r#"callrelay_relay_activations_total{reason="room-size"} 0"#,
+            r#"callrelay_signaling_events_total{event="chat-message",outcome="ok"} 0"#,
+            r#"callrelay_signaling_events_total{event="sfu-publish",outcome="invalid_payload"} 0"#,
+            r#"callrelay_signaling_events_total{event="unknown",outcome="not_found"} 0"#,
+            r#"callrelay_media_datagrams_dropped_total{reason="stun_unauthenticated"} 0"#,
+            r#"callrelay_media_datagrams_dropped_total{reason="rejected_srtp"} 0"#,
+            r#"callrelay_rtcp_nack_total{direction="in"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from:\n{text}");
+        }
     }
 }

@@ -39,20 +39,50 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// Sets up `tracing` per `server.log_format`; `RUST_LOG` overrides the default filter.
+/// The default filter when `RUST_LOG` is unset.
+const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn";
+
+/// Per-target ceilings that hold whatever `RUST_LOG` asks for: no level may log a token, a
+/// secret or an SDP body, and these crates do below their ceiling. Socket.IO and engine.io
+/// print whole packets at debug (the connect packet's JWT, SDPs, ICE passwords); the
+/// webrtc-rs core prints ICE usernames in warnings about bad STUN, and one warning per bad
+/// datagram (the SFU counts those in `callrelay_media_datagrams_dropped_total` and logs a
+/// periodic summary instead); the WebSocket and HTTP stacks print frames and URIs (engine.io
+/// session ids) at trace. Our own crates never log secrets at any level.
+fn secret_ceilings() -> tracing_subscriber::filter::Targets {
+    use tracing::level_filters::LevelFilter;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_target("callrelay", LevelFilter::TRACE)
+        .with_target("tower_http", LevelFilter::TRACE)
+        .with_target("socketioxide", LevelFilter::WARN)
+        .with_target("engineioxide", LevelFilter::WARN)
+        .with_target("rtc", LevelFilter::ERROR)
+        .with_target("webrtc", LevelFilter::ERROR)
+}
+
+/// Sets up `tracing` per `server.log_format`; `RUST_LOG` overrides the default filter, below
+/// the ceilings of [`secret_ceilings`].
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    // Socket.IO internals log whole packets (handshake tokens included) at debug level: keep them
-    // quiet unless an operator asks for them by name in RUST_LOG.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,socketioxide=warn,engineioxide=warn,sqlx=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    use tracing_subscriber::filter::{EnvFilter, FilterExt};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
+    let wanted =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let filter = wanted.and(secret_ceilings());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let layer = match format {
+        LogFormat::Json => fmt::layer().json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(ansi).with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry().with(layer).try_init();
+}
+
+/// The span of one HTTP request: method and path only. The query string stays out: engine.io
+/// puts its session id there, which is as good as the socket's credentials.
+fn http_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
+    tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
 }
 
 /// The signing secret: the configured one, or a random one for this run only.
@@ -140,7 +170,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             config.limits.max_http_body_bytes,
         ))
         .layer(socketio_layer)
-        .layer(TraceLayer::new_for_http());
+        .layer(TraceLayer::new_for_http().make_span_with(http_span));
 
     let listener = bind(config.server.bind).await?;
     let local = listener.local_addr()?;

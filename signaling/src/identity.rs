@@ -66,6 +66,15 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    pub const ALL: [AuthFailure; 6] = [
+        AuthFailure::Missing,
+        AuthFailure::Malformed,
+        AuthFailure::BadSignature,
+        AuthFailure::Expired,
+        AuthFailure::Algorithm,
+        AuthFailure::UnknownRole,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             AuthFailure::Missing => "missing",

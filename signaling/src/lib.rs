@@ -288,6 +288,11 @@ async fn authenticate(
 /// and acknowledges its result.
 macro_rules! route {
     ($socket:expr, $event:literal, $handler:path) => {
+        debug_assert!(
+            metrics::CLIENT_EVENTS.contains(&$event),
+            "{} is missing from metrics::CLIENT_EVENTS",
+            $event
+        );
         $socket.on(
             $event,
             async |s: SocketRef,

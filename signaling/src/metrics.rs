@@ -2,6 +2,39 @@
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::call::{CallStatus, CallType};
+use crate::protocol::ErrorCode;
+use crate::rooms::RelayReason;
+
+/// Every client event the server routes (the `event` label of
+/// `callrelay_signaling_events_total`); events it does not know count as `unknown`.
+pub const CLIENT_EVENTS: [&str; 16] = [
+    "join-room",
+    "signal",
+    "chat-message",
+    "leave-room",
+    "join",
+    "call-user",
+    "answer-call",
+    "reject-call",
+    "end-call",
+    "ice-candidate",
+    "sfu-join",
+    "sfu-publish",
+    "sfu-subscribe-answer",
+    "sfu-candidate",
+    "sfu-leave",
+    "unknown",
+];
+
+/// The statuses a finished call is counted under in `callrelay_calls_total`.
+const FINAL_CALL_STATUSES: [CallStatus; 4] = [
+    CallStatus::Ended,
+    CallStatus::Rejected,
+    CallStatus::Missed,
+    CallStatus::Busy,
+];
+
 #[derive(Clone)]
 pub struct SignalingMetrics {
     pub sockets_connected: IntGauge,
@@ -61,6 +94,27 @@ impl SignalingMetrics {
         registry.register(Box::new(m.calls.clone()))?;
         registry.register(Box::new(m.chat_messages.clone()))?;
         registry.register(Box::new(m.relay_activations.clone()))?;
+        m.create_known_series();
         Ok(m)
+    }
+
+    /// Creates every series whose labels are known in advance at zero, so dashboards and
+    /// alerts (`rate()`, `increase()`) see them before their first event.
+    fn create_known_series(&self) {
+        let outcomes = std::iter::once("ok").chain(ErrorCode::ALL.map(ErrorCode::as_str));
+        for outcome in outcomes {
+            for event in CLIENT_EVENTS {
+                self.events.with_label_values(&[event, outcome]);
+            }
+        }
+        for call_type in CallType::ALL {
+            for status in FINAL_CALL_STATUSES {
+                self.calls
+                    .with_label_values(&[call_type.as_str(), status.as_str()]);
+            }
+        }
+        for reason in RelayReason::ALL {
+            self.relay_activations.with_label_values(&[reason.as_str()]);
+        }
     }
 }

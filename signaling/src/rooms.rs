@@ -16,6 +16,13 @@ pub enum RelayReason {
 }
 
 impl RelayReason {
+    pub const ALL: [RelayReason; 4] = [
+        RelayReason::P2pFailed,
+        RelayReason::P2pTimeout,
+        RelayReason::RoomSize,
+        RelayReason::Forced,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RelayReason::P2pFailed => "p2p-failed",
