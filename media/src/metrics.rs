@@ -17,6 +17,7 @@ use prometheus::{
 
 use crate::MediaKind;
 use crate::demux::DropReason;
+use crate::rtx_cache::Suppressed;
 
 pub(crate) struct Metrics {
     pub peer_connections: IntGauge,
@@ -29,6 +30,10 @@ pub(crate) struct Metrics {
     pub pli_in: LocalIntCounter,
     pub pli_out: LocalIntCounter,
     pub packets_lost: LocalIntCounter,
+    /// Packets resent in answer to subscribers' NACKs, by kind.
+    pub retransmissions: [LocalIntCounter; 2],
+    /// Packets subscribers' NACKs named that were not resent, by [`Suppressed::index`].
+    pub retransmissions_suppressed: [LocalIntCounter; 3],
     dropped: Vec<LocalIntCounter>,
     /// Kernel drops at the media socket (receive queue full), counted off the loop.
     pub socket_queue_full: IntCounter,
@@ -99,6 +104,20 @@ impl Metrics {
                 "RTP packets from publishers that never arrived (sequence gaps)",
             )?,
         )?;
+        let retransmissions = kinds(
+            "callrelay_rtp_retransmissions_total",
+            "RTP packets resent to subscribers in answer to their NACKs",
+        )?;
+        let suppressed = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "callrelay_rtp_retransmissions_suppressed_total",
+                    "Packets named in subscribers' NACKs and not resent, by reason",
+                ),
+                &["reason"],
+            )?,
+        )?;
         let dropped = reg(
             r,
             IntCounterVec::new(
@@ -154,6 +173,9 @@ impl Metrics {
             pli_in: pli.with_label_values(&["in"]).local(),
             pli_out: pli.with_label_values(&["out"]).local(),
             packets_lost: lost.local(),
+            retransmissions: by_kind(&retransmissions),
+            retransmissions_suppressed: Suppressed::ALL
+                .map(|reason| suppressed.with_label_values(&[reason.label()]).local()),
             dropped: DropReason::ALL
                 .iter()
                 .map(|r| dropped.with_label_values(&[r.label()]).local())
@@ -207,6 +229,8 @@ impl Metrics {
                 &self.pli_out,
                 &self.packets_lost,
             ])
+            .chain(&self.retransmissions)
+            .chain(&self.retransmissions_suppressed)
             .chain(&self.dropped)
         {
             c.flush();

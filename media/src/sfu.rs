@@ -34,6 +34,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::MarshalSize;
 use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
@@ -49,7 +50,7 @@ use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
 use crate::room::{
     EarlyCandidates, MAX_PENDING_CANDIDATES, Negotiation, Participant, PcId, Room, TrackKey,
 };
-use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache};
+use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter, Suppressed, Verdict};
 use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
 
 const MAX_ID_LEN: usize = 256;
@@ -205,6 +206,8 @@ struct Fanout {
     sub_pc: PcId,
     sender_id: RTCRtpSenderId,
     rewriter: Rewriter,
+    /// What this subscriber's NACKs may make the SFU resend on this track.
+    rtx: RtxLimiter,
     /// Negotiated (answered) and connected: copies are sent.
     ready: bool,
     configured: bool,
@@ -876,6 +879,7 @@ impl MediaLoop {
                 },
             );
             if written {
+                f.rtx.forwarded(copy_scratch.bytes.len(), now_us);
                 metrics.packets_forwarded[kind].inc();
                 metrics.bytes_forwarded[kind].inc_by(payload_len);
                 let latency = rx_at.elapsed();
@@ -911,7 +915,7 @@ impl MediaLoop {
                 }
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.metrics.nack_in.inc();
-                self.answer_nack(id, nack);
+                self.answer_nack(id, nack, now);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 self.observe_rtt(id, rr);
             }
@@ -922,11 +926,15 @@ impl MediaLoop {
         self.pcs.get(&sub)?.out_ssrcs.get(&ssrc).copied()
     }
 
-    /// Answers a subscriber's NACK from the track's retransmission cache.
-    fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack) {
+    /// Answers a subscriber's NACK from the track's retransmission cache, within the
+    /// down-track's limits ([`RtxLimiter`]): every sequence number named (the FCI's packet id
+    /// and each bit of its bitmask) is resent at most once per NACK and per round trip, and only
+    /// while the retransmission budget lasts; what is not resent is counted by reason.
+    fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack, now: Instant) {
         let Some(key) = self.out_track(sub_id, nack.media_ssrc) else {
             return;
         };
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
         let Self {
             pcs,
             tracks,
@@ -939,17 +947,20 @@ impl MediaLoop {
             subscribers,
             cache,
             media_ssrc,
+            kind,
             ..
         }) = tracks.get_mut(&key)
         else {
             return;
         };
+        let kind = kind_index(*kind);
         let Some(f) = subscribers.iter_mut().find(|f| f.sub_pc == sub_id) else {
             return;
         };
         let Some(sub) = pcs.get_mut(&sub_id) else {
             return;
         };
+        f.rtx.begin_nack();
         for pair in &nack.nacks {
             let lost = std::iter::once(pair.packet_id).chain(
                 (0..16u16)
@@ -957,19 +968,40 @@ impl MediaLoop {
                     .map(|i| pair.packet_id.wrapping_add(i + 1)),
             );
             for out_seq in lost {
+                let suppressed = |reason: Suppressed| {
+                    metrics.retransmissions_suppressed[reason.index()].inc();
+                };
+                // Only what was forwarded to this subscriber (its segment, up to the highest
+                // sent) reaches the limiter's ring, so made-up numbers cannot disturb it.
                 let Some(src_seq) = f.rewriter.source_seq(out_seq) else {
+                    suppressed(Suppressed::NotCached);
                     continue;
                 };
+                match f.rtx.check(out_seq, now_us) {
+                    Verdict::Resend => {}
+                    Verdict::Duplicate => continue,
+                    Verdict::Suppressed(reason) => {
+                        suppressed(reason);
+                        continue;
+                    }
+                }
                 let Some(original) = cache.get(*media_ssrc, src_seq) else {
+                    suppressed(Suppressed::NotCached);
                     continue;
                 };
                 if !f
                     .rewriter
                     .rewrite_retransmission_into(&original.header, &mut copy_scratch.header)
                 {
+                    suppressed(Suppressed::NotCached);
                     continue;
                 }
-                send_copy(
+                let octets = copy_scratch.header.marshal_size() + original.payload.len();
+                if !f.rtx.affordable(octets) {
+                    suppressed(Suppressed::Budget);
+                    continue;
+                }
+                let sent = send_copy(
                     &mut f.rewriter,
                     &mut sub.rtc,
                     &original.payload,
@@ -980,6 +1012,10 @@ impl MediaLoop {
                         }
                     },
                 );
+                if sent {
+                    f.rtx.sent(out_seq, octets, now_us);
+                    metrics.retransmissions[kind].inc();
+                }
             }
         }
     }
@@ -1024,6 +1060,8 @@ impl MediaLoop {
         }
     }
 
+    /// Round-trip times from a subscriber's receiver report: into the histogram, and into the
+    /// retransmission limits of the down-track each report block is about.
     fn observe_rtt(&mut self, sub_id: PcId, rr: &ReceiverReport) {
         let Some(pc) = self.pcs.get(&sub_id) else {
             return;
@@ -1035,12 +1073,23 @@ impl MediaLoop {
         );
         let mid = (now_ntp >> 16) as u32;
         for r in &rr.reports {
-            if r.last_sender_report == 0 || !pc.out_ssrcs.contains_key(&r.ssrc) {
+            if r.last_sender_report == 0 {
                 continue;
             }
+            let Some(key) = pc.out_ssrcs.get(&r.ssrc) else {
+                continue;
+            };
             let rtt = mid.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
             if rtt < 0x8000_0000 {
                 self.metrics.rtt.observe(f64::from(rtt) / 65_536.0);
+                let fanout = self
+                    .tracks
+                    .get_mut(key)
+                    .and_then(|t| t.subscribers.iter_mut().find(|f| f.sub_pc == sub_id));
+                if let Some(f) = fanout {
+                    // 1/65536 s units to µs.
+                    f.rtx.observe_rtt(u64::from(rtt) * 1_000_000 / 65_536);
+                }
             }
         }
     }
@@ -1455,6 +1504,7 @@ impl MediaLoop {
                     PayloadTypeMap::new(),
                     ExtIdMap::new(),
                 ),
+                rtx: RtxLimiter::new(track.cache.capacity()),
                 ready: false,
                 configured: false,
             });

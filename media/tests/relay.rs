@@ -114,6 +114,8 @@ async fn relays_between_real_peers() {
         );
         eventually("nack metric flushed", Duration::from_secs(2), || {
             sig.metric("callrelay_rtcp_nack_total", Some(("direction", "in"))) >= 1.0
+                && sig.metric("callrelay_rtp_retransmissions_total", Some(("kind", "video")))
+                    >= 1.0
         })
         .await;
 

@@ -99,6 +99,10 @@ pub struct Received {
     pub seq: u16,
     pub timestamp: u32,
     pub counter: u32,
+    /// When the client read it.
+    pub at: Instant,
+    /// Payload octets.
+    pub len: usize,
 }
 
 /// An RTCP sender report as a subscriber got it, with what it had received on that SSRC then.
@@ -147,6 +151,8 @@ impl PeerConnectionEventHandler for Handler {
                             seq: p.header.sequence_number,
                             timestamp: p.header.timestamp,
                             counter,
+                            at: Instant::now(),
+                            len: p.payload.len(),
                         });
                     }
                     TrackRemoteEvent::OnRtcpPacket(packets) => {
@@ -530,6 +536,18 @@ pub struct LossyProxy {
     pub dropped: Arc<Mutex<Option<(u32, u16)>>>,
     /// Set to drop everything in both directions (the client vanished from the network).
     pub cut: Arc<std::sync::atomic::AtomicBool>,
+    /// Every RTP datagram passed on to the client, as seen on the wire.
+    pub media: Arc<Mutex<Vec<WireRtp>>>,
+}
+
+/// An (SRTP) RTP datagram as a [`LossyProxy`] saw it: the header is in the clear.
+#[derive(Clone, Copy, Debug)]
+pub struct WireRtp {
+    pub ssrc: u32,
+    pub seq: u16,
+    /// Datagram length (header, payload, SRTP tag).
+    pub len: usize,
+    pub at: Instant,
 }
 
 impl LossyProxy {
@@ -540,6 +558,8 @@ impl LossyProxy {
         let out = Arc::clone(&dropped);
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let cut_flag = Arc::clone(&cut);
+        let media: Arc<Mutex<Vec<WireRtp>>> = Arc::default();
+        let media_log = Arc::clone(&media);
         tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let mut media_seen = 0u32;
@@ -557,12 +577,18 @@ impl LossyProxy {
                         && (96..=127).contains(&(d[1] & 0x7f));
                     if is_media {
                         media_seen += 1;
+                        let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+                        let seq = u16::from_be_bytes([d[2], d[3]]);
                         if media_seen == drop_nth {
-                            let ssrc = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
-                            let seq = u16::from_be_bytes([d[2], d[3]]);
                             *out.lock().unwrap() = Some((ssrc, seq));
                             continue;
                         }
+                        media_log.lock().unwrap().push(WireRtp {
+                            ssrc,
+                            seq,
+                            len: n,
+                            at: Instant::now(),
+                        });
                     }
                     let _ = socket.send_to(d, client).await;
                 } else {
@@ -571,7 +597,12 @@ impl LossyProxy {
                 }
             }
         });
-        Self { addr, dropped, cut }
+        Self {
+            addr,
+            dropped,
+            cut,
+            media,
+        }
     }
 }
 
