@@ -48,7 +48,10 @@
 //!   core reports it with its SSRC and codec).
 //! * Keyframe requests reach a publisher at most once per track per 500 ms ([`keyframe`]);
 //!   one is sent whenever a subscriber starts receiving a track. NACKs from subscribers are
-//!   answered from the SFU's per-track cache; the SFU's own NACKs to publishers and receiver
+//!   answered from the SFU's per-track cache, within per-subscriber limits
+//!   ([`rtx_cache::RtxLimiter`]: each packet once per NACK and per round trip, resent octets at
+//!   most half of the forwarded ones over about a second plus a small burst); the SFU's own
+//!   NACKs to publishers and receiver
 //!   reports to publishers come from the core's interceptors, sender reports to subscribers
 //!   from the rewriters (RTP time = last forwarded timestamp advanced at the clock rate).
 //! * Leaving, ICE failure, a connection that never connects or goes silent for
@@ -66,6 +69,9 @@
 //! `callrelay_rtp_packets_forwarded_total{kind}`, `callrelay_rtp_bytes_forwarded_total{kind}`
 //! (payload bytes, per copy), `callrelay_rtcp_nack_total{direction}` and
 //! `callrelay_rtcp_pli_total{direction}` (`in` = from subscribers, `out` = to publishers),
+//! `callrelay_rtp_retransmissions_total{kind}` (packets resent in answer to subscribers' NACKs)
+//! and `callrelay_rtp_retransmissions_suppressed_total{reason}` (named in a NACK but not resent:
+//! `budget`, `too_recent` — resent less than a round trip ago —, `not_cached`),
 //! `callrelay_rtp_packets_lost_total` (gaps in publishers' sequence numbers),
 //! `callrelay_media_datagrams_dropped_total{reason}` (`queue_full`: dropped by the kernel, the
 //! socket's receive queue full — the loop is saturated), and the histograms

@@ -8,7 +8,11 @@
 //! `in` = received from subscribers (about the tracks the SFU sends them);
 //! `out` = sent by the SFU to publishers (keyframe requests, and NACKs for packets the SFU
 //! did not receive from a publisher). A subscriber's NACK is answered from the SFU's own
-//! retransmission cache, so it counts as `in` only and produces no `out`.
+//! retransmission cache, so it counts as `in` only and produces no `out`; each sequence number
+//! it names is counted once in `callrelay_rtp_retransmissions_total` (resent) or
+//! `callrelay_rtp_retransmissions_suppressed_total` (not, by reason; repeats of a number within
+//! one NACK are not counted again). Every label value of every series is created at
+//! registration, so all series exist (at 0) from the start.
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
