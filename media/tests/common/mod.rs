@@ -434,8 +434,13 @@ impl Signaling {
                     if pc.set_remote_description(offer).await.is_err() {
                         continue;
                     }
-                    let answer = pc.create_answer(None).await.unwrap();
-                    pc.set_local_description(answer.clone()).await.unwrap();
+                    // The client may be going away at the end of a test.
+                    let Ok(answer) = pc.create_answer(None).await else {
+                        continue;
+                    };
+                    if pc.set_local_description(answer.clone()).await.is_err() {
+                        continue;
+                    }
                     let _ = sfu.subscribe_answer(ROOM, &participant, answer.sdp).await;
                 }
             });
