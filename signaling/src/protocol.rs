@@ -147,9 +147,9 @@ pub fn check_size(field: &str, value: &Value, max: usize) -> Result<(), EventErr
 }
 
 /// Most media sections (`m=` lines) an SDP may have. Browsers put one per transceiver: a call
-/// has two or three, an SFU subscription two per other member (sections of removed tracks stay,
-/// port 0, until reused), so 64 leaves room for a large consult while bounding what a peer's
-/// browser is asked to set up.
+/// has two or three, an SFU subscription two per other member (and JSEP keeps the sections of
+/// removed tracks, port 0, until they are reused), so 64 leaves room for a large consult while
+/// bounding what a peer's browser is asked to set up.
 pub const MAX_SDP_MEDIA_SECTIONS: usize = 64;
 /// Longest SDP line, in bytes. The longest lines browsers write (`m=` with every payload type,
 /// `a=fmtp`, `a=candidate`, `a=ssrc ... msid:`) stay under 300 bytes; 4096 keeps any one line from
