@@ -100,6 +100,8 @@ mod tests {
             r#"callrelay_media_datagrams_dropped_total{reason="stun_unauthenticated"} 0"#,
             r#"callrelay_media_datagrams_dropped_total{reason="rejected_srtp"} 0"#,
             r#"callrelay_rtcp_nack_total{direction="in"} 0"#,
+            r#"callrelay_rtp_retransmissions_total{kind="video"} 0"#,
+            r#"callrelay_rtp_retransmissions_suppressed_total{reason="budget"} 0"#,
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }

@@ -34,6 +34,17 @@ pub enum Class {
     Other,
 }
 
+impl Class {
+    /// Why a datagram of this class that its connection refused was dropped.
+    pub fn rejected(self) -> DropReason {
+        match self {
+            Class::Stun => DropReason::RejectedStun,
+            Class::Dtls => DropReason::RejectedDtls,
+            Class::Rtp | Class::Other => DropReason::RejectedSrtp,
+        }
+    }
+}
+
 /// RFC 7983 §7: the first byte tells STUN, DTLS and RTP/RTCP apart.
 pub fn classify(datagram: &[u8]) -> Class {
     match datagram.first() {
@@ -58,20 +69,26 @@ pub enum DropReason {
     StunUnauthenticated,
     /// DTLS/RTP/RTCP (or STUN without USERNAME) from an address no peer connection learned.
     UnknownSource,
-    /// The webrtc-rs core rejected it (bad SRTP auth, DTLS garbage, ...).
-    Rejected,
+    /// The connection refused an authenticated STUN request (e.g. a role conflict).
+    RejectedStun,
+    /// The connection's DTLS layer refused it.
+    RejectedDtls,
+    /// The connection's SRTP layer refused it: bad authentication tag, replay, no keys yet.
+    RejectedSrtp,
     /// The socket could not take an outgoing datagram (send buffer full).
     SendFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::NotWebrtc,
         DropReason::MalformedStun,
         DropReason::UnknownUfrag,
         DropReason::StunUnauthenticated,
         DropReason::UnknownSource,
-        DropReason::Rejected,
+        DropReason::RejectedStun,
+        DropReason::RejectedDtls,
+        DropReason::RejectedSrtp,
         DropReason::SendFailed,
     ];
 
@@ -82,7 +99,9 @@ impl DropReason {
             DropReason::UnknownUfrag => "unknown_ufrag",
             DropReason::StunUnauthenticated => "stun_unauthenticated",
             DropReason::UnknownSource => "unknown_source",
-            DropReason::Rejected => "rejected",
+            DropReason::RejectedStun => "rejected_stun",
+            DropReason::RejectedDtls => "rejected_dtls",
+            DropReason::RejectedSrtp => "rejected_srtp",
             DropReason::SendFailed => "send_failed",
         }
     }
@@ -316,7 +335,9 @@ mod tests {
     use super::*;
     use rtc::stun::attributes::ATTR_USERNAME as USERNAME;
     use rtc::stun::fingerprint::FINGERPRINT;
-    use rtc::stun::message::{BINDING_REQUEST, BINDING_SUCCESS, MessageType, Setter, TransactionId};
+    use rtc::stun::message::{
+        BINDING_REQUEST, BINDING_SUCCESS, MessageType, Setter, TransactionId,
+    };
     use rtc::stun::textattrs::TextAttribute;
 
     fn crypto() -> Arc<dyn RTCCryptoProvider> {
@@ -411,10 +432,7 @@ mod tests {
         assert_eq!(d.route(addr(6000), &[0x80, 111, 0, 1]), Ok(1));
         // An unknown local ufrag is refused whatever the integrity.
         let nope = request("nope:srvA", "pwdA-0123456789abcdef01234");
-        assert_eq!(
-            d.route(addr(7000), &nope),
-            Err(DropReason::UnknownUfrag)
-        );
+        assert_eq!(d.route(addr(7000), &nope), Err(DropReason::UnknownUfrag));
         // A client moving to a new address keeps working through STUN.
         assert_eq!(d.route(addr(5001), &b), Ok(2));
         assert_eq!(d.route(addr(5001), &RTP), Ok(2));
@@ -428,14 +446,16 @@ mod tests {
             unsigned_request("srv:x"),
             request("srv:x", "a-guessed-password-012345678"),
             // Signed with the right password, but a response, not a request.
-            signed(BINDING_SUCCESS, "srv:x", "the-real-password-0123456789", false),
+            signed(
+                BINDING_SUCCESS,
+                "srv:x",
+                "the-real-password-0123456789",
+                false,
+            ),
         ];
         for (i, forged) in forgeries.iter().enumerate() {
             let from = addr(9000 + i as u16);
-            assert_eq!(
-                d.route(from, forged),
-                Err(DropReason::StunUnauthenticated)
-            );
+            assert_eq!(d.route(from, forged), Err(DropReason::StunUnauthenticated));
             assert_eq!(d.route(from, &RTP), Err(DropReason::UnknownSource));
         }
         // A valid request whose integrity was tampered with after signing.
@@ -467,10 +487,21 @@ mod tests {
         // The client itself checking many other pairs (authenticated) still keeps the
         // nominated one.
         for port in 0..(2 * MAX_ADDRS_PER_KEY as u16) {
-            assert_eq!(d.route(addr(30_000 + port), &request("srv:cli", pwd)), Ok(1));
+            assert_eq!(
+                d.route(addr(30_000 + port), &request("srv:cli", pwd)),
+                Ok(1)
+            );
         }
-        assert_eq!(d.route(client, &RTP), Ok(1), "the selected pair's address stays");
-        assert_eq!(d.len().1, MAX_ADDRS_PER_KEY, "addresses per key stay bounded");
+        assert_eq!(
+            d.route(client, &RTP),
+            Ok(1),
+            "the selected pair's address stays"
+        );
+        assert_eq!(
+            d.len().1,
+            MAX_ADDRS_PER_KEY,
+            "addresses per key stay bounded"
+        );
     }
 
     #[test]

@@ -537,7 +537,8 @@ impl MediaLoop {
         };
         let rtc = &mut pc.rtc;
         if guarded(|| rtc.handle_read(msg).map_err(MediaError::from)).is_err() {
-            self.metrics.dropped(DropReason::Rejected);
+            self.metrics
+                .dropped(crate::demux::classify(data).rejected());
         } else {
             // Only what the connection accepted (authenticated STUN, DTLS, SRTP) proves the
             // client is alive: a spoofed datagram must not keep a dead connection open.

@@ -284,7 +284,10 @@ impl RTCPeerConnection {
         }
     }
 
-    fn pump_reads(&mut self, msg: Option<TaggedRTCMessageInternal>) {
+    // callrelay patch: returns the first error a handler gave (the datagram was refused), so
+    // the caller can count it; the published crate only logs it.
+    fn pump_reads(&mut self, msg: Option<TaggedRTCMessageInternal>) -> Result<(), Error> {
+        let mut first_error = None;
         let mut intermediate_routs = VecDeque::<TaggedRTCMessageInternal>::new();
 
         if let Some(msg) = msg {
@@ -296,6 +299,7 @@ impl RTCPeerConnection {
             while let Some(msg) = intermediate_routs.pop_front() {
                 if let Err(err) = handler.handle_read(msg) {
                     warn!("{}.handle_read got error: {}", handler.name(), err);
+                    first_error.get_or_insert(err);
                 }
             }
             while let Some(msg) = handler.poll_read() {
@@ -349,6 +353,7 @@ impl RTCPeerConnection {
                 }
             }
         }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Returns whether any handler raised an event during the sweep.
@@ -406,12 +411,11 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
             transport: msg.transport,
             message: RTCMessageInternal::Raw(msg.message),
         };
-        self.pump_reads(Some(msg));
-        Ok(())
+        self.pump_reads(Some(msg))
     }
 
     fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.pump_reads(None);
+        let _ = self.pump_reads(None);
 
         if let (Some(data), Some(media)) = (
             self.pipeline_context.data_read_outs.front(),
@@ -481,7 +485,7 @@ impl sansio::Protocol<TaggedBytesMut, TaggedRTCMessage, TaggedRTCEvent> for RTCP
         // on `SCTPHandshakeComplete`. Deliver them, and the events they raise, now rather than
         // on the next incoming packet.
         if self.pump_events() {
-            self.pump_reads(None);
+            let _ = self.pump_reads(None);
             self.pump_events();
         }
 
