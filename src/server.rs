@@ -144,10 +144,13 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .ws_max_frame_size(message_limit)
         .build_layer();
     Signaling::attach(&io);
-    let sfu = sfu.map(|(handle, events)| {
-        tokio::spawn(pump_media_events(events, signaling.clone(), io.clone()));
-        handle
-    });
+    let (sfu, media_pump) = match sfu {
+        Some((handle, events)) => {
+            let pump = tokio::spawn(pump_media_events(events, signaling.clone(), io.clone()));
+            (Some(handle), Some(pump))
+        }
+        None => (None, None),
+    };
 
     let draining = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -197,6 +200,11 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             draining.store(true, Ordering::Relaxed);
             tokio::spawn(force_exit_after(grace));
             signaling.shut_down(&io).await;
+            // SFU events are for sockets: none is left once io closes (and socketioxide panics
+            // on a lookup after its namespaces are gone).
+            if let Some(pump) = media_pump {
+                pump.abort();
+            }
             io.close().await;
             if let Some(sfu) = sfu {
                 sfu.shutdown().await;

@@ -289,8 +289,8 @@ async fn authenticate(
 macro_rules! route {
     ($socket:expr, $event:literal, $handler:path) => {
         debug_assert!(
-            metrics::CLIENT_EVENTS.contains(&$event),
-            "{} is missing from metrics::CLIENT_EVENTS",
+            payload::EVENTS.contains(&$event),
+            "{} is missing from payload::EVENTS",
             $event
         );
         $socket.on(
@@ -344,7 +344,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
             let result = sig
                 .spend(&s, Budget::Signal)
                 .and_then(|()| Err(payload::unknown_event()));
-            sig.acknowledge("unknown", ack, result);
+            sig.acknowledge(metrics::UNKNOWN_EVENT, ack, result);
         },
     );
 

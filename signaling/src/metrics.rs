@@ -3,29 +3,12 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::call::{CallStatus, CallType};
+use crate::payload;
 use crate::protocol::ErrorCode;
 use crate::rooms::RelayReason;
 
-/// Every client event the server routes (the `event` label of
-/// `callrelay_signaling_events_total`); events it does not know count as `unknown`.
-pub const CLIENT_EVENTS: [&str; 16] = [
-    "join-room",
-    "signal",
-    "chat-message",
-    "leave-room",
-    "join",
-    "call-user",
-    "answer-call",
-    "reject-call",
-    "end-call",
-    "ice-candidate",
-    "sfu-join",
-    "sfu-publish",
-    "sfu-subscribe-answer",
-    "sfu-candidate",
-    "sfu-leave",
-    "unknown",
-];
+/// The `event` label of events the server does not route.
+pub const UNKNOWN_EVENT: &str = "unknown";
 
 /// The statuses a finished call is counted under in `callrelay_calls_total`.
 const FINAL_CALL_STATUSES: [CallStatus; 4] = [
@@ -103,7 +86,7 @@ impl SignalingMetrics {
     fn create_known_series(&self) {
         let outcomes = std::iter::once("ok").chain(ErrorCode::ALL.map(ErrorCode::as_str));
         for outcome in outcomes {
-            for event in CLIENT_EVENTS {
+            for event in payload::EVENTS.iter().copied().chain([UNKNOWN_EVENT]) {
                 self.events.with_label_values(&[event, outcome]);
             }
         }

@@ -134,19 +134,25 @@ async def test_bad_datagrams_are_counted_not_logged(server):
                     datagram = b"\x17\xfe\xfd\x00\x01" + os.urandom(6) + b"\x00\x40" + os.urandom(64)
                 udp.sendto(datagram, target)
                 sent += 1
-                if i % 500 == 0:
-                    await asyncio.sleep(0.01)
+                if i % 100 == 0:
+                    await asyncio.sleep(0.005)
         finally:
             udp.close()
-        await asyncio.sleep(0.5)
 
-        m1 = await h.metrics(server)
-        # SRTP that fails authentication is counted; DTLS records that do not decrypt are
-        # discarded silently by the DTLS layer, as RFC 6347 4.1.2.7 asks.
-        srtp = h.metric(m1, "callrelay_media_datagrams_dropped_total", reason="rejected_srtp") - h.metric(
-            m0, "callrelay_media_datagrams_dropped_total", reason="rejected_srtp"
-        )
-        assert srtp >= 0.9 * sent / 2, f"{srtp:.0f} of {sent // 2} forged SRTP packets counted"
+        # SRTP that fails authentication is counted as such (or as queue_full, should the
+        # kernel drop some before the SFU reads them on a loaded machine); DTLS records that do
+        # not decrypt are discarded silently by the DTLS layer, as RFC 6347 4.1.2.7 asks.
+        def counted(m: dict[str, float]) -> float:
+            return sum(
+                h.metric(m, "callrelay_media_datagrams_dropped_total", reason=r)
+                for r in ("rejected_srtp", "queue_full")
+            )
+
+        async def all_counted():
+            got = counted(await h.metrics(server)) - counted(m0)
+            return got if got >= 0.95 * sent / 2 else None
+
+        await h.eventually(all_counted, timeout=10, what=f"{sent // 2} forged SRTP packets counted")
         grew = server.log_size() - log_before
         assert grew < 10_000, f"the log grew {grew} bytes for {sent} bad datagrams:\n{server.log_tail(2000)}"
         # The call itself never noticed.
