@@ -16,6 +16,7 @@ pub(crate) async fn join_room(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::join_room(data)?;
     let avatar_seed = req.avatar_seed.unwrap_or_else(|| who.user_id.clone());
 
@@ -161,6 +162,7 @@ pub(crate) async fn leave_room(
     s: &SocketRef,
     data: Value,
 ) -> EventResult {
+    sig.spend(s, Budget::Signal)?;
     payload::leave_room(data)?;
     leave_current_room(sig, s, LeaveReason::Left).await;
     Ok(protocol::ok_fields())

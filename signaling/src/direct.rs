@@ -30,12 +30,13 @@ impl From<CallError> for EventError {
 
 /// Every socket is reachable by its user id from connect on; `join` only confirms it.
 pub(crate) async fn join(
-    _sig: &Arc<Signaling>,
+    sig: &Arc<Signaling>,
     _io: &SocketIo,
     s: &SocketRef,
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::join(data)?;
     if req.user_id != who.user_id {
         return Err(EventError::forbidden("you can only join as yourself"));
@@ -289,6 +290,7 @@ pub(crate) async fn answer_call(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::answer_call(data, &sig.config.payload_limits())?;
     let socket_id = s.id.to_string();
     let mut extra = Map::new();
@@ -307,6 +309,7 @@ pub(crate) async fn reject_call(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::reject_call(data)?;
     let reason = req.reason.unwrap_or_else(|| "rejected".to_owned());
     let socket_id = s.id.to_string();
@@ -326,6 +329,7 @@ pub(crate) async fn end_call(
     data: Value,
 ) -> EventResult {
     let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::end_call(data)?;
     transition(sig, io, &req.call_id, Map::new(), |call, now| {
         call.end(&who.user_id, now)

@@ -268,6 +268,7 @@ pub(crate) async fn sfu_join(
     data: Value,
 ) -> EventResult {
     identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::sfu_join(data)?;
     relay_of(sig)?;
     let (kind, relayed) = sig.relay_membership(s, &req.room_id).await?;
@@ -334,6 +335,7 @@ pub(crate) async fn sfu_subscribe_answer(
     data: Value,
 ) -> EventResult {
     identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::sfu_subscribe_answer(data, &sig.config.payload_limits())?;
     let relay = relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;
@@ -367,6 +369,7 @@ pub(crate) async fn sfu_leave(
     data: Value,
 ) -> EventResult {
     identity(s)?;
+    sig.spend(s, Budget::Signal)?;
     let req = payload::sfu_leave(data)?;
     relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;

@@ -238,7 +238,7 @@ describe('SDP checks', () => {
 });
 
 describe('unknown events', () => {
-  test('are acknowledged not_found, counted under one label, and spend the event budget', T, async () => {
+  test('are acknowledged not_found, counted under one label, and spend the event budget (as every event does)', T, async () => {
     const u = await h.user(srv, 'patient');
     const s = await h.connect(srv, u.token);
     const name = `no-such-event-${h.uid('x')}`;
@@ -255,15 +255,31 @@ describe('unknown events', () => {
     assert.match(metrics, /callrelay_signaling_events_total\{event="unknown",outcome="not_found"\} [1-9]/);
     assert.ok(!metrics.includes(name), 'the unknown event name is never a label value');
 
-    // Unknown events are no free flood: they spend the signal budget (burst 3 here).
+    // Unknown events are no free flood: they spend the signal budget (burst 4 here, of which
+    // the harness's readiness probe, a leave-room, spends one).
     const limited = await h.startServer({
-      env: { CALLRELAY_LIMITS__SIGNAL_RATE_PER_SEC: '1', CALLRELAY_LIMITS__SIGNAL_BURST: '3' },
+      env: { CALLRELAY_LIMITS__SIGNAL_RATE_PER_SEC: '1', CALLRELAY_LIMITS__SIGNAL_BURST: '4' },
     });
     const l = await h.connect(limited, (await h.user(limited, 'patient')).token);
     const codes = [];
     for (let i = 0; i < 6; i++) codes.push((await h.ack(l, 'flood', {})).error?.code);
     assert.deepEqual(codes.slice(0, 3), ['not_found', 'not_found', 'not_found']);
     assert.ok(codes.slice(3).every((c) => c === 'rate_limited'), JSON.stringify(codes));
+
+    // So does every known event but chat (which has its own budget): a join-room or
+    // leave-room flood costs database look-ups and broadcasts.
+    const m = await h.connect(limited, (await h.user(limited, 'patient')).token);
+    const flood = [];
+    for (const [event, body] of [
+      ['join-room', { appointmentId: 'no-such-appointment' }],
+      ['leave-room', {}],
+      ['sfu-leave', { roomId: 'no-such-room' }],
+      ['end-call', { callId: 'no-such-call' }],
+    ]) {
+      flood.push((await h.ack(m, event, body)).error?.code ?? 'ok');
+    }
+    assert.equal(flood.slice(0, 3).includes('rate_limited'), false, JSON.stringify(flood));
+    assert.equal(flood[3], 'rate_limited', JSON.stringify(flood));
   });
 });
 
