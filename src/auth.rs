@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use callrelay_signaling::{AuthFailure, Authenticator, Identity, Role};
 
+/// Longest user id a token may carry (the longest id the events accept).
+const MAX_USER_ID_BYTES: usize = 128;
+/// Longest display name a token may carry.
+const MAX_NAME_BYTES: usize = 200;
+
 /// The claims of a callrelay token (contract section 2).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -21,6 +26,8 @@ pub struct Claims {
 pub enum TokenError {
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    #[error("{0} must be at most {1} bytes without control characters")]
+    Unprintable(&'static str, usize),
     #[error("unknown role {0:?}: expected patient, doctor, staff or admin")]
     UnknownRole(String),
     #[error("could not sign the token: {0}")]
@@ -63,6 +70,12 @@ impl JwtAuth {
         if name.trim().is_empty() {
             return Err(TokenError::Empty("name"));
         }
+        if !printable(sub, MAX_USER_ID_BYTES) {
+            return Err(TokenError::Unprintable("sub", MAX_USER_ID_BYTES));
+        }
+        if !printable(name, MAX_NAME_BYTES) {
+            return Err(TokenError::Unprintable("name", MAX_NAME_BYTES));
+        }
         if Role::parse(role).is_none() {
             return Err(TokenError::UnknownRole(role.to_owned()));
         }
@@ -98,7 +111,13 @@ impl JwtAuth {
             })?;
         let claims = data.claims;
         let role = Role::parse(&claims.role).ok_or(AuthFailure::UnknownRole)?;
-        if claims.sub.is_empty() {
+        // The user id and name are relayed to other users and stored: a token from another
+        // issuer sharing the secret must not smuggle control characters (a NUL fails on
+        // PostgreSQL) or megabytes into every peer list.
+        if claims.sub.is_empty()
+            || !printable(&claims.sub, MAX_USER_ID_BYTES)
+            || !printable(&claims.name, MAX_NAME_BYTES)
+        {
             return Err(AuthFailure::Malformed);
         }
         Ok(Identity {
@@ -107,6 +126,10 @@ impl JwtAuth {
             role,
         })
     }
+}
+
+fn printable(s: &str, max_bytes: usize) -> bool {
+    s.len() <= max_bytes && !s.chars().any(char::is_control)
 }
 
 /// `alg: none` tokens do not even parse as a jsonwebtoken header; label them for operators.
@@ -212,6 +235,41 @@ mod tests {
             1,
             "failures are counted"
         );
+    }
+
+    #[test]
+    fn ids_and_names_with_control_characters_or_too_long_are_malformed() {
+        let a = auth(b"secret");
+        for (sub, name) in [
+            ("u\0x", "X"),
+            ("u1", "Dr\u{0}Who"),
+            ("u1", "line\nbreak"),
+            (&*"u".repeat(MAX_USER_ID_BYTES + 1), "X"),
+            ("u1", &*"n".repeat(MAX_NAME_BYTES + 1)),
+        ] {
+            assert!(matches!(
+                a.issue(sub, name, "patient", 60),
+                Err(TokenError::Unprintable(..))
+            ));
+            let now = jsonwebtoken::get_current_timestamp();
+            let claims = Claims {
+                sub: sub.into(),
+                name: name.into(),
+                role: "patient".into(),
+                iat: now,
+                exp: now + 60,
+            };
+            let key = EncodingKey::from_secret(b"secret");
+            let token =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+            assert_eq!(
+                a.verify(Some(&token)),
+                Err(AuthFailure::Malformed),
+                "{sub:?} {name:?}"
+            );
+        }
+        let token = a.issue("user-1", "Dr Zoë Ångström", "doctor", 60).unwrap();
+        assert!(a.verify(Some(&token)).is_ok());
     }
 
     #[test]
