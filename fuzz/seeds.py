@@ -40,7 +40,8 @@ UFRAG, PWD = "srvA", "fuzzpasswordfuzzpasswordA"
 FIRST_OUT_SEQ = 65500
 PUB_SSRC = 0x1234ABCD
 
-# Socket.IO events, in the order of socketio_payloads.rs's EVENTS.
+# Socket.IO events in the order of signaling/src/payload.rs EVENTS (the first byte of a
+# socketio_payloads input picks one), then one the server does not know.
 EVENTS = [
     "join-room", "signal", "chat-message", "leave-room", "join", "call-user", "answer-call",
     "reject-call", "end-call", "ice-candidate", "sfu-join", "sfu-publish",
