@@ -5,9 +5,9 @@
 //! * the SFU's parse of an offer and of an answer (`RTCSessionDescription::offer/answer`);
 //! * the SFU itself, through its command API as signaling drives it (one SFU on a loopback
 //!   socket for the whole run): `publish` (parse, then a publish connection built as the media
-//!   loop builds one, remote description set, answer created — or, for a participant that
-//!   already published, a renegotiation that reconciles its tracks), then every `candidate:`
-//!   line of the input added as a client candidate, then `leave`.
+//!   loop builds one, remote description set, answer created), if that worked `publish` again
+//!   (a renegotiation, which also reconciles the publisher's tracks with the offer), then every
+//!   `candidate:` line of the input added as a client candidate, then `leave`.
 //!
 //! Checked: no panic (in the media loop too: the fuzzer's panic hook aborts even inside the
 //! loop's `catch_unwind`), and, the SFU's own invariant, every count returns to zero once the
@@ -65,9 +65,16 @@ fuzz_target!(|data: &[u8]| {
     let media = &*MEDIA;
     media.runtime.block_on(async {
         let sfu = &media.sfu;
-        let _ = sfu
+        let first = sfu
             .publish("fuzz-room", "fuzz-publisher", sdp.to_owned())
             .await;
+        if first.is_ok() {
+            // The same offer again: a renegotiation (the path a client adding or removing a
+            // track takes), which also reconciles the publisher's tracks with the new offer.
+            let _ = sfu
+                .publish("fuzz-room", "fuzz-publisher", sdp.to_owned())
+                .await;
+        }
         for line in sdp.lines().filter(|l| l.contains("candidate:")) {
             let candidate = CandidateInit {
                 candidate: line.trim_start_matches("a=").to_owned(),
