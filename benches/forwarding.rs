@@ -250,7 +250,7 @@ fn bench_forwarding(c: &mut Criterion) {
                             &mut copy_scratch,
                             |d, _| {
                                 if udp {
-                                    let _ = tx.send_to(d, sink_addr);
+                                    let _ = tx.send_to(&d, sink_addr);
                                 } else {
                                     black_box(d);
                                 }

@@ -13,7 +13,8 @@
 //! telling where from the kernel's per-socket drop counters (server socket and SFU, or the
 //! subscribers' sockets) or that nothing was dropped but copies were still queued.
 //!
-//! Threads: the server (the SFU's media loop, or the floor relay) runs alone on its own
+//! Threads: the server (the SFU's media loop — on the media thread `Sfu::start` spawns,
+//! sampled through `bench::on_media_thread` —, or the floor relay) runs alone on its own
 //! current-thread runtime so its CPU time is that thread's CPU time; all subscribers share one
 //! thread; the publisher has one. Latencies:
 //!
@@ -941,7 +942,8 @@ fn summarise(mode: Mode, n: usize, s: &Settings, w: &Window) -> RunResult {
 
 async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<RunResult, String> {
     let registry = prometheus::Registry::new();
-    // The SFU on its own thread and runtime: its media loop is the only task there.
+    // The SFU started from a pinned thread of its own: `Sfu::start` runs the media loop on a
+    // thread it spawns (inheriting that CPU), sampled through `bench::on_media_thread`.
     let (start_tx, start_rx) = oneshot::channel();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<oneshot::Sender<ThreadSample>>();
     let reg = registry.clone();
@@ -966,18 +968,26 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
             };
             let mut probes = 0;
             while let Some(reply) = probe_rx.recv().await {
-                let sample = ThreadSample {
-                    cpu: thread_cpu(),
-                    allocs: thread_allocs(),
-                    forwarded: 0,
-                    at: since_start(),
-                };
                 probes += 1;
-                match probes {
-                    1 => bench::start_recording_copy_latencies(),
-                    2 => *loop_out.lock().expect("latencies") = bench::take_copy_latencies(),
-                    _ => {}
-                }
+                let probe = probes;
+                let loop_out = Arc::clone(&loop_out);
+                // Sampled on the SFU's media thread (its own, started by `Sfu::start`).
+                let sample = bench::on_media_thread(&handle, move || {
+                    let sample = ThreadSample {
+                        cpu: thread_cpu(),
+                        allocs: thread_allocs(),
+                        forwarded: 0,
+                        at: since_start(),
+                    };
+                    match probe {
+                        1 => bench::start_recording_copy_latencies(),
+                        2 => *loop_out.lock().expect("latencies") = bench::take_copy_latencies(),
+                        _ => {}
+                    }
+                    sample
+                })
+                .await;
+                let Some(sample) = sample else { break };
                 let _ = reply.send(sample);
             }
             handle.shutdown().await;

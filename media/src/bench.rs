@@ -17,7 +17,7 @@ pub use rtc;
 
 pub use crate::forward::CopyScratch;
 use crate::peer::{self, CoreCounters, PcSetup};
-use crate::{MediaError, PcKind};
+use crate::{Command, MediaError, PcKind, SfuHandle};
 
 /// A subscribe connection as the media loop creates one (ICE-lite with fresh credentials, the
 /// SFU's codecs, header extensions and interceptors), announcing `candidates` as its host
@@ -26,7 +26,7 @@ pub fn subscribe_connection(
     candidates: &[SocketAddr],
     now: Instant,
 ) -> Result<RTCPeerConnection, MediaError> {
-    let (ufrag, pwd) = peer::ice_credentials();
+    let (ufrag, pwd) = peer::ice_credentials(&mut rand::rng());
     let counters = Arc::new(CoreCounters::default());
     peer::build(
         &PcSetup {
@@ -44,7 +44,22 @@ pub fn subscribe_connection(
 
 /// The media loop's per-copy forwarding step (`forward_rtp` runs it once per ready subscriber):
 /// see `write_copy` in the SFU.
-pub use crate::sfu::write_copy as forward_copy;
+pub use crate::shard::write_copy as forward_copy;
+
+/// Runs `f` on the SFU's media thread (between two inputs of its loop) and returns its result;
+/// `None` if the SFU has stopped. The media loop runs on a thread of its own, so this is how a
+/// benchmark samples that thread (CPU time, allocations) or records its copies' latencies.
+pub async fn on_media_thread<T: Send + 'static>(
+    sfu: &SfuHandle,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    sfu.cmd_tx.send(Command::OnMediaThread(job)).await.ok()?;
+    rx.await.ok()
+}
 
 thread_local! {
     /// Per-copy forwarding latencies (ns) recorded on the media loop's thread, while switched on.
@@ -54,8 +69,8 @@ thread_local! {
 
 /// Starts (or restarts, dropping what was recorded) recording, on the calling thread, the
 /// forwarding latency of every copy the media loop sends: from its packet read off the socket
-/// to the copy handed to the kernel. Call it on the thread that runs the media loop (the
-/// benchmark's SFU runs on a current-thread runtime of its own).
+/// to the copy handed to the kernel. Call it on the thread that runs the media loop, i.e. from
+/// a closure given to [`on_media_thread`].
 pub fn start_recording_copy_latencies() {
     COPY_LATENCIES.with(|r| *r.borrow_mut() = Some(Vec::with_capacity(1 << 20)));
 }

@@ -5,30 +5,40 @@
 //! (the SFU offers, it answers). This crate knows nothing of Socket.IO, SQL, HTTP or JWT; the
 //! signaling layer drives it through [`SfuHandle`] and relays [`MediaEvent`]s.
 //!
-//! ## The loop
+//! ## The loop: a driver and a shard
 //!
-//! [`Sfu::start`] binds **one UDP socket** and spawns **one task**, the media loop
-//! (`sfu::MediaLoop`), which owns all state through `&mut self`: rooms, participants, every
-//! webrtc-rs sans-IO peer connection (crate `rtc` 0.21.1, with the one-function patch in
-//! `vendor/rtc/CALLRELAY-PATCH.md`), the forwarding tables. No mutex,
-//! no `Arc` around state. The loop waits on three inputs:
+//! [`Sfu::start`] binds **one UDP socket** and starts **one OS thread**, `callrelay-media`,
+//! with a current-thread tokio runtime of its own (HTTP and Socket.IO never share it). The
+//! media state lives in the **shard** (`shard::Shard`), a sans-IO state machine that owns
+//! everything through `&mut self`: rooms, participants, every webrtc-rs sans-IO peer
+//! connection (crate `rtc` 0.21.1, with the patch in `vendor/rtc/CALLRELAY-PATCH.md`), the
+//! forwarding tables. No mutex, no `Arc` around state. The shard has no socket and reads no
+//! clock: every input carries `now`, the NTP time of RTCP is derived from a wall-clock epoch
+//! given at construction, and its randomness (ICE credentials, SSRCs, sequence and timestamp
+//! bases) comes from the seedable generator it was built with. The **driver**
+//! (`driver.rs`) is the only code with a thread, the socket, clocks and randomness: it waits on
+//! three inputs, reads the clock once per input and hands it to the shard, then sends every
+//! datagram the shard's `poll_transmit` yields and sleeps until its `poll_timeout`:
 //!
-//! * **a datagram** → [`demux`] picks the peer connection (STUN by the local ICE ufrag,
-//!   everything else by the source address learned from STUN; garbage is dropped and counted)
-//!   → `handle_read` → the connection is *driven*: its events (connection state, tracks
-//!   opening), decoded RTP/RTCP and outgoing datagrams are drained;
+//! * **a datagram** → `handle_receive(now, source, destination, bytes)` → [`demux`] picks the
+//!   peer connection (STUN by the local ICE ufrag, everything else by the source address
+//!   learned from STUN; garbage is dropped and counted) → `handle_read` → the connection is
+//!   *driven*: its events (connection state, tracks opening), decoded RTP/RTCP and outgoing
+//!   datagrams are drained;
 //! * **a command** from [`SfuHandle`] (publish, subscribe answer, candidate, join, leave,
-//!   stats, shutdown), answered on a oneshot channel;
-//! * **a timer**: a heap of each connection's `poll_timeout`, plus a 100 ms housekeeping tick
-//!   (metrics flush, held-back keyframe requests, liveness).
+//!   stats) → `handle_command(now, cmd)`, answered on a oneshot channel; shutdown closes every
+//!   connection and stops the thread;
+//! * **a timeout** → `handle_timeout(now)`: a heap of each connection's `poll_timeout`, plus
+//!   a 100 ms housekeeping tick (metrics flush, held-back keyframe requests, liveness).
 //!
 //! A decoded RTP packet from a publisher goes to `forward_rtp`: it is stored in the track's
 //! [`rtx_cache`], then for every ready subscriber the [`forward::Rewriter`] builds that
 //! subscriber's header (SSRC, payload type, sequence number, timestamp, header-extension ids)
 //! into a reused buffer; the copy is marshalled there, protected with the subscriber
 //! connection's SRTP context (`RTCPeerConnection::protect_rtp`, past the core's handler
-//! pipeline and interceptors, which cost several times the encryption per copy) and sent
-//! straight out of the socket with `try_send_to`. Because no interceptor sees those packets,
+//! pipeline and interceptors, which cost several times the encryption per copy); the
+//! ciphertext is queued as is and the driver sends it with `try_send_to` as soon as the input
+//! is handled. Because no interceptor sees those packets,
 //! the rewriters count them and the loop writes each subscriber's RTCP sender reports itself,
 //! once a second (housekeeping).
 //!
@@ -36,7 +46,8 @@
 //!
 //! * The packet path never awaits, never locks, and does no atomic operation: metrics are
 //!   `prometheus::local` counters flushed every 100 ms. Per copy, the only allocation is the
-//!   ciphertext `protect_rtp` returns; the header and plaintext buffers are reused.
+//!   ciphertext `protect_rtp` returns, which is what the transmit queue holds (its slots are
+//!   reused); the header and plaintext buffers are reused.
 //! * ICE-lite: the SFU's host candidates (the bound address, or every interface address when
 //!   bound to an unspecified one; plus `public_ips`) are in every SDP it produces, so
 //!   [`MediaEvent::LocalCandidate`] never fires. Clients' candidates are accepted but not needed.
@@ -78,11 +89,12 @@
 //! `callrelay_forward_latency_seconds` (socket read to each copy's socket write) and
 //! `callrelay_rtt_seconds` (from subscribers' receiver reports).
 
+mod driver;
 mod error;
 mod metrics;
 mod peer;
 mod room;
-mod sfu;
+mod shard;
 mod socket_drops;
 
 /// Benchmark hooks (feature `bench`): the SFU's subscribe connection and per-copy forwarding
@@ -275,25 +287,28 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Runs a closure on the media thread (benchmarks sample that thread's CPU time).
+    #[cfg(feature = "bench")]
+    OnMediaThread(Box<dyn FnOnce() + Send>),
 }
 
-/// The SFU. [`Sfu::start`] binds the socket and spawns the media loop.
+/// The SFU. [`Sfu::start`] binds the socket and starts the media thread.
 pub struct Sfu;
 
 impl Sfu {
-    /// Binds `config.bind`, registers the metrics on `registry` and spawns the media loop on
-    /// the current tokio runtime.
+    /// Binds `config.bind`, registers the metrics on `registry` and starts the media loop on a
+    /// thread of its own (`callrelay-media`, with its own current-thread runtime), not on the
+    /// caller's runtime. The loop stops on [`SfuHandle::shutdown`] or when every handle is
+    /// dropped.
     pub async fn start(
         config: MediaConfig,
         registry: &prometheus::Registry,
     ) -> Result<(SfuHandle, mpsc::UnboundedReceiver<MediaEvent>), MediaError> {
-        let metrics = metrics::Metrics::register(registry)
+        let (metrics, driver_metrics) = metrics::Metrics::register(registry)
             .map_err(|e| MediaError::Rtc(format!("metrics: {e}")))?;
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        let media_loop = sfu::MediaLoop::bind(config, metrics, cmd_rx, event_tx).await?;
-        let local_addr = media_loop.local_addr();
-        tokio::spawn(media_loop.run());
+        let local_addr = driver::spawn(config, metrics, driver_metrics, cmd_rx, event_tx)?;
         Ok((SfuHandle { cmd_tx, local_addr }, event_rx))
     }
 }

@@ -39,13 +39,27 @@ pub(crate) struct Metrics {
     /// Packets subscribers' NACKs named that were not resent, by [`Suppressed::index`].
     pub retransmissions_suppressed: [LocalIntCounter; 3],
     dropped: Vec<LocalIntCounter>,
+    /// The shared totals of `dropped`, the driver's `send_failed` and `socket_queue_full`, and
+    /// what they were at the last log summary.
+    dropped_totals: Vec<(&'static str, IntCounter, u64)>,
+    pub rtt: LocalHistogram,
+}
+
+/// What the driver counts: it owns the socket, so it sees the sends that fail, the kernel's
+/// drops and when each copy actually left.
+pub(crate) struct DriverMetrics {
+    /// `callrelay_media_datagrams_dropped_total{reason="send_failed"}`.
+    pub send_failed: LocalIntCounter,
     /// Kernel drops at the media socket (receive queue full), counted off the loop.
     pub socket_queue_full: IntCounter,
-    /// The shared totals of `dropped` and `socket_queue_full`, and what they were at the last
-    /// log summary.
-    dropped_totals: Vec<(&'static str, IntCounter, u64)>,
     pub forward_latency: LocalHistogram,
-    pub rtt: LocalHistogram,
+}
+
+impl DriverMetrics {
+    pub fn flush(&mut self) {
+        self.send_failed.flush();
+        self.forward_latency.flush();
+    }
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(
@@ -57,7 +71,8 @@ fn reg<C: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
-    pub fn register(r: &Registry) -> Result<Self, prometheus::Error> {
+    /// Registers every series; the shard's half and the driver's.
+    pub fn register(r: &Registry) -> Result<(Self, DriverMetrics), prometheus::Error> {
         let peer_connections = reg(
             r,
             IntGauge::new(
@@ -163,7 +178,14 @@ impl Metrics {
                 v.with_label_values(&["video"]).local(),
             ]
         };
-        Ok(Self {
+        let driver = DriverMetrics {
+            send_failed: dropped
+                .with_label_values(&[DropReason::SendFailed.label()])
+                .local(),
+            socket_queue_full: dropped.with_label_values(&["queue_full"]),
+            forward_latency: latency.local(),
+        };
+        let shard = Self {
             peer_connections,
             tracks: [
                 tracks.with_label_values(&["audio"]),
@@ -184,16 +206,15 @@ impl Metrics {
                 .iter()
                 .map(|r| dropped.with_label_values(&[r.label()]).local())
                 .collect(),
-            socket_queue_full: dropped.with_label_values(&["queue_full"]),
             dropped_totals: DropReason::ALL
                 .iter()
                 .map(|r| r.label())
                 .chain(["queue_full"])
                 .map(|label| (label, dropped.with_label_values(&[label]), 0))
                 .collect(),
-            forward_latency: latency.local(),
             rtt: rtt.local(),
-        })
+        };
+        Ok((shard, driver))
     }
 
     #[inline]
@@ -239,7 +260,6 @@ impl Metrics {
         {
             c.flush();
         }
-        self.forward_latency.flush();
         self.rtt.flush();
     }
 }

@@ -115,7 +115,7 @@ pub(crate) fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
     ]
 }
 
-fn media_engine() -> Result<MediaEngine, MediaError> {
+pub(crate) fn media_engine() -> Result<MediaEngine, MediaError> {
     let mut me = MediaEngine::default();
     for (codec, kind) in codecs() {
         me.register_codec(codec, kind)?;
@@ -311,12 +311,14 @@ impl Interceptor for NackCounter {
     fn unbind_remote_stream(&mut self, _: &StreamInfo) {}
 }
 
-/// Random ICE credentials (RFC 8445 §5.3: ufrag ≥ 4 chars, pwd ≥ 22 chars of ice-char).
-pub(crate) fn ice_credentials() -> (String, String) {
+/// Random ICE credentials (RFC 8445 §5.3: ufrag ≥ 4 chars, pwd ≥ 22 chars of ice-char), drawn
+/// from `rng` (the shard's; seeded from the OS by the driver: the password keys STUN integrity).
+pub(crate) fn ice_credentials<R: rand::Rng + ?Sized>(rng: &mut R) -> (String, String) {
+    use rand::RngExt;
     const ICE_CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let gen_str = |n: usize| {
+    let mut gen_str = |n: usize| {
         (0..n)
-            .map(|_| ICE_CHARS[(rand::random::<u32>() as usize) % ICE_CHARS.len()] as char)
+            .map(|_| ICE_CHARS[(rng.random::<u32>() as usize) % ICE_CHARS.len()] as char)
             .collect::<String>()
     };
     (gen_str(16), gen_str(32))

@@ -1,21 +1,30 @@
-//! The media loop: one task that owns the socket, every peer connection and every room through
-//! `&mut self`, fed by the socket, the command channel and timers.
+//! The shard: the SFU's state machine, sans-IO. It owns every peer connection and every room
+//! through `&mut self` and is fed by its driver ([`crate::driver`]) with datagrams
+//! ([`Shard::handle_receive`]), commands ([`Shard::handle_command`]) and timeouts
+//! ([`Shard::handle_timeout`]); what it sends is drained with [`Shard::poll_transmit`] and
+//! when it next wants to be woken with [`Shard::poll_timeout`]. It has no socket, never reads
+//! a clock (every input carries `now`; wall-clock time for RTCP is derived from an epoch given
+//! at construction) and draws its randomness (ICE credentials, SSRCs, sequence and timestamp
+//! bases) from the seedable generator it was given.
 //!
-//! Per input the loop (1) hands it to the one peer connection concerned, (2) drains that
+//! Per input the shard (1) hands it to the one peer connection concerned, (2) drains that
 //! connection's events, decoded packets and outgoing datagrams (`drive`), which may touch
 //! other connections (a forwarded packet, a relayed keyframe request) — those are drained in
 //! turn from the `dirty` list — and (3) reschedules the connection's next timeout.
 
 use std::cmp::Reverse;
+use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use rand::RngExt;
+use rand::rngs::StdRng;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
@@ -37,7 +46,6 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::MarshalSize;
 use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -54,7 +62,6 @@ use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter, Suppressed, Verdi
 use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
 
 const MAX_ID_LEN: usize = 256;
-const RECV_BATCH: usize = 64;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// How often dropped datagrams are summarised in the log (one line, only if any were dropped).
 const DROP_SUMMARY_EVERY: Duration = Duration::from_secs(60);
@@ -234,15 +241,22 @@ struct Track {
     subscribers: Vec<Fanout>,
 }
 
-pub(crate) struct MediaLoop {
-    socket: UdpSocket,
-    local_addr: SocketAddr,
+/// A datagram the shard wants sent.
+pub(crate) struct Transmit {
+    pub destination: SocketAddr,
+    /// Already allocated by the core (SRTP ciphertext, DTLS, STUN); sent as is, then dropped.
+    pub bytes: BytesMut,
+    /// A forwarded copy: when its publisher packet was received, for the forwarding latency.
+    pub received_at: Option<Instant>,
+}
+
+pub(crate) struct Shard {
     candidates: Vec<SocketAddr>,
     config: MediaConfig,
     metrics: Metrics,
     counters: Arc<CoreCounters>,
-    cmd_rx: mpsc::Receiver<Command>,
     events: mpsc::UnboundedSender<MediaEvent>,
+    rng: StdRng,
 
     demux: Demux<PcId>,
     pcs: HashMap<PcId, Pc>,
@@ -250,10 +264,14 @@ pub(crate) struct MediaLoop {
     rooms: HashMap<String, Room>,
     timers: BinaryHeap<Reverse<(Instant, PcId)>>,
     dirty: Vec<PcId>,
+    transmits: VecDeque<Transmit>,
     early_candidates: EarlyCandidates,
     closed_recently: HashMap<(String, String), Instant>,
     next_id: u64,
     epoch: Instant,
+    /// Unix time at `epoch`: wall-clock time (NTP, for RTCP) is `epoch_unix + (now - epoch)`.
+    epoch_unix: Duration,
+    next_housekeeping: Instant,
     last_liveness_check: Instant,
     last_drop_summary: Instant,
     /// Scratch buffers reused on every drive (no per-packet allocation for bookkeeping).
@@ -293,66 +311,6 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, MediaError>) -> Result<T, MediaError
         .unwrap_or_else(|_| Err(MediaError::Rtc("webrtc core panicked".into())))
 }
 
-/// The addresses announced as host candidates: the bound address (or, if unspecified, every
-/// interface address of that family, loopback included) plus the configured public IPs.
-fn candidate_addrs(local: SocketAddr, public_ips: &[IpAddr]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    if local.ip().is_unspecified() {
-        if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
-            for ifa in ifaddrs {
-                let Some(addr) = ifa.address else { continue };
-                let ip = if let Some(v4) = addr.as_sockaddr_in() {
-                    IpAddr::V4(v4.ip())
-                } else if let Some(v6) = addr.as_sockaddr_in6() {
-                    IpAddr::V6(v6.ip())
-                } else {
-                    continue;
-                };
-                let same_family = ip.is_ipv4() == local.is_ipv4();
-                let link_local_v6 =
-                    matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
-                if same_family && !link_local_v6 {
-                    out.push(SocketAddr::new(ip, local.port()));
-                }
-            }
-        }
-        if out.is_empty() {
-            let lo: IpAddr = if local.is_ipv4() {
-                [127, 0, 0, 1].into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            };
-            out.push(SocketAddr::new(lo, local.port()));
-        }
-    } else {
-        out.push(local);
-    }
-    for ip in public_ips {
-        let a = SocketAddr::new(*ip, local.port());
-        if !out.contains(&a) {
-            out.push(a);
-        }
-    }
-    out
-}
-
-/// Every publisher shares the one socket, so its receive queue must absorb their bursts (a
-/// keyframe is dozens of packets at once) while the loop fans out the previous packet: the
-/// kernel default (208 KiB, ~170 datagrams) drops under load long before the CPU is busy.
-/// Asks for 4 MiB each way; the kernel caps it at `net.core.rmem_max`/`wmem_max`, so the sizes
-/// obtained are returned (and logged, as the kernel reports them: twice the usable size) for
-/// the operator to raise those if needed.
-fn grow_socket_buffers(socket: &UdpSocket) -> (usize, usize) {
-    use nix::sys::socket::{setsockopt, sockopt};
-    const WANTED: usize = 4 << 20;
-    let _ = setsockopt(socket, sockopt::RcvBuf, &WANTED);
-    let _ = setsockopt(socket, sockopt::SndBuf, &WANTED);
-    (
-        nix::sys::socket::getsockopt(socket, sockopt::RcvBuf).unwrap_or(0),
-        nix::sys::socket::getsockopt(socket, sockopt::SndBuf).unwrap_or(0),
-    )
-}
-
 /// One subscriber's copy of a publisher packet: rewrites the header for this subscriber into
 /// `scratch`, then protects and sends it ([`send_copy`]). Returns whether a datagram went out:
 /// not if the subscriber did not negotiate the payload type or its DTLS-SRTP is not up yet.
@@ -365,7 +323,7 @@ pub fn write_copy(
     packet: &Packet,
     now_us: u64,
     scratch: &mut CopyScratch,
-    send: impl FnMut(&[u8], SocketAddr),
+    send: impl FnMut(BytesMut, SocketAddr),
 ) -> bool {
     rewriter.rewrite_into(&packet.header, now_us, &mut scratch.header)
         && send_copy(rewriter, rtc, &packet.payload, scratch, send)
@@ -374,13 +332,13 @@ pub fn write_copy(
 /// Marshals `scratch.header` with `payload`, protects it with the subscriber connection's
 /// SRTP context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler
 /// pipeline, no interceptors — the rewriter counts the packet for our own sender reports)
-/// and hands the datagram to `send`.
+/// and hands the datagram (the ciphertext the core allocated) to `send`.
 fn send_copy(
     rewriter: &mut Rewriter,
     rtc: &mut RTCPeerConnection,
     payload: &[u8],
     scratch: &mut CopyScratch,
-    mut send: impl FnMut(&[u8], SocketAddr),
+    mut send: impl FnMut(BytesMut, SocketAddr),
 ) -> bool {
     if !scratch.marshal(payload) {
         return false;
@@ -388,7 +346,7 @@ fn send_copy(
     let CopyScratch { header, bytes } = scratch;
     match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
         Ok(Some((datagram, to))) => {
-            send(&datagram, to);
+            send(datagram, to);
             rewriter.count_sent(payload.len());
             true
         }
@@ -396,34 +354,26 @@ fn send_copy(
     }
 }
 
-impl MediaLoop {
-    pub async fn bind(
+impl Shard {
+    /// A shard announcing `candidates` as its host candidates. `now` and `unix_now` (the wall
+    /// clock at `now`, since the Unix epoch) fix the mapping from the monotonic clock of every
+    /// later input to the NTP time of RTCP; `rng` is its only source of randomness.
+    pub fn new(
         config: MediaConfig,
+        candidates: Vec<SocketAddr>,
         metrics: Metrics,
-        cmd_rx: mpsc::Receiver<Command>,
         events: mpsc::UnboundedSender<MediaEvent>,
+        rng: StdRng,
+        now: Instant,
+        unix_now: Duration,
     ) -> Result<Self, MediaError> {
-        let socket = UdpSocket::bind(config.bind).await?;
-        let (rcvbuf, sndbuf) = grow_socket_buffers(&socket);
-        let local_addr = socket.local_addr()?;
-        let candidates = candidate_addrs(local_addr, &config.public_ips);
-        info!(
-            %local_addr,
-            candidates = candidates.len(),
-            rcvbuf,
-            sndbuf,
-            "media socket bound"
-        );
-        let now = Instant::now();
         Ok(Self {
-            socket,
-            local_addr,
             candidates,
             config,
             metrics,
             counters: Arc::new(CoreCounters::default()),
-            cmd_rx,
             events,
+            rng,
             demux: Demux::new(
                 rtc::crypto::default_provider().map_err(|e| MediaError::Rtc(e.to_string()))?,
             ),
@@ -432,10 +382,13 @@ impl MediaLoop {
             rooms: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
+            transmits: VecDeque::new(),
             early_candidates: EarlyCandidates::default(),
             closed_recently: HashMap::new(),
             next_id: 1,
             epoch: now,
+            epoch_unix: unix_now,
+            next_housekeeping: now + HOUSEKEEPING,
             last_liveness_check: now,
             last_drop_summary: now,
             scratch_events: Vec::new(),
@@ -445,73 +398,47 @@ impl MediaLoop {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// The next datagram to send, in the order the shard produced them.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
     }
 
-    pub async fn run(mut self) {
-        let drops = tokio::spawn(crate::socket_drops::watch(
-            self.local_addr.port(),
-            self.metrics.socket_queue_full.clone(),
-        ));
-        let mut buf = vec![0u8; 2048];
-        let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
-        loop {
-            let next_timer = self
-                .timers
-                .peek()
-                .map(|Reverse((t, _))| *t)
-                .unwrap_or(next_housekeeping)
-                .min(next_housekeeping);
-            tokio::select! {
-                biased;
-                cmd = self.cmd_rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    if let Command::Shutdown { reply } = cmd {
-                        self.close_all();
-                        let _ = reply.send(());
-                        break;
-                    }
-                    self.handle_command(cmd);
-                }
-                res = self.socket.recv_from(&mut buf) => {
-                    match res {
-                        Ok((n, from)) => {
-                            self.handle_datagram(from, &buf[..n]);
-                            // Drain what else is already queued before looking at timers.
-                            for _ in 0..RECV_BATCH {
-                                match self.socket.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => self.handle_datagram(from, &buf[..n]),
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        Err(e) => debug!("media socket recv error: {e}"),
-                    }
-                }
-                _ = tokio::time::sleep_until(next_timer.into()) => {}
-            }
-            // Timers run whenever they are due, not only when the select picks the sleep: under
-            // sustained load the socket is always readable, the biased select never reaches
-            // the sleep, and the connections' own timeouts (RTCP, retransmissions), metrics
-            // flushes and sender reports would stop exactly when the server is busiest.
-            let now = Instant::now();
-            if now >= next_timer {
-                self.run_timers(now);
-                if now >= next_housekeeping {
-                    self.housekeeping(now);
-                    next_housekeeping = now + HOUSEKEEPING;
-                }
-            }
-            self.drive_dirty();
+    /// When [`Shard::handle_timeout`] must next be called: the earliest connection timeout or
+    /// the next 100 ms housekeeping tick (metrics flush, held-back keyframe requests, sender
+    /// reports, liveness). Never more than 100 ms ahead.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let next = self
+            .timers
+            .peek()
+            .map(|Reverse((t, _))| *t)
+            .unwrap_or(self.next_housekeeping)
+            .min(self.next_housekeeping);
+        Some(next)
+    }
+
+    /// Runs whatever is due at `now`: connection timeouts (RTCP, retransmissions, ICE) and, if
+    /// its time has come, housekeeping.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.run_timers(now);
+        if now >= self.next_housekeeping {
+            self.housekeeping(now);
+            self.next_housekeeping = now + HOUSEKEEPING;
         }
-        drops.abort();
-        info!("media loop stopped");
+        self.drive_dirty(now);
     }
 
     // ------------------------------------------------------------------ inputs
 
-    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8]) {
+    /// A datagram from `source` that arrived on local address `destination` (one of the
+    /// announced candidates) at `now`.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: &[u8],
+    ) {
+        let from = source;
         let id = match self.demux.route(from, data) {
             Ok(id) => id,
             Err(reason) => {
@@ -519,8 +446,6 @@ impl MediaLoop {
                 return;
             }
         };
-        let now = Instant::now();
-        let local_addr = self.local_addr_for(from);
         let Some(pc) = self.pcs.get_mut(&id) else {
             self.metrics.dropped(DropReason::UnknownSource);
             return;
@@ -528,7 +453,7 @@ impl MediaLoop {
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr,
+                local_addr: destination,
                 peer_addr: from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
@@ -545,22 +470,7 @@ impl MediaLoop {
             pc.last_rx = Some(now);
         }
         self.drive(id, now);
-    }
-
-    /// The local address the ICE agent should see a datagram arrive on: one of the announced
-    /// host candidates (the socket may be bound to an unspecified address).
-    fn local_addr_for(&self, from: SocketAddr) -> SocketAddr {
-        if !self.local_addr.ip().is_unspecified() {
-            return self.local_addr;
-        }
-        let same_family = |a: &&SocketAddr| a.is_ipv4() == from.is_ipv4();
-        self.candidates
-            .iter()
-            .filter(same_family)
-            .find(|a| a.ip().is_loopback() == from.ip().is_loopback())
-            .or_else(|| self.candidates.iter().find(same_family))
-            .copied()
-            .unwrap_or(self.local_addr)
+        self.drive_dirty(now);
     }
 
     fn run_timers(&mut self, now: Instant) {
@@ -657,7 +567,7 @@ impl MediaLoop {
             }
         }
         for (room, participant, reason) in dead {
-            self.close_participant(&room, &participant, Some(reason));
+            self.close_participant(&room, &participant, Some(reason), now);
         }
     }
 
@@ -670,8 +580,7 @@ impl MediaLoop {
         }
     }
 
-    fn drive_dirty(&mut self) {
-        let now = Instant::now();
+    fn drive_dirty(&mut self, now: Instant) {
         while let Some(id) = self.dirty.pop() {
             if let Some(pc) = self.pcs.get_mut(&id) {
                 pc.dirty = false;
@@ -726,16 +635,14 @@ impl MediaLoop {
             return;
         };
         let rtc = &mut pc.rtc;
-        let socket = &self.socket;
-        let metrics = &self.metrics;
+        let transmits = &mut self.transmits;
         let _ = guarded(|| {
             while let Some(out) = rtc.poll_write() {
-                if socket
-                    .try_send_to(&out.message, out.transport.peer_addr)
-                    .is_err()
-                {
-                    metrics.dropped(DropReason::SendFailed);
-                }
+                transmits.push_back(Transmit {
+                    destination: out.transport.peer_addr,
+                    bytes: out.message,
+                    received_at: None,
+                });
             }
             Ok(())
         });
@@ -784,12 +691,12 @@ impl MediaLoop {
                         self.activate_fanouts(id, now);
                     }
                     RTCPeerConnectionState::Failed => {
-                        self.close_participant(&room, &participant, Some("connection-failed"));
+                        self.close_participant(&room, &participant, Some("connection-failed"), now);
                     }
                     // We remove a connection before closing it ourselves, so this is the
                     // client closing (DTLS close_notify).
                     RTCPeerConnectionState::Closed => {
-                        self.close_participant(&room, &participant, Some("remote-closed"));
+                        self.close_participant(&room, &participant, Some("remote-closed"), now);
                     }
                     _ => {}
                 }
@@ -797,7 +704,7 @@ impl MediaLoop {
             RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
                 RTCIceConnectionState::Failed,
             ) => {
-                self.close_participant(&room, &participant, Some("ice-failed"));
+                self.close_participant(&room, &participant, Some("ice-failed"), now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if kind == PcKind::Publish =>
@@ -811,7 +718,7 @@ impl MediaLoop {
                     (t.pub_pc == id && t.track_id == track_id.as_str()).then_some(*k)
                 });
                 if let Some(key) = key {
-                    self.unpublish_track(key);
+                    self.unpublish_track(key, now);
                 }
             }
             _ => {}
@@ -838,7 +745,7 @@ impl MediaLoop {
             pcs,
             tracks,
             metrics,
-            socket,
+            transmits,
             epoch,
             copy_scratch,
             ..
@@ -873,20 +780,18 @@ impl MediaLoop {
                 &packet,
                 now_us,
                 copy_scratch,
-                |datagram, to| {
-                    if socket.try_send_to(datagram, to).is_err() {
-                        metrics.dropped(DropReason::SendFailed);
-                    }
+                |bytes, destination| {
+                    transmits.push_back(Transmit {
+                        destination,
+                        bytes,
+                        received_at: Some(rx_at),
+                    });
                 },
             );
             if written {
                 f.rtx.forwarded(copy_scratch.bytes.len(), now_us);
                 metrics.packets_forwarded[kind].inc();
                 metrics.bytes_forwarded[kind].inc_by(payload_len);
-                let latency = rx_at.elapsed();
-                metrics.forward_latency.observe(latency.as_secs_f64());
-                #[cfg(feature = "bench")]
-                crate::bench::observe_copy(latency);
             }
         }
     }
@@ -918,7 +823,7 @@ impl MediaLoop {
                 self.metrics.nack_in.inc();
                 self.answer_nack(id, nack, now);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
-                self.observe_rtt(id, rr);
+                self.observe_rtt(id, rr, now);
             }
         }
     }
@@ -939,7 +844,7 @@ impl MediaLoop {
         let Self {
             pcs,
             tracks,
-            socket,
+            transmits,
             metrics,
             copy_scratch,
             ..
@@ -1007,10 +912,12 @@ impl MediaLoop {
                     &mut sub.rtc,
                     &original.payload,
                     copy_scratch,
-                    |datagram, to| {
-                        if socket.try_send_to(datagram, to).is_err() {
-                            metrics.dropped(DropReason::SendFailed);
-                        }
+                    |bytes, destination| {
+                        transmits.push_back(Transmit {
+                            destination,
+                            bytes,
+                            received_at: None,
+                        });
                     },
                 );
                 if sent {
@@ -1019,6 +926,11 @@ impl MediaLoop {
                 }
             }
         }
+    }
+
+    /// The NTP time (RFC 3550) at `now`, from the wall-clock epoch given at construction.
+    fn ntp(&self, now: Instant) -> u64 {
+        SystemInstant::unix2ntp(self.epoch_unix + now.saturating_duration_since(self.epoch))
     }
 
     /// Sends every connected subscriber an RTCP sender report per track it receives, once a
@@ -1030,11 +942,7 @@ impl MediaLoop {
         }
         self.last_sender_reports = now;
         let now_us = now.duration_since(self.epoch).as_micros() as u64;
-        let ntp_now = SystemInstant::unix2ntp(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
+        let ntp_now = self.ntp(now);
         let Self {
             pcs, tracks, dirty, ..
         } = self;
@@ -1063,15 +971,11 @@ impl MediaLoop {
 
     /// Round-trip times from a subscriber's receiver report: into the histogram, and into the
     /// retransmission limits of the down-track each report block is about.
-    fn observe_rtt(&mut self, sub_id: PcId, rr: &ReceiverReport) {
+    fn observe_rtt(&mut self, sub_id: PcId, rr: &ReceiverReport, now: Instant) {
+        let now_ntp = self.ntp(now);
         let Some(pc) = self.pcs.get(&sub_id) else {
             return;
         };
-        let now_ntp = SystemInstant::unix2ntp(
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default(),
-        );
         let mid = (now_ntp >> 16) as u32;
         for r in &rr.reports {
             if r.last_sender_report == 0 {
@@ -1203,7 +1107,7 @@ impl MediaLoop {
             .iter()
             .find_map(|(k, t)| (t.pub_pc == pub_id && t.track_id == info.track_id).then_some(*k));
         if let Some(old) = old {
-            self.unpublish_track(old);
+            self.unpublish_track(old, now);
         }
         let key = TrackKey(self.next_id());
         let TrackInfo {
@@ -1331,11 +1235,11 @@ impl MediaLoop {
         }
     }
 
-    fn unpublish_track(&mut self, key: TrackKey) {
+    fn unpublish_track(&mut self, key: TrackKey, now: Instant) {
         let Some(track) = self.remove_track(key) else {
             return;
         };
-        self.sync_room(&track.room, Some(&track.publisher), Instant::now());
+        self.sync_room(&track.room, Some(&track.publisher), now);
     }
 
     /// Takes a track out of the SFU (forwarding entries, the publisher's list, gauges, event)
@@ -1466,7 +1370,7 @@ impl MediaLoop {
                 break;
             };
             let out_ssrc = loop {
-                let s = rand::random::<u32>();
+                let s = self.rng.random::<u32>();
                 if s != 0 && !pc.out_ssrcs.contains_key(&s) {
                     break s;
                 }
@@ -1500,8 +1404,8 @@ impl MediaLoop {
                 rewriter: Rewriter::new(
                     out_ssrc,
                     track.codec.clock_rate,
-                    rand::random(),
-                    rand::random(),
+                    self.rng.random(),
+                    self.rng.random(),
                     PayloadTypeMap::new(),
                     ExtIdMap::new(),
                 ),
@@ -1513,7 +1417,7 @@ impl MediaLoop {
                 p.subscribed.insert(key, sender_id);
             }
         }
-        self.send_offer(room, participant, sub_id)
+        self.send_offer(room, participant, sub_id, now)
     }
 
     fn send_offer(
@@ -1521,6 +1425,7 @@ impl MediaLoop {
         room: &str,
         participant: &str,
         sub_id: PcId,
+        now: Instant,
     ) -> Result<(), MediaError> {
         let pc = self
             .pcs
@@ -1529,7 +1434,7 @@ impl MediaLoop {
         let rtc = &mut pc.rtc;
         let sdp = guarded(|| {
             let offer = rtc.create_offer(None)?;
-            rtc.set_local_description(Instant::now(), offer)?;
+            rtc.set_local_description(now, offer)?;
             rtc.local_description()
                 .map(|d| d.sdp)
                 .ok_or(MediaError::InvalidState("no local description"))
@@ -1637,8 +1542,9 @@ impl MediaLoop {
 
     // ------------------------------------------------------------------ commands
 
-    fn handle_command(&mut self, cmd: Command) {
-        let now = Instant::now();
+    /// A command from [`crate::SfuHandle`], answered on its reply channel. `Shutdown` is the
+    /// driver's: it calls [`Shard::close_all`] and stops.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) {
         match cmd {
             Command::Publish {
                 room,
@@ -1681,14 +1587,17 @@ impl MediaLoop {
                 participant,
                 reply,
             } => {
-                let r = self.leave(&room, &participant);
+                let r = self.leave(&room, &participant, now);
                 let _ = reply.send(r);
             }
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(self.stats()));
             }
             Command::Shutdown { .. } => {}
+            #[cfg(feature = "bench")]
+            Command::OnMediaThread(_) => {}
         }
+        self.drive_dirty(now);
     }
 
     fn participant_mut(&mut self, room: &str, participant: &str) -> Option<&mut Participant> {
@@ -1730,7 +1639,7 @@ impl MediaLoop {
         kind: PcKind,
         now: Instant,
     ) -> Result<PcId, MediaError> {
-        let (ufrag, pwd) = peer::ice_credentials();
+        let (ufrag, pwd) = peer::ice_credentials(&mut self.rng);
         let setup = PcSetup {
             kind,
             ufrag: &ufrag,
@@ -1979,9 +1888,9 @@ impl MediaLoop {
         })
     }
 
-    fn leave(&mut self, room: &str, participant: &str) -> Result<(), MediaError> {
+    fn leave(&mut self, room: &str, participant: &str, now: Instant) -> Result<(), MediaError> {
         self.existing_participant(room, participant)?;
-        self.close_participant(room, participant, None);
+        self.close_participant(room, participant, None, now);
         Ok(())
     }
 
@@ -1996,7 +1905,13 @@ impl MediaLoop {
 
     /// Closes both connections of a participant, removes its tracks from every subscriber
     /// (renegotiating them) and forgets it. `reason` = closed by the SFU (event sent).
-    fn close_participant(&mut self, room: &str, participant: &str, reason: Option<&str>) {
+    fn close_participant(
+        &mut self,
+        room: &str,
+        participant: &str,
+        reason: Option<&str>,
+        now: Instant,
+    ) {
         let Some(p) = self
             .rooms
             .get_mut(room)
@@ -2006,7 +1921,7 @@ impl MediaLoop {
         };
         info!(%room, %participant, reason = reason.unwrap_or("leave"), "participant closed");
         self.closed_recently
-            .insert((room.to_owned(), participant.to_owned()), Instant::now());
+            .insert((room.to_owned(), participant.to_owned()), now);
         // Stop receiving: drop this participant's fanouts from the remaining tracks.
         if let Some(sub) = p.subscribe_pc {
             for key in p.subscribed.keys() {
@@ -2043,7 +1958,7 @@ impl MediaLoop {
         }
         self.update_track_gauges();
         if !p.published.is_empty() {
-            self.sync_room(room, None, Instant::now());
+            self.sync_room(room, None, now);
         }
         if let Some(reason) = reason {
             self.emit(MediaEvent::ParticipantClosed {
@@ -2065,7 +1980,9 @@ impl MediaLoop {
         self.update_track_gauges();
     }
 
-    fn close_all(&mut self) {
+    /// Closes every connection (DTLS close_notify queued for sending) and flushes the metrics:
+    /// the shard's end, before its driver stops.
+    pub fn close_all(&mut self, now: Instant) {
         let all: Vec<(String, String)> = self
             .rooms
             .iter()
@@ -2076,7 +1993,7 @@ impl MediaLoop {
             })
             .collect();
         for (r, p) in all {
-            self.close_participant(&r, &p, None);
+            self.close_participant(&r, &p, None, now);
         }
         self.metrics.flush();
     }
@@ -2148,3 +2065,7 @@ mod tests {
         assert!(!still_sent(&s, Some("9"), 9, "gone"));
     }
 }
+
+/// The shard on a manual clock: no socket, no sleeping.
+#[cfg(test)]
+mod clock_tests;
