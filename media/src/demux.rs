@@ -270,8 +270,14 @@ impl<K: Copy + Eq + Hash> Demux<K> {
                 Ok(StunUser::Ufrag(ufrag)) => {
                     let credentials = self.by_ufrag.get(ufrag).ok_or(DropReason::UnknownUfrag)?;
                     let key = credentials.key;
-                    let nominates =
-                        verify_request(datagram, &credentials.pwd, self.crypto.as_ref())?;
+                    // The decoder is third-party code fed by anyone: a panic in it must not
+                    // stop the media loop (as everywhere the core is handed a datagram).
+                    let pwd = &credentials.pwd;
+                    let crypto = self.crypto.as_ref();
+                    let nominates = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        verify_request(datagram, pwd, crypto)
+                    }))
+                    .unwrap_or(Err(DropReason::MalformedStun))?;
                     self.learn(from, key, nominates);
                     Ok(key)
                 }
