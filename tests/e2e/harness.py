@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -710,3 +711,23 @@ class Session:
         res = await c.ok("join-room", {"appointmentId": appt["id"]})
         assert res["selfId"] == c.sid, (res, c.sid)
         return c
+
+    async def relayed_pair(self, publish) -> tuple[Member, Member, str, "Received"]:
+        """A patient and a doctor in a relayed consult room, the patient publishing `publish`
+        (a video track) to the doctor: (publisher, subscriber, the server's answer SDP, the
+        video as received, at least 20 frames in)."""
+        patient, doctor = await user(self.server, "patient"), await user(self.server, "doctor")
+        appt = await appointment(self.server, patient, doctor)
+        a = await self.joined(patient, appt)
+        b = await self.joined(doctor, appt)
+        pub, sub = self.member(a, appt["id"]), self.member(b, appt["id"])
+        await a.ok("sfu-join", {"roomId": appt["id"], "reason": "forced"})
+        answer = await pub.publish(publish)
+        return pub, sub, answer, await sub.wait_frames(a.sid, "video", 20)
+
+
+def stun_attr(typ: int, value: bytes) -> bytes:
+    """One STUN attribute, padded to 4 bytes (RFC 8489 14)."""
+    pad = (4 - len(value) % 4) % 4
+    return struct.pack("!HH", typ, len(value)) + value + b"\0" * pad
+

@@ -26,17 +26,13 @@ def secrets_in(sdp: str) -> set[str]:
 def stun_request(username: str, pwd: str) -> bytes:
     """A binding request signed as a browser signs it (RFC 8489: MESSAGE-INTEGRITY keyed with
     the recipient's ICE password, then FINGERPRINT)."""
-    def attr(typ: int, value: bytes) -> bytes:
-        pad = (4 - len(value) % 4) % 4
-        return struct.pack("!HH", typ, len(value)) + value + b"\0" * pad
-
     tid = os.urandom(12)
-    body = attr(0x0006, username.encode()) + attr(0x802A, os.urandom(8))
+    body = h.stun_attr(0x0006, username.encode()) + h.stun_attr(0x802A, os.urandom(8))
     header = lambda length: struct.pack("!HHI12s", 0x0001, length, 0x2112A442, tid)  # noqa: E731
     mac = hmac.new(pwd.encode(), header(len(body) + 24) + body, hashlib.sha1).digest()
-    body += attr(0x0008, mac)
+    body += h.stun_attr(0x0008, mac)
     crc = (zlib.crc32(header(len(body) + 8) + body) ^ 0x5354554E) & 0xFFFFFFFF
-    body += attr(0x8028, struct.pack("!I", crc))
+    body += h.stun_attr(0x8028, struct.pack("!I", crc))
     return header(len(body)) + body
 
 
@@ -105,15 +101,7 @@ async def test_nothing_secret_is_logged_at_trace(trace_server):
 
 async def test_bad_datagrams_are_counted_not_logged(server):
     async with asyncio.timeout(60), h.Session(server) as s:
-        patient, doctor = await h.user(server, "patient"), await h.user(server, "doctor")
-        appt = await h.appointment(server, patient, doctor)
-        room = appt["id"]
-        a = await s.joined(patient, appt)
-        b = await s.joined(doctor, appt)
-        ma, mb = s.member(a, room), s.member(b, room)
-        await a.ok("sfu-join", {"roomId": room, "reason": "forced"})
-        answer = await ma.publish(PatternVideoTrack(320, 240, 90, 200))
-        video = await mb.wait_frames(a.sid, "video", 20)
+        _, _, answer, video = await s.relayed_pair(PatternVideoTrack(320, 240, 90, 200))
         m0 = await h.metrics(server)
         log_before = server.log_size()
 

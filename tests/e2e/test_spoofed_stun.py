@@ -20,14 +20,10 @@ ATTACK_INTERVAL = 0.05
 def forged_request(username: str, nominate: bool) -> bytes:
     """A binding request as a browser's, with USERNAME (and USE-CANDIDATE), ICE-CONTROLLING and
     a MESSAGE-INTEGRITY of random bytes: right shape, wrong key."""
-    def attr(typ: int, value: bytes) -> bytes:
-        pad = (4 - len(value) % 4) % 4
-        return struct.pack("!HH", typ, len(value)) + value + b"\0" * pad
-
-    body = attr(0x0006, username.encode()) + attr(0x802A, os.urandom(8))
+    body = h.stun_attr(0x0006, username.encode()) + h.stun_attr(0x802A, os.urandom(8))
     if nominate:
-        body += attr(0x0025, b"")
-    body += attr(0x0008, os.urandom(20))
+        body += h.stun_attr(0x0025, b"")
+    body += h.stun_attr(0x0008, os.urandom(20))
     return struct.pack("!HHI12s", 0x0001, len(body), 0x2112A442, os.urandom(12)) + body
 
 
@@ -62,15 +58,7 @@ async def fps(rec: h.Received, seconds: float) -> float:
 
 async def test_spoofed_stun_does_not_cut_a_relayed_call(server):
     async with asyncio.timeout(40), h.Session(server) as s:
-        patient, doctor = await h.user(server, "patient"), await h.user(server, "doctor")
-        appt = await h.appointment(server, patient, doctor)
-        room = appt["id"]
-        a = await s.joined(patient, appt)
-        b = await s.joined(doctor, appt)
-        ma, mb = s.member(a, room), s.member(b, room)
-        await a.ok("sfu-join", {"roomId": room, "reason": "forced"})
-        answer = await ma.publish(PatternVideoTrack(320, 240, 90, 200))
-        video = await mb.wait_frames(a.sid, "video", 30)
+        ma, mb, answer, video = await s.relayed_pair(PatternVideoTrack(320, 240, 90, 200))
 
         baseline = await fps(video, 2.0)
         assert baseline >= 20, f"the relayed call runs at {baseline:.1f} fps before the attack"
