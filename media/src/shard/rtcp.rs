@@ -1,0 +1,254 @@
+//! RTCP: subscribers' feedback (NACKs answered within each down-track's limits, keyframe
+//! requests relayed to publishers, RTTs from receiver reports) and the sender reports the SFU
+//! writes for the copies it sends.
+
+use super::*;
+
+impl Shard {
+    /// RTCP the interceptors delivered: feedback from subscribers about tracks we send them.
+    pub(super) fn handle_rtcp(
+        &mut self,
+        id: PcId,
+        packets: &[Box<dyn rtc::rtcp::Packet>],
+        now: Instant,
+    ) {
+        let Some(pc) = self.pcs.get(&id) else { return };
+        if pc.kind != PcKind::Subscribe {
+            return;
+        }
+        for p in packets {
+            let any = p.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.metrics.pli_in.inc();
+                if let Some(key) = self.out_track(id, pli.media_ssrc) {
+                    self.request_keyframe(key, now);
+                }
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                self.metrics.pli_in.inc();
+                let keys: Vec<TrackKey> = fir
+                    .fir
+                    .iter()
+                    .filter_map(|e| self.out_track(id, e.ssrc))
+                    .collect();
+                for key in keys {
+                    self.request_keyframe(key, now);
+                }
+            } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                self.metrics.nack_in.inc();
+                self.answer_nack(id, nack, now);
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                self.observe_rtt(id, rr, now);
+            }
+        }
+    }
+
+    pub(super) fn out_track(&self, sub: PcId, ssrc: u32) -> Option<TrackKey> {
+        self.pcs.get(&sub)?.out_ssrcs.get(&ssrc).copied()
+    }
+
+    /// Answers a subscriber's NACK from the track's retransmission cache, within the
+    /// down-track's limits ([`RtxLimiter`]): every sequence number named (the FCI's packet id
+    /// and each bit of its bitmask) is resent at most once per NACK and per round trip, and only
+    /// while the retransmission budget lasts; what is not resent is counted by reason.
+    pub(super) fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack, now: Instant) {
+        let Some(key) = self.out_track(sub_id, nack.media_ssrc) else {
+            return;
+        };
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        let Self {
+            pcs,
+            tracks,
+            transmits,
+            metrics,
+            copy_scratch,
+            ..
+        } = self;
+        let Some(Track {
+            subscribers,
+            cache,
+            media_ssrc,
+            kind,
+            ..
+        }) = tracks.get_mut(&key)
+        else {
+            return;
+        };
+        let kind = kind_index(*kind);
+        let Some(f) = subscribers.iter_mut().find(|f| f.sub_pc == sub_id) else {
+            return;
+        };
+        let Some(sub) = pcs.get_mut(&sub_id) else {
+            return;
+        };
+        f.rtx.begin_nack();
+        for pair in &nack.nacks {
+            let lost = std::iter::once(pair.packet_id).chain(
+                (0..16u16)
+                    .filter(|i| pair.lost_packets & (1 << i) != 0)
+                    .map(|i| pair.packet_id.wrapping_add(i + 1)),
+            );
+            for out_seq in lost {
+                let suppressed = |reason: Suppressed| {
+                    metrics.retransmissions_suppressed[reason.index()].inc();
+                };
+                // Only what was forwarded to this subscriber (its segment, up to the highest
+                // sent) reaches the limiter's ring, so made-up numbers cannot disturb it.
+                let Some(src_seq) = f.rewriter.source_seq(out_seq) else {
+                    suppressed(Suppressed::NotCached);
+                    continue;
+                };
+                match f.rtx.check(out_seq, now_us) {
+                    Verdict::Resend => {}
+                    Verdict::Duplicate => continue,
+                    Verdict::Suppressed(reason) => {
+                        suppressed(reason);
+                        continue;
+                    }
+                }
+                let Some(original) = cache.get(*media_ssrc, src_seq) else {
+                    suppressed(Suppressed::NotCached);
+                    continue;
+                };
+                if !f
+                    .rewriter
+                    .rewrite_retransmission_into(&original.header, &mut copy_scratch.header)
+                {
+                    suppressed(Suppressed::NotCached);
+                    continue;
+                }
+                let octets = copy_scratch.header.marshal_size() + original.payload.len();
+                if !f.rtx.affordable(octets) {
+                    suppressed(Suppressed::Budget);
+                    continue;
+                }
+                let sent = send_copy(
+                    &mut f.rewriter,
+                    &mut sub.rtc,
+                    &original.payload,
+                    copy_scratch,
+                    |bytes, destination| {
+                        transmits.push_back(Transmit {
+                            destination,
+                            bytes,
+                            received_at: None,
+                        });
+                    },
+                );
+                if sent {
+                    f.rtx.sent(out_seq, octets, now_us);
+                    metrics.retransmissions[kind].inc();
+                }
+            }
+        }
+    }
+
+    /// The NTP time (RFC 3550) at `now`, from the wall-clock epoch given at construction.
+    pub(super) fn ntp(&self, now: Instant) -> u64 {
+        SystemInstant::unix2ntp(self.epoch_unix + now.saturating_duration_since(self.epoch))
+    }
+
+    /// Sends every connected subscriber an RTCP sender report per track it receives, once a
+    /// second (what rtc's sender-report interceptor did before the SFU protected its copies
+    /// itself): browsers need them for audio/video sync and for their round-trip time.
+    pub(super) fn send_sender_reports(&mut self, now: Instant) {
+        if now.duration_since(self.last_sender_reports) < SENDER_REPORT_INTERVAL {
+            return;
+        }
+        self.last_sender_reports = now;
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        let ntp_now = self.ntp(now);
+        let Self {
+            pcs, tracks, dirty, ..
+        } = self;
+        for track in tracks.values() {
+            for f in track.subscribers.iter().filter(|f| f.ready) {
+                let Some(sr) = f.rewriter.sender_report(now_us, ntp_now) else {
+                    continue;
+                };
+                let Some(sub) = pcs.get_mut(&f.sub_pc) else {
+                    continue;
+                };
+                let rtc = &mut sub.rtc;
+                let written = guarded(|| {
+                    rtc.handle_write(TaggedRTCMessage {
+                        now,
+                        message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(sr)]),
+                    })
+                    .map_err(MediaError::from)
+                });
+                if written.is_ok() {
+                    Self::mark_dirty(dirty, sub, f.sub_pc);
+                }
+            }
+        }
+    }
+
+    /// Round-trip times from a subscriber's receiver report: into the histogram, and into the
+    /// retransmission limits of the down-track each report block is about.
+    pub(super) fn observe_rtt(&mut self, sub_id: PcId, rr: &ReceiverReport, now: Instant) {
+        let now_ntp = self.ntp(now);
+        let Some(pc) = self.pcs.get(&sub_id) else {
+            return;
+        };
+        let mid = (now_ntp >> 16) as u32;
+        for r in &rr.reports {
+            if r.last_sender_report == 0 {
+                continue;
+            }
+            let Some(key) = pc.out_ssrcs.get(&r.ssrc) else {
+                continue;
+            };
+            let rtt = mid.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
+            if rtt < 0x8000_0000 {
+                self.metrics.rtt.observe(f64::from(rtt) / 65_536.0);
+                let fanout = self
+                    .tracks
+                    .get_mut(key)
+                    .and_then(|t| t.subscribers.iter_mut().find(|f| f.sub_pc == sub_id));
+                if let Some(f) = fanout {
+                    // 1/65536 s units to µs.
+                    f.rtx.observe_rtt(u64::from(rtt) * 1_000_000 / 65_536);
+                }
+            }
+        }
+    }
+
+    /// Asks the publisher of `key` for a keyframe, at most once per throttle interval; a
+    /// request held back is sent when the interval has passed.
+    pub(super) fn request_keyframe(&mut self, key: TrackKey, now: Instant) {
+        let Some(track) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        if track.kind != MediaKind::Video {
+            track.keyframe_wanted = false;
+            return;
+        }
+        if !track.keyframes.allow(now) {
+            track.keyframe_wanted = true;
+            return;
+        }
+        track.keyframe_wanted = false;
+        let media_ssrc = track.media_ssrc;
+        let pub_id = track.pub_pc;
+        let Some(pc) = self.pcs.get_mut(&pub_id) else {
+            return;
+        };
+        let rtc = &mut pc.rtc;
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        if guarded(|| {
+            rtc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(pli)]),
+            })
+            .map_err(MediaError::from)
+        })
+        .is_ok()
+        {
+            self.metrics.pli_out.inc();
+            Self::mark_dirty(&mut self.dirty, pc, pub_id);
+        }
+    }
+}
