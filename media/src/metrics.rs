@@ -23,6 +23,10 @@ use crate::MediaKind;
 use crate::demux::DropReason;
 use crate::rtx_cache::Suppressed;
 
+/// The drop reason the kernel's own drops at the socket are counted under (read off the loop,
+/// so not a [`DropReason`] of the demux).
+const QUEUE_FULL: &str = "queue_full";
+
 pub(crate) struct Metrics {
     pub peer_connections: IntGauge,
     pub tracks: [IntGauge; 2],
@@ -182,7 +186,7 @@ impl Metrics {
             send_failed: dropped
                 .with_label_values(&[DropReason::SendFailed.label()])
                 .local(),
-            socket_queue_full: dropped.with_label_values(&["queue_full"]),
+            socket_queue_full: dropped.with_label_values(&[QUEUE_FULL]),
             forward_latency: latency.local(),
         };
         let shard = Self {
@@ -209,7 +213,7 @@ impl Metrics {
             dropped_totals: DropReason::ALL
                 .iter()
                 .map(|r| r.label())
-                .chain(["queue_full"])
+                .chain([QUEUE_FULL])
                 .map(|label| (label, dropped.with_label_values(&[label]), 0))
                 .collect(),
             rtt: rtt.local(),

@@ -25,9 +25,7 @@ async def valid_offer() -> str:
 
 def stun_binding(ufrag: str) -> bytes:
     """A STUN binding request naming `ufrag` (no integrity: the server must drop it)."""
-    user = f"{ufrag}:x".encode()
-    pad = (4 - len(user) % 4) % 4
-    attr = struct.pack("!HH", 0x0006, len(user)) + user + b"\0" * pad
+    attr = h.stun_attr(0x0006, f"{ufrag}:x".encode())
     return struct.pack("!HHI12s", 0x0001, len(attr), 0x2112A442, os.urandom(12)) + attr
 
 
