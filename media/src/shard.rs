@@ -721,3 +721,6 @@ fn unknown(room: &str, participant: &str) -> MediaError {
 /// The shard on a manual clock: no socket, no sleeping.
 #[cfg(test)]
 mod clock_tests;
+/// The test kit: the shard and client peers on a manual clock, in memory.
+#[cfg(test)]
+mod testkit;

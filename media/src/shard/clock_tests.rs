@@ -1,260 +1,236 @@
-//! The shard driven through its sans-IO API on a manual clock: a client peer of the same core
-//! (in memory, no socket) connects to it, then falls silent; thirty seconds of liveness pass in
-//! a few milliseconds of test time, proving that the shard's notion of time is only the `now`
-//! it is given.
+//! The SFU's time-driven behaviour on the test kit's manual clock ([`super::testkit`]): real
+//! webrtc-rs client peers connect to the shard in memory and minutes of call pass in a
+//! fraction of that in wall-clock time. Nothing here sleeps.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rtc::interceptor::Registry;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
-use rtc::peer_connection::sdp::RTCSessionDescription;
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::sansio::Protocol;
-use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::{mpsc, oneshot};
+use super::testkit::World;
+use crate::{PcKind, SfuStats};
 
-use super::Shard;
-use crate::metrics::Metrics;
-use crate::{Command, MediaConfig, MediaError, MediaEvent, PcKind, SfuStats};
+const LIVENESS: Duration = Duration::from_secs(10);
 
-const SFU: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 50_000);
-const CLIENT: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 40_000);
-const ROOM: &str = "room";
-
-/// A shard and one client peer joined by an in-memory link that can be cut, on a clock that
-/// moves only when the test says so.
-struct World {
-    now: Instant,
-    shard: Shard,
-    client: RTCPeerConnection,
-    events: mpsc::UnboundedReceiver<MediaEvent>,
-    link_up: bool,
-}
-
-impl World {
-    fn new(liveness_timeout: Duration) -> Self {
-        let now = Instant::now();
-        let (metrics, _) = Metrics::register(&prometheus::Registry::new()).unwrap();
-        let (tx, events) = mpsc::unbounded_channel();
-        let config = MediaConfig {
-            bind: SFU,
-            liveness_timeout,
-            ..Default::default()
-        };
-        let shard = Shard::new(
-            config,
-            vec![SFU],
-            metrics,
-            tx,
-            StdRng::seed_from_u64(7),
-            now,
-            Duration::from_secs(1_700_000_000),
-        )
-        .unwrap();
-        let mut client = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(SettingEngineBuilder::new().build())
-            .with_media_engine(crate::peer::media_engine().unwrap())
-            .with_interceptor_registry(Registry::new())
-            .build(now)
-            .unwrap();
-        crate::add_host_candidates(&mut client, &[CLIENT]).unwrap();
-        let codec = crate::peer::codecs()
-            .into_iter()
-            .find(|(_, k)| *k == RtpCodecKind::Video)
-            .unwrap()
-            .0
-            .rtp_codec;
-        client
-            .add_track(MediaStreamTrack::new(
-                "ghost".into(),
-                "v".into(),
-                "v".into(),
-                RtpCodecKind::Video,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(0x6057),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            ))
-            .unwrap();
-        Self {
-            now,
-            shard,
-            client,
-            events,
-            link_up: true,
-        }
-    }
-
-    fn command<T>(
-        &mut self,
-        make: impl FnOnce(crate::Reply<T>) -> Command,
-    ) -> Result<T, MediaError> {
-        let (tx, mut rx) = oneshot::channel();
-        self.shard.handle_command(self.now, make(tx));
-        self.pump();
-        rx.try_recv().expect("answered at once")
-    }
-
-    fn publish(&mut self) {
-        let offer = self.client.create_offer(None).unwrap();
-        self.client.set_local_description(self.now, offer).unwrap();
-        let sdp = self.client.local_description().unwrap().sdp;
-        let answer = self
-            .command(|reply| Command::Publish {
-                room: ROOM.into(),
-                participant: "ghost".into(),
-                sdp,
-                reply,
-            })
-            .unwrap();
-        let answer = RTCSessionDescription::answer(answer).unwrap();
-        self.client
-            .set_remote_description(self.now, answer)
-            .unwrap();
-        self.pump();
-    }
-
-    /// Moves datagrams both ways until neither side has anything to send.
-    fn pump(&mut self) {
-        loop {
-            let mut moved = false;
-            while let Some(t) = self.shard.poll_transmit() {
-                moved = true;
-                if self.link_up && t.destination == CLIENT {
-                    let _ = self.client.handle_read(TaggedBytesMut {
-                        now: self.now,
-                        transport: TransportContext {
-                            local_addr: CLIENT,
-                            peer_addr: SFU,
-                            ecn: None,
-                            transport_protocol: TransportProtocol::UDP,
-                        },
-                        message: t.bytes,
-                    });
-                }
-            }
-            while let Some(w) = self.client.poll_write() {
-                moved = true;
-                if self.link_up && w.transport.peer_addr == SFU {
-                    self.shard.handle_receive(self.now, CLIENT, SFU, &w.message);
-                }
-            }
-            while self.client.poll_event().is_some() {}
-            while self.client.poll_read().is_some() {}
-            if !moved {
-                break;
-            }
-        }
-    }
-
-    /// Advances the clock to `until`, stopping at every timeout of the shard and the client.
-    fn advance_to(&mut self, until: Instant) {
-        loop {
-            // Each step moves the clock on by at least a millisecond.
-            let next = [self.shard.poll_timeout(), self.client.poll_timeout()]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(until)
-                .max(self.now + Duration::from_millis(1))
-                .min(until);
-            self.now = next;
-            if self.shard.poll_timeout().is_some_and(|t| t <= self.now) {
-                self.shard.handle_timeout(self.now);
-            }
-            if self.client.poll_timeout().is_some_and(|t| t <= self.now) {
-                let _ = self.client.handle_timeout(self.now);
-            }
-            self.pump();
-            if self.now >= until {
-                break;
-            }
-        }
-    }
-
-    fn advance(&mut self, by: Duration) {
-        self.advance_to(self.now + by);
-    }
-
-    fn drain_events(&mut self) -> Vec<MediaEvent> {
-        let mut out = Vec::new();
-        while let Ok(e) = self.events.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-
-    fn stats(&mut self) -> SfuStats {
-        self.command(|reply| Command::Stats { reply }).unwrap()
-    }
-}
-
-/// The relay test `silent_participant_times_out`, on the manual clock: a publisher connects
-/// (ICE, DTLS) through the shard's API, vanishes from the network, and is closed once the
-/// liveness timeout (30 s, the default) has passed on the shard's clock — not before — while the
-/// test itself takes well under a second of wall-clock time per simulated half minute.
+/// A publisher that vanishes from the network without leaving is closed once the liveness
+/// timeout has passed on the shard's clock, not before, with a `ParticipantClosed` event; the
+/// others keep receiving the rest of the room and are renegotiated without its track.
 #[test]
-fn silent_participant_times_out_on_a_manual_clock() {
+fn silent_participant_is_closed_after_the_liveness_timeout() {
     let wall = Instant::now();
-    let timeout = Duration::from_secs(30);
-    let mut w = World::new(timeout);
-    w.publish();
-    w.advance(Duration::from_secs(3));
-    let connected = w.drain_events().into_iter().any(|e| {
-        matches!(e, MediaEvent::ConnectionState { pc: PcKind::Publish, ref state, .. }
-            if state == "connected")
-    });
-    assert!(
-        connected,
-        "the publish connection connects on the manual clock"
-    );
-    // Alive while the link is up: consent checks keep it open long past the timeout.
-    w.advance(timeout + Duration::from_secs(5));
-    assert_eq!(w.stats().peer_connections, 1);
+    let start = Instant::now();
+    let mut w = World::new(LIVENESS);
+    w.join("stayer");
+    w.publish("ghost", &["ghost-cam"]);
+    w.publish("talker", &["talker-cam"]);
+    w.stream("ghost", "ghost-cam");
+    w.stream("talker", "talker-cam");
+    w.run_for(Duration::from_secs(2));
+    assert!(w.reached("ghost", PcKind::Publish, "connected"));
+    assert!(w.received("stayer", "ghost") > 0, "stayer receives ghost");
 
-    // Vanish: nothing crosses the link any more.
-    w.link_up = false;
-    let cut = w.now;
-    w.advance(timeout - Duration::from_secs(2));
-    let early: Vec<_> = w
-        .drain_events()
-        .into_iter()
-        .filter(|e| matches!(e, MediaEvent::ParticipantClosed { .. }))
-        .collect();
-    assert!(early.is_empty(), "closed before the timeout: {early:?}");
-    w.advance_to(cut + timeout + Duration::from_secs(2));
-    let closed: Vec<String> = w
-        .drain_events()
-        .into_iter()
-        .filter_map(|e| match e {
-            MediaEvent::ParticipantClosed {
-                participant,
-                reason,
-                ..
-            } if participant == "ghost" => Some(reason),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(closed, ["consent-timeout"], "closed once, as silent");
-    assert_eq!(w.stats(), SfuStats::default(), "nothing left");
+    // Alive while the link is up: consent checks and media keep it open long past the timeout.
+    w.run_for(LIVENESS * 2);
+    assert_eq!(w.closed("ghost"), Vec::<String>::new());
+    let everyone = w.stats();
+    assert_eq!(everyone.participants, 3);
+
+    w.cut("ghost");
+    let offers_before = w.peer("stayer").offers.len();
+    // Silent for exactly the timeout: still there.
+    let silent_since = w.silent_since("ghost");
+    w.run_until(silent_since + LIVENESS);
+    assert_eq!(w.closed("ghost"), Vec::<String>::new(), "closed too early");
+    assert_eq!(w.stats(), everyone, "nothing removed before the timeout");
+    let from_talker = w.received("stayer", "talker");
+    // Liveness is checked about once a second.
+    w.run_for(Duration::from_millis(1_200));
+    assert_eq!(
+        w.closed("ghost"),
+        ["consent-timeout"],
+        "closed once, as silent"
+    );
+
+    let s = w.stats();
+    assert_eq!(
+        (s.participants, s.video_tracks, s.subscriptions),
+        (2, 1, 1),
+        "stayer and talker, talker's track, stayer's subscription to it"
+    );
+    assert_eq!(
+        (s.peer_connections, s.demux_ufrags),
+        (3, 3),
+        "stayer's subscribe connection, talker's two"
+    );
+    let stayer = w.peer("stayer");
+    assert!(stayer.offers.len() > offers_before, "stayer renegotiated");
+    let last = stayer.offers.last().expect("offers");
+    assert!(!last.contains("msid:ghost "), "ghost's track gone:\n{last}");
     assert!(
-        wall.elapsed() < timeout,
-        "a manual clock: {:?} of wall-clock time",
+        last.contains("msid:talker "),
+        "talker's track stays:\n{last}"
+    );
+    w.run_for(Duration::from_secs(1));
+    // 2.2 s at 100 packets a second.
+    assert!(
+        w.received("stayer", "talker") >= from_talker + 200,
+        "stayer keeps receiving talker"
+    );
+    assert_eq!(w.peer("stayer").gaps, 0, "nothing lost on the way");
+
+    w.leave("stayer");
+    w.leave("talker");
+    assert_eq!(w.stats(), SfuStats::default(), "nothing left");
+    let simulated = w.now - start;
+    assert!(
+        wall.elapsed() < simulated,
+        "a manual clock: {:?} of wall-clock time for {simulated:?}",
         wall.elapsed()
     );
+}
+
+/// While a subscribe offer is outstanding, new tracks in the room do not produce a second
+/// offer (no glare); once it is answered, exactly one more offer carries all of them, and the
+/// member then receives every track.
+#[test]
+fn renegotiation_is_coalesced_while_an_offer_is_outstanding() {
+    let mut w = World::new(LIVENESS);
+    w.hold_offers("slow");
+    w.join("slow");
+    w.join("watcher");
+    w.publish("p1", &["p1-cam"]);
+    w.stream("p1", "p1-cam");
+    w.run_for(Duration::from_secs(1));
+    let offers = &w.peer("slow").offers;
+    assert_eq!(offers.len(), 1, "one offer, for p1's track");
+    assert!(offers[0].contains("msid:p1 "));
+
+    // Two more tracks while slow has not answered.
+    for p in ["p2", "p3"] {
+        let track = format!("{p}-cam");
+        w.publish(p, &[track.as_str()]);
+        w.stream(p, &track);
+    }
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.received("watcher", "p2") > 0 && w.received("watcher", "p3") > 0,
+        "the room has the new tracks"
+    );
+    assert_eq!(
+        w.peer("slow").offers.len(),
+        1,
+        "no second offer while one is outstanding"
+    );
+
+    w.answer_offer("slow");
+    let offers = &w.peer("slow").offers;
+    assert_eq!(
+        offers.len(),
+        2,
+        "the queued changes are offered after the answer"
+    );
+    for p in ["p1", "p2", "p3"] {
+        assert!(
+            offers[1].contains(&format!("msid:{p} ")),
+            "{p} in:\n{}",
+            offers[1]
+        );
+    }
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.peer("slow").offers.len(), 2, "still one outstanding");
+    w.answer_offer("slow");
+    w.run_for(Duration::from_secs(2));
+    for p in ["p1", "p2", "p3"] {
+        assert!(w.received("slow", p) >= 50, "slow receives {p}");
+    }
+    assert_eq!(
+        w.peer("slow").offers.len(),
+        2,
+        "nothing changed: no further offer"
+    );
+}
+
+/// Rounds of members joining, publishing, receiving each other and leaving (one of them never
+/// connects) while a stream runs: each round ends where it started, the stream is not
+/// disturbed, and when the last members leave nothing at all is left.
+#[test]
+fn join_leave_cycles_leave_nothing_behind() {
+    let mut w = World::new(LIVENESS);
+    // Two members streaming to each other: both have both connections already, which the
+    // cyclers' tracks would otherwise add (and which rightly stay while a member does).
+    for (p, track) in [("streamer", "stream"), ("watcher", "watcher-cam")] {
+        w.join(p);
+        w.publish(p, &[track]);
+        w.stream(p, track);
+    }
+    w.run_for(Duration::from_secs(1));
+    let base = w.stats();
+    assert_eq!(
+        (base.peer_connections, base.video_tracks, base.subscriptions),
+        (4, 2, 2)
+    );
+
+    for round in 0..3 {
+        let cyclers: Vec<String> = (0..3).map(|i| format!("cycler-{round}-{i}")).collect();
+        for c in &cyclers {
+            w.join(c);
+            w.publish(c, &[c.as_str()]);
+            w.stream(c, c);
+        }
+        // Offers, but its datagrams never reach the SFU: it must be cleaned up all the same.
+        let unconnected = format!("unconnected-{round}");
+        w.cut(&unconnected);
+        w.publish(&unconnected, &["never"]);
+        w.run_for(Duration::from_secs(1));
+        for c in &cyclers {
+            assert!(
+                w.received("watcher", c) > 0,
+                "round {round}: watcher gets {c}"
+            );
+            assert!(
+                w.received(c, "streamer") > 0,
+                "round {round}: {c} gets the stream"
+            );
+            for other in cyclers.iter().filter(|o| *o != c) {
+                assert!(w.received(c, other) > 0, "round {round}: {c} gets {other}");
+            }
+        }
+        let s = w.stats();
+        assert_eq!(s.participants, base.participants + 4, "round {round}");
+        assert_eq!(
+            (s.peer_connections, s.subscriptions),
+            (
+                base.peer_connections + 8,
+                base.subscriptions + 3 * 5 + 4 * 2
+            ),
+            "round {round}: two connections per newcomer; each cycler's track goes to the five \
+             others, each newcomer receives the two members' tracks"
+        );
+        assert_eq!(
+            s.video_tracks,
+            base.video_tracks + 3,
+            "round {round}: the unconnected member's track never arrived"
+        );
+        for c in cyclers.iter().chain([&unconnected]) {
+            w.leave(c);
+        }
+        w.run_for(Duration::from_millis(200));
+        assert_eq!(w.stats(), base, "round {round}: back to where it started");
+        assert_eq!(
+            w.metric("callrelay_sfu_peer_connections"),
+            base.peer_connections as f64
+        );
+    }
+
+    let before = w.received("watcher", "streamer");
+    w.run_for(Duration::from_secs(1));
+    assert!(
+        w.received("watcher", "streamer") >= before + 90,
+        "the stream goes on"
+    );
+    assert_eq!(w.peer("watcher").gaps, 0, "and was not disturbed");
+
+    w.leave("streamer");
+    w.leave("watcher");
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.stats(), SfuStats::default());
+    assert_eq!(w.metric("callrelay_sfu_peer_connections"), 0.0);
+    assert_eq!(w.metric("callrelay_sfu_tracks"), 0.0);
 }

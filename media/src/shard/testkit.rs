@@ -1,0 +1,596 @@
+//! A test kit for the shard on a manual clock: one [`Shard`], any number of named client peers
+//! (sans-IO `RTCPeerConnection`s of the same webrtc-rs core the SFU runs on), an in-memory
+//! link per peer that can be cut, and a clock that moves only when the test moves it. Nothing
+//! sleeps and nothing touches a socket, so a minute of call takes well under a second.
+//!
+//! A peer has up to two client connections, as a browser does: `publish` (it offers) and
+//! `subscribe` (created at the SFU's first subscribe offer), each at an address of its own, so
+//! the shard's demultiplexer sees what it would see on the network. Subscribe offers are
+//! answered as they arrive unless the peer says otherwise ([`World::hold_offers`]).
+//!
+//! The shard is built in [`World::with_config`] and its events are read in
+//! [`World::drain_shard_events`] only: adapt those two if the shard's construction or event
+//! output changes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::RTCMessage;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp::header::Header;
+use rtc::rtp::packet::Packet;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use tokio::sync::{mpsc, oneshot};
+
+use super::Shard;
+use crate::metrics::Metrics;
+use crate::{Command, MediaConfig, MediaError, MediaEvent, PcKind, Reply, SfuStats};
+
+/// The shard's one announced address.
+pub(crate) const SFU: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 50_000);
+pub(crate) const ROOM: &str = "room";
+/// How far the clock moves per step of [`World::run_for`]; also the interval between two RTP
+/// packets of a streaming track (100 packets a second).
+pub(crate) const STEP: Duration = Duration::from_millis(10);
+
+/// A shard, its client peers and the manual clock.
+pub(crate) struct World {
+    pub now: Instant,
+    shard: Shard,
+    shard_events: mpsc::UnboundedReceiver<MediaEvent>,
+    registry: prometheus::Registry,
+    /// Every event the shard emitted, in order.
+    pub events: Vec<MediaEvent>,
+    peers: BTreeMap<String, Peer>,
+    /// Client addresses are handed out in order, two per peer.
+    next_port: u16,
+    next_ssrc: u32,
+}
+
+/// One participant's browser, as far as the SFU can tell.
+pub(crate) struct Peer {
+    publish: Option<Client>,
+    subscribe: Option<Client>,
+    publish_addr: SocketAddr,
+    subscribe_addr: SocketAddr,
+    /// Cut: every datagram to or from this peer is lost (signaling still works).
+    link_up: bool,
+    /// Subscribe offers are answered by the test ([`World::answer_offer`]), not at once.
+    holds_offers: bool,
+    /// Every subscribe offer the SFU sent this peer, in order.
+    pub offers: Vec<String>,
+    answered: usize,
+    tracks: Vec<SendTrack>,
+    /// Remote track id → the publisher it comes from (its msid stream id).
+    remote_publishers: HashMap<String, String>,
+    /// RTP packets received, per publisher.
+    received: HashMap<String, usize>,
+    /// The last sequence number received, per remote track, to spot gaps.
+    last_seq: HashMap<String, u16>,
+    /// Packets that did not follow the previous one of their track (lost or reordered).
+    pub gaps: usize,
+}
+
+struct Client {
+    rtc: RTCPeerConnection,
+    addr: SocketAddr,
+    /// When a datagram of this connection last reached the shard.
+    last_delivered: Option<Instant>,
+}
+
+/// A track a peer publishes.
+struct SendTrack {
+    id: String,
+    ssrc: u32,
+    sender: RTCRtpSenderId,
+    /// The client core sends only payload types negotiated for the sender.
+    payload_type: u8,
+    next_seq: u16,
+    /// [`World::run_for`] sends one packet per step.
+    streaming: bool,
+}
+
+impl World {
+    /// A world whose shard closes silent connections after `liveness_timeout`.
+    pub fn new(liveness_timeout: Duration) -> Self {
+        Self::with_config(MediaConfig {
+            bind: SFU,
+            liveness_timeout,
+            ..Default::default()
+        })
+    }
+
+    /// The only place the shard is built.
+    pub fn with_config(config: MediaConfig) -> Self {
+        let now = Instant::now();
+        let registry = prometheus::Registry::new();
+        let (metrics, _) = Metrics::register(&registry).expect("metrics register once");
+        let (events_tx, shard_events) = mpsc::unbounded_channel();
+        let shard = Shard::new(
+            config,
+            vec![SFU],
+            metrics,
+            events_tx,
+            StdRng::seed_from_u64(7),
+            now,
+            Duration::from_secs(1_700_000_000),
+        )
+        .expect("shard");
+        Self {
+            now,
+            shard,
+            shard_events,
+            registry,
+            events: Vec::new(),
+            peers: BTreeMap::new(),
+            next_port: 40_000,
+            next_ssrc: 0x1000_0000,
+        }
+    }
+
+    /// The only place the shard's events are read: logged in [`World::events`], and subscribe
+    /// offers handed to their peer.
+    fn drain_shard_events(&mut self) {
+        while let Ok(event) = self.shard_events.try_recv() {
+            if let MediaEvent::SubscribeOffer {
+                participant, sdp, ..
+            } = &event
+                && let Some(peer) = self.peers.get_mut(participant)
+            {
+                peer.offers.push(sdp.clone());
+            }
+            self.events.push(event);
+        }
+    }
+
+    fn command<T>(&mut self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, MediaError> {
+        let (reply, mut answer) = oneshot::channel();
+        self.shard.handle_command(self.now, make(reply));
+        answer
+            .try_recv()
+            .expect("the shard answers every command at once")
+    }
+
+    fn peer_entry(&mut self, name: &str) -> &mut Peer {
+        if !self.peers.contains_key(name) {
+            let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+            let port = self.next_port;
+            self.next_port += 2;
+            self.peers.insert(
+                name.to_owned(),
+                Peer {
+                    publish: None,
+                    subscribe: None,
+                    publish_addr: SocketAddr::new(ip, port),
+                    subscribe_addr: SocketAddr::new(ip, port + 1),
+                    link_up: true,
+                    holds_offers: false,
+                    offers: Vec::new(),
+                    answered: 0,
+                    tracks: Vec::new(),
+                    remote_publishers: HashMap::new(),
+                    received: HashMap::new(),
+                    last_seq: HashMap::new(),
+                    gaps: 0,
+                },
+            );
+        }
+        self.peers.get_mut(name).expect("inserted above")
+    }
+
+    pub fn peer(&self, name: &str) -> &Peer {
+        self.peers
+            .get(name)
+            .unwrap_or_else(|| panic!("no peer {name}"))
+    }
+
+    /// `name` becomes a member of the room that receives everyone else's tracks.
+    pub fn join(&mut self, name: &str) {
+        self.peer_entry(name);
+        self.command(|reply| Command::Join {
+            room: ROOM.into(),
+            participant: name.into(),
+            reply,
+        })
+        .unwrap_or_else(|e| panic!("{name} joins: {e}"));
+        self.settle();
+    }
+
+    /// From now on `name` answers subscribe offers only when the test calls
+    /// [`World::answer_offer`].
+    pub fn hold_offers(&mut self, name: &str) {
+        self.peer_entry(name).holds_offers = true;
+    }
+
+    /// `name` publishes one video track per id (its first offer: a publish connection is made).
+    /// A track is seen by the room once its RTP arrives ([`World::stream`]).
+    pub fn publish(&mut self, name: &str, track_ids: &[&str]) {
+        let now = self.now;
+        let first_ssrc = self.next_ssrc;
+        self.next_ssrc += track_ids.len() as u32;
+        let peer = self.peer_entry(name);
+        assert!(peer.publish.is_none(), "{name} publishes once");
+        let mut client = Client::new(peer.publish_addr, now);
+        let (codec, _) = crate::peer::codecs()
+            .into_iter()
+            .find(|(_, kind)| *kind == RtpCodecKind::Video)
+            .expect("a video codec");
+        for (ssrc, id) in (first_ssrc..).zip(track_ids) {
+            let sender = client
+                .rtc
+                .add_track(MediaStreamTrack::new(
+                    name.into(),
+                    (*id).into(),
+                    (*id).into(),
+                    RtpCodecKind::Video,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: codec.rtp_codec.clone(),
+                        ..Default::default()
+                    }],
+                ))
+                .expect("add_track");
+            peer.tracks.push(SendTrack {
+                id: (*id).into(),
+                ssrc,
+                sender,
+                payload_type: codec.payload_type,
+                next_seq: 0,
+                streaming: false,
+            });
+        }
+        let offer = client.rtc.create_offer(None).expect("offer");
+        client
+            .rtc
+            .set_local_description(now, offer)
+            .expect("local offer");
+        let sdp = client.rtc.local_description().expect("offer set").sdp;
+        peer.publish = Some(client);
+        let answer = self
+            .command(|reply| Command::Publish {
+                room: ROOM.into(),
+                participant: name.into(),
+                sdp,
+                reply,
+            })
+            .unwrap_or_else(|e| panic!("{name} publishes: {e}"));
+        let answer = RTCSessionDescription::answer(answer).expect("answer SDP");
+        self.peers
+            .get_mut(name)
+            .and_then(|p| p.publish.as_mut())
+            .expect("publish client made above")
+            .rtc
+            .set_remote_description(now, answer)
+            .expect("remote answer");
+        self.settle();
+    }
+
+    /// `name` sends one packet on `track` every [`STEP`] of [`World::run_for`] from now on.
+    pub fn stream(&mut self, name: &str, track: &str) {
+        self.track_mut(name, track).streaming = true;
+    }
+
+    fn track_mut(&mut self, name: &str, track: &str) -> &mut SendTrack {
+        self.peers
+            .get_mut(name)
+            .and_then(|p| p.tracks.iter_mut().find(|t| t.id == track))
+            .unwrap_or_else(|| panic!("{name} publishes no track {track}"))
+    }
+
+    /// Answers `name`'s oldest unanswered subscribe offer (for a peer that holds its offers).
+    pub fn answer_offer(&mut self, name: &str) {
+        self.answer_next_offer(name)
+            .unwrap_or_else(|e| panic!("{name} answers: {e}"));
+        self.settle();
+    }
+
+    fn answer_next_offer(&mut self, name: &str) -> Result<(), MediaError> {
+        let now = self.now;
+        let peer = self.peers.get_mut(name).expect("known peer");
+        let offer = peer
+            .offers
+            .get(peer.answered)
+            .cloned()
+            .ok_or(MediaError::InvalidState("no offer to answer"))?;
+        peer.answered += 1;
+        let addr = peer.subscribe_addr;
+        let client = peer.subscribe.get_or_insert_with(|| Client::new(addr, now));
+        let offer = RTCSessionDescription::offer(offer).expect("offer SDP");
+        client
+            .rtc
+            .set_remote_description(now, offer)
+            .expect("remote offer");
+        let answer = client.rtc.create_answer(None).expect("answer");
+        client
+            .rtc
+            .set_local_description(now, answer)
+            .expect("local answer");
+        let sdp = client.rtc.local_description().expect("answer set").sdp;
+        self.command(|reply| Command::SubscribeAnswer {
+            room: ROOM.into(),
+            participant: name.into(),
+            sdp,
+            reply,
+        })
+    }
+
+    /// `name` leaves the room and closes its browser tab: its client connections are gone too.
+    pub fn leave(&mut self, name: &str) {
+        self.command(|reply| Command::Leave {
+            room: ROOM.into(),
+            participant: name.into(),
+            reply,
+        })
+        .unwrap_or_else(|e| panic!("{name} leaves: {e}"));
+        self.peers.remove(name);
+        self.settle();
+    }
+
+    /// Nothing crosses `name`'s link from now on, either way: it vanished from the network
+    /// without leaving.
+    pub fn cut(&mut self, name: &str) {
+        self.peer_entry(name).link_up = false;
+    }
+
+    /// Moves the clock on by `duration` in [`STEP`]s. Each step sends one packet per streaming
+    /// track, fires whatever timeout of the shard or a client is due, and delivers every
+    /// datagram until all is quiet.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        while self.now < until {
+            self.now = (self.now + STEP).min(until);
+            let now = self.now;
+            for peer in self.peers.values_mut() {
+                for i in 0..peer.tracks.len() {
+                    if peer.tracks[i].streaming {
+                        let id = peer.tracks[i].id.clone();
+                        peer.send_rtp(&id, now);
+                    }
+                }
+            }
+            if self.shard.poll_timeout().is_some_and(|t| t <= now) {
+                self.shard.handle_timeout(now);
+            }
+            for client in self.peers.values_mut().flat_map(Peer::clients) {
+                if client.rtc.poll_timeout().is_some_and(|t| t <= now) {
+                    // A client's own failure shows up as what it stops sending.
+                    let _ = client.rtc.handle_timeout(now);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Delivers datagrams both ways and answers offers until nothing moves any more.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = self.deliver();
+            self.drain_shard_events();
+            let due: Vec<String> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.holds_offers && p.offers.len() > p.answered)
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in due {
+                moved = true;
+                self.answer_next_offer(&name)
+                    .unwrap_or_else(|e| panic!("{name} answers: {e}"));
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// One round of datagrams each way, then what the clients made of them. True if anything
+    /// was sent.
+    fn deliver(&mut self) -> bool {
+        let now = self.now;
+        let mut moved = false;
+        while let Some(transmit) = self.shard.poll_transmit() {
+            moved = true;
+            let to = self
+                .peers
+                .values_mut()
+                .filter(|p| p.link_up)
+                .flat_map(Peer::clients)
+                .find(|c| c.addr == transmit.destination);
+            if let Some(client) = to {
+                // What the client cannot read it drops, as a browser would.
+                let _ = client.rtc.handle_read(TaggedBytesMut {
+                    now,
+                    transport: TransportContext {
+                        local_addr: client.addr,
+                        peer_addr: SFU,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: transmit.bytes,
+                });
+            }
+        }
+        for peer in self.peers.values_mut() {
+            let link_up = peer.link_up;
+            for client in peer.publish.iter_mut().chain(peer.subscribe.iter_mut()) {
+                while let Some(out) = client.rtc.poll_write() {
+                    moved = true;
+                    if link_up && out.transport.peer_addr == SFU {
+                        client.last_delivered = Some(now);
+                        self.shard
+                            .handle_receive(now, client.addr, SFU, &out.message);
+                    }
+                }
+            }
+            peer.read_clients();
+        }
+        moved
+    }
+
+    pub fn stats(&mut self) -> SfuStats {
+        self.command(|reply| Command::Stats { reply })
+            .expect("stats")
+    }
+
+    /// The current value of a gauge or counter, summed over its labels (0 if never set).
+    pub fn metric(&self, name: &str) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .map(|m| m.get_gauge().value() + m.get_counter().value())
+            .sum()
+    }
+
+    /// RTP packets `name` received from `publisher`'s tracks.
+    pub fn received(&self, name: &str, publisher: &str) -> usize {
+        self.peer(name)
+            .received
+            .get(publisher)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Since when the shard has heard nothing from one of `name`'s connections: the earliest
+    /// of their last datagrams to reach it. The liveness timeout runs from there.
+    pub fn silent_since(&self, name: &str) -> Instant {
+        let peer = self.peer(name);
+        peer.publish
+            .iter()
+            .chain(peer.subscribe.iter())
+            .filter_map(|c| c.last_delivered)
+            .min()
+            .unwrap_or_else(|| panic!("nothing from {name} reached the shard"))
+    }
+
+    /// Runs the clock up to `at` ([`World::run_for`]).
+    pub fn run_until(&mut self, at: Instant) {
+        self.run_for(at.saturating_duration_since(self.now));
+    }
+
+    /// The reasons of every `ParticipantClosed` event for `name` so far.
+    pub fn closed(&self, name: &str) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::ParticipantClosed {
+                    participant,
+                    reason,
+                    ..
+                } if participant == name => Some(reason.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether `name`'s connection of `kind` has reported `state` (e.g. "connected").
+    pub fn reached(&self, name: &str, kind: PcKind, state: &str) -> bool {
+        self.events.iter().any(|e| {
+            matches!(e, MediaEvent::ConnectionState { participant, pc, state: s, .. }
+                if participant == name && *pc == kind && s == state)
+        })
+    }
+}
+
+impl Client {
+    /// A browser-like client connection: the SFU's codecs and header extensions, one host
+    /// candidate at `addr`, no interceptors (the tests count what arrives, nothing more).
+    fn new(addr: SocketAddr, now: Instant) -> Self {
+        let mut rtc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(SettingEngineBuilder::new().build())
+            .with_media_engine(crate::peer::media_engine().expect("media engine"))
+            .with_interceptor_registry(Registry::new())
+            .build(now)
+            .expect("client connection");
+        crate::add_host_candidates(&mut rtc, &[addr]).expect("host candidate");
+        Self {
+            rtc,
+            addr,
+            last_delivered: None,
+        }
+    }
+}
+
+impl Peer {
+    fn clients(&mut self) -> impl Iterator<Item = &mut Client> {
+        self.publish.iter_mut().chain(self.subscribe.iter_mut())
+    }
+
+    /// One packet on `track`. Before DTLS is up the client core refuses it: it is lost, as a
+    /// browser's would be.
+    fn send_rtp(&mut self, track: &str, now: Instant) {
+        let (Some(client), Some(t)) = (
+            self.publish.as_mut(),
+            self.tracks.iter_mut().find(|t| t.id == track),
+        ) else {
+            panic!("no published track {track}");
+        };
+        let packet = Packet {
+            header: Header {
+                version: 2,
+                payload_type: t.payload_type,
+                sequence_number: t.next_seq,
+                timestamp: u32::from(t.next_seq).wrapping_mul(900),
+                ssrc: t.ssrc,
+                marker: true,
+                ..Default::default()
+            },
+            payload: Bytes::from_static(&[0xAB; 100]),
+        };
+        t.next_seq = t.next_seq.wrapping_add(1);
+        if let Some(mut sender) = client.rtc.rtp_sender(t.sender) {
+            let _ = sender.write_rtp(now, packet);
+        }
+    }
+
+    /// Drains the client connections' events and packets, counting the RTP that arrived.
+    fn read_clients(&mut self) {
+        for client in self.publish.iter_mut().chain(self.subscribe.iter_mut()) {
+            while let Some(event) = client.rtc.poll_event() {
+                if let RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) = event
+                    && let Some(publisher) = init.stream_ids.first()
+                {
+                    self.remote_publishers
+                        .insert(init.track_id, publisher.clone());
+                }
+            }
+            while let Some(read) = client.rtc.poll_read() {
+                let RTCMessage::RtpPacket(track, packet) = read.message else {
+                    continue;
+                };
+                let publisher = self
+                    .remote_publishers
+                    .get(&track)
+                    .cloned()
+                    .unwrap_or_default();
+                *self.received.entry(publisher).or_default() += 1;
+                let seq = packet.header.sequence_number;
+                if let Some(last) = self.last_seq.insert(track, seq)
+                    && seq != last.wrapping_add(1)
+                {
+                    self.gaps += 1;
+                }
+            }
+        }
+    }
+}
