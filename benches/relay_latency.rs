@@ -116,6 +116,8 @@ struct Settings {
     audio_pps: u32,
     modes: Vec<Mode>,
     floor_profile: ProtectionProfile,
+    /// `media.workers` of the SFU (the floor is one thread whatever this says).
+    workers: usize,
 }
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
@@ -150,6 +152,7 @@ impl Settings {
                 Ok("cm") => ProtectionProfile::Aes128CmHmacSha1_80,
                 _ => ProtectionProfile::AeadAes128Gcm,
             },
+            workers: env("RELAY_WORKERS", 1usize).max(1),
         }
     }
 }
@@ -256,6 +259,10 @@ fn usable_cpus() -> &'static [usize] {
 fn pin_current_thread(cpu: Cpu) {
     use nix::sched::{CpuSet, sched_setaffinity};
     if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") {
+        return;
+    }
+    // Several SFU workers need every core: their threads inherit the "sfu" thread's affinity.
+    if matches!(cpu, Cpu::Server) && env("RELAY_WORKERS", 1usize) > 1 {
         return;
     }
     let (Some(&server), Some(&load)) = (usable_cpus().first(), usable_cpus().get(1)) else {
@@ -402,6 +409,8 @@ impl Source {
 
 struct RunResult {
     mode: Mode,
+    /// Media worker threads: the SFU's `media.workers`; the floor is always one thread.
+    workers: usize,
     n: usize,
     window: Duration,
     sent_in_window: u64,
@@ -913,6 +922,11 @@ fn summarise(mode: Mode, n: usize, s: &Settings, w: &Window) -> RunResult {
     let (a, b) = w.server;
     RunResult {
         mode,
+        workers: if mode == Mode::Callrelay {
+            s.workers
+        } else {
+            1
+        },
         n,
         window: s.window,
         sent_in_window,
@@ -942,17 +956,20 @@ fn summarise(mode: Mode, n: usize, s: &Settings, w: &Window) -> RunResult {
 
 async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<RunResult, String> {
     let registry = prometheus::Registry::new();
-    // The SFU started from a pinned thread of its own: `Sfu::start` runs the media loop on a
-    // thread it spawns (inheriting that CPU), sampled through `bench::on_media_thread`.
+    // The SFU started from a pinned thread of its own: `Sfu::start` runs each shard on a thread
+    // it spawns (inheriting that CPU, unless several workers are asked for), sampled through
+    // `bench::on_media_threads` and summed.
     let (start_tx, start_rx) = oneshot::channel();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<oneshot::Sender<ThreadSample>>();
     let reg = registry.clone();
     let latencies = LoopLatencies::default();
     let loop_out = Arc::clone(&latencies);
+    let workers = s.workers;
     let server_thread = spawn_thread("sfu", move |rt| {
         rt.block_on(async move {
             let config = MediaConfig {
                 bind: "127.0.0.1:0".parse().expect("addr"),
+                workers,
                 ..Default::default()
             };
             let started = Sfu::start(config, &reg).await;
@@ -971,8 +988,8 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
                 probes += 1;
                 let probe = probes;
                 let loop_out = Arc::clone(&loop_out);
-                // Sampled on the SFU's media thread (its own, started by `Sfu::start`).
-                let sample = bench::on_media_thread(&handle, move || {
+                // Sampled on each of the SFU's media threads (started by `Sfu::start`).
+                let samples = bench::on_media_threads(&handle, move || {
                     let sample = ThreadSample {
                         cpu: thread_cpu(),
                         allocs: thread_allocs(),
@@ -981,12 +998,25 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
                     };
                     match probe {
                         1 => bench::start_recording_copy_latencies(),
-                        2 => *loop_out.lock().expect("latencies") = bench::take_copy_latencies(),
+                        2 => loop_out
+                            .lock()
+                            .expect("latencies")
+                            .extend(bench::take_copy_latencies()),
                         _ => {}
                     }
                     sample
                 })
                 .await;
+                let sample = samples.map(|all| {
+                    all.into_iter()
+                        .reduce(|a, b| ThreadSample {
+                            cpu: a.cpu + b.cpu,
+                            allocs: a.allocs + b.allocs,
+                            forwarded: 0,
+                            at: a.at.max(b.at),
+                        })
+                        .unwrap_or_default()
+                });
                 let Some(sample) = sample else { break };
                 let _ = reply.send(sample);
             }
@@ -1454,6 +1484,7 @@ fn json_line(c: &RunResult, f: Option<&RunResult>) -> String {
     let cpu = c.cpu_us_per_pkt();
     let mut fields = vec![
         ("bench", "\"relay_latency\"".to_owned()),
+        ("workers", c.workers.to_string()),
         ("subscribers", c.n.to_string()),
         ("p50_us", c.in_loop.quantile(0.5).to_string()),
         ("p99_us", c.in_loop.quantile(0.99).to_string()),

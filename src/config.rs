@@ -87,6 +87,8 @@ pub struct MediaConfig {
     pub bind_ip: IpAddr,
     pub udp_port: u16,
     pub public_ips: Vec<IpAddr>,
+    /// Media worker threads (SFU shards); 0 in the file means one per core, resolved here.
+    pub workers: usize,
     pub mode: MediaMode,
     pub p2p_timeout_ms: u64,
     pub ice_urls: Vec<String>,
@@ -263,6 +265,7 @@ impl fmt::Debug for MediaConfig {
             .field("bind_ip", &self.bind_ip)
             .field("udp_port", &self.udp_port)
             .field("public_ips", &self.public_ips)
+            .field("workers", &self.workers)
             .field("mode", &self.mode)
             .field("p2p_timeout_ms", &self.p2p_timeout_ms)
             .field("ice_urls", &self.ice_urls)
@@ -398,6 +401,7 @@ static SCHEMA: &[Field] = &[
     field("media", "bind_ip", Kind::Ip),
     field("media", "udp_port", int(0, 65_535)),
     field("media", "public_ips", Kind::IpList),
+    field("media", "workers", int(0, 256)),
     field("media", "mode", Kind::Enum(MediaMode::NAMES)),
     field("media", "p2p_timeout_ms", int(1, 600_000)),
     field("media", "ice_urls", Kind::StrList),
@@ -805,6 +809,10 @@ impl Merged {
                 bind_ip: self.ip("media", "bind_ip")?,
                 udp_port: self.int("media", "udp_port")?,
                 public_ips: self.ip_list("media", "public_ips")?,
+                workers: match self.int::<usize>("media", "workers")? {
+                    0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
+                    n => n,
+                },
                 mode: self.choice("media", "mode")?,
                 p2p_timeout_ms: self.int("media", "p2p_timeout_ms")?,
                 ice_urls: self.str_list("media", "ice_urls")?,
@@ -955,6 +963,10 @@ mod tests {
         assert_eq!(c.media.bind_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
         assert_eq!(c.media.udp_port, 50000);
         assert!(c.media.public_ips.is_empty());
+        assert!(
+            c.media.workers >= 1,
+            "0 (the default) resolves to the number of cores"
+        );
         assert_eq!(c.media.mode, MediaMode::P2pFirst);
         assert_eq!(c.media.p2p_timeout_ms, 5000);
         assert!(c.media.ice_urls.is_empty());

@@ -120,6 +120,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         let media_config = MediaConfig {
             bind: SocketAddr::new(config.media.bind_ip, config.media.udp_port),
             public_ips: config.media.public_ips.clone(),
+            workers: config.media.workers,
             ..MediaConfig::default()
         };
         let (handle, events) = Sfu::start(media_config, &metrics.registry).await?;

@@ -46,19 +46,30 @@ pub fn subscribe_connection(
 /// see `write_copy` in the SFU.
 pub use crate::shard::write_copy as forward_copy;
 
-/// Runs `f` on the SFU's media thread (between two inputs of its loop) and returns its result;
-/// `None` if the SFU has stopped. The media loop runs on a thread of its own, so this is how a
-/// benchmark samples that thread (CPU time, allocations) or records its copies' latencies.
-pub async fn on_media_thread<T: Send + 'static>(
+/// Runs `f` on each of the SFU's media threads (one per shard, between two inputs of its
+/// loop) and returns the results in shard order; `None` if the SFU has stopped. The shards run
+/// on threads of their own, so this is how a benchmark samples them (CPU time, allocations)
+/// or records their copies' latencies.
+pub async fn on_media_threads<T: Send + 'static>(
     sfu: &SfuHandle,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job = Box::new(move || {
-        let _ = tx.send(f());
-    });
-    sfu.cmd_tx.send(Command::OnMediaThread(job)).await.ok()?;
-    rx.await.ok()
+    f: impl Fn() -> T + Send + Sync + 'static,
+) -> Option<Vec<T>> {
+    let f = Arc::new(f);
+    let mut replies = Vec::with_capacity(sfu.shards.len());
+    for shard in sfu.shards.iter() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let f = Arc::clone(&f);
+        let job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        shard.send(Command::OnMediaThread(job)).await.ok()?;
+        replies.push(rx);
+    }
+    let mut out = Vec::with_capacity(replies.len());
+    for rx in replies {
+        out.push(rx.await.ok()?);
+    }
+    Some(out)
 }
 
 thread_local! {
@@ -70,7 +81,7 @@ thread_local! {
 /// Starts (or restarts, dropping what was recorded) recording, on the calling thread, the
 /// forwarding latency of every copy the media loop sends: from its packet read off the socket
 /// to the copy handed to the kernel. Call it on the thread that runs the media loop, i.e. from
-/// a closure given to [`on_media_thread`].
+/// a closure given to [`on_media_threads`].
 pub fn start_recording_copy_latencies() {
     COPY_LATENCIES.with(|r| *r.borrow_mut() = Some(Vec::with_capacity(1 << 20)));
 }

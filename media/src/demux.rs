@@ -21,6 +21,8 @@ use rtc::crypto::RTCCryptoProvider;
 use rtc::stun::integrity::MessageIntegrity;
 use rtc::stun::message::{CLASS_REQUEST, Message};
 
+use crate::route::AddressChange;
+
 /// How many source addresses one peer connection may have learned at once (a client that moves
 /// between networks, or checks on several candidate pairs). Oldest is forgotten first.
 const MAX_ADDRS_PER_KEY: usize = 8;
@@ -189,6 +191,9 @@ pub struct Demux<K> {
     /// Reverse index so that removing a key is exact and cheap.
     owned: HashMap<K, Owned>,
     crypto: Arc<dyn RTCCryptoProvider>,
+    /// Addresses learnt and forgotten since the last [`Demux::drain_address_changes`], kept
+    /// only when other shards must hear of them ([`Demux::report_address_changes`]).
+    changes: Option<Vec<AddressChange>>,
 }
 
 struct Credentials<K> {
@@ -222,7 +227,30 @@ impl<K: Copy + Eq + Hash> Demux<K> {
             by_addr: HashMap::new(),
             owned: HashMap::new(),
             crypto,
+            changes: None,
         }
+    }
+
+    /// From now on, keep every address learnt or forgotten for
+    /// [`Demux::drain_address_changes`].
+    pub fn report_address_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// Addresses learnt and forgotten since the last call, in order.
+    pub fn drain_address_changes(&mut self) -> impl Iterator<Item = AddressChange> + '_ {
+        self.changes.iter_mut().flat_map(|c| c.drain(..))
+    }
+
+    fn note(&mut self, change: AddressChange) {
+        if let Some(c) = &mut self.changes {
+            c.push(change);
+        }
+    }
+
+    /// Whether datagrams from `addr` are routed here.
+    pub fn knows_address(&self, addr: &SocketAddr) -> bool {
+        self.by_addr.contains_key(addr)
     }
 
     /// Routes STUN whose USERNAME starts with `ufrag` and whose MESSAGE-INTEGRITY verifies
@@ -256,6 +284,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
             for a in owned.addrs {
                 if self.by_addr.get(&a) == Some(&key) {
                     self.by_addr.remove(&a);
+                    self.note(AddressChange::Forgotten(a));
                 }
             }
         }
@@ -297,6 +326,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
 
     fn learn(&mut self, from: SocketAddr, key: K, nominates: bool) {
         match self.by_addr.insert(from, key) {
+            None => self.note(AddressChange::Learned(from)),
             Some(old) if old != key => {
                 if let Some(o) = self.owned.get_mut(&old) {
                     o.addrs.retain(|a| *a != from);
@@ -321,6 +351,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
                 let oldest = owned.addrs.remove(i);
                 if self.by_addr.get(&oldest) == Some(&key) {
                     self.by_addr.remove(&oldest);
+                    self.note(AddressChange::Forgotten(oldest));
                 }
             }
         }

@@ -9,6 +9,7 @@
 //! a task watches the kernel's drops at the socket ([`crate::socket_drops`]).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
@@ -17,6 +18,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::metrics::{DriverMetrics, Metrics};
+use crate::route::{AddressChange, MAX_SHARDS, Router};
 use crate::shard::Shard;
 use crate::{Command, MediaConfig, MediaError, MediaEvent};
 
@@ -85,63 +87,120 @@ fn grow_socket_buffers(socket: &std::net::UdpSocket) -> (usize, usize) {
     )
 }
 
-/// Binds `config.bind`, builds the shard and starts the media thread. Returns the bound address.
+/// The sockets the shards read: one, or with several shards an `SO_REUSEPORT` group of one
+/// per shard on the same address and port (the kernel spreads datagrams over them by source).
+/// A fixed port is first bound alone, so a port held by anyone else (even another callrelay
+/// with the same group option) is refused instead of silently shared.
+fn bind_sockets(bind: SocketAddr, n: usize) -> Result<Vec<std::net::UdpSocket>, MediaError> {
+    if n == 1 {
+        return Ok(vec![std::net::UdpSocket::bind(bind)?]);
+    }
+    if bind.port() != 0 {
+        drop(std::net::UdpSocket::bind(bind)?);
+    }
+    let mut sockets: Vec<std::net::UdpSocket> = Vec::with_capacity(n);
+    let mut addr = bind;
+    for _ in 0..n {
+        let socket = reuseport_socket(addr)?;
+        addr = socket.local_addr()?; // the first one fixes the port when 0 was asked
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+fn reuseport_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, MediaError> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrStorage, bind, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let io = |e: nix::Error| MediaError::Io(std::io::Error::from(e));
+    let fd = socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).map_err(io)?;
+    setsockopt(&fd, sockopt::ReusePort, &true).map_err(io)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).map_err(io)?;
+    Ok(std::net::UdpSocket::from(fd))
+}
+
+/// Binds `config.bind`, builds `config.workers` shards and starts a thread for each. Returns
+/// the bound address and each shard's command queue.
 pub(crate) fn spawn(
     config: MediaConfig,
-    metrics: Metrics,
-    driver_metrics: DriverMetrics,
-    cmd_rx: mpsc::Receiver<Command>,
+    (first_metrics, first_driver_metrics): (Metrics, DriverMetrics),
     events: mpsc::UnboundedSender<MediaEvent>,
-) -> Result<SocketAddr, MediaError> {
-    let socket = std::net::UdpSocket::bind(config.bind)?;
-    socket.set_nonblocking(true)?;
-    let (rcvbuf, sndbuf) = grow_socket_buffers(&socket);
-    let local_addr = socket.local_addr()?;
+) -> Result<(SocketAddr, Vec<mpsc::Sender<Command>>), MediaError> {
+    let workers = config.workers.clamp(1, MAX_SHARDS);
+    let sockets = bind_sockets(config.bind, workers)?;
+    let mut buffers = (0, 0);
+    for socket in &sockets {
+        socket.set_nonblocking(true)?;
+        buffers = grow_socket_buffers(socket);
+    }
+    let (rcvbuf, sndbuf) = buffers;
+    let local_addr = sockets[0].local_addr()?;
     let candidates = candidate_addrs(local_addr, &config.public_ips);
     info!(
         %local_addr,
         candidates = candidates.len(),
+        workers,
         rcvbuf,
         sndbuf,
         "media socket bound"
     );
+    let mut metrics: Vec<_> = (1..workers)
+        .map(|_| first_metrics.another_shard())
+        .collect();
+    metrics.insert(0, (first_metrics, first_driver_metrics));
+    let (inbox_txs, inbox_rxs): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
+    let peers: Arc<[mpsc::UnboundedSender<Handoff>]> = inbox_txs.into();
     let now = Instant::now();
-    let shard = Shard::new(
-        config,
-        candidates.clone(),
-        metrics,
-        events,
-        rand::make_rng::<StdRng>(),
-        now,
-        unix_now(),
-    )?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    std::thread::Builder::new()
-        .name("callrelay-media".into())
-        .spawn(move || {
-            runtime.block_on(async move {
-                let socket = match UdpSocket::from_std(socket) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!("media socket: {e}");
-                        return;
+    let mut commands = Vec::with_capacity(workers);
+    for (index, ((socket, inbox), (shard_metrics, driver_metrics))) in
+        sockets.into_iter().zip(inbox_rxs).zip(metrics).enumerate()
+    {
+        let shard = Shard::new(
+            config.clone(),
+            candidates.clone(),
+            shard_metrics,
+            events.clone(),
+            rand::make_rng::<StdRng>(),
+            now,
+            unix_now(),
+        )?
+        .with_index(index, workers);
+        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        commands.push(cmd_tx);
+        let driver = Driver {
+            index,
+            local_addr,
+            candidates: candidates.clone(),
+            shard,
+            metrics: driver_metrics,
+            cmd_rx,
+            router: Router::new(index, workers),
+            inbox,
+            peers: Arc::clone(&peers),
+            handoff_delay: Duration::ZERO,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("callrelay-media-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match UdpSocket::from_std(socket) {
+                        Ok(socket) => driver.run(socket).await,
+                        Err(e) => tracing::error!("media socket: {e}"),
                     }
-                };
-                Driver {
-                    socket,
-                    local_addr,
-                    candidates,
-                    shard,
-                    metrics: driver_metrics,
-                    cmd_rx,
-                }
-                .run()
-                .await;
-            });
-        })?;
-    Ok(local_addr)
+                });
+            })?;
+    }
+    Ok((local_addr, commands))
 }
 
 fn unix_now() -> Duration {
@@ -150,21 +209,43 @@ fn unix_now() -> Duration {
         .unwrap_or_default()
 }
 
+/// What one shard's driver hands another.
+enum Handoff {
+    /// A datagram that arrived on this worker's socket for a room of the other shard.
+    Datagram {
+        source: SocketAddr,
+        bytes: Vec<u8>,
+        read_at: Instant,
+    },
+    /// Shard `from` learnt or forgot a client address.
+    Address { from: usize, change: AddressChange },
+}
+
 struct Driver {
-    socket: UdpSocket,
+    index: usize,
     local_addr: SocketAddr,
     candidates: Vec<SocketAddr>,
     shard: Shard,
     metrics: DriverMetrics,
     cmd_rx: mpsc::Receiver<Command>,
+    router: Router,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    /// Every shard's inbox, this one's included (so `inbox` never closes while it runs).
+    peers: Arc<[mpsc::UnboundedSender<Handoff>]>,
+    /// How long the input being handled waited in an inbox after its socket read: the
+    /// forwarding latency of its copies counts from the read.
+    handoff_delay: Duration,
 }
 
 impl Driver {
-    async fn run(mut self) {
-        let drops = tokio::spawn(crate::socket_drops::watch(
-            self.local_addr.port(),
-            self.metrics.socket_queue_full.clone(),
-        ));
+    async fn run(mut self, socket: UdpSocket) {
+        // One watcher for the port: the kernel's table lists every socket of the group.
+        let drops = (self.index == 0).then(|| {
+            tokio::spawn(crate::socket_drops::watch(
+                self.local_addr.port(),
+                self.metrics.socket_queue_full.clone(),
+            ))
+        });
         let mut buf = vec![0u8; 2048];
         let mut next_flush = Instant::now() + FLUSH_EVERY;
         loop {
@@ -181,7 +262,7 @@ impl Driver {
                     match cmd {
                         Command::Shutdown { reply } => {
                             self.shard.close_all(now);
-                            self.transmit();
+                            self.transmit(&socket);
                             self.metrics.flush();
                             let _ = reply.send(());
                             break;
@@ -190,18 +271,22 @@ impl Driver {
                         Command::OnMediaThread(f) => f(),
                         cmd => {
                             self.shard.handle_command(now, cmd);
-                            self.transmit();
+                            self.transmit(&socket);
                         }
                     }
                 }
-                res = self.socket.recv_from(&mut buf) => {
+                Some(handoff) = self.inbox.recv() => {
+                    self.take(handoff, &socket);
+                    self.drain_inbox(&socket);
+                }
+                res = socket.recv_from(&mut buf) => {
                     match res {
                         Ok((n, from)) => {
-                            self.receive(from, &buf[..n]);
+                            self.receive(from, &buf[..n], &socket);
                             // Drain what else is already queued before looking at timers.
                             for _ in 0..RECV_BATCH {
-                                match self.socket.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => self.receive(from, &buf[..n]),
+                                match socket.try_recv_from(&mut buf) {
+                                    Ok((n, from)) => self.receive(from, &buf[..n], &socket),
                                     Err(_) => break,
                                 }
                             }
@@ -218,36 +303,109 @@ impl Driver {
             let now = Instant::now();
             if self.shard.poll_timeout().is_some_and(|t| t <= now) {
                 self.shard.handle_timeout(now);
-                self.transmit();
+                self.transmit(&socket);
             }
             if now >= next_flush {
                 self.metrics.flush();
                 next_flush = now + FLUSH_EVERY;
             }
         }
-        drops.abort();
-        info!("media loop stopped");
+        if let Some(drops) = drops {
+            drops.abort();
+        }
+        info!(worker = self.index, "media loop stopped");
     }
 
-    fn receive(&mut self, source: SocketAddr, data: &[u8]) {
+    /// A datagram read off this worker's socket: handled here, or handed to the shard that
+    /// owns it.
+    fn receive(&mut self, source: SocketAddr, data: &[u8], socket: &UdpSocket) {
+        let read_at = Instant::now();
+        let mut owner = self.owner(source, data);
+        if owner.is_none() && !self.shard.knows_address(&source) {
+            // Perhaps another shard learnt this address a moment ago: its announcement was
+            // queued before the client could send this (the client answers our STUN reply).
+            self.drain_inbox(socket);
+            owner = self.owner(source, data);
+        }
+        match owner {
+            Some(owner) => {
+                let handoff = Handoff::Datagram {
+                    source,
+                    bytes: data.to_vec(),
+                    read_at,
+                };
+                // A stopped shard (shutting down) drops it.
+                let _ = self.peers[owner].send(handoff);
+            }
+            None => self.handle_datagram(source, data, read_at, socket),
+        }
+    }
+
+    fn owner(&self, source: SocketAddr, data: &[u8]) -> Option<usize> {
+        let shard = &self.shard;
+        self.router
+            .owner(source, data, |addr| shard.knows_address(addr))
+    }
+
+    fn handle_datagram(
+        &mut self,
+        source: SocketAddr,
+        data: &[u8],
+        read_at: Instant,
+        socket: &UdpSocket,
+    ) {
         let now = Instant::now();
+        self.handoff_delay = now.saturating_duration_since(read_at);
         let destination = self.local_addr_for(source);
         self.shard.handle_receive(now, source, destination, data);
-        self.transmit();
+        self.transmit(socket);
+        self.handoff_delay = Duration::ZERO;
     }
 
-    /// Sends everything the shard queued, in order. A forwarded copy's latency runs from its
-    /// packet's receipt to its hand-off to the kernel.
-    fn transmit(&mut self) {
+    fn take(&mut self, handoff: Handoff, socket: &UdpSocket) {
+        match handoff {
+            Handoff::Datagram {
+                source,
+                bytes,
+                read_at,
+            } => self.handle_datagram(source, &bytes, read_at, socket),
+            Handoff::Address { from, change } => self.router.apply(from, change),
+        }
+    }
+
+    /// Handles what other shards handed over, up to a batch.
+    fn drain_inbox(&mut self, socket: &UdpSocket) {
+        for _ in 0..RECV_BATCH {
+            match self.inbox.try_recv() {
+                Ok(handoff) => self.take(handoff, socket),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Sends everything the shard queued, in order, and tells the other shards about the
+    /// addresses it learnt or forgot. A forwarded copy's latency runs from its packet's read
+    /// off a socket to its hand-off to the kernel.
+    fn transmit(&mut self, socket: &UdpSocket) {
         while let Some(t) = self.shard.poll_transmit() {
-            if self.socket.try_send_to(&t.bytes, t.destination).is_err() {
+            if socket.try_send_to(&t.bytes, t.destination).is_err() {
                 self.metrics.send_failed.inc();
             }
             if let Some(received_at) = t.received_at {
-                let latency = received_at.elapsed();
+                let latency = received_at.elapsed() + self.handoff_delay;
                 self.metrics.forward_latency.observe(latency.as_secs_f64());
                 #[cfg(feature = "bench")]
                 crate::bench::observe_copy(latency);
+            }
+        }
+        while let Some(change) = self.shard.poll_address_change() {
+            for (i, peer) in self.peers.iter().enumerate() {
+                if i != self.index {
+                    let _ = peer.send(Handoff::Address {
+                        from: self.index,
+                        change,
+                    });
+                }
             }
         }
     }

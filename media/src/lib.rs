@@ -94,6 +94,7 @@ mod error;
 mod metrics;
 mod peer;
 mod room;
+pub mod route;
 mod shard;
 mod socket_drops;
 
@@ -125,6 +126,9 @@ pub struct MediaConfig {
     /// for this long is closed, as is one that does not connect within this long after its
     /// offer/answer. Default 30 s.
     pub liveness_timeout: Duration,
+    /// Shards, each on a thread of its own, all on the one port (`media.workers`); a room
+    /// lives on one of them. Default: one per core. Clamped to 1-256.
+    pub workers: usize,
 }
 
 impl Default for MediaConfig {
@@ -133,6 +137,7 @@ impl Default for MediaConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 50_000)),
             public_ips: Vec::new(),
             liveness_timeout: Duration::from_secs(30),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -249,6 +254,19 @@ pub struct SfuStats {
     pub demux_addresses: usize,
 }
 
+impl std::ops::AddAssign for SfuStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rooms += o.rooms;
+        self.participants += o.participants;
+        self.peer_connections += o.peer_connections;
+        self.audio_tracks += o.audio_tracks;
+        self.video_tracks += o.video_tracks;
+        self.subscriptions += o.subscriptions;
+        self.demux_ufrags += o.demux_ufrags;
+        self.demux_addresses += o.demux_addresses;
+    }
+}
+
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, MediaError>>;
 
 pub(crate) enum Command {
@@ -292,31 +310,35 @@ pub(crate) enum Command {
     OnMediaThread(Box<dyn FnOnce() + Send>),
 }
 
-/// The SFU. [`Sfu::start`] binds the socket and starts the media thread.
+/// The SFU. [`Sfu::start`] binds the port and starts the media threads.
 pub struct Sfu;
 
 impl Sfu {
-    /// Binds `config.bind`, registers the metrics on `registry` and starts the media loop on a
-    /// thread of its own (`callrelay-media`, with its own current-thread runtime), not on the
-    /// caller's runtime. The loop stops on [`SfuHandle::shutdown`] or when every handle is
-    /// dropped.
+    /// Binds `config.bind`, registers the metrics on `registry` and starts `config.workers`
+    /// shards, each on a thread of its own (`callrelay-media-N`, with its own current-thread
+    /// runtime), not on the caller's runtime. They stop on [`SfuHandle::shutdown`] or when
+    /// every handle is dropped.
     pub async fn start(
         config: MediaConfig,
         registry: &prometheus::Registry,
     ) -> Result<(SfuHandle, mpsc::UnboundedReceiver<MediaEvent>), MediaError> {
-        let (metrics, driver_metrics) = metrics::Metrics::register(registry)
+        let metrics = metrics::Metrics::register(registry)
             .map_err(|e| MediaError::Rtc(format!("metrics: {e}")))?;
-        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        let local_addr = driver::spawn(config, metrics, driver_metrics, cmd_rx, event_tx)?;
-        Ok((SfuHandle { cmd_tx, local_addr }, event_rx))
+        let (local_addr, shards) = driver::spawn(config, metrics, event_tx)?;
+        let handle = SfuHandle {
+            shards: shards.into(),
+            local_addr,
+        };
+        Ok((handle, event_rx))
     }
 }
 
-/// Talks to the media loop. Cheap to clone, `Send + Sync`.
+/// Talks to the media shards. Cheap to clone, `Send + Sync`.
 #[derive(Clone, Debug)]
 pub struct SfuHandle {
-    cmd_tx: mpsc::Sender<Command>,
+    /// Each shard's command queue; a room's commands go to the shard that owns it.
+    shards: std::sync::Arc<[mpsc::Sender<Command>]>,
     local_addr: SocketAddr,
 }
 
@@ -326,13 +348,32 @@ impl SfuHandle {
         self.local_addr
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, MediaError> {
+    /// How many shards (media worker threads) run.
+    pub fn workers(&self) -> usize {
+        self.shards.len()
+    }
+
+    async fn call_shard<T>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, MediaError> {
         let (tx, rx) = oneshot::channel();
-        self.cmd_tx
+        self.shards[shard]
             .send(make(tx))
             .await
             .map_err(|_| MediaError::Stopped)?;
         rx.await.map_err(|_| MediaError::Stopped)?
+    }
+
+    /// Sends a command about `room` to the shard that owns it.
+    async fn call<T>(
+        &self,
+        room: &str,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, MediaError> {
+        let shard = route::shard_of_room(room, self.shards.len());
+        self.call_shard(shard, make).await
     }
 
     /// Applies the client's publish offer and returns the answer. Creates the participant
@@ -343,7 +384,7 @@ impl SfuHandle {
         participant: &str,
         offer_sdp: String,
     ) -> Result<String, MediaError> {
-        self.call(|reply| Command::Publish {
+        self.call(room, |reply| Command::Publish {
             room: room.to_owned(),
             participant: participant.to_owned(),
             sdp: offer_sdp,
@@ -359,7 +400,7 @@ impl SfuHandle {
         participant: &str,
         answer_sdp: String,
     ) -> Result<(), MediaError> {
-        self.call(|reply| Command::SubscribeAnswer {
+        self.call(room, |reply| Command::SubscribeAnswer {
             room: room.to_owned(),
             participant: participant.to_owned(),
             sdp: answer_sdp,
@@ -378,7 +419,7 @@ impl SfuHandle {
         pc: PcKind,
         candidate: Option<CandidateInit>,
     ) -> Result<(), MediaError> {
-        self.call(|reply| Command::AddCandidate {
+        self.call(room, |reply| Command::AddCandidate {
             room: room.to_owned(),
             participant: participant.to_owned(),
             pc,
@@ -391,7 +432,7 @@ impl SfuHandle {
     /// Makes `participant` a member of `room` that receives everyone else's tracks, whether or
     /// not it ever publishes.
     pub async fn join(&self, room: &str, participant: &str) -> Result<(), MediaError> {
-        self.call(|reply| Command::Join {
+        self.call(room, |reply| Command::Join {
             room: room.to_owned(),
             participant: participant.to_owned(),
             reply,
@@ -402,7 +443,7 @@ impl SfuHandle {
     /// Closes both connections of `participant`; the others stop receiving its tracks (and get
     /// a new subscribe offer).
     pub async fn leave(&self, room: &str, participant: &str) -> Result<(), MediaError> {
-        self.call(|reply| Command::Leave {
+        self.call(room, |reply| Command::Leave {
             room: room.to_owned(),
             participant: participant.to_owned(),
             reply,
@@ -410,20 +451,28 @@ impl SfuHandle {
         .await
     }
 
+    /// Everything the shards hold, summed.
     pub async fn stats(&self) -> Result<SfuStats, MediaError> {
-        self.call(|reply| Command::Stats { reply }).await
+        let mut total = SfuStats::default();
+        for shard in 0..self.shards.len() {
+            total += self
+                .call_shard(shard, |reply| Command::Stats { reply })
+                .await?;
+        }
+        Ok(total)
     }
 
-    /// Closes every connection and stops the media loop. Later calls return
+    /// Closes every connection and stops the media threads. Later calls return
     /// [`MediaError::Stopped`].
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self
-            .cmd_tx
-            .send(Command::Shutdown { reply: tx })
-            .await
-            .is_ok()
-        {
+        let mut stopped = Vec::new();
+        for shard in self.shards.iter() {
+            let (tx, rx) = oneshot::channel();
+            if shard.send(Command::Shutdown { reply: tx }).await.is_ok() {
+                stopped.push(rx);
+            }
+        }
+        for rx in stopped {
             let _ = rx.await;
         }
     }

@@ -28,8 +28,12 @@ use crate::rtx_cache::Suppressed;
 const QUEUE_FULL: &str = "queue_full";
 
 pub(crate) struct Metrics {
-    pub peer_connections: IntGauge,
-    pub tracks: [IntGauge; 2],
+    series: Series,
+    peer_connections: IntGauge,
+    tracks: [IntGauge; 2],
+    /// What this shard last added to the gauges (connections, audio, video tracks): every
+    /// shard adds its own share, so each reports changes, never absolute values.
+    reported: [i64; 3],
     pub packets_received: [LocalIntCounter; 2],
     pub packets_forwarded: [LocalIntCounter; 2],
     pub bytes_forwarded: [LocalIntCounter; 2],
@@ -74,8 +78,27 @@ fn reg<C: prometheus::core::Collector + Clone + 'static>(
     Ok(c)
 }
 
+/// The registered series, from which each shard takes its own local counters.
+#[derive(Clone)]
+struct Series {
+    peer_connections: IntGauge,
+    tracks: IntGaugeVec,
+    received: IntCounterVec,
+    forwarded: IntCounterVec,
+    bytes: IntCounterVec,
+    nack: IntCounterVec,
+    pli: IntCounterVec,
+    lost: IntCounter,
+    retransmissions: IntCounterVec,
+    suppressed: IntCounterVec,
+    dropped: IntCounterVec,
+    latency: Histogram,
+    rtt: Histogram,
+}
+
 impl Metrics {
-    /// Registers every series; the shard's half and the driver's.
+    /// Registers every series; returns the first shard's counters and its driver's (more with
+    /// [`Metrics::another_shard`]).
     pub fn register(r: &Registry) -> Result<(Self, DriverMetrics), prometheus::Error> {
         let peer_connections = reg(
             r,
@@ -176,49 +199,37 @@ impl Metrics {
                 ]),
             )?,
         )?;
-        let by_kind = |v: &IntCounterVec| {
-            [
-                v.with_label_values(&["audio"]).local(),
-                v.with_label_values(&["video"]).local(),
-            ]
-        };
-        let driver = DriverMetrics {
-            send_failed: dropped
-                .with_label_values(&[DropReason::SendFailed.label()])
-                .local(),
-            socket_queue_full: dropped.with_label_values(&[QUEUE_FULL]),
-            forward_latency: latency.local(),
-        };
-        let shard = Self {
+        let series = Series {
             peer_connections,
-            tracks: [
-                tracks.with_label_values(&["audio"]),
-                tracks.with_label_values(&["video"]),
-            ],
-            packets_received: by_kind(&received),
-            packets_forwarded: by_kind(&forwarded),
-            bytes_forwarded: by_kind(&bytes),
-            nack_in: nack.with_label_values(&["in"]).local(),
-            nack_out: nack.with_label_values(&["out"]).local(),
-            pli_in: pli.with_label_values(&["in"]).local(),
-            pli_out: pli.with_label_values(&["out"]).local(),
-            packets_lost: lost.local(),
-            retransmissions: by_kind(&retransmissions),
-            retransmissions_suppressed: Suppressed::ALL
-                .map(|reason| suppressed.with_label_values(&[reason.label()]).local()),
-            dropped: DropReason::ALL
-                .iter()
-                .map(|r| dropped.with_label_values(&[r.label()]).local())
-                .collect(),
-            dropped_totals: DropReason::ALL
-                .iter()
-                .map(|r| r.label())
-                .chain([QUEUE_FULL])
-                .map(|label| (label, dropped.with_label_values(&[label]), 0))
-                .collect(),
-            rtt: rtt.local(),
+            tracks,
+            received,
+            forwarded,
+            bytes,
+            nack,
+            pli,
+            lost,
+            retransmissions,
+            suppressed,
+            dropped,
+            latency,
+            rtt,
         };
-        Ok((shard, driver))
+        Ok(series.instance())
+    }
+
+    /// Counters of their own for one more shard and its driver, on the same series.
+    pub fn another_shard(&self) -> (Self, DriverMetrics) {
+        self.series.instance()
+    }
+
+    /// Sets this shard's share of the connection and track gauges.
+    pub fn report_sizes(&mut self, peer_connections: usize, tracks: [usize; 2]) {
+        let now = [peer_connections, tracks[0], tracks[1]].map(|n| n as i64);
+        let gauges = [&self.peer_connections, &self.tracks[0], &self.tracks[1]];
+        for ((gauge, now), reported) in gauges.into_iter().zip(now).zip(&mut self.reported) {
+            gauge.add(now - *reported);
+            *reported = now;
+        }
     }
 
     #[inline]
@@ -265,6 +276,57 @@ impl Metrics {
             c.flush();
         }
         self.rtt.flush();
+    }
+}
+
+impl Series {
+    fn instance(&self) -> (Metrics, DriverMetrics) {
+        let by_kind = |v: &IntCounterVec| {
+            [
+                v.with_label_values(&["audio"]).local(),
+                v.with_label_values(&["video"]).local(),
+            ]
+        };
+        let driver = DriverMetrics {
+            send_failed: self
+                .dropped
+                .with_label_values(&[DropReason::SendFailed.label()])
+                .local(),
+            socket_queue_full: self.dropped.with_label_values(&[QUEUE_FULL]),
+            forward_latency: self.latency.local(),
+        };
+        let shard = Metrics {
+            series: self.clone(),
+            peer_connections: self.peer_connections.clone(),
+            tracks: [
+                self.tracks.with_label_values(&["audio"]),
+                self.tracks.with_label_values(&["video"]),
+            ],
+            reported: [0; 3],
+            packets_received: by_kind(&self.received),
+            packets_forwarded: by_kind(&self.forwarded),
+            bytes_forwarded: by_kind(&self.bytes),
+            nack_in: self.nack.with_label_values(&["in"]).local(),
+            nack_out: self.nack.with_label_values(&["out"]).local(),
+            pli_in: self.pli.with_label_values(&["in"]).local(),
+            pli_out: self.pli.with_label_values(&["out"]).local(),
+            packets_lost: self.lost.local(),
+            retransmissions: by_kind(&self.retransmissions),
+            retransmissions_suppressed: Suppressed::ALL
+                .map(|reason| self.suppressed.with_label_values(&[reason.label()]).local()),
+            dropped: DropReason::ALL
+                .iter()
+                .map(|r| self.dropped.with_label_values(&[r.label()]).local())
+                .collect(),
+            dropped_totals: DropReason::ALL
+                .iter()
+                .map(|r| r.label())
+                .chain([QUEUE_FULL])
+                .map(|label| (label, self.dropped.with_label_values(&[label]), 0))
+                .collect(),
+            rtt: self.rtt.local(),
+        };
+        (shard, driver)
     }
 }
 

@@ -58,6 +58,7 @@ use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
 use crate::room::{
     EarlyCandidates, MAX_PENDING_CANDIDATES, Negotiation, Participant, PcId, Room, TrackKey,
 };
+use crate::route::{self, AddressChange};
 use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter, Suppressed, Verdict};
 use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
 
@@ -165,6 +166,8 @@ pub(crate) struct Transmit {
 }
 
 pub(crate) struct Shard {
+    /// This shard's index among the SFU's shards (its tag in every ufrag it hands out).
+    index: usize,
     candidates: Vec<SocketAddr>,
     config: MediaConfig,
     metrics: Metrics,
@@ -282,6 +285,7 @@ impl Shard {
         unix_now: Duration,
     ) -> Result<Self, MediaError> {
         Ok(Self {
+            index: 0,
             candidates,
             config,
             metrics,
@@ -310,6 +314,28 @@ impl Shard {
             copy_scratch: CopyScratch::default(),
             last_sender_reports: now,
         })
+    }
+
+    /// Makes this shard number `index` of `shards` ([`crate::route`]): its ufrags carry the
+    /// index, and with more than one shard it reports the client addresses it learns and
+    /// forgets ([`Shard::poll_address_change`]) so the others can hand it their datagrams.
+    pub fn with_index(mut self, index: usize, shards: usize) -> Self {
+        self.index = index;
+        if shards > 1 {
+            self.demux.report_address_changes();
+        }
+        self
+    }
+
+    /// A client address this shard learnt or forgot since the last call (only with more than
+    /// one shard), for the other shards' routers.
+    pub fn poll_address_change(&mut self) -> Option<AddressChange> {
+        self.demux.drain_address_changes().next()
+    }
+
+    /// Whether datagrams from `source` are this shard's (it learnt the address from STUN).
+    pub fn knows_address(&self, source: &SocketAddr) -> bool {
+        self.demux.knows_address(source)
     }
 
     /// The next datagram to send, in the order the shard produced them.
@@ -425,7 +451,8 @@ impl Shard {
         }
         self.send_sender_reports(now);
         self.metrics.flush();
-        if now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {
+        // The summary reads the totals every shard adds to: the first shard speaks for all.
+        if self.index == 0 && now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {
             self.last_drop_summary = now;
             self.log_drop_summary();
         }

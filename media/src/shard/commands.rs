@@ -114,7 +114,8 @@ impl Shard {
         kind: PcKind,
         now: Instant,
     ) -> Result<PcId, MediaError> {
-        let (ufrag, pwd) = peer::ice_credentials(&mut self.rng);
+        let (mut ufrag, pwd) = peer::ice_credentials(&mut self.rng);
+        route::tag_ufrag(&mut ufrag, self.index);
         let setup = PcSetup {
             kind,
             ufrag: &ufrag,

@@ -245,13 +245,11 @@ impl Shard {
         Some(track)
     }
 
-    pub(super) fn update_track_gauges(&self) {
-        let mut n = [0i64; 2];
+    pub(super) fn update_track_gauges(&mut self) {
+        let mut n = [0; 2];
         for t in self.tracks.values() {
             n[kind_index(t.kind)] += 1;
         }
-        self.metrics.tracks[0].set(n[0]);
-        self.metrics.tracks[1].set(n[1]);
-        self.metrics.peer_connections.set(self.pcs.len() as i64);
+        self.metrics.report_sizes(self.pcs.len(), n);
     }
 }

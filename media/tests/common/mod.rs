@@ -267,9 +267,14 @@ impl Publisher {
 
     /// Publishes; with `proxy`, the client reaches the SFU through it.
     pub async fn publish_via(&self, sfu: &SfuHandle, proxy: Option<&LossyProxy>) {
+        self.publish_in(sfu, ROOM, proxy).await
+    }
+
+    /// Publishes into `room`; with `proxy`, the client reaches the SFU through it.
+    pub async fn publish_in(&self, sfu: &SfuHandle, room: &str, proxy: Option<&LossyProxy>) {
         let offer = self.pc.create_offer(None).await.unwrap();
         self.pc.set_local_description(offer.clone()).await.unwrap();
-        let mut answer = sfu.publish(ROOM, &self.id, offer.sdp).await.unwrap();
+        let mut answer = sfu.publish(room, &self.id, offer.sdp).await.unwrap();
         if let Some(proxy) = proxy {
             answer = answer.replace(
                 &format!(" {} typ host", sfu.local_addr().port()),
@@ -403,16 +408,18 @@ impl Signaling {
         let (sfu, mut rx) = Sfu::start(config, &registry).await.expect("sfu starts");
         let subscribers: Arc<Mutex<HashMap<String, Arc<dyn PeerConnection>>>> = Arc::default();
         let events: Arc<Mutex<Vec<MediaEvent>>> = Arc::default();
-        let (offer_tx, mut offer_rx) = mpsc::unbounded_channel::<(String, String)>();
+        let (offer_tx, mut offer_rx) = mpsc::unbounded_channel::<(String, String, String)>();
         {
             let events = Arc::clone(&events);
             tokio::spawn(async move {
                 while let Some(ev) = rx.recv().await {
                     if let MediaEvent::SubscribeOffer {
-                        participant, sdp, ..
+                        room,
+                        participant,
+                        sdp,
                     } = &ev
                     {
-                        let _ = offer_tx.send((participant.clone(), sdp.clone()));
+                        let _ = offer_tx.send((room.clone(), participant.clone(), sdp.clone()));
                     }
                     events.lock().unwrap().push(ev);
                 }
@@ -424,7 +431,7 @@ impl Signaling {
             let sfu = sfu.clone();
             let rewrites = Arc::clone(&offer_rewrites);
             tokio::spawn(async move {
-                while let Some((participant, mut sdp)) = offer_rx.recv().await {
+                while let Some((room, participant, mut sdp)) = offer_rx.recv().await {
                     if let Some((from, to)) = rewrites.lock().unwrap().get(&participant) {
                         sdp = sdp.replace(from.as_str(), to);
                     }
@@ -441,7 +448,7 @@ impl Signaling {
                     if pc.set_local_description(answer.clone()).await.is_err() {
                         continue;
                     }
-                    let _ = sfu.subscribe_answer(ROOM, &participant, answer.sdp).await;
+                    let _ = sfu.subscribe_answer(&room, &participant, answer.sdp).await;
                 }
             });
         }
