@@ -17,6 +17,8 @@ use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use rtc::shared::TransportProtocol;
+
 use rtc::crypto::RTCCryptoProvider;
 use rtc::stun::integrity::MessageIntegrity;
 use rtc::stun::message::{CLASS_REQUEST, Message};
@@ -184,10 +186,28 @@ fn verify_request(
     Ok(msg.contains(rtc::stun::attributes::AttrType(ATTR_USE_CANDIDATE)))
 }
 
-/// The routing table: local ufrag → (key, ICE password), learned source address → key.
+/// Where a datagram came from: the transport it arrived on and the client's address. Media is
+/// routed by it, so a transport other than the UDP port (a TCP connection, a TURN allocation)
+/// is one more kind of remote, not a change to rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Remote {
+    pub transport: TransportProtocol,
+    pub addr: SocketAddr,
+}
+
+impl Remote {
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            transport: TransportProtocol::UDP,
+            addr,
+        }
+    }
+}
+
+/// The routing table: local ufrag → (key, ICE password), learned remote → key.
 pub struct Demux<K> {
     by_ufrag: HashMap<String, Credentials<K>>,
-    by_addr: HashMap<SocketAddr, K>,
+    by_addr: HashMap<Remote, K>,
     /// Reverse index so that removing a key is exact and cheap.
     owned: HashMap<K, Owned>,
     crypto: Arc<dyn RTCCryptoProvider>,
@@ -205,9 +225,9 @@ struct Credentials<K> {
 struct Owned {
     ufrags: Vec<String>,
     /// Learned addresses, oldest first.
-    addrs: Vec<SocketAddr>,
+    addrs: Vec<Remote>,
     /// The address of the last authenticated request that nominated its pair.
-    selected: Option<SocketAddr>,
+    selected: Option<Remote>,
 }
 
 impl<K> std::fmt::Debug for Demux<K> {
@@ -249,7 +269,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     }
 
     /// Whether datagrams from `addr` are routed here.
-    pub fn knows_address(&self, addr: &SocketAddr) -> bool {
+    pub fn knows_address(&self, addr: &Remote) -> bool {
         self.by_addr.contains_key(addr)
     }
 
@@ -291,7 +311,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     }
 
     /// The peer connection this datagram from `from` belongs to.
-    pub fn route(&mut self, from: SocketAddr, datagram: &[u8]) -> Result<K, DropReason> {
+    pub fn route(&mut self, from: Remote, datagram: &[u8]) -> Result<K, DropReason> {
         match classify(datagram) {
             Class::Other => Err(DropReason::NotWebrtc),
             Class::Stun => match stun_local_ufrag(datagram) {
@@ -324,7 +344,7 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         }
     }
 
-    fn learn(&mut self, from: SocketAddr, key: K, nominates: bool) {
+    fn learn(&mut self, from: Remote, key: K, nominates: bool) {
         match self.by_addr.insert(from, key) {
             None => self.note(AddressChange::Learned(from)),
             Some(old) if old != key => {
@@ -438,8 +458,8 @@ mod tests {
         signed(BINDING_REQUEST, user, pwd, false)
     }
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn addr(port: u16) -> Remote {
+        Remote::udp(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     const RTP: [u8; 4] = [0x80, 96, 0, 1];

@@ -1,22 +1,36 @@
-//! The media driver: the only part of the SFU with a thread, a socket, clocks and randomness.
+//! The media driver: the only part of the SFU with threads, sockets, clocks and randomness.
 //!
-//! [`spawn`] binds the one UDP socket (its buffers grown), seeds the shard's generator from the
-//! OS and starts one OS thread, `callrelay-media`, with a current-thread tokio runtime of its
-//! own: the media never shares a runtime with HTTP and Socket.IO. On that thread the driver
-//! waits on the socket, the command channel and the shard's next timeout, reads the clock once
-//! per input, hands the input to the [`Shard`] and sends what [`Shard::poll_transmit`] yields
-//! (counting failed sends and each copy's forwarding latency). Beside it, on the same runtime,
-//! a task watches the kernel's drops at the socket ([`crate::socket_drops`]).
+//! [`spawn`] binds the media port, builds `media.workers` shards (each seeded from the OS) and
+//! starts one OS thread per shard, `callrelay-media-N`, each with a current-thread tokio
+//! runtime of its own: the media never shares a runtime with HTTP and Socket.IO. With one
+//! worker the port is one socket; with several, an `SO_REUSEPORT` group of one socket per
+//! worker (the kernel spreads datagrams over them by source address).
+//!
+//! On its thread each driver waits on its socket, its shard's command queue, its inbox (what
+//! the other workers hand it) and its shard's next timeout; it reads the clock once per input
+//! and hands the input to its [`Shard`]. A datagram read off its socket that belongs to another
+//! shard's room ([`crate::route::Router`]: STUN by the shard tagged in the ufrag, the rest by
+//! the addresses the shards announce) goes to that shard's inbox instead, copied once. After
+//! every input it sends what [`Shard::poll_transmit`] yields on its own socket (same port),
+//! counting failed sends and each copy's forwarding latency from the packet's read, and
+//! announces the addresses its shard learnt or forgot to the other workers. Worker 0 also
+//! runs a task watching the kernel's drops at the port ([`crate::socket_drops`]).
+//!
+//! Why a hand-over and not a reader thread: with one worker nothing is handed over (the
+//! datagram is read and forwarded by the same thread, as before the split), and with several
+//! only datagrams the kernel put on another worker's socket pay one copy and one queue.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
+use rtc::shared::TransportProtocol;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::demux::Remote;
 use crate::metrics::{DriverMetrics, Metrics};
 use crate::route::{AddressChange, MAX_SHARDS, Router};
 use crate::shard::Shard;
@@ -166,7 +180,6 @@ pub(crate) fn spawn(
             config.clone(),
             candidates.clone(),
             shard_metrics,
-            events.clone(),
             rand::make_rng::<StdRng>(),
             now,
             unix_now(),
@@ -185,6 +198,7 @@ pub(crate) fn spawn(
             inbox,
             peers: Arc::clone(&peers),
             handoff_delay: Duration::ZERO,
+            events: events.clone(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -235,6 +249,7 @@ struct Driver {
     /// How long the input being handled waited in an inbox after its socket read: the
     /// forwarding latency of its copies counts from the read.
     handoff_delay: Duration,
+    events: mpsc::UnboundedSender<MediaEvent>,
 }
 
 impl Driver {
@@ -321,7 +336,7 @@ impl Driver {
     fn receive(&mut self, source: SocketAddr, data: &[u8], socket: &UdpSocket) {
         let read_at = Instant::now();
         let mut owner = self.owner(source, data);
-        if owner.is_none() && !self.shard.knows_address(&source) {
+        if owner.is_none() && !self.shard.knows_address(&Remote::udp(source)) {
             // Perhaps another shard learnt this address a moment ago: its announcement was
             // queued before the client could send this (the client answers our STUN reply).
             self.drain_inbox(socket);
@@ -343,8 +358,9 @@ impl Driver {
 
     fn owner(&self, source: SocketAddr, data: &[u8]) -> Option<usize> {
         let shard = &self.shard;
-        self.router
-            .owner(source, data, |addr| shard.knows_address(addr))
+        self.router.owner(Remote::udp(source), data, |remote| {
+            shard.knows_address(remote)
+        })
     }
 
     fn handle_datagram(
@@ -357,7 +373,8 @@ impl Driver {
         let now = Instant::now();
         self.handoff_delay = now.saturating_duration_since(read_at);
         let destination = self.local_addr_for(source);
-        self.shard.handle_receive(now, source, destination, data);
+        self.shard
+            .handle_receive(now, TransportProtocol::UDP, source, destination, data);
         self.transmit(socket);
         self.handoff_delay = Duration::ZERO;
     }
@@ -397,6 +414,9 @@ impl Driver {
                 #[cfg(feature = "bench")]
                 crate::bench::observe_copy(latency);
             }
+        }
+        while let Some(event) = self.shard.poll_event() {
+            let _ = self.events.send(event);
         }
         while let Some(change) = self.shard.poll_address_change() {
             for (i, peer) in self.peers.iter().enumerate() {

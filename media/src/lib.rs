@@ -7,20 +7,24 @@
 //!
 //! ## The loop: a driver and a shard
 //!
-//! [`Sfu::start`] binds **one UDP socket** and starts **one OS thread**, `callrelay-media`,
-//! with a current-thread tokio runtime of its own (HTTP and Socket.IO never share it). The
-//! media state lives in the **shard** (`shard::Shard`), a sans-IO state machine that owns
-//! everything through `&mut self`: rooms, participants, every webrtc-rs sans-IO peer
+//! [`Sfu::start`] binds **one UDP port** and starts **`media.workers` shards**, each on an OS
+//! thread of its own, `callrelay-media-N`, with a current-thread tokio runtime of its own
+//! (HTTP and Socket.IO never share it). A room lives on one shard ([`route`]: a stable hash of
+//! its id), so every command goes to its room's shard and a room's state is never shared
+//! between threads. The media state lives in the **shard** (`shard::Shard`), a sans-IO state
+//! machine that owns its rooms through `&mut self`: participants, every webrtc-rs sans-IO peer
 //! connection (crate `rtc` 0.21.1, with the patch in `vendor/rtc/CALLRELAY-PATCH.md`), the
 //! forwarding tables. No mutex, no `Arc` around state. The shard has no socket and reads no
 //! clock: every input carries `now`, the NTP time of RTCP is derived from a wall-clock epoch
 //! given at construction, and its randomness (ICE credentials, SSRCs, sequence and timestamp
 //! bases) comes from the seedable generator it was built with. The **driver**
-//! (`driver.rs`) is the only code with a thread, the socket, clocks and randomness: it waits on
-//! three inputs, reads the clock once per input and hands it to the shard, then sends every
-//! datagram the shard's `poll_transmit` yields and sleeps until its `poll_timeout`:
+//! (`driver.rs`) is the only code with threads, sockets, clocks and randomness: per shard it
+//! waits on the inputs, reads the clock once per input and hands it to the shard (or, for a
+//! datagram of another shard's room that the kernel put on this worker's socket, to that
+//! shard's driver), then sends every datagram the shard's `poll_transmit` yields and sleeps
+//! until its `poll_timeout`:
 //!
-//! * **a datagram** → `handle_receive(now, source, destination, bytes)` → [`demux`] picks the
+//! * **a datagram** → `handle_receive(now, transport, source, destination, bytes)` → [`demux`] picks the
 //!   peer connection (STUN by the local ICE ufrag, everything else by the source address
 //!   learned from STUN; garbage is dropped and counted) → `handle_read` → the connection is
 //!   *driven*: its events (connection state, tracks opening), decoded RTP/RTCP and outgoing
@@ -305,7 +309,7 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
-    /// Runs a closure on the media thread (benchmarks sample that thread's CPU time).
+    /// Runs a closure on a shard's thread (benchmarks sample each thread's CPU time).
     #[cfg(feature = "bench")]
     OnMediaThread(Box<dyn FnOnce() + Send>),
 }

@@ -13,11 +13,9 @@
 //! spreads datagrams over them by source address, so a datagram lands on a given worker
 //! whichever room it is for; the router hands it to the owner when that is another shard.
 
+use crate::demux::{Class, Remote, StunUser, classify, stun_local_ufrag};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
-
-use crate::demux::{Class, StunUser, classify, stun_local_ufrag};
 
 /// How many hex digits of a ufrag name its shard (so at most 256 shards).
 const TAG_LEN: usize = 2;
@@ -52,8 +50,8 @@ pub fn shard_of_ufrag(ufrag: &str, shards: usize) -> Option<usize> {
 /// A shard learnt or forgot a client address (see the module doc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AddressChange {
-    Learned(SocketAddr),
-    Forgotten(SocketAddr),
+    Learned(Remote),
+    Forgotten(Remote),
 }
 
 /// One shard's view of where datagrams go: its own demux answers for the addresses it learnt;
@@ -62,7 +60,7 @@ pub enum AddressChange {
 pub struct Router {
     me: usize,
     shards: usize,
-    elsewhere: HashMap<SocketAddr, usize>,
+    elsewhere: HashMap<Remote, usize>,
 }
 
 impl Router {
@@ -93,9 +91,9 @@ impl Router {
     /// counted there). `known_here` asks this shard's demux.
     pub fn owner(
         &self,
-        source: SocketAddr,
+        source: Remote,
         datagram: &[u8],
-        known_here: impl FnOnce(&SocketAddr) -> bool,
+        known_here: impl FnOnce(&Remote) -> bool,
     ) -> Option<usize> {
         if self.shards <= 1 {
             return None;
@@ -132,9 +130,10 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([192, 0, 2, 1], port))
+    fn addr(port: u16) -> Remote {
+        Remote::udp(SocketAddr::from(([192, 0, 2, 1], port)))
     }
 
     /// A STUN binding request whose USERNAME is `user` (integrity is the owner's business).

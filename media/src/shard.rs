@@ -46,11 +46,10 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::MarshalSize;
 use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::SfuStats;
-use crate::demux::{Demux, DropReason};
+use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::keyframe::KeyframeThrottle;
 use crate::metrics::{Metrics, kind_index};
@@ -172,7 +171,8 @@ pub(crate) struct Shard {
     config: MediaConfig,
     metrics: Metrics,
     counters: Arc<CoreCounters>,
-    events: mpsc::UnboundedSender<MediaEvent>,
+    /// What the signaling layer must hear, drained with [`Shard::poll_event`].
+    events: VecDeque<MediaEvent>,
     rng: StdRng,
 
     demux: Demux<PcId>,
@@ -279,7 +279,6 @@ impl Shard {
         config: MediaConfig,
         candidates: Vec<SocketAddr>,
         metrics: Metrics,
-        events: mpsc::UnboundedSender<MediaEvent>,
         rng: StdRng,
         now: Instant,
         unix_now: Duration,
@@ -290,7 +289,7 @@ impl Shard {
             config,
             metrics,
             counters: Arc::new(CoreCounters::default()),
-            events,
+            events: VecDeque::new(),
             rng,
             demux: Demux::new(
                 rtc::crypto::default_provider().map_err(|e| MediaError::Rtc(e.to_string()))?,
@@ -334,8 +333,13 @@ impl Shard {
     }
 
     /// Whether datagrams from `source` are this shard's (it learnt the address from STUN).
-    pub fn knows_address(&self, source: &SocketAddr) -> bool {
+    pub fn knows_address(&self, source: &Remote) -> bool {
         self.demux.knows_address(source)
+    }
+
+    /// The next event for the signaling layer, in the order they happened.
+    pub fn poll_event(&mut self) -> Option<MediaEvent> {
+        self.events.pop_front()
     }
 
     /// The next datagram to send, in the order the shard produced them.
@@ -369,17 +373,24 @@ impl Shard {
 
     // ------------------------------------------------------------------ inputs
 
-    /// A datagram from `source` that arrived on local address `destination` (one of the
-    /// announced candidates) at `now`.
+    /// A datagram from `source` over `transport` that arrived on local address `destination`
+    /// (one of the announced candidates) at `now`.
     pub fn handle_receive(
         &mut self,
         now: Instant,
+        transport: TransportProtocol,
         source: SocketAddr,
         destination: SocketAddr,
         data: &[u8],
     ) {
         let from = source;
-        let id = match self.demux.route(from, data) {
+        let id = match self.demux.route(
+            Remote {
+                transport,
+                addr: from,
+            },
+            data,
+        ) {
             Ok(id) => id,
             Err(reason) => {
                 self.metrics.dropped(reason);
@@ -396,7 +407,7 @@ impl Shard {
                 local_addr: destination,
                 peer_addr: from,
                 ecn: None,
-                transport_protocol: TransportProtocol::UDP,
+                transport_protocol: transport,
             },
             message: BytesMut::from(data),
         };
@@ -606,8 +617,8 @@ impl Shard {
         }
     }
 
-    fn emit(&self, ev: MediaEvent) {
-        let _ = self.events.send(ev);
+    fn emit(&mut self, ev: MediaEvent) {
+        self.events.push_back(ev);
     }
 
     fn handle_pc_event(&mut self, id: PcId, ev: RTCPeerConnectionEvent, now: Instant) {

@@ -35,7 +35,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::Shard;
 use crate::metrics::Metrics;
@@ -52,7 +52,6 @@ pub(crate) const STEP: Duration = Duration::from_millis(10);
 pub(crate) struct World {
     pub now: Instant,
     shard: Shard,
-    shard_events: mpsc::UnboundedReceiver<MediaEvent>,
     registry: prometheus::Registry,
     /// Every event the shard emitted, in order.
     pub events: Vec<MediaEvent>,
@@ -120,12 +119,10 @@ impl World {
         let now = Instant::now();
         let registry = prometheus::Registry::new();
         let (metrics, _) = Metrics::register(&registry).expect("metrics register once");
-        let (events_tx, shard_events) = mpsc::unbounded_channel();
         let shard = Shard::new(
             config,
             vec![SFU],
             metrics,
-            events_tx,
             StdRng::seed_from_u64(7),
             now,
             Duration::from_secs(1_700_000_000),
@@ -134,7 +131,6 @@ impl World {
         Self {
             now,
             shard,
-            shard_events,
             registry,
             events: Vec::new(),
             peers: BTreeMap::new(),
@@ -146,7 +142,7 @@ impl World {
     /// The only place the shard's events are read: logged in [`World::events`], and subscribe
     /// offers handed to their peer.
     fn drain_shard_events(&mut self) {
-        while let Ok(event) = self.shard_events.try_recv() {
+        while let Some(event) = self.shard.poll_event() {
             if let MediaEvent::SubscribeOffer {
                 participant, sdp, ..
             } = &event
@@ -435,8 +431,13 @@ impl World {
                     moved = true;
                     if link_up && out.transport.peer_addr == SFU {
                         client.last_delivered = Some(now);
-                        self.shard
-                            .handle_receive(now, client.addr, SFU, &out.message);
+                        self.shard.handle_receive(
+                            now,
+                            TransportProtocol::UDP,
+                            client.addr,
+                            SFU,
+                            &out.message,
+                        );
                     }
                 }
             }
