@@ -21,6 +21,7 @@
 //! only datagrams the kernel put on another worker's socket pay one copy and one queue.
 
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -33,7 +34,8 @@ use tracing::{debug, info};
 use crate::demux::Remote;
 use crate::metrics::{DriverMetrics, Metrics};
 use crate::route::{AddressChange, MAX_SHARDS, Router};
-use crate::shard::Shard;
+use crate::send_batch::BatchSender;
+use crate::shard::{Shard, Transmit};
 use crate::{Command, MediaConfig, MediaError, MediaEvent};
 
 /// Datagrams drained from the socket after a wake-up before timers are looked at.
@@ -187,25 +189,31 @@ pub(crate) fn spawn(
         .with_index(index, workers);
         let (cmd_tx, cmd_rx) = mpsc::channel(1024);
         commands.push(cmd_tx);
-        let driver = Driver {
-            index,
-            local_addr,
-            candidates: candidates.clone(),
-            shard,
-            metrics: driver_metrics,
-            cmd_rx,
-            router: Router::new(index, workers),
-            inbox,
-            peers: Arc::clone(&peers),
-            handoff_delay: Duration::ZERO,
-            events: events.clone(),
-        };
+        let candidates = candidates.clone();
+        let peers = Arc::clone(&peers);
+        let events = events.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         std::thread::Builder::new()
             .name(format!("callrelay-media-{index}"))
             .spawn(move || {
+                // Built on its thread: the batch's system-call buffers stay there.
+                let driver = Driver {
+                    index,
+                    local_addr,
+                    candidates,
+                    shard,
+                    metrics: driver_metrics,
+                    cmd_rx,
+                    router: Router::new(index, workers),
+                    inbox,
+                    peers,
+                    handoff_delay: Duration::ZERO,
+                    events,
+                    batch: BatchSender::new(),
+                    one_by_one: std::env::var("CALLRELAY_SEND_ONE_BY_ONE").is_ok_and(|v| v == "1"),
+                };
                 runtime.block_on(async move {
                     match UdpSocket::from_std(socket) {
                         Ok(socket) => driver.run(socket).await,
@@ -235,6 +243,17 @@ enum Handoff {
     Address { from: usize, change: AddressChange },
 }
 
+/// A forwarded copy's latency: from its packet's read off a socket (`handoff_delay` before
+/// the shard saw it, if another worker read it) to its hand-off to the kernel.
+fn observe_copy(metrics: &mut DriverMetrics, handoff_delay: Duration, t: &Transmit) {
+    if let Some(received_at) = t.received_at {
+        let latency = received_at.elapsed() + handoff_delay;
+        metrics.forward_latency.observe(latency.as_secs_f64());
+        #[cfg(feature = "bench")]
+        crate::bench::observe_copy(latency);
+    }
+}
+
 struct Driver {
     index: usize,
     local_addr: SocketAddr,
@@ -250,6 +269,8 @@ struct Driver {
     /// forwarding latency of its copies counts from the read.
     handoff_delay: Duration,
     events: mpsc::UnboundedSender<MediaEvent>,
+    batch: BatchSender,
+    one_by_one: bool,
 }
 
 impl Driver {
@@ -405,16 +426,19 @@ impl Driver {
     /// off a socket to its hand-off to the kernel.
     fn transmit(&mut self, socket: &UdpSocket) {
         while let Some(t) = self.shard.poll_transmit() {
-            if socket.try_send_to(&t.bytes, t.destination).is_err() {
-                self.metrics.send_failed.inc();
+            if self.one_by_one {
+                if socket.try_send_to(&t.bytes, t.destination).is_err() {
+                    self.metrics.send_failed.inc();
+                }
+                observe_copy(&mut self.metrics, self.handoff_delay, &t);
+                continue;
             }
-            if let Some(received_at) = t.received_at {
-                let latency = received_at.elapsed() + self.handoff_delay;
-                self.metrics.forward_latency.observe(latency.as_secs_f64());
-                #[cfg(feature = "bench")]
-                crate::bench::observe_copy(latency);
+            self.batch.push(t);
+            if self.batch.is_full() {
+                self.send_batch(socket);
             }
         }
+        self.send_batch(socket);
         while let Some(event) = self.shard.poll_event() {
             let _ = self.events.send(event);
         }
@@ -427,6 +451,14 @@ impl Driver {
                     });
                 }
             }
+        }
+    }
+
+    fn send_batch(&mut self, socket: &UdpSocket) {
+        let refused = self.batch.send(socket.as_raw_fd());
+        self.metrics.send_failed.inc_by(refused as u64);
+        for t in self.batch.drain_sent() {
+            observe_copy(&mut self.metrics, self.handoff_delay, &t);
         }
     }
 

@@ -99,6 +99,7 @@ mod metrics;
 mod peer;
 mod room;
 pub mod route;
+mod send_batch;
 mod shard;
 mod socket_drops;
 
