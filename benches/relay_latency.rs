@@ -35,6 +35,8 @@
 //! (counting allocator, per thread), loss, and the client threads' own CPU. One JSON line per
 //! N at the end.
 
+mod common;
+
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +50,7 @@ use callrelay::load::peer::{ClientPeer, Kind, OPUS_PT, VP8_PT};
 use callrelay::load::stats::{Histogram, thread_cpu};
 use callrelay::load::udp;
 use callrelay_media::{MediaConfig, MediaEvent, Sfu, SfuHandle, bench};
+use common::{Ports, env, metric_sum, since_start, wait_until};
 use rtc::rtp::header::Header;
 use rtc::rtp::packet::Packet;
 use rtc::shared::marshal::{Marshal, MarshalSize, Unmarshal};
@@ -118,13 +121,6 @@ struct Settings {
     floor_profile: ProtectionProfile,
     /// `media.workers` of the SFU (the floor is one thread whatever this says).
     workers: usize,
-}
-
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
 }
 
 impl Settings {
@@ -200,12 +196,6 @@ struct ThreadSample {
     /// When the thread took the sample ([`since_start`]): a saturated server answers its probe
     /// late, so rates use the thread's own interval, not the window's nominal length.
     at: Duration,
-}
-
-static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-
-fn since_start() -> Duration {
-    START.get_or_init(Instant::now).elapsed()
 }
 
 type ProbeTx = mpsc::UnboundedSender<oneshot::Sender<ThreadSample>>;
@@ -452,23 +442,6 @@ fn run_once(mode: Mode, n: usize, s: &Settings) -> Result<RunResult, String> {
             Mode::Floor => run_floor(n, s, shared).await,
         }
     })
-}
-
-/// Sums a counter (all label values) in a registry.
-fn metric_sum(registry: &prometheus::Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .map(|m| {
-            if m.get_counter().has_value() {
-                m.get_counter().value()
-            } else {
-                0.0
-            }
-        })
-        .sum()
 }
 
 /// Cumulative buckets (upper bound s, count) of a histogram in a registry.
@@ -789,21 +762,6 @@ fn start_publisher(
     }
 }
 
-async fn wait_until(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> bool,
-) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        if Instant::now() > deadline {
-            return Err(format!("timed out waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
-
 /// The measured window, common to both modes: returns (server, clients) samples at start and
 /// end, and the publisher's and subscribers' records.
 struct Window {
@@ -817,45 +775,6 @@ struct Window {
     client_socket_drops: u64,
     /// When `on_edge` ran (window start, end), on the measuring thread.
     edges: (Duration, Duration),
-}
-
-/// The local UDP ports of a run: the server's and the subscribers'.
-struct Ports {
-    server: u16,
-    clients: Vec<u16>,
-}
-
-impl Ports {
-    fn new(server: SocketAddr, clients: &[std::net::UdpSocket]) -> Self {
-        Self {
-            server: server.port(),
-            clients: clients
-                .iter()
-                .filter_map(|s| s.local_addr().ok())
-                .map(|a| a.port())
-                .collect(),
-        }
-    }
-
-    /// (server, subscribers) receive-queue drops so far.
-    fn drops(&self) -> (u64, u64) {
-        let by_port = udp_drops_by_port();
-        let of = |p: &u16| by_port.get(p).copied().unwrap_or(0);
-        (of(&self.server), self.clients.iter().map(of).sum())
-    }
-}
-
-/// The `drops` column of /proc/net/udp (IPv4; the bench binds 127.0.0.1) by local port.
-fn udp_drops_by_port() -> HashMap<u16, u64> {
-    let text = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            let port = u16::from_str_radix(cols.get(1)?.rsplit_once(':')?.1, 16).ok()?;
-            Some((port, cols.last()?.parse().ok()?))
-        })
-        .collect()
 }
 
 async fn measure(
@@ -1428,7 +1347,7 @@ fn ramp(s: &Settings) {
                 let server_core = r.server_core();
                 let client_core = r.clients_cpu.as_secs_f64() / secs;
                 println!(
-                    "{{\"bench\":\"relay_saturation_step\",\"mode\":\"{}\",\"subscribers\":{n},\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"loss\":{:.6},\"server_socket_drops\":{},\"server_drops\":{},\"client_socket_drops\":{},\"p99_us\":{},\"wire_p99_us\":{}}}",
+                    "{{\"bench\":\"relay_latency_ramp_step\",\"mode\":\"{}\",\"subscribers\":{n},\"in_pps\":{in_pps:.0},\"out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"loss\":{:.6},\"server_socket_drops\":{},\"server_drops\":{},\"client_socket_drops\":{},\"p99_us\":{},\"wire_p99_us\":{}}}",
                     mode.name(),
                     loss(&r),
                     r.server_socket_drops,
@@ -1467,7 +1386,7 @@ fn ramp(s: &Settings) {
             }
             let (in_pps, out_pps, server_core, client_core) = sustained.unwrap_or_default();
             println!(
-                "{{\"bench\":\"relay_saturation\",\"mode\":\"{}\",\"subscribers\":{n},\"max_sustained_in_pps\":{in_pps:.0},\"max_sustained_out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"out_pps_per_server_core\":{:.0},\"first_unsustained\":{first_unsustained}}}",
+                "{{\"bench\":\"relay_latency_ramp\",\"mode\":\"{}\",\"subscribers\":{n},\"max_sustained_in_pps\":{in_pps:.0},\"max_sustained_out_pps\":{out_pps:.0},\"server_core_frac\":{server_core:.3},\"client_core_frac\":{client_core:.3},\"out_pps_per_server_core\":{:.0},\"first_unsustained\":{first_unsustained}}}",
                 mode.name(),
                 if server_core > 0.0 {
                     out_pps / server_core
