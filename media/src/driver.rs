@@ -11,7 +11,8 @@
 //! and hands the input to its [`Shard`]. A datagram read off its socket that belongs to another
 //! shard's room ([`crate::route::Router`]: STUN by the shard tagged in the ufrag, the rest by
 //! the addresses the shards announce) goes to that shard's inbox instead, copied once. After
-//! every input it sends what [`Shard::poll_transmit`] yields on its own socket (same port),
+//! every input it sends what [`Shard::poll_transmit`] yields on its own socket (same port), in
+//! `sendmmsg` batches ([`crate::send_batch`]),
 //! counting failed sends and each copy's forwarding latency from the packet's read, and
 //! announces the addresses its shard learnt or forgot to the other workers. Worker 0 also
 //! runs a task watching the kernel's drops at the port ([`crate::socket_drops`]).
@@ -212,7 +213,6 @@ pub(crate) fn spawn(
                     handoff_delay: Duration::ZERO,
                     events,
                     batch: BatchSender::new(),
-                    one_by_one: std::env::var("CALLRELAY_SEND_ONE_BY_ONE").is_ok_and(|v| v == "1"),
                 };
                 runtime.block_on(async move {
                     match UdpSocket::from_std(socket) {
@@ -270,7 +270,6 @@ struct Driver {
     handoff_delay: Duration,
     events: mpsc::UnboundedSender<MediaEvent>,
     batch: BatchSender,
-    one_by_one: bool,
 }
 
 impl Driver {
@@ -421,18 +420,11 @@ impl Driver {
         }
     }
 
-    /// Sends everything the shard queued, in order, and tells the other shards about the
-    /// addresses it learnt or forgot. A forwarded copy's latency runs from its packet's read
-    /// off a socket to its hand-off to the kernel.
+    /// Sends everything the shard queued, in order, in `sendmmsg` batches (measured: about 15%
+    /// less CPU per copy than one `sendto` each, see benches/README.md), passes its events on
+    /// and tells the other shards about the addresses it learnt or forgot.
     fn transmit(&mut self, socket: &UdpSocket) {
         while let Some(t) = self.shard.poll_transmit() {
-            if self.one_by_one {
-                if socket.try_send_to(&t.bytes, t.destination).is_err() {
-                    self.metrics.send_failed.inc();
-                }
-                observe_copy(&mut self.metrics, self.handoff_delay, &t);
-                continue;
-            }
             self.batch.push(t);
             if self.batch.is_full() {
                 self.send_batch(socket);
