@@ -28,19 +28,20 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
 use rtc::shared::TransportProtocol;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
+use crate::batch_io::{BatchReceiver, BatchSender};
 use crate::demux::Remote;
 use crate::metrics::{DriverMetrics, Metrics};
 use crate::route::{AddressChange, MAX_SHARDS, Router};
-use crate::send_batch::BatchSender;
 use crate::shard::{Shard, Transmit};
 use crate::{Command, MediaConfig, MediaError, MediaEvent};
 
-/// Datagrams drained from the socket after a wake-up before timers are looked at.
-const RECV_BATCH: usize = 64;
+/// Hand-overs from other workers taken at once before timers are looked at.
+const INBOX_BATCH: usize = 64;
 /// How often the driver's own counters are flushed.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -281,7 +282,7 @@ impl Driver {
                 self.metrics.socket_queue_full.clone(),
             ))
         });
-        let mut buf = vec![0u8; 2048];
+        let mut received = BatchReceiver::new();
         let mut next_flush = Instant::now() + FLUSH_EVERY;
         loop {
             let next_timeout = self
@@ -314,18 +315,21 @@ impl Driver {
                     self.take(handoff, &socket);
                     self.drain_inbox(&socket);
                 }
-                res = socket.recv_from(&mut buf) => {
-                    match res {
-                        Ok((n, from)) => {
-                            self.receive(from, &buf[..n], &socket);
-                            // Drain what else is already queued before looking at timers.
-                            for _ in 0..RECV_BATCH {
-                                match socket.try_recv_from(&mut buf) {
-                                    Ok((n, from)) => self.receive(from, &buf[..n], &socket),
-                                    Err(_) => break,
-                                }
+                ready = socket.readable() => {
+                    if let Err(e) = ready {
+                        debug!("media socket: {e}");
+                        continue;
+                    }
+                    // One batch, then timers and the other inputs get their turn.
+                    let fd = socket.as_raw_fd();
+                    match socket.try_io(Interest::READABLE, || received.recv(fd)) {
+                        Ok(n) => {
+                            for i in 0..n {
+                                let (from, data) = received.datagram(i);
+                                self.receive(from, data, &socket);
                             }
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => debug!("media socket recv error: {e}"),
                     }
                 }
@@ -412,7 +416,7 @@ impl Driver {
 
     /// Handles what other shards handed over, up to a batch.
     fn drain_inbox(&mut self, socket: &UdpSocket) {
-        for _ in 0..RECV_BATCH {
+        for _ in 0..INBOX_BATCH {
             match self.inbox.try_recv() {
                 Ok(handoff) => self.take(handoff, socket),
                 Err(_) => break,

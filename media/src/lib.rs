@@ -93,13 +93,13 @@
 //! `callrelay_forward_latency_seconds` (socket read to each copy's socket write) and
 //! `callrelay_rtt_seconds` (from subscribers' receiver reports).
 
+mod batch_io;
 mod driver;
 mod error;
 mod metrics;
 mod peer;
 mod room;
 pub mod route;
-mod send_batch;
 mod shard;
 mod socket_drops;
 
