@@ -311,27 +311,20 @@ impl Driver {
                         }
                     }
                 }
+                // The inbox and the socket take turns: each wake-up on one also takes a batch
+                // of the other, so neither can starve the other under load.
                 Some(handoff) = self.inbox.recv() => {
                     self.take(handoff, &socket);
                     self.drain_inbox(&socket);
+                    self.read_socket(&mut received, &socket);
                 }
                 ready = socket.readable() => {
                     if let Err(e) = ready {
                         debug!("media socket: {e}");
                         continue;
                     }
-                    // One batch, then timers and the other inputs get their turn.
-                    let fd = socket.as_raw_fd();
-                    match socket.try_io(Interest::READABLE, || received.recv(fd)) {
-                        Ok(n) => {
-                            for i in 0..n {
-                                let (from, data) = received.datagram(i);
-                                self.receive(from, data, &socket);
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => debug!("media socket recv error: {e}"),
-                    }
+                    self.read_socket(&mut received, &socket);
+                    self.drain_inbox(&socket);
                 }
                 _ = tokio::time::sleep_until(next_timeout.into()) => {}
             }
@@ -353,6 +346,21 @@ impl Driver {
             drops.abort();
         }
         info!(worker = self.index, "media loop stopped");
+    }
+
+    /// Reads one batch off the socket, if any is queued, and handles or hands over each.
+    fn read_socket(&mut self, received: &mut BatchReceiver, socket: &UdpSocket) {
+        let fd = socket.as_raw_fd();
+        match socket.try_io(Interest::READABLE, || received.recv(fd)) {
+            Ok(n) => {
+                for i in 0..n {
+                    let (from, data) = received.datagram(i);
+                    self.receive(from, data, socket);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => debug!("media socket recv error: {e}"),
+        }
     }
 
     /// A datagram read off this worker's socket: handled here, or handed to the shard that
