@@ -7,6 +7,15 @@
 //! at construction) and draws its randomness (ICE credentials, SSRCs, sequence and timestamp
 //! bases) from the seedable generator it was given.
 //!
+//! State has two homes. The connection table (`pcs`: each webrtc-rs peer connection by
+//! [`PcId`], with its timers and liveness) is shard-wide, as the demultiplexer and the timer
+//! heap name connections by id. Everything else belongs to a [`Room`] in `rooms`: participants,
+//! publications and their layers, subscribers and their down-tracks (see [`crate::room`]). A
+//! connection names its room by [`RoomId`], so an operation on a subscriber or a publication
+//! touches that room only, and the forwarding path (`fanout.rs`) visits exactly one
+//! publication's down-tracks. A publication leaves through [`Shard::remove_publication`], a
+//! participant through [`Shard::close_participant`], whatever the cause.
+//!
 //! Per input the shard (1) hands it to the one peer connection concerned, (2) drains that
 //! connection's events, decoded packets and outgoing datagrams (`drive`), which may touch
 //! other connections (a forwarded packet, a relayed keyframe request) — those are drained in
@@ -15,7 +24,7 @@
 use std::cmp::Reverse;
 use std::collections::VecDeque;
 use std::collections::hash_map::Entry;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -37,10 +46,8 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::packet::Packet;
-use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RtpCodecKind,
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::MarshalSize;
@@ -51,22 +58,28 @@ use tracing::{debug, info, warn};
 use crate::SfuStats;
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
-use crate::keyframe::KeyframeThrottle;
 use crate::metrics::{Metrics, kind_index};
 use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
 use crate::room::{
-    EarlyCandidates, MAX_PENDING_CANDIDATES, Negotiation, Participant, PcId, Room, TrackKey,
+    Dormant, DownTrack, DownTrackId, EarlyCandidates, LayerSelector, MAX_PENDING_CANDIDATES,
+    Negotiation, Participant, PcId, Publication, PublicationId, Room, RoomId, TrackInfo,
 };
 use crate::route::{self, AddressChange};
-use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter, Suppressed, Verdict};
+use crate::rtx_cache::{RtxLimiter, Suppressed, Verdict};
 use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
 
 mod commands;
+mod fanout;
+mod housekeeping;
 mod publish;
 mod rtcp;
 mod sdp;
 mod subscribe;
 
+use fanout::send_copy;
+/// The per-copy step, for the forwarding benchmark (`crate::bench::forward_copy`).
+#[cfg(feature = "bench")]
+pub use fanout::write_copy;
 use sdp::{offered_sections, still_sent};
 
 const MAX_ID_LEN: usize = 256;
@@ -77,9 +90,10 @@ const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const CLOSED_MEMORY: Duration = Duration::from_secs(60);
 const EARLY_CANDIDATE_TTL: Duration = Duration::from_secs(10);
 
-/// One webrtc-rs peer connection and what the loop knows about it.
+/// One webrtc-rs peer connection and what the loop knows about it: the connection table's
+/// entry. What it carries (publications, down-tracks) is its room's state.
 struct Pc {
-    room: String,
+    room: RoomId,
     participant: String,
     kind: PcKind,
     rtc: RTCPeerConnection,
@@ -91,68 +105,6 @@ struct Pc {
     /// An offer/answer has been applied: from now on it must connect and stay alive.
     negotiated: bool,
     connected: bool,
-    /// Publish: the publisher's media SSRC → track.
-    in_tracks: HashMap<u32, TrackKey>,
-    /// Publish: tracks the publisher stopped by renegotiating (media SSRC → what they were),
-    /// kept so that they can be published again when their m-section sends again and their
-    /// RTP arrives (webrtc-rs does not report a stream it has already opened a second time).
-    dormant: HashMap<u32, Dormant>,
-    /// Subscribe: the SSRC we send a track with → track.
-    out_ssrcs: HashMap<u32, TrackKey>,
-    /// Subscribe: an answer for the current offer was applied.
-    answered: bool,
-}
-
-/// A track its publisher stopped in a renegotiation.
-struct Dormant {
-    info: TrackInfo,
-    /// Its m-section sends again: the next RTP packet on its SSRC publishes it again.
-    revivable: bool,
-}
-
-/// What publishing a track needs to know about it, learnt from the publish connection.
-struct TrackInfo {
-    track_id: String,
-    /// The m-section (transceiver) the track arrives on, if known.
-    mid: Option<String>,
-    kind: MediaKind,
-    codec: RTCRtpCodec,
-    media_ssrc: u32,
-    pub_codecs: Vec<RTCRtpCodecParameters>,
-    pub_extensions: Vec<(String, u8)>,
-}
-
-/// One subscriber of one track: where its copies go and how they are rewritten.
-struct Fanout {
-    sub_pc: PcId,
-    sender_id: RTCRtpSenderId,
-    rewriter: Rewriter,
-    /// What this subscriber's NACKs may make the SFU resend on this track.
-    rtx: RtxLimiter,
-    /// Negotiated (answered) and connected: copies are sent.
-    ready: bool,
-    configured: bool,
-}
-
-/// A track a publisher sends into the SFU.
-struct Track {
-    room: String,
-    publisher: String,
-    track_id: String,
-    /// The publisher's m-section carrying it, if known.
-    mid: Option<String>,
-    kind: MediaKind,
-    codec: RTCRtpCodec,
-    pub_pc: PcId,
-    media_ssrc: u32,
-    /// The publisher's negotiated codecs and header extensions (uri, id).
-    pub_codecs: Vec<RTCRtpCodecParameters>,
-    pub_extensions: Vec<(String, u8)>,
-    cache: RtxCache,
-    keyframes: KeyframeThrottle,
-    keyframe_wanted: bool,
-    highest_seq: Option<u16>,
-    subscribers: Vec<Fanout>,
 }
 
 /// A datagram the shard wants sent.
@@ -176,9 +128,11 @@ pub(crate) struct Shard {
     rng: StdRng,
 
     demux: Demux<PcId>,
+    /// The connection table (the demultiplexer and the timer heap name connections by id).
     pcs: HashMap<PcId, Pc>,
-    tracks: HashMap<TrackKey, Track>,
-    rooms: HashMap<String, Room>,
+    /// Every room and, inside it, all of its state ([`Room`]).
+    rooms: HashMap<RoomId, Room>,
+    room_ids: HashMap<String, RoomId>,
     timers: BinaryHeap<Reverse<(Instant, PcId)>>,
     dirty: Vec<PcId>,
     transmits: VecDeque<Transmit>,
@@ -228,49 +182,6 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, MediaError>) -> Result<T, MediaError
         .unwrap_or_else(|_| Err(MediaError::Rtc("webrtc core panicked".into())))
 }
 
-/// One subscriber's copy of a publisher packet: rewrites the header for this subscriber into
-/// `scratch`, then protects and sends it ([`send_copy`]). Returns whether a datagram went out:
-/// not if the subscriber did not negotiate the payload type or its DTLS-SRTP is not up yet.
-///
-/// This is the whole per-copy cost of the forwarding path; the media loop calls it once per
-/// ready subscriber, and the `bench` feature exposes it to the forwarding benchmark.
-pub fn write_copy(
-    rewriter: &mut Rewriter,
-    rtc: &mut RTCPeerConnection,
-    packet: &Packet,
-    now_us: u64,
-    scratch: &mut CopyScratch,
-    send: impl FnMut(BytesMut, SocketAddr),
-) -> bool {
-    rewriter.rewrite_into(&packet.header, now_us, &mut scratch.header)
-        && send_copy(rewriter, rtc, &packet.payload, scratch, send)
-}
-
-/// Marshals `scratch.header` with `payload`, protects it with the subscriber connection's
-/// SRTP context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler
-/// pipeline, no interceptors — the rewriter counts the packet for our own sender reports)
-/// and hands the datagram (the ciphertext the core allocated) to `send`.
-fn send_copy(
-    rewriter: &mut Rewriter,
-    rtc: &mut RTCPeerConnection,
-    payload: &[u8],
-    scratch: &mut CopyScratch,
-    mut send: impl FnMut(BytesMut, SocketAddr),
-) -> bool {
-    if !scratch.marshal(payload) {
-        return false;
-    }
-    let CopyScratch { header, bytes } = scratch;
-    match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
-        Ok(Some((datagram, to))) => {
-            send(datagram, to);
-            rewriter.count_sent(payload.len());
-            true
-        }
-        _ => false,
-    }
-}
-
 impl Shard {
     /// A shard announcing `candidates` as its host candidates. `now` and `unix_now` (the wall
     /// clock at `now`, since the Unix epoch) fix the mapping from the monotonic clock of every
@@ -295,8 +206,8 @@ impl Shard {
                 rtc::crypto::default_provider().map_err(|e| MediaError::Rtc(e.to_string()))?,
             ),
             pcs: HashMap::new(),
-            tracks: HashMap::new(),
             rooms: HashMap::new(),
+            room_ids: HashMap::new(),
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
             transmits: VecDeque::new(),
@@ -445,84 +356,6 @@ impl Shard {
         }
     }
 
-    fn housekeeping(&mut self, now: Instant) {
-        let nack_out = self.counters.nack_out.swap(0, Ordering::Relaxed);
-        if nack_out > 0 {
-            self.metrics.nack_out.inc_by(nack_out);
-        }
-        // Keyframe requests that the throttle held back.
-        let wanted: Vec<TrackKey> = self
-            .tracks
-            .iter()
-            .filter(|(_, t)| t.keyframe_wanted)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in wanted {
-            self.request_keyframe(key, now);
-        }
-        self.send_sender_reports(now);
-        self.metrics.flush();
-        // The summary reads the totals every shard adds to: the first shard speaks for all.
-        if self.index == 0 && now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {
-            self.last_drop_summary = now;
-            self.log_drop_summary();
-        }
-        if now.duration_since(self.last_liveness_check) >= Duration::from_secs(1) {
-            self.last_liveness_check = now;
-            self.check_liveness(now);
-            self.early_candidates
-                .prune(now.checked_sub(EARLY_CANDIDATE_TTL).unwrap_or(now));
-            self.closed_recently
-                .retain(|_, t| now.duration_since(*t) < CLOSED_MEMORY);
-        }
-    }
-
-    /// One line for every datagram dropped in the last interval: garbage on a public UDP port is
-    /// routine, and a line per datagram would let anyone fill the disk.
-    fn log_drop_summary(&mut self) {
-        let drops = self.metrics.drops_since_last_summary();
-        if drops.is_empty() {
-            return;
-        }
-        let total: u64 = drops.iter().map(|(_, n)| n).sum();
-        let by_reason = drops
-            .iter()
-            .map(|(reason, n)| format!("{reason}={n}"))
-            .collect::<Vec<_>>()
-            .join(" ");
-        warn!(
-            total,
-            by_reason,
-            interval_secs = DROP_SUMMARY_EVERY.as_secs(),
-            "media port dropped datagrams (callrelay_media_datagrams_dropped_total)"
-        );
-    }
-
-    /// Closes participants whose connections went silent (consent freshness, RFC 7675) or
-    /// never connected.
-    fn check_liveness(&mut self, now: Instant) {
-        let timeout = self.config.liveness_timeout;
-        let mut dead: Vec<(String, String, &'static str)> = Vec::new();
-        for pc in self.pcs.values() {
-            if !pc.negotiated {
-                continue;
-            }
-            let reason = match (pc.connected, pc.last_rx) {
-                (true, Some(rx)) if now.duration_since(rx) > timeout => Some("consent-timeout"),
-                (false, rx) if now.duration_since(rx.unwrap_or(pc.created)) > timeout => {
-                    Some("ice-timeout")
-                }
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                dead.push((pc.room.clone(), pc.participant.clone(), reason));
-            }
-        }
-        for (room, participant, reason) in dead {
-            self.close_participant(&room, &participant, Some(reason), now);
-        }
-    }
-
     // ------------------------------------------------------------------ driving
 
     fn mark_dirty(dirty: &mut Vec<PcId>, pc: &mut Pc, id: PcId) {
@@ -625,7 +458,10 @@ impl Shard {
         let Some(pc) = self.pcs.get_mut(&id) else {
             return;
         };
-        let (room, participant, kind) = (pc.room.clone(), pc.participant.clone(), pc.kind);
+        let (rid, participant, kind) = (pc.room, pc.participant.clone(), pc.kind);
+        let Some(room) = self.rooms.get(&rid).map(|r| r.name.clone()) else {
+            return;
+        };
         match ev {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 debug!(%room, %participant, pc = kind.as_str(), %state, "connection state");
@@ -640,15 +476,15 @@ impl Shard {
                 });
                 match state {
                     RTCPeerConnectionState::Connected if kind == PcKind::Subscribe => {
-                        self.activate_fanouts(id, now);
+                        self.activate_down_tracks(id, now);
                     }
                     RTCPeerConnectionState::Failed => {
-                        self.close_participant(&room, &participant, Some("connection-failed"), now);
+                        self.close_participant(rid, &participant, Some("connection-failed"), now);
                     }
                     // We remove a connection before closing it ourselves, so this is the
                     // client closing (DTLS close_notify).
                     RTCPeerConnectionState::Closed => {
-                        self.close_participant(&room, &participant, Some("remote-closed"), now);
+                        self.close_participant(rid, &participant, Some("remote-closed"), now);
                     }
                     _ => {}
                 }
@@ -656,7 +492,7 @@ impl Shard {
             RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
                 RTCIceConnectionState::Failed,
             ) => {
-                self.close_participant(&room, &participant, Some("ice-failed"), now);
+                self.close_participant(rid, &participant, Some("ice-failed"), now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))
                 if kind == PcKind::Publish =>
@@ -666,85 +502,11 @@ impl Shard {
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id))
                 if kind == PcKind::Publish =>
             {
-                let key = self.tracks.iter().find_map(|(k, t)| {
-                    (t.pub_pc == id && t.track_id == track_id.as_str()).then_some(*k)
-                });
-                if let Some(key) = key {
-                    self.unpublish_track(key, now);
+                if let Some(publication) = self.publication_of(id, track_id.as_str()) {
+                    self.unpublish(rid, publication, now);
                 }
             }
             _ => {}
-        }
-    }
-
-    // ------------------------------------------------------------------ media path
-
-    /// The hot path: one publisher packet in, one rewritten copy per ready subscriber out.
-    fn forward_rtp(&mut self, pub_id: PcId, packet: Packet, rx_at: Instant) {
-        let ssrc = packet.header.ssrc;
-        // OnOpen (handled before reads in `drive`) registered every SSRC we forward, and a
-        // track stopped by renegotiation and re-enabled is published again on its first
-        // packet; anything else (an SSRC we did not negotiate) is dropped.
-        let known = self
-            .pcs
-            .get(&pub_id)
-            .and_then(|pc| pc.in_tracks.get(&ssrc))
-            .copied();
-        let Some(key) = known.or_else(|| self.revive_track(pub_id, ssrc, rx_at)) else {
-            return;
-        };
-        let Self {
-            pcs,
-            tracks,
-            metrics,
-            transmits,
-            epoch,
-            copy_scratch,
-            ..
-        } = self;
-        let Some(track) = tracks.get_mut(&key) else {
-            return;
-        };
-        let kind = kind_index(track.kind);
-        metrics.packets_received[kind].inc();
-        let seq = packet.header.sequence_number;
-        match track.highest_seq {
-            Some(h) if seq_newer(seq, h) => {
-                let gap = seq.wrapping_sub(h) - 1;
-                if gap > 0 {
-                    metrics.packets_lost.inc_by(u64::from(gap));
-                }
-                track.highest_seq = Some(seq);
-            }
-            Some(_) => {}
-            None => track.highest_seq = Some(seq),
-        }
-        track.cache.insert(&packet);
-        let now_us = rx_at.duration_since(*epoch).as_micros() as u64;
-        let payload_len = packet.payload.len() as u64;
-        for f in track.subscribers.iter_mut().filter(|f| f.ready) {
-            let Some(sub) = pcs.get_mut(&f.sub_pc) else {
-                continue;
-            };
-            let written = write_copy(
-                &mut f.rewriter,
-                &mut sub.rtc,
-                &packet,
-                now_us,
-                copy_scratch,
-                |bytes, destination| {
-                    transmits.push_back(Transmit {
-                        destination,
-                        bytes,
-                        received_at: Some(rx_at),
-                    });
-                },
-            );
-            if written {
-                f.rtx.forwarded(copy_scratch.bytes.len(), now_us);
-                metrics.packets_forwarded[kind].inc();
-                metrics.bytes_forwarded[kind].inc_by(payload_len);
-            }
         }
     }
 }

@@ -234,3 +234,56 @@ fn join_leave_cycles_leave_nothing_behind() {
     assert_eq!(w.metric("callrelay_sfu_peer_connections"), 0.0);
     assert_eq!(w.metric("callrelay_sfu_tracks"), 0.0);
 }
+
+/// A publisher leaving while a member's subscribe offer is outstanding: the member's
+/// down-track goes at once (nothing forwarded, nothing counted), its sender only with the next
+/// offer, once the outstanding one is answered; the member then receives what is published
+/// next, and when everyone has left nothing is left.
+#[test]
+fn a_publication_removed_during_an_outstanding_offer_goes_with_the_next_one() {
+    let mut w = World::new(LIVENESS);
+    w.hold_offers("slow");
+    w.join("slow");
+    w.publish("p1", &["p1-cam"]);
+    w.stream("p1", "p1-cam");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.peer("slow").offers.len(), 1, "one offer, for p1's track");
+    assert_eq!(w.stats().subscriptions, 1);
+
+    w.leave("p1");
+    let s = w.stats();
+    assert_eq!(
+        (s.participants, s.video_tracks, s.subscriptions),
+        (1, 0, 0),
+        "p1's publication and slow's down-track of it are gone at once"
+    );
+    assert_eq!(
+        w.peer("slow").offers.len(),
+        1,
+        "no offer while one is outstanding"
+    );
+
+    w.answer_offer("slow");
+    let offers = &w.peer("slow").offers;
+    assert_eq!(offers.len(), 2, "the removal is offered after the answer");
+    assert!(
+        !offers[1].contains("msid:p1 "),
+        "p1's track gone:\n{}",
+        offers[1]
+    );
+
+    w.publish("p2", &["p2-cam"]);
+    w.stream("p2", "p2-cam");
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(w.peer("slow").offers.len(), 2, "still one outstanding");
+    w.answer_offer("slow");
+    w.answer_offer("slow");
+    w.run_for(Duration::from_secs(1));
+    assert!(w.received("slow", "p2") > 0, "slow receives p2");
+    assert_eq!(w.received("slow", "p1"), 0, "p1 never reached slow");
+
+    w.leave("slow");
+    w.leave("p2");
+    w.run_for(Duration::from_millis(200));
+    assert_eq!(w.stats(), SfuStats::default(), "nothing left");
+}

@@ -62,24 +62,38 @@ impl Shard {
         self.drive_dirty(now);
     }
 
-    pub(super) fn participant_mut(
-        &mut self,
-        room: &str,
-        participant: &str,
-    ) -> Option<&mut Participant> {
-        self.rooms.get_mut(room)?.participants.get_mut(participant)
+    /// The room called `room`, if this shard has it.
+    pub(super) fn room_id(&self, room: &str) -> Option<RoomId> {
+        self.room_ids.get(room).copied()
     }
 
-    /// Adds the participant (and room) if needed; true if it is new.
+    pub(super) fn participant_mut(
+        &mut self,
+        room: RoomId,
+        participant: &str,
+    ) -> Option<&mut Participant> {
+        self.rooms.get_mut(&room)?.participants.get_mut(participant)
+    }
+
+    /// Adds the participant (and room) if needed: its room, and true if it is new.
     pub(super) fn ensure_participant(
         &mut self,
         room: &str,
         participant: &str,
-    ) -> Result<bool, MediaError> {
+    ) -> Result<(RoomId, bool), MediaError> {
         valid_id(room, "room")?;
         valid_id(participant, "participant")?;
-        let r = self.rooms.entry(room.to_owned()).or_default();
-        Ok(match r.participants.entry(participant.to_owned()) {
+        let rid = match self.room_id(room) {
+            Some(rid) => rid,
+            None => {
+                let rid = RoomId(self.next_id());
+                self.room_ids.insert(room.to_owned(), rid);
+                self.rooms.insert(rid, Room::new(room));
+                rid
+            }
+        };
+        let r = self.rooms.get_mut(&rid).expect("room just ensured");
+        let is_new = match r.participants.entry(participant.to_owned()) {
             Entry::Occupied(_) => false,
             Entry::Vacant(v) => {
                 v.insert(Participant::new());
@@ -87,7 +101,8 @@ impl Shard {
                     .remove(&(room.to_owned(), participant.to_owned()));
                 true
             }
-        })
+        };
+        Ok((rid, is_new))
     }
 
     pub(super) fn join(
@@ -96,8 +111,9 @@ impl Shard {
         participant: &str,
         now: Instant,
     ) -> Result<(), MediaError> {
-        if self.ensure_participant(room, participant)? {
-            self.sync_subscriptions(room, participant, now)?;
+        let (rid, is_new) = self.ensure_participant(room, participant)?;
+        if is_new {
+            self.sync_subscriptions(rid, participant, now)?;
         }
         Ok(())
     }
@@ -109,7 +125,7 @@ impl Shard {
 
     pub(super) fn create_pc(
         &mut self,
-        room: &str,
+        room: RoomId,
         participant: &str,
         kind: PcKind,
         now: Instant,
@@ -130,7 +146,7 @@ impl Shard {
         self.pcs.insert(
             id,
             Pc {
-                room: room.to_owned(),
+                room,
                 participant: participant.to_owned(),
                 kind,
                 rtc,
@@ -140,17 +156,13 @@ impl Shard {
                 last_rx: None,
                 negotiated: false,
                 connected: false,
-                in_tracks: HashMap::new(),
-                dormant: HashMap::new(),
-                out_ssrcs: HashMap::new(),
-                answered: false,
             },
         );
         self.demux.add_ufrag(&ufrag, &pwd, id);
         if let Some(p) = self.participant_mut(room, participant) {
             match kind {
-                PcKind::Publish => p.publish_pc = Some(id),
-                PcKind::Subscribe => p.subscribe_pc = Some(id),
+                PcKind::Publish => p.publisher.pc = Some(id),
+                PcKind::Subscribe => p.subscriber.pc = Some(id),
             }
         }
         self.update_track_gauges();
@@ -171,17 +183,17 @@ impl Shard {
         let offer = guarded(|| {
             RTCSessionDescription::offer(sdp).map_err(|e| MediaError::InvalidSdp(e.to_string()))
         })?;
-        let is_new = self.ensure_participant(room, participant)?;
+        let (rid, is_new) = self.ensure_participant(room, participant)?;
         let existing = self
-            .participant_mut(room, participant)
-            .and_then(|p| p.publish_pc);
+            .participant_mut(rid, participant)
+            .and_then(|p| p.publisher.pc);
         let (id, created) = match existing {
             Some(id) => (id, false),
-            None => match self.create_pc(room, participant, PcKind::Publish, now) {
+            None => match self.create_pc(rid, participant, PcKind::Publish, now) {
                 Ok(id) => (id, true),
                 Err(e) => {
                     if is_new {
-                        self.remove_participant_entry(room, participant);
+                        self.remove_participant_entry(rid, participant);
                     }
                     return Err(e);
                 }
@@ -203,11 +215,11 @@ impl Shard {
             Err(e) => {
                 if created {
                     self.close_pc(id);
-                    if let Some(p) = self.participant_mut(room, participant) {
-                        p.publish_pc = None;
+                    if let Some(p) = self.participant_mut(rid, participant) {
+                        p.publisher.pc = None;
                     }
                     if is_new {
-                        self.remove_participant_entry(room, participant);
+                        self.remove_participant_entry(rid, participant);
                     }
                 }
                 return Err(e);
@@ -221,14 +233,14 @@ impl Shard {
         }
         // Candidates that arrived before the connection existed.
         let mut pending = self.early_candidates.take(room, participant);
-        if let Some(p) = self.participant_mut(room, participant) {
-            pending.append(&mut p.pending_publish_candidates);
+        if let Some(p) = self.participant_mut(rid, participant) {
+            pending.append(&mut p.publisher.pending_candidates);
         }
         for c in pending {
             let _ = self.apply_candidate(id, c);
         }
         if is_new {
-            self.sync_subscriptions(room, participant, now)?;
+            self.sync_subscriptions(rid, participant, now)?;
         }
         Ok(answer)
     }
@@ -240,11 +252,11 @@ impl Shard {
         sdp: String,
         now: Instant,
     ) -> Result<(), MediaError> {
-        let p = self.existing_participant(room, participant)?;
-        if !matches!(p.negotiation, Negotiation::OfferPending { .. }) {
+        let (rid, p) = self.existing_participant(room, participant)?;
+        if !matches!(p.subscriber.negotiation, Negotiation::OfferPending { .. }) {
             return Err(MediaError::InvalidState("no subscribe offer outstanding"));
         }
-        let sub_id = p.subscribe_pc.ok_or(MediaError::ConnectionClosed)?;
+        let sub_id = p.subscriber.pc.ok_or(MediaError::ConnectionClosed)?;
         let answer = guarded(|| {
             RTCSessionDescription::answer(sdp).map_err(|e| MediaError::InvalidSdp(e.to_string()))
         })?;
@@ -257,41 +269,47 @@ impl Shard {
             rtc.set_remote_description(now, answer)
                 .map_err(|e| MediaError::InvalidSdp(e.to_string()))
         })?;
-        pc.answered = true;
         Self::mark_dirty(&mut self.dirty, pc, sub_id);
-        let again = match self.participant_mut(room, participant) {
+        let again = match self.participant_mut(rid, participant) {
             Some(p) => {
-                let again = matches!(p.negotiation, Negotiation::OfferPending { again: true });
-                p.negotiation = Negotiation::Stable;
+                let s = &mut p.subscriber;
+                let again = matches!(s.negotiation, Negotiation::OfferPending { again: true });
+                s.answered = true;
+                s.negotiation = Negotiation::Stable;
                 again
             }
             None => false,
         };
-        self.configure_fanouts(sub_id);
-        self.activate_fanouts(sub_id, now);
+        self.configure_down_tracks(sub_id);
+        self.activate_down_tracks(sub_id, now);
         if again {
-            self.sync_subscriptions(room, participant, now)?;
+            self.sync_subscriptions(rid, participant, now)?;
         }
         Ok(())
     }
 
+    /// A participant of this shard, with its room; `ConnectionClosed` if it was closed a
+    /// moment ago (a late command about it is not an unknown participant).
     pub(super) fn existing_participant(
         &self,
         room: &str,
         participant: &str,
-    ) -> Result<&Participant, MediaError> {
+    ) -> Result<(RoomId, &Participant), MediaError> {
         if self
             .closed_recently
             .contains_key(&(room.to_owned(), participant.to_owned()))
         {
             return Err(MediaError::ConnectionClosed);
         }
-        self.rooms
-            .get(room)
-            .ok_or_else(|| MediaError::UnknownRoom(room.to_owned()))?
-            .participants
-            .get(participant)
-            .ok_or_else(|| unknown(room, participant))
+        let rid = self
+            .room_id(room)
+            .ok_or_else(|| MediaError::UnknownRoom(room.to_owned()))?;
+        let p = self
+            .rooms
+            .get(&rid)
+            .and_then(|r| r.participants.get(participant))
+            .ok_or_else(|| unknown(room, participant))?;
+        Ok((rid, p))
     }
 
     pub(super) fn add_candidate(
@@ -314,8 +332,8 @@ impl Shard {
         {
             return Err(MediaError::InvalidCandidate("too long".into()));
         }
-        let p = match self.existing_participant(room, participant) {
-            Ok(p) => p,
+        let (rid, p) = match self.existing_participant(room, participant) {
+            Ok(found) => found,
             Err(MediaError::UnknownRoom(_) | MediaError::UnknownParticipant { .. })
                 if kind == PcKind::Publish =>
             {
@@ -328,8 +346,8 @@ impl Shard {
             Err(e) => return Err(e),
         };
         let id = match kind {
-            PcKind::Publish => p.publish_pc,
-            PcKind::Subscribe => p.subscribe_pc,
+            PcKind::Publish => p.publisher.pc,
+            PcKind::Subscribe => p.subscriber.pc,
         };
         let Some(c) = candidate else {
             return Ok(()); // end of candidates: nothing to do for an ICE-lite server
@@ -337,10 +355,10 @@ impl Shard {
         match id {
             Some(id) => self.apply_candidate(id, c),
             None if kind == PcKind::Publish => {
-                if let Some(p) = self.participant_mut(room, participant)
-                    && p.pending_publish_candidates.len() < MAX_PENDING_CANDIDATES
+                if let Some(p) = self.participant_mut(rid, participant)
+                    && p.publisher.pending_candidates.len() < MAX_PENDING_CANDIDATES
                 {
-                    p.pending_publish_candidates.push(c);
+                    p.publisher.pending_candidates.push(c);
                 }
                 Ok(())
             }
@@ -370,80 +388,79 @@ impl Shard {
         participant: &str,
         now: Instant,
     ) -> Result<(), MediaError> {
-        self.existing_participant(room, participant)?;
-        self.close_participant(room, participant, None, now);
+        let (rid, _) = self.existing_participant(room, participant)?;
+        self.close_participant(rid, participant, None, now);
         Ok(())
     }
 
-    pub(super) fn remove_participant_entry(&mut self, room: &str, participant: &str) {
-        if let Some(r) = self.rooms.get_mut(room) {
+    /// Forgets a participant that has nothing yet (its first publish failed).
+    pub(super) fn remove_participant_entry(&mut self, room: RoomId, participant: &str) {
+        if let Some(r) = self.rooms.get_mut(&room) {
             r.participants.remove(participant);
-            if r.participants.is_empty() {
-                self.rooms.remove(room);
-            }
+        }
+        self.remove_room_if_empty(room);
+    }
+
+    /// A room goes with its last participant (whose removal took its publications and
+    /// down-tracks).
+    pub(super) fn remove_room_if_empty(&mut self, room: RoomId) {
+        if self
+            .rooms
+            .get(&room)
+            .is_some_and(|r| r.participants.is_empty())
+            && let Some(r) = self.rooms.remove(&room)
+        {
+            debug_assert!(r.publications.is_empty() && r.down_tracks.is_empty());
+            self.room_ids.remove(&r.name);
         }
     }
 
-    /// Closes both connections of a participant, removes its tracks from every subscriber
-    /// (renegotiating them) and forgets it. `reason` = closed by the SFU (event sent).
+    /// The one way a participant goes (leave, liveness, failure, shutdown): its down-tracks
+    /// and both connections close, its publications leave the room through
+    /// [`Shard::remove_publication`] (everyone else renegotiates) and it is forgotten.
+    /// `reason` = closed by the SFU (event sent).
     pub(super) fn close_participant(
         &mut self,
-        room: &str,
+        room: RoomId,
         participant: &str,
         reason: Option<&str>,
         now: Instant,
     ) {
-        let Some(p) = self
-            .rooms
-            .get_mut(room)
-            .and_then(|r| r.participants.remove(participant))
-        else {
+        let Some(r) = self.rooms.get_mut(&room) else {
             return;
         };
-        info!(%room, %participant, reason = reason.unwrap_or("leave"), "participant closed");
+        let Some(p) = r.participants.get(participant) else {
+            return;
+        };
+        let name = r.name.clone();
+        info!(room = %name, %participant, reason = reason.unwrap_or("leave"), "participant closed");
         self.closed_recently
-            .insert((room.to_owned(), participant.to_owned()), now);
-        // Stop receiving: drop this participant's fanouts from the remaining tracks.
-        if let Some(sub) = p.subscribe_pc {
-            for key in p.subscribed.keys() {
-                if let Some(t) = self.tracks.get_mut(key) {
-                    t.subscribers.retain(|f| f.sub_pc != sub);
-                }
-            }
+            .insert((name.clone(), participant.to_owned()), now);
+        let receiving: Vec<DownTrackId> = p.subscriber.down_tracks.values().copied().collect();
+        let published = p.publisher.publications.clone();
+        let pcs = [p.publisher.pc, p.subscriber.pc];
+        // Stop receiving.
+        for dt in receiving {
+            r.remove_down_track(dt);
         }
-        for id in [p.publish_pc, p.subscribe_pc].into_iter().flatten() {
+        for id in pcs.into_iter().flatten() {
             self.close_pc(id);
         }
-        // Its tracks leave the room: everyone else renegotiates.
-        for key in &p.published {
-            if let Some(track) = self.tracks.remove(key) {
-                self.emit(MediaEvent::TrackUnpublished {
-                    room: track.room.clone(),
-                    participant: track.publisher.clone(),
-                    kind: track.kind,
-                    track_id: track.track_id.clone(),
-                });
-                for f in &track.subscribers {
-                    if let Some(pc) = self.pcs.get_mut(&f.sub_pc) {
-                        pc.out_ssrcs.retain(|_, k| k != key);
-                    }
-                }
-            }
+        // Its publications leave the room.
+        for id in &published {
+            self.remove_publication(room, *id, now);
         }
-        if self
-            .rooms
-            .get(room)
-            .is_some_and(|r| r.participants.is_empty())
-        {
-            self.rooms.remove(room);
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.participants.remove(participant);
         }
+        self.remove_room_if_empty(room);
         self.update_track_gauges();
-        if !p.published.is_empty() {
+        if !published.is_empty() {
             self.sync_room(room, None, now);
         }
         if let Some(reason) = reason {
             self.emit(MediaEvent::ParticipantClosed {
-                room: room.to_owned(),
+                room: name,
                 participant: participant.to_owned(),
                 reason: reason.to_owned(),
             });
@@ -464,40 +481,40 @@ impl Shard {
     /// Closes every connection (DTLS close_notify queued for sending) and flushes the metrics:
     /// the shard's end, before its driver stops.
     pub fn close_all(&mut self, now: Instant) {
-        let all: Vec<(String, String)> = self
+        let all: Vec<(RoomId, String)> = self
             .rooms
             .iter()
-            .flat_map(|(r, room)| {
-                room.participants
-                    .keys()
-                    .map(move |p| (r.clone(), p.clone()))
-            })
+            .flat_map(|(rid, room)| room.participants.keys().map(move |p| (*rid, p.clone())))
             .collect();
-        for (r, p) in all {
-            self.close_participant(&r, &p, None, now);
+        for (rid, p) in all {
+            self.close_participant(rid, &p, None, now);
         }
         self.metrics.flush();
     }
 
     pub(super) fn stats(&self) -> SfuStats {
         let (demux_ufrags, demux_addresses) = self.demux.len();
+        let tracks = self.tracks_by_kind();
         SfuStats {
             rooms: self.rooms.len(),
             participants: self.rooms.values().map(|r| r.participants.len()).sum(),
             peer_connections: self.pcs.len(),
-            audio_tracks: self
-                .tracks
-                .values()
-                .filter(|t| t.kind == MediaKind::Audio)
-                .count(),
-            video_tracks: self
-                .tracks
-                .values()
-                .filter(|t| t.kind == MediaKind::Video)
-                .count(),
-            subscriptions: self.tracks.values().map(|t| t.subscribers.len()).sum(),
+            audio_tracks: tracks[kind_index(MediaKind::Audio)],
+            video_tracks: tracks[kind_index(MediaKind::Video)],
+            subscriptions: self.rooms.values().map(|r| r.down_tracks.len()).sum(),
             demux_ufrags,
             demux_addresses,
         }
+    }
+
+    /// Publications of every room by kind (see [`kind_index`]).
+    pub(super) fn tracks_by_kind(&self) -> [usize; 2] {
+        let mut n = [0; 2];
+        for r in self.rooms.values() {
+            let by_kind = r.publications_by_kind();
+            n[0] += by_kind[0];
+            n[1] += by_kind[1];
+        }
+        n
     }
 }

@@ -1,5 +1,5 @@
 //! Publication: tracks opened by a publish connection, revived or stopped by renegotiation,
-//! and the one removal path of a track.
+//! and the one removal path of a publication ([`Shard::remove_publication`]).
 
 use super::*;
 
@@ -8,10 +8,13 @@ impl Shard {
         let Some(pc) = self.pcs.get_mut(&pub_id) else {
             return;
         };
-        if pc.in_tracks.contains_key(&init.ssrc) {
+        let Some(r) = self.rooms.get(&pc.room) else {
+            return;
+        };
+        if r.incoming.contains_key(&(pub_id, init.ssrc)) {
             return;
         }
-        let (room, publisher) = (pc.room.clone(), pc.participant.clone());
+        let (room, publisher) = (&r.name, &pc.participant);
         let info = guarded(|| {
             let transceivers: Vec<_> = pc.rtc.get_transceivers().collect();
             let mid = transceivers.into_iter().find_map(|t| {
@@ -52,112 +55,88 @@ impl Shard {
             pub_codecs,
             pub_extensions,
         };
-        self.insert_track(pub_id, info, now);
+        self.insert_publication(pub_id, info, now);
     }
 
-    /// Publishes a track of `pub_id` into its room: every other member renegotiates.
-    pub(super) fn insert_track(
+    /// Publishes a track of `pub_pc` into its room: every other member renegotiates.
+    pub(super) fn insert_publication(
         &mut self,
-        pub_id: PcId,
+        pub_pc: PcId,
         info: TrackInfo,
         now: Instant,
-    ) -> Option<TrackKey> {
-        let pc = self.pcs.get_mut(&pub_id)?;
-        if pc.in_tracks.contains_key(&info.media_ssrc) {
+    ) -> Option<(PublicationId, usize)> {
+        let pc = self.pcs.get(&pub_pc)?;
+        let (rid, publisher) = (pc.room, pc.participant.clone());
+        let room = self.rooms.get_mut(&rid)?;
+        if room.incoming.contains_key(&(pub_pc, info.media_ssrc)) {
             return None;
         }
         // Whatever was stopped on this SSRC or under this track id is superseded.
-        pc.dormant
-            .retain(|ssrc, d| *ssrc != info.media_ssrc && d.info.track_id != info.track_id);
-        let (room, publisher) = (pc.room.clone(), pc.participant.clone());
+        if let Some(p) = room.participants.get_mut(&publisher) {
+            p.publisher
+                .dormant
+                .retain(|ssrc, d| *ssrc != info.media_ssrc && d.info.track_id != info.track_id);
+        }
         // The same track id on a new SSRC (the publisher restarted it): replace the old one.
-        let old = self
-            .tracks
-            .iter()
-            .find_map(|(k, t)| (t.pub_pc == pub_id && t.track_id == info.track_id).then_some(*k));
-        if let Some(old) = old {
-            self.unpublish_track(old, now);
+        if let Some(old) = self.publication_of(pub_pc, &info.track_id) {
+            self.unpublish(rid, old, now);
         }
-        let key = TrackKey(self.next_id());
-        let TrackInfo {
-            track_id,
-            mid,
-            kind,
-            codec,
-            media_ssrc,
-            pub_codecs,
-            pub_extensions,
-        } = info;
-        info!(%room, %publisher, track = %track_id, kind = kind.as_str(), codec = %codec.mime_type, "track published");
-        self.tracks.insert(
-            key,
-            Track {
-                room: room.clone(),
-                publisher: publisher.clone(),
-                track_id: track_id.clone(),
-                mid,
-                kind,
-                codec,
-                pub_pc: pub_id,
-                media_ssrc,
-                pub_codecs,
-                pub_extensions,
-                cache: RtxCache::new(if kind == MediaKind::Video {
-                    DEFAULT_CAPACITY
-                } else {
-                    64
-                }),
-                keyframes: KeyframeThrottle::default(),
-                keyframe_wanted: false,
-                highest_seq: None,
-                subscribers: Vec::new(),
-            },
-        );
-        if let Some(pc) = self.pcs.get_mut(&pub_id) {
-            pc.in_tracks.insert(media_ssrc, key);
-        }
-        if let Some(p) = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.participants.get_mut(&publisher))
-        {
-            p.published.push(key);
-        }
+        let id = PublicationId(self.next_id());
+        let room = self.rooms.get_mut(&rid)?;
+        let name = room.name.clone();
+        info!(room = %name, %publisher, track = %info.track_id, kind = info.kind.as_str(), codec = %info.codec.mime_type, "track published");
+        let (kind, track_id) = (info.kind, info.track_id.clone());
+        room.insert_publication(id, Publication::new(&publisher, pub_pc, info));
         self.update_track_gauges();
         self.emit(MediaEvent::TrackPublished {
-            room: room.clone(),
+            room: name,
             participant: publisher.clone(),
             kind,
             track_id,
         });
-        self.sync_room(&room, Some(&publisher), now);
-        Some(key)
+        self.sync_room(rid, Some(&publisher), now);
+        Some((id, 0))
+    }
+
+    /// The publication `track_id` arriving on publish connection `pub_pc`, found in its room.
+    pub(super) fn publication_of(&self, pub_pc: PcId, track_id: &str) -> Option<PublicationId> {
+        let room = self.rooms.get(&self.pcs.get(&pub_pc)?.room)?;
+        room.publications
+            .iter()
+            .find_map(|(id, p)| (p.pc == pub_pc && p.track_id == track_id).then_some(*id))
     }
 
     /// A packet on an SSRC the publish connection does not forward: if it belongs to a track
     /// the publisher stopped and has since re-enabled, publish that track again. Off the
     /// forwarding path proper: it runs only for packets that would otherwise be dropped.
     #[cold]
-    pub(super) fn revive_track(
+    pub(super) fn revive_publication(
         &mut self,
-        pub_id: PcId,
+        pub_pc: PcId,
         ssrc: u32,
         now: Instant,
-    ) -> Option<TrackKey> {
-        let pc = self.pcs.get_mut(&pub_id)?;
-        if !pc.dormant.get(&ssrc).is_some_and(|d| d.revivable) {
+    ) -> Option<(PublicationId, usize)> {
+        let pc = self.pcs.get(&pub_pc)?;
+        let dormant = &mut self
+            .rooms
+            .get_mut(&pc.room)?
+            .participants
+            .get_mut(&pc.participant)?
+            .publisher
+            .dormant;
+        if !dormant.get(&ssrc).is_some_and(|d| d.revivable) {
             return None;
         }
-        let d = pc.dormant.remove(&ssrc)?;
-        self.insert_track(pub_id, d.info, now)
+        let d = dormant.remove(&ssrc)?;
+        self.insert_publication(pub_pc, d.info, now)
     }
 
-    /// After a new offer on an existing publish connection: every track whose m-section no
-    /// longer sends (direction inactive/recvonly, port 0, no msid/ssrc, or gone) leaves the
+    /// After a new offer on an existing publish connection: every publication whose m-section
+    /// no longer sends (direction inactive/recvonly, port 0, no msid/ssrc, or gone) leaves the
     /// room exactly as on a leave; stopped tracks whose m-section sends again become
     /// publishable again when their RTP arrives. webrtc-rs does not report these changes.
-    pub(super) fn reconcile_published(&mut self, pub_id: PcId, now: Instant) {
-        let Some(pc) = self.pcs.get_mut(&pub_id) else {
+    pub(super) fn reconcile_published(&mut self, pub_pc: PcId, now: Instant) {
+        let Some(pc) = self.pcs.get(&pub_pc) else {
             return;
         };
         let rtc = &pc.rtc;
@@ -165,91 +144,95 @@ impl Shard {
             return;
         };
         let sections = offered_sections(&sdp);
-        for d in pc.dormant.values_mut() {
+        let (rid, publisher) = (pc.room, pc.participant.clone());
+        let Some(Room {
+            name,
+            participants,
+            publications,
+            ..
+        }) = self.rooms.get_mut(&rid)
+        else {
+            return;
+        };
+        let room = name.clone();
+        let Some(p) = participants.get_mut(&publisher) else {
+            return;
+        };
+        for d in p.publisher.dormant.values_mut() {
             let i = &d.info;
             d.revivable = still_sent(&sections, i.mid.as_deref(), i.media_ssrc, &i.track_id);
         }
-        let stopped: Vec<TrackKey> = self
-            .tracks
+        let stopped: Vec<PublicationId> = p
+            .publisher
+            .publications
             .iter()
-            .filter(|(_, t)| t.pub_pc == pub_id)
-            .filter(|(_, t)| !still_sent(&sections, t.mid.as_deref(), t.media_ssrc, &t.track_id))
-            .map(|(k, _)| *k)
+            .copied()
+            .filter(|id| {
+                publications.get(id).is_some_and(|t| {
+                    let ssrc = t.base().map_or(0, |l| l.ssrc);
+                    t.pc == pub_pc && !still_sent(&sections, t.mid.as_deref(), ssrc, &t.track_id)
+                })
+            })
             .collect();
         if stopped.is_empty() {
             return;
         }
-        let mut room = None;
-        for key in stopped {
-            let Some(track) = self.remove_track(key) else {
+        for id in stopped {
+            let Some(publication) = self.remove_publication(rid, id, now) else {
                 continue;
             };
-            info!(room = %track.room, publisher = %track.publisher, track = %track.track_id, "track stopped by renegotiation");
-            room = Some((track.room.clone(), track.publisher.clone()));
-            if let Some(pc) = self.pcs.get_mut(&pub_id) {
-                pc.dormant.insert(
-                    track.media_ssrc,
+            info!(%room, %publisher, track = %publication.track_id, "track stopped by renegotiation");
+            let info = publication.into_info();
+            if let Some(p) = self.participant_mut(rid, &publisher) {
+                p.publisher.dormant.insert(
+                    info.media_ssrc,
                     Dormant {
-                        info: TrackInfo {
-                            track_id: track.track_id,
-                            mid: track.mid,
-                            kind: track.kind,
-                            codec: track.codec,
-                            media_ssrc: track.media_ssrc,
-                            pub_codecs: track.pub_codecs,
-                            pub_extensions: track.pub_extensions,
-                        },
+                        info,
                         revivable: false,
                     },
                 );
             }
         }
-        if let Some((room, publisher)) = room {
-            self.sync_room(&room, Some(&publisher), now);
+        self.sync_room(rid, Some(&publisher), now);
+    }
+
+    /// Takes a publication out of its room and renegotiates everyone else.
+    pub(super) fn unpublish(&mut self, room: RoomId, id: PublicationId, now: Instant) {
+        if let Some(publication) = self.remove_publication(room, id, now) {
+            self.sync_room(room, Some(&publication.publisher), now);
         }
     }
 
-    pub(super) fn unpublish_track(&mut self, key: TrackKey, now: Instant) {
-        let Some(track) = self.remove_track(key) else {
-            return;
-        };
-        self.sync_room(&track.room, Some(&track.publisher), now);
-    }
-
-    /// Takes a track out of the SFU (forwarding entries, the publisher's list, gauges, event)
-    /// without renegotiating its subscribers yet: the caller syncs the room.
-    pub(super) fn remove_track(&mut self, key: TrackKey) -> Option<Track> {
-        let track = self.tracks.remove(&key)?;
-        if let Some(pc) = self.pcs.get_mut(&track.pub_pc) {
-            pc.in_tracks.retain(|_, k| *k != key);
-        }
-        for f in &track.subscribers {
-            if let Some(pc) = self.pcs.get_mut(&f.sub_pc) {
-                pc.out_ssrcs.retain(|_, k| *k != key);
-            }
-        }
-        if let Some(p) = self
-            .rooms
-            .get_mut(&track.room)
-            .and_then(|r| r.participants.get_mut(&track.publisher))
-        {
-            p.published.retain(|k| *k != key);
-        }
+    /// The one removal path of a publication, whatever removes it (renegotiation, the core
+    /// closing the track, a replacement, its publisher gone): [`Room::remove_publication`]
+    /// (down-tracks, SSRCs, the publisher's entry), gauges and event, without renegotiating
+    /// the subscribers yet: the caller syncs the room.
+    pub(super) fn remove_publication(
+        &mut self,
+        room: RoomId,
+        id: PublicationId,
+        now: Instant,
+    ) -> Option<Publication> {
+        let r = self.rooms.get_mut(&room)?;
+        let publication = r.remove_publication(id)?;
+        let name = r.name.clone();
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        let bytes = publication
+            .base()
+            .map_or(0, |l| l.bitrate.bytes_last_second(now_us));
+        debug!(room = %name, publisher = %publication.publisher, track = %publication.track_id, bitrate_bps = bytes * 8, "publication removed");
         self.update_track_gauges();
         self.emit(MediaEvent::TrackUnpublished {
-            room: track.room.clone(),
-            participant: track.publisher.clone(),
-            kind: track.kind,
-            track_id: track.track_id.clone(),
+            room: name,
+            participant: publication.publisher.clone(),
+            kind: publication.kind,
+            track_id: publication.track_id.clone(),
         });
-        Some(track)
+        Some(publication)
     }
 
     pub(super) fn update_track_gauges(&mut self) {
-        let mut n = [0; 2];
-        for t in self.tracks.values() {
-            n[kind_index(t.kind)] += 1;
-        }
+        let n = self.tracks_by_kind();
         self.metrics.report_sizes(self.pcs.len(), n);
     }
 }

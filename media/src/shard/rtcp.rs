@@ -20,18 +20,18 @@ impl Shard {
             let any = p.as_any();
             if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
                 self.metrics.pli_in.inc();
-                if let Some(key) = self.out_track(id, pli.media_ssrc) {
-                    self.request_keyframe(key, now);
+                if let Some((room, publication, layer)) = self.keyframe_source(id, pli.media_ssrc) {
+                    self.request_keyframe(room, publication, layer, now);
                 }
             } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
                 self.metrics.pli_in.inc();
-                let keys: Vec<TrackKey> = fir
+                let sources: Vec<_> = fir
                     .fir
                     .iter()
-                    .filter_map(|e| self.out_track(id, e.ssrc))
+                    .filter_map(|e| self.keyframe_source(id, e.ssrc))
                     .collect();
-                for key in keys {
-                    self.request_keyframe(key, now);
+                for (room, publication, layer) in sources {
+                    self.request_keyframe(room, publication, layer, now);
                 }
             } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.metrics.nack_in.inc();
@@ -42,8 +42,23 @@ impl Shard {
         }
     }
 
-    pub(super) fn out_track(&self, sub: PcId, ssrc: u32) -> Option<TrackKey> {
-        self.pcs.get(&sub)?.out_ssrcs.get(&ssrc).copied()
+    /// The down-track a subscribe connection sends under `ssrc` (what its RTCP names), with
+    /// its room.
+    pub(super) fn down_track_of(&self, sub: PcId, ssrc: u32) -> Option<(RoomId, DownTrackId)> {
+        let pc = self.pcs.get(&sub)?;
+        let dt = self
+            .rooms
+            .get(&pc.room)?
+            .down_track_by_ssrc(&pc.participant, ssrc)?;
+        Some((pc.room, dt))
+    }
+
+    /// What a keyframe request about `ssrc` on a subscribe connection is for: the publication
+    /// and the layer that down-track forwards.
+    fn keyframe_source(&self, sub: PcId, ssrc: u32) -> Option<(RoomId, PublicationId, usize)> {
+        let (room, id) = self.down_track_of(sub, ssrc)?;
+        let dt = self.rooms.get(&room)?.down_tracks.get(&id)?;
+        Some((room, dt.publication, dt.selector.layer()))
     }
 
     /// Answers a subscriber's NACK from the track's retransmission cache, within the
@@ -51,32 +66,37 @@ impl Shard {
     /// and each bit of its bitmask) is resent at most once per NACK and per round trip, and only
     /// while the retransmission budget lasts; what is not resent is counted by reason.
     pub(super) fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack, now: Instant) {
-        let Some(key) = self.out_track(sub_id, nack.media_ssrc) else {
+        let Some((room, dt)) = self.down_track_of(sub_id, nack.media_ssrc) else {
             return;
         };
         let now_us = now.duration_since(self.epoch).as_micros() as u64;
         let Self {
             pcs,
-            tracks,
+            rooms,
             transmits,
             metrics,
             copy_scratch,
             ..
         } = self;
-        let Some(Track {
-            subscribers,
-            cache,
-            media_ssrc,
-            kind,
+        let Some(Room {
+            publications,
+            down_tracks,
             ..
-        }) = tracks.get_mut(&key)
+        }) = rooms.get_mut(&room)
         else {
             return;
         };
-        let kind = kind_index(*kind);
-        let Some(f) = subscribers.iter_mut().find(|f| f.sub_pc == sub_id) else {
+        let Some(f) = down_tracks.get_mut(&dt) else {
             return;
         };
+        let Some(publication) = publications.get(&f.publication) else {
+            return;
+        };
+        let kind = kind_index(publication.kind);
+        let Some(layer) = publication.layers.get(f.selector.layer()) else {
+            return;
+        };
+        let (cache, media_ssrc) = (&layer.cache, layer.ssrc);
         let Some(sub) = pcs.get_mut(&sub_id) else {
             return;
         };
@@ -105,7 +125,7 @@ impl Shard {
                         continue;
                     }
                 }
-                let Some(original) = cache.get(*media_ssrc, src_seq) else {
+                let Some(original) = cache.get(media_ssrc, src_seq) else {
                     suppressed(Suppressed::NotCached);
                     continue;
                 };
@@ -158,10 +178,10 @@ impl Shard {
         let now_us = now.duration_since(self.epoch).as_micros() as u64;
         let ntp_now = self.ntp(now);
         let Self {
-            pcs, tracks, dirty, ..
+            pcs, rooms, dirty, ..
         } = self;
-        for track in tracks.values() {
-            for f in track.subscribers.iter().filter(|f| f.ready) {
+        for room in rooms.values() {
+            for f in room.down_tracks.values().filter(|f| f.ready) {
                 let Some(sr) = f.rewriter.sender_report(now_us, ntp_now) else {
                     continue;
                 };
@@ -190,22 +210,21 @@ impl Shard {
         let Some(pc) = self.pcs.get(&sub_id) else {
             return;
         };
+        let Some(room) = self.rooms.get_mut(&pc.room) else {
+            return;
+        };
         let mid = (now_ntp >> 16) as u32;
         for r in &rr.reports {
             if r.last_sender_report == 0 {
                 continue;
             }
-            let Some(key) = pc.out_ssrcs.get(&r.ssrc) else {
+            let Some(dt) = room.down_track_by_ssrc(&pc.participant, r.ssrc) else {
                 continue;
             };
             let rtt = mid.wrapping_sub(r.last_sender_report).wrapping_sub(r.delay);
             if rtt < 0x8000_0000 {
                 self.metrics.rtt.observe(f64::from(rtt) / 65_536.0);
-                let fanout = self
-                    .tracks
-                    .get_mut(key)
-                    .and_then(|t| t.subscribers.iter_mut().find(|f| f.sub_pc == sub_id));
-                if let Some(f) = fanout {
+                if let Some(f) = room.down_tracks.get_mut(&dt) {
                     // 1/65536 s units to µs.
                     f.rtx.observe_rtt(u64::from(rtt) * 1_000_000 / 65_536);
                 }
@@ -213,23 +232,36 @@ impl Shard {
         }
     }
 
-    /// Asks the publisher of `key` for a keyframe, at most once per throttle interval; a
-    /// request held back is sent when the interval has passed.
-    pub(super) fn request_keyframe(&mut self, key: TrackKey, now: Instant) {
-        let Some(track) = self.tracks.get_mut(&key) else {
+    /// Asks the publisher of a publication's `layer` for a keyframe, at most once per
+    /// throttle interval; a request held back is sent when the interval has passed.
+    pub(super) fn request_keyframe(
+        &mut self,
+        room: RoomId,
+        id: PublicationId,
+        layer: usize,
+        now: Instant,
+    ) {
+        let Some(publication) = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.publications.get_mut(&id))
+        else {
             return;
         };
-        if track.kind != MediaKind::Video {
-            track.keyframe_wanted = false;
+        let (kind, pub_id) = (publication.kind, publication.pc);
+        let Some(layer) = publication.layers.get_mut(layer) else {
+            return;
+        };
+        if kind != MediaKind::Video {
+            layer.keyframe_wanted = false;
             return;
         }
-        if !track.keyframes.allow(now) {
-            track.keyframe_wanted = true;
+        if !layer.keyframes.allow(now) {
+            layer.keyframe_wanted = true;
             return;
         }
-        track.keyframe_wanted = false;
-        let media_ssrc = track.media_ssrc;
-        let pub_id = track.pub_pc;
+        layer.keyframe_wanted = false;
+        let media_ssrc = layer.ssrc;
         let Some(pc) = self.pcs.get_mut(&pub_id) else {
             return;
         };
