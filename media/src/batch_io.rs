@@ -1,15 +1,16 @@
-//! Datagrams to and from the kernel in batches: one `sendmmsg(2)` for up to [`SEND_BATCH`]
-//! datagrams, each to its own destination (GSO does not fit: it needs one destination per
-//! batch, and a fan-out has one per subscriber), and one `recvmmsg(2)` for up to
-//! [`RECV_BATCH`]. Message headers, addresses, I/O vectors and receive buffers are allocated
-//! once and reused. (Both are built on a worker's own thread: the system-call buffers hold
-//! raw pointers and stay there.)
+//! A worker's datagrams handed to the kernel in batches: one `sendmmsg(2)` for up to
+//! [`SEND_BATCH`] datagrams, each to its own destination (GSO does not fit: it needs one
+//! destination per batch, and a fan-out has one per subscriber). Message headers, addresses
+//! and I/O vectors are allocated once and reused; the sender is built on the worker's own
+//! thread (its system-call buffers hold raw pointers and stay there).
+//!
+//! Receiving stays one `recvfrom` per datagram: `recvmmsg` was measured and did not help
+//! (benches/README.md, "Batched I/O").
 
-use std::io::{IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::io::IoSlice;
 use std::os::fd::RawFd;
 
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 
 use crate::shard::Transmit;
 
@@ -88,69 +89,6 @@ impl BatchSender {
     }
 }
 
-/// Datagrams per `recvmmsg` call.
-pub(crate) const RECV_BATCH: usize = 64;
-/// Larger datagrams are truncated (and then refused by whatever parses them): media stays
-/// under the path MTU.
-const MAX_DATAGRAM: usize = 2048;
-
-pub(crate) struct BatchReceiver {
-    buffers: Box<[[u8; MAX_DATAGRAM]; RECV_BATCH]>,
-    headers: MultiHeaders<SockaddrStorage>,
-    /// (buffer, source, length) of each datagram of the last call.
-    received: Vec<(usize, SocketAddr, usize)>,
-}
-
-impl BatchReceiver {
-    pub fn new() -> Self {
-        Self {
-            buffers: Box::new([[0; MAX_DATAGRAM]; RECV_BATCH]),
-            headers: MultiHeaders::preallocate(RECV_BATCH, None),
-            received: Vec::with_capacity(RECV_BATCH),
-        }
-    }
-
-    /// Reads what is queued on `fd` (non-blocking), up to a batch; returns how many
-    /// datagrams were read, or the error (`WouldBlock` when none were queued).
-    pub fn recv(&mut self, fd: RawFd) -> std::io::Result<usize> {
-        self.received.clear();
-        // On the stack: the I/O vectors borrow the buffers for the call only.
-        let mut slices = self.buffers.each_mut().map(|b| [IoSliceMut::new(b)]);
-        recvmmsg(
-            fd,
-            &mut self.headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        )
-        .map(|results| {
-            for (buffer, msg) in results.enumerate() {
-                // Only IP sockets are read here: every datagram has an IP source.
-                if let Some(source) = msg.address.as_ref().and_then(std_addr) {
-                    self.received.push((buffer, source, msg.bytes));
-                }
-            }
-        })
-        .map_err(std::io::Error::from)?;
-        Ok(self.received.len())
-    }
-
-    /// Datagram `i` of the last [`BatchReceiver::recv`]: its source and bytes.
-    pub fn datagram(&self, i: usize) -> (SocketAddr, &[u8]) {
-        let (buffer, source, len) = self.received[i];
-        (source, &self.buffers[buffer][..len.min(MAX_DATAGRAM)])
-    }
-}
-
-fn std_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = addr.as_sockaddr_in() {
-        Some(SocketAddr::V4((*v4).into()))
-    } else {
-        addr.as_sockaddr_in6()
-            .map(|v6| SocketAddr::V6((*v6).into()))
-    }
-}
-
 /// The same allocation, emptied, for slices of another lifetime (the standard library reuses
 /// a vector's buffer when collecting an empty one into elements of the same layout).
 fn reuse<'a, 'b>(mut v: Vec<[IoSlice<'a>; 1]>) -> Vec<[IoSlice<'b>; 1]> {
@@ -203,29 +141,6 @@ mod tests {
                 .collect();
             assert_eq!(got, expected, "receiver {r}");
         }
-    }
-
-    #[test]
-    fn a_batch_is_read_with_each_source() {
-        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let senders: Vec<UdpSocket> = (0..2)
-            .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let to = receiver.local_addr().unwrap();
-        for i in 0..(RECV_BATCH + 5) {
-            senders[i % 2].send_to(&[i as u8; 3], to).unwrap();
-        }
-        let mut batch = BatchReceiver::new();
-        assert_eq!(batch.recv(receiver.as_raw_fd()).unwrap(), RECV_BATCH);
-        for i in 0..RECV_BATCH {
-            let (source, bytes) = batch.datagram(i);
-            assert_eq!(source, senders[i % 2].local_addr().unwrap());
-            assert_eq!(bytes, &[i as u8; 3]);
-        }
-        assert_eq!(batch.recv(receiver.as_raw_fd()).unwrap(), 5, "the rest");
-        assert_eq!(batch.datagram(4).1, &[(RECV_BATCH + 4) as u8; 3]);
-        let empty = batch.recv(receiver.as_raw_fd()).unwrap_err();
-        assert_eq!(empty.kind(), std::io::ErrorKind::WouldBlock);
     }
 
     #[test]
