@@ -95,7 +95,7 @@ fn connected_subscribers(n: usize) -> Vec<Sub> {
         let answer = client.answer(now, offer_sdp).expect("answer");
         rtc.set_remote_description(now, RTCSessionDescription::answer(answer).expect("sdp"))
             .expect("remote");
-        // What the media loop's configure_fanouts learns from the negotiated parameters.
+        // What the media loop's configure_down_tracks learns from the negotiated parameters.
         let params = {
             let mut sender = rtc.rtp_sender(sender).expect("sender");
             sender.get_parameters().clone()

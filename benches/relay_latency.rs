@@ -7,7 +7,8 @@
 //! `RELAY_VIDEO_PPS=200`, `RELAY_AUDIO_PPS=50`, `RELAY_MODES=callrelay,floor`,
 //! `RELAY_FLOOR_PROFILE=gcm|cm` (default gcm, the profile webrtc-rs negotiates).
 //! `RELAY_PIN=0` lets the scheduler place threads (by default the server thread has a CPU of
-//! its own and the load shares another).
+//! its own and the load shares another). `RELAY_WORKERS=1` is the SFU's `media.workers`; with
+//! more than one the SFU's threads are not pinned (they need every core).
 //! `RELAY_RAMP=1` measures saturation instead: each N and mode at rising forwarding rates
 //! (`RELAY_RAMP_OUT_PPS=10000,20000,...,100000` copies per second) until copies are lost,
 //! telling where from the kernel's per-socket drop counters (server socket and SFU, or the

@@ -12,9 +12,10 @@
 //! (HTTP and Socket.IO never share it). A room lives on one shard ([`route`]: a stable hash of
 //! its id), so every command goes to its room's shard and a room's state is never shared
 //! between threads. The media state lives in the **shard** (`shard::Shard`), a sans-IO state
-//! machine that owns its rooms through `&mut self`: participants, every webrtc-rs sans-IO peer
-//! connection (crate `rtc` 0.21.1, with the patch in `vendor/rtc/CALLRELAY-PATCH.md`), the
-//! forwarding tables. No mutex, no `Arc` around state. The shard has no socket and reads no
+//! machine that owns its rooms through `&mut self`, and every webrtc-rs sans-IO peer
+//! connection of them (crate `rtc` 0.21.1, with the patch in `vendor/rtc/CALLRELAY-PATCH.md`).
+//! A room (`room::Room`) owns all of its state: participants, publications with their layers,
+//! and down-tracks (one per subscriber per publication). No mutex, no `Arc` around state. The shard has no socket and reads no
 //! clock: every input carries `now`, the NTP time of RTCP is derived from a wall-clock epoch
 //! given at construction, and its randomness (ICE credentials, SSRCs, sequence and timestamp
 //! bases) comes from the seedable generator it was built with. The **driver**
@@ -35,23 +36,25 @@
 //! * **a timeout** → `handle_timeout(now)`: a heap of each connection's `poll_timeout`, plus
 //!   a 100 ms housekeeping tick (metrics flush, held-back keyframe requests, liveness).
 //!
-//! A decoded RTP packet from a publisher goes to `forward_rtp`: it is stored in the track's
-//! [`rtx_cache`], then for every ready subscriber the [`forward::Rewriter`] builds that
-//! subscriber's header (SSRC, payload type, sequence number, timestamp, header-extension ids)
-//! into a reused buffer; the copy is marshalled there, protected with the subscriber
-//! connection's SRTP context (`RTCPeerConnection::protect_rtp`, past the core's handler
-//! pipeline and interceptors, which cost several times the encryption per copy); the
-//! ciphertext is queued as is and the driver sends it with `try_send_to` as soon as the input
-//! is handled. Because no interceptor sees those packets,
-//! the rewriters count them and the loop writes each subscriber's RTCP sender reports itself,
-//! once a second (housekeeping).
+//! A decoded RTP packet from a publisher goes to `forward_rtp`: it is stored in its layer's
+//! [`rtx_cache`], then for every ready down-track of its publication the [`forward::Rewriter`]
+//! builds that subscriber's header (SSRC, payload type, sequence number, timestamp,
+//! header-extension ids) into a reused buffer; the copy is marshalled there, protected with the
+//! subscriber connection's SRTP context (`RTCPeerConnection::protect_rtp`, past the core's
+//! handler pipeline and interceptors, which cost several times the encryption per copy); the
+//! ciphertext is queued as is and the driver sends the queue in `sendmmsg` batches as soon as
+//! the input is handled. Because no interceptor sees those packets, the rewriters count them
+//! and the shard writes each subscriber's RTCP sender reports itself, once a second
+//! (housekeeping).
 //!
 //! ## Invariants
 //!
 //! * The packet path never awaits, never locks, and does no atomic operation: metrics are
 //!   `prometheus::local` counters flushed every 100 ms. Per copy, the only allocation is the
 //!   ciphertext `protect_rtp` returns, which is what the transmit queue holds (its slots are
-//!   reused); the header and plaintext buffers are reused.
+//!   reused); the header and plaintext buffers are reused. With several workers, a datagram
+//!   the kernel put on another worker's socket costs one copy and one channel push (per
+//!   packet, never per copy) to reach its shard.
 //! * ICE-lite: the SFU's host candidates (the bound address, or every interface address when
 //!   bound to an unspecified one; plus `public_ips`) are in every SDP it produces, so
 //!   [`MediaEvent::LocalCandidate`] never fires. Clients' candidates are accepted but not needed.
