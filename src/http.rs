@@ -246,7 +246,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    match state.db.ping().await {
+    let ping = state.db.ping().await;
+    state.metrics.database_up.set(i64::from(ping.is_ok()));
+    match ping {
         Ok(()) => Json(json!({"status": "ready"})).into_response(),
         Err(err) => {
             tracing::warn!(error = %err, "readiness: database does not answer");

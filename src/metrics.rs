@@ -2,7 +2,7 @@
 //! Signaling and media register their own series on the same registry.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -11,6 +11,9 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub auth_failures: IntCounterVec,
+    /// `callrelay_database_up`: 1 when the database answered the last check (`/readyz`, and a
+    /// ping every [`crate::server::DATABASE_CHECK_INTERVAL`]), 0 when it did not.
+    pub database_up: IntGauge,
 }
 
 impl Metrics {
@@ -46,6 +49,11 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
+        let database_up = IntGauge::new(
+            "callrelay_database_up",
+            "1 when the database answered the last readiness check, else 0",
+        )?;
+        registry.register(Box::new(database_up.clone()))?;
         // Every refusal reason exists at zero from the start (alerts use rate()).
         for failure in callrelay_signaling::AuthFailure::ALL {
             auth_failures.with_label_values(&[failure.label()]);
@@ -55,6 +63,7 @@ impl Metrics {
             http_requests,
             http_duration,
             auth_failures,
+            database_up,
         })
     }
 
@@ -102,6 +111,11 @@ mod tests {
             r#"callrelay_rtcp_nack_total{direction="in"} 0"#,
             r#"callrelay_rtp_retransmissions_total{kind="video"} 0"#,
             r#"callrelay_rtp_retransmissions_suppressed_total{reason="budget"} 0"#,
+            r#"callrelay_rtp_bytes_received_total{kind="audio"} 0"#,
+            r#"callrelay_sfu_connections_total{outcome="connected",pc="publish",transport="udp"} 0"#,
+            r#"callrelay_sfu_connections_total{outcome="timed_out",pc="subscribe",transport="udp"} 0"#,
+            r#"callrelay_sfu_connections_total{outcome="failed",pc="subscribe",transport="udp"} 0"#,
+            "callrelay_database_up 0",
         ] {
             assert!(text.contains(series), "{series} missing from:\n{text}");
         }

@@ -97,6 +97,27 @@ pub fn jwt_secret(config: &Config) -> Vec<u8> {
     }
 }
 
+/// How often the database is pinged for `callrelay_database_up` (alerts need it even when
+/// nothing probes `/readyz`).
+pub const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keeps `callrelay_database_up` current: 1 when a ping answers within 5 s, else 0.
+async fn watch_database(db: Db, up: prometheus::IntGauge) {
+    let mut tick = tokio::time::interval(DATABASE_CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(5), db.ping()).await,
+            Ok(Ok(()))
+        );
+        if !ok && up.get() == 1 {
+            tracing::warn!("database does not answer (callrelay_database_up 0)");
+        }
+        up.set(i64::from(ok));
+    }
+}
+
 /// Runs the server until a shutdown signal, then drains.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = Metrics::new()?;
@@ -105,6 +126,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         metrics.auth_failures.clone(),
     ));
     let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    metrics.database_up.set(1);
+    let database_watch = tokio::spawn(watch_database(db.clone(), metrics.database_up.clone()));
     let closed = db.close_interrupted_calls().await?;
     if closed > 0 {
         tracing::info!(
@@ -215,6 +238,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     axum::serve(listener, app)
         .with_graceful_shutdown(drain)
         .await?;
+    database_watch.abort();
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -13,15 +13,23 @@
 //! `callrelay_rtp_retransmissions_suppressed_total` (not, by reason; repeats of a number within
 //! one NACK are not counted again). Every label value of every series is created at
 //! registration, so all series exist (at 0) from the start.
+//!
+//! `callrelay_sfu_connections_total{pc,outcome,transport}` counts what became of each peer
+//! connection: `connected` (the first time it connects), `failed` (DTLS/ICE failure reported by
+//! the stack), `timed_out` (closed by the liveness check: never connected, or silent past
+//! `liveness_timeout`). A connection may count `connected` and later `failed` or `timed_out`;
+//! the participant's other connection, closed with it, counts nothing more.
+//! `transport` is the one the media flows over: only `udp` exists today (ICE-TCP is issue 11),
+//! so `sum by (transport) (rate(...{outcome="connected"}[5m]))` shows the transport in use.
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::MediaKind;
 use crate::demux::DropReason;
 use crate::rtx_cache::Suppressed;
+use crate::{MediaKind, PcKind};
 
 /// The drop reason the kernel's own drops at the socket are counted under (read off the loop,
 /// so not a [`DropReason`] of the demux).
@@ -35,6 +43,7 @@ pub(crate) struct Metrics {
     /// shard adds its own share, so each reports changes, never absolute values.
     reported: [i64; 3],
     pub packets_received: [LocalIntCounter; 2],
+    pub bytes_received: [LocalIntCounter; 2],
     pub packets_forwarded: [LocalIntCounter; 2],
     pub bytes_forwarded: [LocalIntCounter; 2],
     pub nack_in: LocalIntCounter,
@@ -47,6 +56,8 @@ pub(crate) struct Metrics {
     /// Packets subscribers' NACKs named that were not resent, by [`Suppressed::index`].
     pub retransmissions_suppressed: [LocalIntCounter; 3],
     dropped: Vec<LocalIntCounter>,
+    /// `callrelay_sfu_connections_total`, by [`pc_index`] then [`ConnectionOutcome`].
+    connections: [[LocalIntCounter; 3]; 2],
     /// The shared totals of `dropped`, the driver's `send_failed` and `socket_queue_full`, and
     /// what they were at the last log summary.
     dropped_totals: Vec<(&'static str, IntCounter, u64)>,
@@ -84,6 +95,7 @@ struct Series {
     peer_connections: IntGauge,
     tracks: IntGaugeVec,
     received: IntCounterVec,
+    received_bytes: IntCounterVec,
     forwarded: IntCounterVec,
     bytes: IntCounterVec,
     nack: IntCounterVec,
@@ -92,6 +104,7 @@ struct Series {
     retransmissions: IntCounterVec,
     suppressed: IntCounterVec,
     dropped: IntCounterVec,
+    connections: IntCounterVec,
     latency: Histogram,
     rtt: Histogram,
 }
@@ -120,6 +133,10 @@ impl Metrics {
         let received = kinds(
             "callrelay_rtp_packets_received_total",
             "RTP packets received from publishers",
+        )?;
+        let received_bytes = kinds(
+            "callrelay_rtp_bytes_received_total",
+            "RTP payload bytes received from publishers",
         )?;
         let forwarded = kinds(
             "callrelay_rtp_packets_forwarded_total",
@@ -174,6 +191,17 @@ impl Metrics {
                 &["reason"],
             )?,
         )?;
+        let connections = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "callrelay_sfu_connections_total",
+                    "SFU peer connections by what became of them (connected, failed, timed_out), \
+                     kind (publish, subscribe) and transport (udp)",
+                ),
+                &["pc", "outcome", "transport"],
+            )?,
+        )?;
         let latency = reg(
             r,
             Histogram::with_opts(
@@ -203,6 +231,7 @@ impl Metrics {
             peer_connections,
             tracks,
             received,
+            received_bytes,
             forwarded,
             bytes,
             nack,
@@ -211,6 +240,7 @@ impl Metrics {
             retransmissions,
             suppressed,
             dropped,
+            connections,
             latency,
             rtt,
         };
@@ -230,6 +260,11 @@ impl Metrics {
             gauge.add(now - *reported);
             *reported = now;
         }
+    }
+
+    /// Counts what became of a peer connection (over UDP, the only transport today).
+    pub fn connection(&self, pc: PcKind, outcome: ConnectionOutcome) {
+        self.connections[pc_index(pc)][outcome as usize].inc();
     }
 
     #[inline]
@@ -260,6 +295,7 @@ impl Metrics {
         for c in self
             .packets_received
             .iter()
+            .chain(&self.bytes_received)
             .chain(&self.packets_forwarded)
             .chain(&self.bytes_forwarded)
             .chain([
@@ -272,6 +308,7 @@ impl Metrics {
             .chain(&self.retransmissions)
             .chain(&self.retransmissions_suppressed)
             .chain(&self.dropped)
+            .chain(self.connections.iter().flatten())
         {
             c.flush();
         }
@@ -304,6 +341,7 @@ impl Series {
             ],
             reported: [0; 3],
             packets_received: by_kind(&self.received),
+            bytes_received: by_kind(&self.received_bytes),
             packets_forwarded: by_kind(&self.forwarded),
             bytes_forwarded: by_kind(&self.bytes),
             nack_in: self.nack.with_label_values(&["in"]).local(),
@@ -318,6 +356,13 @@ impl Series {
                 .iter()
                 .map(|r| self.dropped.with_label_values(&[r.label()]).local())
                 .collect(),
+            connections: [PcKind::Publish, PcKind::Subscribe].map(|pc| {
+                ConnectionOutcome::ALL.map(|outcome| {
+                    self.connections
+                        .with_label_values(&[pc.as_str(), outcome.label(), TRANSPORT_UDP])
+                        .local()
+                })
+            }),
             dropped_totals: DropReason::ALL
                 .iter()
                 .map(|r| r.label())
@@ -327,6 +372,37 @@ impl Series {
             rtt: self.rtt.local(),
         };
         (shard, driver)
+    }
+}
+
+/// What became of a peer connection, the `outcome` of `callrelay_sfu_connections_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionOutcome {
+    Connected = 0,
+    Failed = 1,
+    TimedOut = 2,
+}
+
+impl ConnectionOutcome {
+    pub const ALL: [ConnectionOutcome; 3] = [Self::Connected, Self::Failed, Self::TimedOut];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connected => "connected",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+        }
+    }
+}
+
+/// The `transport` label of `callrelay_sfu_connections_total`: media over UDP only (ICE-TCP,
+/// issue 11, would add `tcp`).
+const TRANSPORT_UDP: &str = "udp";
+
+fn pc_index(pc: PcKind) -> usize {
+    match pc {
+        PcKind::Publish => 0,
+        PcKind::Subscribe => 1,
     }
 }
 

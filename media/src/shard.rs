@@ -58,7 +58,7 @@ use tracing::{debug, info, warn};
 use crate::SfuStats;
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
-use crate::metrics::{Metrics, kind_index};
+use crate::metrics::{ConnectionOutcome, Metrics, kind_index};
 use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
 use crate::room::{
     Dormant, DownTrack, DownTrackId, EarlyCandidates, LayerSelector, MAX_PENDING_CANDIDATES,
@@ -465,8 +465,9 @@ impl Shard {
         match ev {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 debug!(%room, %participant, pc = kind.as_str(), %state, "connection state");
-                if state == RTCPeerConnectionState::Connected {
+                if state == RTCPeerConnectionState::Connected && !pc.connected {
                     pc.connected = true;
+                    self.metrics.connection(kind, ConnectionOutcome::Connected);
                 }
                 self.emit(MediaEvent::ConnectionState {
                     room: room.clone(),
@@ -479,6 +480,7 @@ impl Shard {
                         self.activate_down_tracks(id, now);
                     }
                     RTCPeerConnectionState::Failed => {
+                        self.metrics.connection(kind, ConnectionOutcome::Failed);
                         self.close_participant(rid, &participant, Some("connection-failed"), now);
                     }
                     // We remove a connection before closing it ourselves, so this is the
@@ -492,6 +494,7 @@ impl Shard {
             RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
                 RTCIceConnectionState::Failed,
             ) => {
+                self.metrics.connection(kind, ConnectionOutcome::Failed);
                 self.close_participant(rid, &participant, Some("ice-failed"), now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))

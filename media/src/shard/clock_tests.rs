@@ -74,6 +74,24 @@ fn silent_participant_is_closed_after_the_liveness_timeout() {
         "stayer keeps receiving talker"
     );
     assert_eq!(w.peer("stayer").gaps, 0, "nothing lost on the way");
+    // What became of the connections (callrelay_sfu_connections_total).
+    let connections = |outcome: &str| {
+        w.counter(
+            "callrelay_sfu_connections_total",
+            &[("outcome", outcome), ("transport", "udp")],
+        )
+    };
+    assert!(
+        connections("connected") >= 3.0,
+        "every peer connection counted as connected"
+    );
+    // Ghost's connections past the timeout at the check that closed ghost (both go then).
+    let timed_out = connections("timed_out");
+    assert!(
+        (1.0..=2.0).contains(&timed_out),
+        "ghost's silent connections counted: {timed_out}"
+    );
+    assert_eq!(connections("failed"), 0.0);
 
     w.leave("stayer");
     w.leave("talker");

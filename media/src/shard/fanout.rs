@@ -50,6 +50,7 @@ impl Shard {
         };
         let kind = kind_index(publication.kind);
         metrics.packets_received[kind].inc();
+        metrics.bytes_received[kind].inc_by(packet.payload.len() as u64);
         let seq = packet.header.sequence_number;
         match l.highest_seq {
             Some(h) if seq_newer(seq, h) => {

@@ -78,6 +78,8 @@ impl Shard {
                 _ => None,
             };
             if let Some(reason) = reason {
+                self.metrics
+                    .connection(pc.kind, ConnectionOutcome::TimedOut);
                 dead.push((pc.room, pc.participant.clone(), reason));
             }
         }

@@ -462,6 +462,24 @@ impl World {
             .sum()
     }
 
+    /// The current value of a counter, summed over its series whose labels include `labels`.
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == name)
+            .flat_map(|family| family.get_metric())
+            .filter(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|m| m.get_counter().value())
+            .sum()
+    }
+
     /// RTP packets `name` received from `publisher`'s tracks.
     pub fn received(&self, name: &str, publisher: &str) -> usize {
         self.peer(name)
