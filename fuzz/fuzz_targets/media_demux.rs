@@ -19,7 +19,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
-use callrelay_media::demux::Demux;
+use callrelay_media::demux::{Demux, Remote};
 use libfuzzer_sys::fuzz_target;
 use rtc::crypto::RTCCryptoProvider;
 use rtc::stun::attributes::{ATTR_FINGERPRINT, ATTR_MESSAGE_INTEGRITY, ATTR_USERNAME};
@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
             let (ufrag, pwd) = CREDENTIALS[key];
             demux.add_ufrag(ufrag, pwd, key);
         }
-        let from = source(op & 7);
+        let from = Remote::udp(source(op & 7));
         let signed_for = usize::from(op >> 4 & 1);
         let signed = if op & 0x08 != 0 {
             signed_request(datagram, signed_for)
