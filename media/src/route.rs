@@ -117,11 +117,7 @@ impl Router {
         owner.filter(|s| *s != self.me)
     }
 
-    /// Addresses other shards announced (for the stats: zero when everyone has left).
-    pub fn len(&self) -> usize {
-        self.elsewhere.len()
-    }
-
+    /// Whether no address of another shard is known (so once everyone has left).
     pub fn is_empty(&self) -> bool {
         self.elsewhere.is_empty()
     }
