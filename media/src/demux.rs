@@ -12,7 +12,7 @@
 //! selected pair of an ICE-lite agent) is never the one forgotten when a connection has learned
 //! too many.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -211,9 +211,9 @@ pub struct Demux<K> {
     /// Reverse index so that removing a key is exact and cheap.
     owned: HashMap<K, Owned>,
     crypto: Arc<dyn RTCCryptoProvider>,
-    /// Addresses learnt and forgotten since the last [`Demux::drain_address_changes`], kept
+    /// Addresses learnt and forgotten not yet taken by [`Demux::poll_address_change`], kept
     /// only when other shards must hear of them ([`Demux::report_address_changes`]).
-    changes: Option<Vec<AddressChange>>,
+    changes: Option<VecDeque<AddressChange>>,
 }
 
 struct Credentials<K> {
@@ -252,19 +252,19 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     }
 
     /// From now on, keep every address learnt or forgotten for
-    /// [`Demux::drain_address_changes`].
+    /// [`Demux::poll_address_change`].
     pub fn report_address_changes(&mut self) {
-        self.changes.get_or_insert_with(Vec::new);
+        self.changes.get_or_insert_with(VecDeque::new);
     }
 
-    /// Addresses learnt and forgotten since the last call, in order.
-    pub fn drain_address_changes(&mut self) -> impl Iterator<Item = AddressChange> + '_ {
-        self.changes.iter_mut().flat_map(|c| c.drain(..))
+    /// The oldest address learnt or forgotten not yet taken, in order.
+    pub fn poll_address_change(&mut self) -> Option<AddressChange> {
+        self.changes.as_mut()?.pop_front()
     }
 
     fn note(&mut self, change: AddressChange) {
         if let Some(c) = &mut self.changes {
-            c.push(change);
+            c.push_back(change);
         }
     }
 
@@ -463,6 +463,30 @@ mod tests {
     }
 
     const RTP: [u8; 4] = [0x80, 96, 0, 1];
+
+    /// Every change is reported, in order, however many one call made: removing a connection
+    /// forgets all of its addresses at once.
+    #[test]
+    fn every_address_change_is_reported_once_in_order() {
+        let mut d = demux();
+        d.report_address_changes();
+        let pwd = "pwd-of-the-connection-0123456";
+        d.add_ufrag("srv", pwd, 1);
+        for port in [4000, 4001, 4002] {
+            assert_eq!(d.route(addr(port), &request("srv:cli", pwd)), Ok(1));
+        }
+        d.remove(1);
+        let changes: Vec<_> = std::iter::from_fn(|| d.poll_address_change()).collect();
+        assert_eq!(
+            changes,
+            [4000, 4001, 4002]
+                .map(|p| AddressChange::Learned(addr(p)))
+                .into_iter()
+                .chain([4000, 4001, 4002].map(|p| AddressChange::Forgotten(addr(p))))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(d.poll_address_change(), None);
+    }
 
     #[test]
     fn classifies_by_first_byte() {

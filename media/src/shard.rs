@@ -240,7 +240,7 @@ impl Shard {
     /// A client address this shard learnt or forgot since the last call (only with more than
     /// one shard), for the other shards' routers.
     pub fn poll_address_change(&mut self) -> Option<AddressChange> {
-        self.demux.drain_address_changes().next()
+        self.demux.poll_address_change()
     }
 
     /// Whether datagrams from `source` are this shard's (it learnt the address from STUN).
