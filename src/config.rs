@@ -87,7 +87,7 @@ pub struct MediaConfig {
     pub bind_ip: IpAddr,
     pub udp_port: u16,
     pub public_ips: Vec<IpAddr>,
-    /// Media worker threads (SFU shards); 0 in the file means one per core, resolved here.
+    /// Media worker threads (SFU shards); 0 = one per core (the SFU resolves it).
     pub workers: usize,
     pub mode: MediaMode,
     pub p2p_timeout_ms: u64,
@@ -809,10 +809,7 @@ impl Merged {
                 bind_ip: self.ip("media", "bind_ip")?,
                 udp_port: self.int("media", "udp_port")?,
                 public_ips: self.ip_list("media", "public_ips")?,
-                workers: match self.int::<usize>("media", "workers")? {
-                    0 => std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
-                    n => n,
-                },
+                workers: self.int("media", "workers")?,
                 mode: self.choice("media", "mode")?,
                 p2p_timeout_ms: self.int("media", "p2p_timeout_ms")?,
                 ice_urls: self.str_list("media", "ice_urls")?,
@@ -963,10 +960,7 @@ mod tests {
         assert_eq!(c.media.bind_ip, "0.0.0.0".parse::<IpAddr>().unwrap());
         assert_eq!(c.media.udp_port, 50000);
         assert!(c.media.public_ips.is_empty());
-        assert!(
-            c.media.workers >= 1,
-            "0 (the default) resolves to the number of cores"
-        );
+        assert_eq!(c.media.workers, 0, "the default: one per core");
         assert_eq!(c.media.mode, MediaMode::P2pFirst);
         assert_eq!(c.media.p2p_timeout_ms, 5000);
         assert!(c.media.ice_urls.is_empty());

@@ -35,7 +35,7 @@ use tracing::{debug, info};
 use crate::batch_io::BatchSender;
 use crate::demux::Remote;
 use crate::metrics::{DriverMetrics, Metrics};
-use crate::route::{AddressChange, MAX_SHARDS, Router};
+use crate::route::{AddressChange, MAX_SHARDS, Owner, Router};
 use crate::shard::{Shard, Transmit};
 use crate::{Command, MediaConfig, MediaError, MediaEvent};
 
@@ -154,7 +154,11 @@ pub(crate) fn spawn(
     (first_metrics, first_driver_metrics): (Metrics, DriverMetrics),
     events: mpsc::UnboundedSender<MediaEvent>,
 ) -> Result<(SocketAddr, Vec<mpsc::Sender<Command>>), MediaError> {
-    let workers = config.workers.clamp(1, MAX_SHARDS);
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+    .clamp(1, MAX_SHARDS);
     let sockets = bind_sockets(config.bind, workers)?;
     let mut buffers = (0, 0);
     for socket in &sockets {
@@ -215,7 +219,6 @@ pub(crate) fn spawn(
                     router: Router::new(index, workers),
                     inbox,
                     peers,
-                    handoff_delay: Duration::ZERO,
                     events,
                     batch: BatchSender::new(),
                 };
@@ -248,11 +251,11 @@ enum Handoff {
     Address { from: usize, change: AddressChange },
 }
 
-/// A forwarded copy's latency: from its packet's read off a socket (`handoff_delay` before
-/// the shard saw it, if another worker read it) to its hand-off to the kernel.
-fn observe_copy(metrics: &mut DriverMetrics, handoff_delay: Duration, t: &Transmit) {
+/// A forwarded copy's latency: from its packet's read off a socket (`waited` before the shard
+/// saw it, if another worker read it) to its hand-off to the kernel.
+fn observe_copy(metrics: &mut DriverMetrics, waited: Duration, t: &Transmit) {
     if let Some(received_at) = t.received_at {
-        let latency = received_at.elapsed() + handoff_delay;
+        let latency = received_at.elapsed() + waited;
         metrics.forward_latency.observe(latency.as_secs_f64());
         #[cfg(feature = "bench")]
         crate::bench::observe_copy(latency);
@@ -270,9 +273,6 @@ struct Driver {
     inbox: mpsc::UnboundedReceiver<Handoff>,
     /// Every shard's inbox, this one's included (so `inbox` never closes while it runs).
     peers: Arc<[mpsc::UnboundedSender<Handoff>]>,
-    /// How long the input being handled waited in an inbox after its socket read: the
-    /// forwarding latency of its copies counts from the read.
-    handoff_delay: Duration,
     events: mpsc::UnboundedSender<MediaEvent>,
     batch: BatchSender,
 }
@@ -302,7 +302,7 @@ impl Driver {
                     match cmd {
                         Command::Shutdown { reply } => {
                             self.shard.close_all(now);
-                            self.transmit(&socket);
+                            self.transmit(&socket, Duration::ZERO);
                             self.metrics.flush();
                             let _ = reply.send(());
                             break;
@@ -311,7 +311,7 @@ impl Driver {
                         Command::OnMediaThread(f) => f(),
                         cmd => {
                             self.shard.handle_command(now, cmd);
-                            self.transmit(&socket);
+                            self.transmit(&socket, Duration::ZERO);
                         }
                     }
                 }
@@ -339,7 +339,7 @@ impl Driver {
             let now = Instant::now();
             if self.shard.poll_timeout().is_some_and(|t| t <= now) {
                 self.shard.handle_timeout(now);
-                self.transmit(&socket);
+                self.transmit(&socket, Duration::ZERO);
             }
             if now >= next_flush {
                 self.metrics.flush();
@@ -372,14 +372,14 @@ impl Driver {
     fn receive(&mut self, source: SocketAddr, data: &[u8], socket: &UdpSocket) {
         let read_at = Instant::now();
         let mut owner = self.owner(source, data);
-        if owner.is_none() && !self.shard.knows_address(&Remote::udp(source)) {
+        if owner == Owner::Unknown {
             // Perhaps another shard learnt this address a moment ago: its announcement was
             // queued before the client could send this (the client answers our STUN reply).
             self.drain_inbox(socket);
             owner = self.owner(source, data);
         }
         match owner {
-            Some(owner) => {
+            Owner::Shard(owner) => {
                 let handoff = Handoff::Datagram {
                     source,
                     bytes: data.to_vec(),
@@ -388,31 +388,33 @@ impl Driver {
                 // A stopped shard (shutting down) drops it.
                 let _ = self.peers[owner].send(handoff);
             }
-            None => self.handle_datagram(source, data, read_at, socket),
+            Owner::Here | Owner::Unknown => {
+                self.handle_datagram(source, data, read_at, Duration::ZERO, socket)
+            }
         }
     }
 
-    fn owner(&self, source: SocketAddr, data: &[u8]) -> Option<usize> {
+    fn owner(&self, source: SocketAddr, data: &[u8]) -> Owner {
         let shard = &self.shard;
         self.router.owner(Remote::udp(source), data, |remote| {
             shard.knows_address(remote)
         })
     }
 
+    /// Hands a datagram to the shard at `now`; `waited` is how long it sat in an inbox after
+    /// its read (its copies' forwarding latency counts from the read).
     fn handle_datagram(
         &mut self,
         source: SocketAddr,
         data: &[u8],
-        read_at: Instant,
+        now: Instant,
+        waited: Duration,
         socket: &UdpSocket,
     ) {
-        let now = Instant::now();
-        self.handoff_delay = now.saturating_duration_since(read_at);
         let destination = self.local_addr_for(source);
         self.shard
             .handle_receive(now, TransportProtocol::UDP, source, destination, data);
-        self.transmit(socket);
-        self.handoff_delay = Duration::ZERO;
+        self.transmit(socket, waited);
     }
 
     fn take(&mut self, handoff: Handoff, socket: &UdpSocket) {
@@ -421,7 +423,11 @@ impl Driver {
                 source,
                 bytes,
                 read_at,
-            } => self.handle_datagram(source, &bytes, read_at, socket),
+            } => {
+                let now = Instant::now();
+                let waited = now.saturating_duration_since(read_at);
+                self.handle_datagram(source, &bytes, now, waited, socket)
+            }
             Handoff::Address { from, change } => self.router.apply(from, change),
         }
     }
@@ -439,14 +445,14 @@ impl Driver {
     /// Sends everything the shard queued, in order, in `sendmmsg` batches (measured: 11-14%
     /// less CPU per copy than one `sendto` each, see benches/README.md), passes its events on
     /// and tells the other shards about the addresses it learnt or forgot.
-    fn transmit(&mut self, socket: &UdpSocket) {
+    fn transmit(&mut self, socket: &UdpSocket, waited: Duration) {
         while let Some(t) = self.shard.poll_transmit() {
             self.batch.push(t);
             if self.batch.is_full() {
-                self.send_batch(socket);
+                self.send_batch(socket, waited);
             }
         }
-        self.send_batch(socket);
+        self.send_batch(socket, waited);
         while let Some(event) = self.shard.poll_event() {
             let _ = self.events.send(event);
         }
@@ -462,11 +468,11 @@ impl Driver {
         }
     }
 
-    fn send_batch(&mut self, socket: &UdpSocket) {
+    fn send_batch(&mut self, socket: &UdpSocket, waited: Duration) {
         let refused = self.batch.send(socket.as_raw_fd());
         self.metrics.send_failed.inc_by(refused as u64);
         for t in self.batch.drain_sent() {
-            observe_copy(&mut self.metrics, self.handoff_delay, &t);
+            observe_copy(&mut self.metrics, waited, &t);
         }
     }
 

@@ -135,7 +135,7 @@ pub struct MediaConfig {
     /// offer/answer. Default 30 s.
     pub liveness_timeout: Duration,
     /// Shards, each on a thread of its own, all on the one port (`media.workers`); a room
-    /// lives on one of them. Default: one per core. Clamped to 1-256.
+    /// lives on one of them. 0 (the default) = one per core; at most 256.
     pub workers: usize,
 }
 
@@ -145,7 +145,7 @@ impl Default for MediaConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], 50_000)),
             public_ips: Vec::new(),
             liveness_timeout: Duration::from_secs(30),
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: 0,
         }
     }
 }

@@ -54,6 +54,18 @@ pub enum AddressChange {
     Forgotten(Remote),
 }
 
+/// Where a datagram goes, as one shard's [`Router`] sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// This shard: its own, or garbage it drops and counts.
+    Here,
+    /// Another shard's.
+    Shard(usize),
+    /// Media from an address no shard is known to have learnt (this shard drops it, unless an
+    /// announcement still queued says otherwise).
+    Unknown,
+}
+
 /// One shard's view of where datagrams go: its own demux answers for the addresses it learnt;
 /// this table holds the addresses the other shards announced.
 #[derive(Debug)]
@@ -86,35 +98,41 @@ impl Router {
         }
     }
 
-    /// The shard that must handle `datagram` from `source`, or `None` if no other shard is
-    /// known to want it (then this shard handles it: it is its own, or it is dropped and
-    /// counted there). `known_here` asks this shard's demux.
+    /// The shard that must handle `datagram` from `source`. `known_here` asks this shard's
+    /// demux; with one shard nothing is looked up.
     pub fn owner(
         &self,
         source: Remote,
         datagram: &[u8],
         known_here: impl FnOnce(&Remote) -> bool,
-    ) -> Option<usize> {
+    ) -> Owner {
         if self.shards <= 1 {
-            return None;
+            return Owner::Here;
         }
         let by_address = || {
             if known_here(&source) {
-                None
+                Owner::Here
             } else {
-                self.elsewhere.get(&source).copied()
+                self.elsewhere
+                    .get(&source)
+                    .map_or(Owner::Unknown, |s| Owner::Shard(*s))
             }
         };
         let owner = match classify(datagram) {
             Class::Stun => match stun_local_ufrag(datagram) {
-                Ok(StunUser::Ufrag(ufrag)) => shard_of_ufrag(ufrag, self.shards),
+                Ok(StunUser::Ufrag(ufrag)) => {
+                    shard_of_ufrag(ufrag, self.shards).map_or(Owner::Here, Owner::Shard)
+                }
                 Ok(StunUser::None) => by_address(),
-                Err(_) => None,
+                Err(_) => Owner::Here,
             },
             Class::Dtls | Class::Rtp => by_address(),
-            Class::Other => None,
+            Class::Other => Owner::Here,
         };
-        owner.filter(|s| *s != self.me)
+        match owner {
+            Owner::Shard(s) if s == self.me => Owner::Here,
+            other => other,
+        }
     }
 
     /// Whether no address of another shard is known (so once everyone has left).
@@ -179,14 +197,14 @@ mod tests {
     fn stun_goes_to_the_shard_its_ufrag_names() {
         let router = Router::new(0, 2);
         let to_1 = binding_request("01abcdefgh:client");
-        assert_eq!(router.owner(addr(1), &to_1, |_| false), Some(1));
+        assert_eq!(router.owner(addr(1), &to_1, |_| false), Owner::Shard(1));
         let to_me = binding_request("00abcdefgh:client");
-        assert_eq!(router.owner(addr(1), &to_me, |_| false), None);
+        assert_eq!(router.owner(addr(1), &to_me, |_| false), Owner::Here);
         let nobody = binding_request("7fabcdefgh:client");
-        assert_eq!(router.owner(addr(1), &nobody, |_| false), None);
+        assert_eq!(router.owner(addr(1), &nobody, |_| false), Owner::Here);
         assert_eq!(
             router.owner(addr(1), &[0, 1, 2], |_| false),
-            None,
+            Owner::Here,
             "malformed"
         );
     }
@@ -196,21 +214,21 @@ mod tests {
         let mut router = Router::new(0, 3);
         assert_eq!(
             router.owner(addr(7), &RTP, |_| false),
-            None,
+            Owner::Unknown,
             "unknown: dropped here"
         );
         router.apply(2, AddressChange::Learned(addr(7)));
-        assert_eq!(router.owner(addr(7), &RTP, |_| false), Some(2));
+        assert_eq!(router.owner(addr(7), &RTP, |_| false), Owner::Shard(2));
         assert_eq!(
             router.owner(addr(7), &RTP, |_| true),
-            None,
+            Owner::Here,
             "own demux first"
         );
         // A stale forget from a shard that no longer owns it changes nothing.
         router.apply(1, AddressChange::Forgotten(addr(7)));
-        assert_eq!(router.owner(addr(7), &RTP, |_| false), Some(2));
+        assert_eq!(router.owner(addr(7), &RTP, |_| false), Owner::Shard(2));
         router.apply(2, AddressChange::Forgotten(addr(7)));
-        assert_eq!(router.owner(addr(7), &RTP, |_| false), None);
+        assert_eq!(router.owner(addr(7), &RTP, |_| false), Owner::Unknown);
         assert!(router.is_empty());
     }
 
@@ -218,6 +236,6 @@ mod tests {
     fn one_shard_routes_nothing() {
         let mut router = Router::new(0, 1);
         router.apply(0, AddressChange::Learned(addr(7)));
-        assert_eq!(router.owner(addr(7), &RTP, |_| false), None);
+        assert_eq!(router.owner(addr(7), &RTP, |_| false), Owner::Here);
     }
 }
