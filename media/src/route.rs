@@ -236,6 +236,8 @@ mod tests {
     fn one_shard_routes_nothing() {
         let mut router = Router::new(0, 1);
         router.apply(0, AddressChange::Learned(addr(7)));
-        assert_eq!(router.owner(addr(7), &RTP, |_| false), Owner::Here);
+        let no_lookup = |_: &Remote| panic!("one shard looks nothing up on the packet path");
+        assert_eq!(router.owner(addr(7), &RTP, no_lookup), Owner::Here);
+        assert_eq!(router.owner(addr(8), &RTP, no_lookup), Owner::Here);
     }
 }
