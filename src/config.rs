@@ -86,6 +86,10 @@ pub struct AuthConfig {
 pub struct MediaConfig {
     pub bind_ip: IpAddr,
     pub udp_port: u16,
+    /// ICE-TCP passive candidates on `tcp_port` (RFC 6544); false = UDP only.
+    pub ice_tcp: bool,
+    /// 0 = the UDP port's number (a free port when that is 0 too).
+    pub tcp_port: u16,
     pub public_ips: Vec<IpAddr>,
     /// Media worker threads (SFU shards); 0 = one per core (the SFU resolves it).
     pub workers: usize,
@@ -94,6 +98,10 @@ pub struct MediaConfig {
     pub ice_urls: Vec<String>,
     pub ice_username: String,
     pub ice_credential: String,
+    /// Shared secret for TURN REST credentials minted per user ("" = use the static ones).
+    pub ice_secret: String,
+    /// Lifetime of a minted TURN credential.
+    pub ice_ttl_secs: u64,
 }
 
 /// `media.mode`: owned by signaling, which applies it.
@@ -264,6 +272,8 @@ impl fmt::Debug for MediaConfig {
         f.debug_struct("MediaConfig")
             .field("bind_ip", &self.bind_ip)
             .field("udp_port", &self.udp_port)
+            .field("ice_tcp", &self.ice_tcp)
+            .field("tcp_port", &self.tcp_port)
             .field("public_ips", &self.public_ips)
             .field("workers", &self.workers)
             .field("mode", &self.mode)
@@ -271,6 +281,8 @@ impl fmt::Debug for MediaConfig {
             .field("ice_urls", &self.ice_urls)
             .field("ice_username", &self.ice_username)
             .field("ice_credential", &secret_marker(&self.ice_credential))
+            .field("ice_secret", &secret_marker(&self.ice_secret))
+            .field("ice_ttl_secs", &self.ice_ttl_secs)
             .finish()
     }
 }
@@ -400,6 +412,8 @@ static SCHEMA: &[Field] = &[
     field("auth", "token_ttl_secs", int(1, 315_360_000)),
     field("media", "bind_ip", Kind::Ip),
     field("media", "udp_port", int(0, 65_535)),
+    field("media", "ice_tcp", Kind::Bool),
+    field("media", "tcp_port", int(0, 65_535)),
     field("media", "public_ips", Kind::IpList),
     field("media", "workers", int(0, 256)),
     field("media", "mode", Kind::Enum(MediaMode::NAMES)),
@@ -410,6 +424,11 @@ static SCHEMA: &[Field] = &[
         shown: Shown::Secret,
         ..field("media", "ice_credential", Kind::Str)
     },
+    Field {
+        shown: Shown::Secret,
+        ..field("media", "ice_secret", Kind::Str)
+    },
+    field("media", "ice_ttl_secs", int(60, 604_800)),
     field("calls", "ring_timeout_secs", int(1, 3600)),
     field("limits", "max_chat_chars", int(1, 1_000_000)),
     field("limits", "max_sdp_bytes", BYTES),
@@ -808,6 +827,8 @@ impl Merged {
             media: MediaConfig {
                 bind_ip: self.ip("media", "bind_ip")?,
                 udp_port: self.int("media", "udp_port")?,
+                ice_tcp: self.bool("media", "ice_tcp")?,
+                tcp_port: self.int("media", "tcp_port")?,
                 public_ips: self.ip_list("media", "public_ips")?,
                 workers: self.int("media", "workers")?,
                 mode: self.choice("media", "mode")?,
@@ -815,6 +836,8 @@ impl Merged {
                 ice_urls: self.str_list("media", "ice_urls")?,
                 ice_username: self.string("media", "ice_username")?,
                 ice_credential: self.string("media", "ice_credential")?,
+                ice_secret: self.string("media", "ice_secret")?,
+                ice_ttl_secs: self.int("media", "ice_ttl_secs")?,
             },
             calls: CallsConfig {
                 ring_timeout_secs: self.int("calls", "ring_timeout_secs")?,

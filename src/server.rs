@@ -142,6 +142,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     } else {
         let media_config = MediaConfig {
             bind: SocketAddr::new(config.media.bind_ip, config.media.udp_port),
+            tcp_port: config.media.ice_tcp.then_some(match config.media.tcp_port {
+                0 => config.media.udp_port,
+                port => port,
+            }),
             public_ips: config.media.public_ips.clone(),
             workers: config.media.workers,
             ..MediaConfig::default()

@@ -129,6 +129,9 @@ pub use peer::{add_host_candidates, register_header_extensions};
 #[derive(Debug, Clone)]
 pub struct MediaConfig {
     pub bind: SocketAddr,
+    /// ICE-TCP (RFC 6544): the TCP port of passive candidates on `bind`'s address, or None for
+    /// UDP only (the default of the library; the server turns it on). Some(0) = a free port.
+    pub tcp_port: Option<u16>,
     pub public_ips: Vec<IpAddr>,
     /// A connected peer connection that receives nothing (no STUN consent checks, no media)
     /// for this long is closed, as is one that does not connect within this long after its
@@ -143,6 +146,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         Self {
             bind: SocketAddr::from(([0, 0, 0, 0], 50_000)),
+            tcp_port: None,
             public_ips: Vec::new(),
             liveness_timeout: Duration::from_secs(30),
             workers: 0,
