@@ -54,7 +54,7 @@ impl BatchSender {
         self.addrs.extend(
             self.pending
                 .iter()
-                .map(|t| Some(SockaddrStorage::from(t.destination))),
+                .map(|t| Some(SockaddrStorage::from(t.to.addr))),
         );
         let mut slices = reuse(std::mem::take(&mut self.slices));
         slices.extend(self.pending.iter().map(|t| [IoSlice::new(&t.bytes)]));
@@ -105,7 +105,7 @@ mod tests {
 
     fn transmit(to: std::net::SocketAddr, payload: &[u8]) -> Transmit {
         Transmit {
-            destination: to,
+            to: crate::demux::Remote::udp(to),
             bytes: BytesMut::from(payload),
             received_at: None,
         }

@@ -33,7 +33,10 @@ pub fn subscribe_connection(
             kind: PcKind::Subscribe,
             ufrag: &ufrag,
             pwd: &pwd,
-            candidates,
+            candidates: &peer::HostCandidates {
+                udp: candidates.to_vec(),
+                tcp: Vec::new(),
+            },
             counters: &counters,
             ice_disconnected_timeout: Duration::from_secs(5),
             ice_failed_timeout: Duration::from_secs(30),

@@ -268,6 +268,12 @@ impl<K: Copy + Eq + Hash> Demux<K> {
         }
     }
 
+    /// The client of `key`'s nominated candidate pair (its last authenticated request with
+    /// USE-CANDIDATE): where, and over which transport, its media flows.
+    pub fn selected(&self, key: K) -> Option<Remote> {
+        self.owned.get(&key)?.selected
+    }
+
     /// Whether datagrams from `addr` are routed here.
     pub fn knows_address(&self, addr: &Remote) -> bool {
         self.by_addr.contains_key(addr)

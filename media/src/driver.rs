@@ -17,6 +17,11 @@
 //! announces the addresses its shard learnt or forgot to the other workers. Worker 0 also
 //! runs a task watching the kernel's drops at the port ([`crate::socket_drops`]).
 //!
+//! With ICE-TCP on (`tcp_port`), worker 0 also accepts TCP connections on the media TCP port
+//! and hands each to the worker its first STUN request's ufrag names ([`crate::tcp`]); that
+//! worker reads its frames into its shard as it does datagrams and queues the shard's
+//! transmits to it.
+//!
 //! Why a hand-over and not a reader thread: with one worker nothing is handed over (the
 //! datagram is read and forwarded by the same thread, as before the split), and with several
 //! only datagrams the kernel put on another worker's socket pay one copy and one queue.
@@ -24,6 +29,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::rngs::StdRng;
@@ -35,8 +41,10 @@ use tracing::{debug, info};
 use crate::batch_io::BatchSender;
 use crate::demux::Remote;
 use crate::metrics::{DriverMetrics, Metrics};
+use crate::peer::HostCandidates;
 use crate::route::{AddressChange, MAX_SHARDS, Owner, Router};
 use crate::shard::{Shard, Transmit};
+use crate::tcp::{Accepted, TcpConnections, TcpInput};
 use crate::{Command, MediaConfig, MediaError, MediaEvent};
 
 /// Datagrams read off the socket at once before the other inputs and timers get their turn.
@@ -147,8 +155,25 @@ fn reuseport_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, MediaError>
     Ok(std::net::UdpSocket::from(fd))
 }
 
-/// Binds `config.bind`, builds `config.workers` shards and starts a thread for each. Returns
-/// the bound address and each shard's command queue.
+/// The ICE-TCP listener on `bind`'s address. Port 0 asks for the UDP port's number
+/// (`udp_port`), or any free port if that one is taken.
+fn bind_tcp(
+    bind: SocketAddr,
+    port: u16,
+    udp_port: u16,
+) -> Result<std::net::TcpListener, MediaError> {
+    let listener = if port == 0 {
+        std::net::TcpListener::bind(SocketAddr::new(bind.ip(), udp_port))
+            .or_else(|_| std::net::TcpListener::bind(SocketAddr::new(bind.ip(), 0)))?
+    } else {
+        std::net::TcpListener::bind(SocketAddr::new(bind.ip(), port))?
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Binds `config.bind` (and the ICE-TCP port), builds `config.workers` shards and starts a
+/// thread for each. Returns the bound address and each shard's command queue.
 pub(crate) fn spawn(
     config: MediaConfig,
     (first_metrics, first_driver_metrics): (Metrics, DriverMetrics),
@@ -167,10 +192,20 @@ pub(crate) fn spawn(
     }
     let (rcvbuf, sndbuf) = buffers;
     let local_addr = sockets[0].local_addr()?;
-    let candidates = candidate_addrs(local_addr, &config.public_ips);
+    let mut listener = config
+        .tcp_port
+        .map(|port| bind_tcp(config.bind, port, local_addr.port()))
+        .transpose()?;
+    let tcp_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let candidates = HostCandidates {
+        udp: candidate_addrs(local_addr, &config.public_ips),
+        tcp: tcp_addr.map_or_else(Vec::new, |a| candidate_addrs(a, &config.public_ips)),
+    };
+    let tcp_open = Arc::new(AtomicUsize::new(0));
     info!(
         %local_addr,
-        candidates = candidates.len(),
+        tcp = ?tcp_addr,
+        candidates = candidates.udp.len() + candidates.tcp.len(),
         workers,
         rcvbuf,
         sndbuf,
@@ -201,6 +236,8 @@ pub(crate) fn spawn(
         commands.push(cmd_tx);
         let candidates = candidates.clone();
         let peers = Arc::clone(&peers);
+        let listener = if index == 0 { listener.take() } else { None };
+        let tcp = TcpConnections::new(Arc::clone(&tcp_open), config.liveness_timeout);
         let events = events.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -221,10 +258,11 @@ pub(crate) fn spawn(
                     peers,
                     events,
                     batch: BatchSender::new(),
+                    tcp,
                 };
                 runtime.block_on(async move {
                     match UdpSocket::from_std(socket) {
-                        Ok(socket) => driver.run(socket).await,
+                        Ok(socket) => driver.run(socket, listener).await,
                         Err(e) => tracing::error!("media socket: {e}"),
                     }
                 });
@@ -249,6 +287,8 @@ enum Handoff {
     },
     /// Shard `from` learnt or forgot a client address.
     Address { from: usize, change: AddressChange },
+    /// An ICE-TCP connection whose first frame named this shard.
+    Tcp(Accepted),
 }
 
 /// A forwarded copy's latency: from its packet's read off a socket (`waited` before the shard
@@ -265,7 +305,7 @@ fn observe_copy(metrics: &mut DriverMetrics, waited: Duration, t: &Transmit) {
 struct Driver {
     index: usize,
     local_addr: SocketAddr,
-    candidates: Vec<SocketAddr>,
+    candidates: HostCandidates,
     shard: Shard,
     metrics: DriverMetrics,
     cmd_rx: mpsc::Receiver<Command>,
@@ -275,10 +315,29 @@ struct Driver {
     peers: Arc<[mpsc::UnboundedSender<Handoff>]>,
     events: mpsc::UnboundedSender<MediaEvent>,
     batch: BatchSender,
+    tcp: TcpConnections,
 }
 
 impl Driver {
-    async fn run(mut self, socket: UdpSocket) {
+    async fn run(mut self, socket: UdpSocket, listener: Option<std::net::TcpListener>) {
+        let accept = listener.and_then(|l| match tokio::net::TcpListener::from_std(l) {
+            Ok(listener) => Some(tokio::spawn(crate::tcp::accept(
+                listener,
+                self.peers.len(),
+                self.tcp.open(),
+                self.metrics.tcp_refused.clone(),
+                {
+                    let peers = Arc::clone(&self.peers);
+                    move |owner, accepted| {
+                        let _ = peers[owner].send(Handoff::Tcp(accepted));
+                    }
+                },
+            ))),
+            Err(e) => {
+                tracing::error!("media TCP listener: {e}");
+                None
+            }
+        });
         // One watcher for the port: the kernel's table lists every socket of the group.
         let drops = (self.index == 0).then(|| {
             tokio::spawn(crate::socket_drops::watch(
@@ -303,6 +362,7 @@ impl Driver {
                         Command::Shutdown { reply } => {
                             self.shard.close_all(now);
                             self.transmit(&socket, Duration::ZERO);
+                            self.tcp.close_all(&self.metrics);
                             self.metrics.flush();
                             let _ = reply.send(());
                             break;
@@ -320,6 +380,16 @@ impl Driver {
                 Some(handoff) = self.inbox.recv() => {
                     self.take(handoff, &socket);
                     self.drain_inbox(&socket);
+                    self.read_socket(&mut buf, &socket);
+                }
+                Some(input) = self.tcp.inputs.recv() => {
+                    self.take_tcp(input, &socket);
+                    for _ in 1..INBOX_BATCH {
+                        match self.tcp.inputs.try_recv() {
+                            Ok(input) => self.take_tcp(input, &socket),
+                            Err(_) => break,
+                        }
+                    }
                     self.read_socket(&mut buf, &socket);
                 }
                 ready = socket.readable() => {
@@ -342,12 +412,15 @@ impl Driver {
                 self.transmit(&socket, Duration::ZERO);
             }
             if now >= next_flush {
+                let shard = &self.shard;
+                self.tcp
+                    .sweep(now, |remote| shard.knows_address(remote), &self.metrics);
                 self.metrics.flush();
                 next_flush = now + FLUSH_EVERY;
             }
         }
-        if let Some(drops) = drops {
-            drops.abort();
+        for task in [drops, accept].into_iter().flatten() {
+            task.abort();
         }
         info!(worker = self.index, "media loop stopped");
     }
@@ -429,6 +502,46 @@ impl Driver {
                 self.handle_datagram(source, &bytes, now, waited, socket)
             }
             Handoff::Address { from, change } => self.router.apply(from, change),
+            Handoff::Tcp(Accepted {
+                stream,
+                first,
+                read_at,
+            }) => {
+                let local = stream
+                    .local_addr()
+                    .map_or(self.local_addr, |a| self.tcp_local_addr_for(a));
+                if let Some(peer) = self.tcp.adopt(stream, local, &self.metrics, Instant::now()) {
+                    self.take_tcp(
+                        TcpInput::Frame {
+                            peer,
+                            bytes: first,
+                            read_at,
+                        },
+                        socket,
+                    );
+                }
+            }
+        }
+    }
+
+    /// A frame read off one of this worker's TCP connections, or the end of one.
+    fn take_tcp(&mut self, input: TcpInput, socket: &UdpSocket) {
+        match input {
+            TcpInput::Frame {
+                peer,
+                bytes,
+                read_at,
+            } => {
+                let Some(local) = self.tcp.local_of(peer) else {
+                    return; // closed meanwhile
+                };
+                let now = Instant::now();
+                let waited = now.saturating_duration_since(read_at);
+                self.shard
+                    .handle_receive(now, TransportProtocol::TCP, peer, local, &bytes);
+                self.transmit(socket, waited);
+            }
+            TcpInput::Closed { peer, id } => self.tcp.closed(peer, id, &self.metrics),
         }
     }
 
@@ -447,6 +560,11 @@ impl Driver {
     /// and tells the other shards about the addresses it learnt or forgot.
     fn transmit(&mut self, socket: &UdpSocket, waited: Duration) {
         while let Some(t) = self.shard.poll_transmit() {
+            if t.to.transport != TransportProtocol::UDP {
+                observe_copy(&mut self.metrics, waited, &t);
+                self.tcp.send(t.to.addr, t.bytes, &mut self.metrics);
+                continue;
+            }
             self.batch.push(t);
             if self.batch.is_full() {
                 self.send_batch(socket, waited);
@@ -483,12 +601,25 @@ impl Driver {
             return self.local_addr;
         }
         let same_family = |a: &&SocketAddr| a.is_ipv4() == from.is_ipv4();
-        self.candidates
-            .iter()
+        let udp = &self.candidates.udp;
+        udp.iter()
             .filter(same_family)
             .find(|a| a.ip().is_loopback() == from.ip().is_loopback())
-            .or_else(|| self.candidates.iter().find(same_family))
+            .or_else(|| udp.iter().find(same_family))
             .copied()
             .unwrap_or(self.local_addr)
+    }
+
+    /// The TCP candidate the ICE agent knows a connection's local address `local` by: itself
+    /// when announced, else the first announced one of its family (a public IP in front).
+    fn tcp_local_addr_for(&self, local: SocketAddr) -> SocketAddr {
+        let tcp = &self.candidates.tcp;
+        if tcp.contains(&local) {
+            return local;
+        }
+        tcp.iter()
+            .find(|a| a.is_ipv4() == local.is_ipv4())
+            .copied()
+            .unwrap_or(local)
     }
 }

@@ -105,6 +105,7 @@ mod room;
 pub mod route;
 mod shard;
 mod socket_drops;
+mod tcp;
 
 /// Benchmark hooks (feature `bench`): the SFU's subscribe connection and per-copy forwarding
 /// step, for `benches/forwarding.rs`.

@@ -19,13 +19,23 @@
 //! the stack), `timed_out` (closed by the liveness check: never connected, or silent past
 //! `liveness_timeout`). A connection may count `connected` and later `failed` or `timed_out`;
 //! the participant's other connection, closed with it, counts nothing more.
-//! `transport` is the one the media flows over: only `udp` exists today (ICE-TCP is issue 11),
-//! so `sum by (transport) (rate(...{outcome="connected"}[5m]))` shows the transport in use.
+//! `transport` is the one the media flows over, `udp` or `tcp` (ICE-TCP, RFC 6544: the client's
+//! nominated candidate pair), so `sum by (transport) (rate(...{outcome="connected"}[5m]))`
+//! shows how many clients reach the SFU only over TCP.
+//!
+//! ICE-TCP: `callrelay_sfu_tcp_connections` (open TCP connections a shard serves),
+//! `callrelay_sfu_tcp_connections_refused_total{reason}` (`not_ice`: the first frame was not a
+//! STUN request for one of our ufrags; `timeout`: no first frame in time; `limit`: too many
+//! open; `unauthenticated`: no authenticated STUN on it in time) and, in
+//! `callrelay_media_datagrams_dropped_total`, `tcp_queue_full` (a slow reader's bounded write
+//! queue was full: the datagram was dropped, not queued without end).
 
 use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use rtc::shared::TransportProtocol;
 
 use crate::demux::DropReason;
 use crate::rtx_cache::Suppressed;
@@ -34,6 +44,9 @@ use crate::{MediaKind, PcKind};
 /// The drop reason the kernel's own drops at the socket are counted under (read off the loop,
 /// so not a [`DropReason`] of the demux).
 const QUEUE_FULL: &str = "queue_full";
+/// The drop reason of datagrams for a TCP connection whose write queue is full (counted by the
+/// driver, which owns the connections).
+const TCP_QUEUE_FULL: &str = "tcp_queue_full";
 
 pub(crate) struct Metrics {
     series: Series,
@@ -57,7 +70,8 @@ pub(crate) struct Metrics {
     pub retransmissions_suppressed: [LocalIntCounter; 3],
     dropped: Vec<LocalIntCounter>,
     /// `callrelay_sfu_connections_total`, by [`pc_index`] then [`ConnectionOutcome`].
-    connections: [[LocalIntCounter; 3]; 2],
+    /// By [pc kind][outcome][transport: udp, tcp].
+    connections: [[[LocalIntCounter; 2]; 3]; 2],
     /// The shared totals of `dropped`, the driver's `send_failed` and `socket_queue_full`, and
     /// what they were at the last log summary.
     dropped_totals: Vec<(&'static str, IntCounter, u64)>,
@@ -72,11 +86,49 @@ pub(crate) struct DriverMetrics {
     /// Kernel drops at the media socket (receive queue full), counted off the loop.
     pub socket_queue_full: IntCounter,
     pub forward_latency: LocalHistogram,
+    /// `callrelay_media_datagrams_dropped_total{reason="tcp_queue_full"}`.
+    pub tcp_queue_full: LocalIntCounter,
+    /// `callrelay_sfu_tcp_connections`: this worker adds and removes its own.
+    pub tcp_open: IntGauge,
+    /// `callrelay_sfu_tcp_connections_refused_total`, by [`TcpRefusal`].
+    pub tcp_refused: [IntCounter; 4],
+}
+
+/// Why a TCP connection to the media port was closed before (or without) carrying media.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TcpRefusal {
+    NotIce,
+    Timeout,
+    Limit,
+    Unauthenticated,
+}
+
+impl TcpRefusal {
+    const ALL: [TcpRefusal; 4] = [
+        TcpRefusal::NotIce,
+        TcpRefusal::Timeout,
+        TcpRefusal::Limit,
+        TcpRefusal::Unauthenticated,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            TcpRefusal::NotIce => "not_ice",
+            TcpRefusal::Timeout => "timeout",
+            TcpRefusal::Limit => "limit",
+            TcpRefusal::Unauthenticated => "unauthenticated",
+        }
+    }
 }
 
 impl DriverMetrics {
+    pub fn tcp_refused(&self, why: TcpRefusal) {
+        self.tcp_refused[why as usize].inc();
+    }
+
     pub fn flush(&mut self) {
         self.send_failed.flush();
+        self.tcp_queue_full.flush();
         self.forward_latency.flush();
     }
 }
@@ -107,6 +159,8 @@ struct Series {
     connections: IntCounterVec,
     latency: Histogram,
     rtt: Histogram,
+    tcp_open: IntGauge,
+    tcp_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -197,7 +251,7 @@ impl Metrics {
                 Opts::new(
                     "callrelay_sfu_connections_total",
                     "SFU peer connections by what became of them (connected, failed, timed_out), \
-                     kind (publish, subscribe) and transport (udp)",
+                     kind (publish, subscribe) and transport (udp, tcp)",
                 ),
                 &["pc", "outcome", "transport"],
             )?,
@@ -227,6 +281,24 @@ impl Metrics {
                 ]),
             )?,
         )?;
+        let tcp_open = reg(
+            r,
+            IntGauge::new(
+                "callrelay_sfu_tcp_connections",
+                "Open ICE-TCP connections to the media port that reached a worker",
+            )?,
+        )?;
+        let tcp_refused = reg(
+            r,
+            IntCounterVec::new(
+                Opts::new(
+                    "callrelay_sfu_tcp_connections_refused_total",
+                    "ICE-TCP connections closed before carrying media, by reason (not_ice, \
+                     timeout, limit, unauthenticated)",
+                ),
+                &["reason"],
+            )?,
+        )?;
         let series = Series {
             peer_connections,
             tracks,
@@ -243,6 +315,8 @@ impl Metrics {
             connections,
             latency,
             rtt,
+            tcp_open,
+            tcp_refused,
         };
         Ok(series.instance())
     }
@@ -262,9 +336,9 @@ impl Metrics {
         }
     }
 
-    /// Counts what became of a peer connection (over UDP, the only transport today).
-    pub fn connection(&self, pc: PcKind, outcome: ConnectionOutcome) {
-        self.connections[pc_index(pc)][outcome as usize].inc();
+    /// Counts what became of a peer connection whose media flows over `transport`.
+    pub fn connection(&self, pc: PcKind, outcome: ConnectionOutcome, transport: TransportProtocol) {
+        self.connections[pc_index(pc)][outcome as usize][transport_index(transport)].inc();
     }
 
     #[inline]
@@ -308,7 +382,7 @@ impl Metrics {
             .chain(&self.retransmissions)
             .chain(&self.retransmissions_suppressed)
             .chain(&self.dropped)
-            .chain(self.connections.iter().flatten())
+            .chain(self.connections.iter().flatten().flatten())
         {
             c.flush();
         }
@@ -331,6 +405,10 @@ impl Series {
                 .local(),
             socket_queue_full: self.dropped.with_label_values(&[QUEUE_FULL]),
             forward_latency: self.latency.local(),
+            tcp_queue_full: self.dropped.with_label_values(&[TCP_QUEUE_FULL]).local(),
+            tcp_open: self.tcp_open.clone(),
+            tcp_refused: TcpRefusal::ALL
+                .map(|why| self.tcp_refused.with_label_values(&[why.label()])),
         };
         let shard = Metrics {
             series: self.clone(),
@@ -358,15 +436,17 @@ impl Series {
                 .collect(),
             connections: [PcKind::Publish, PcKind::Subscribe].map(|pc| {
                 ConnectionOutcome::ALL.map(|outcome| {
-                    self.connections
-                        .with_label_values(&[pc.as_str(), outcome.label(), TRANSPORT_UDP])
-                        .local()
+                    TRANSPORTS.map(|transport| {
+                        self.connections
+                            .with_label_values(&[pc.as_str(), outcome.label(), transport])
+                            .local()
+                    })
                 })
             }),
             dropped_totals: DropReason::ALL
                 .iter()
                 .map(|r| r.label())
-                .chain([QUEUE_FULL])
+                .chain([QUEUE_FULL, TCP_QUEUE_FULL])
                 .map(|label| (label, self.dropped.with_label_values(&[label]), 0))
                 .collect(),
             rtt: self.rtt.local(),
@@ -395,9 +475,15 @@ impl ConnectionOutcome {
     }
 }
 
-/// The `transport` label of `callrelay_sfu_connections_total`: media over UDP only (ICE-TCP,
-/// issue 11, would add `tcp`).
-const TRANSPORT_UDP: &str = "udp";
+/// The `transport` labels of `callrelay_sfu_connections_total`, by [`transport_index`].
+const TRANSPORTS: [&str; 2] = ["udp", "tcp"];
+
+fn transport_index(transport: TransportProtocol) -> usize {
+    match transport {
+        TransportProtocol::UDP => 0,
+        _ => 1,
+    }
+}
 
 fn pc_index(pc: PcKind) -> usize {
     match pc {

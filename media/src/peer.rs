@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rtc::ice::tcp_type::TcpType;
 use rtc::interceptor::{
     Attribute, Interceptor, NackGeneratorBuilder, Packet, ReceiverReportBuilder, Registry, Slot,
     StreamInfo, TaggedPacket,
@@ -47,7 +48,7 @@ pub(crate) struct PcSetup<'a> {
     pub kind: PcKind,
     pub ufrag: &'a str,
     pub pwd: &'a str,
-    pub candidates: &'a [SocketAddr],
+    pub candidates: &'a HostCandidates,
     pub counters: &'a Arc<CoreCounters>,
     pub ice_disconnected_timeout: Duration,
     pub ice_failed_timeout: Duration,
@@ -186,8 +187,41 @@ pub(crate) fn build(setup: &PcSetup<'_>, now: Instant) -> Result<RTCPeerConnecti
         .with_media_engine(me)
         .with_interceptor_registry(registry)
         .build(now)?;
-    add_host_candidates(&mut pc, setup.candidates)?;
+    add_host_candidates(&mut pc, &setup.candidates.udp)?;
+    add_passive_tcp_candidates(&mut pc, &setup.candidates.tcp)?;
     Ok(pc)
+}
+
+/// The SFU's host candidates: its UDP port and, with ICE-TCP, its TCP port, on each announced
+/// address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HostCandidates {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+}
+
+/// ICE-TCP host candidates (RFC 6544) of `tcptype passive`: the client connects, the SFU
+/// accepts. Their priority (the core's RFC 6544 formula: local preference 40959 against
+/// 65535 for UDP hosts) keeps UDP first wherever UDP gets through.
+fn add_passive_tcp_candidates(
+    pc: &mut RTCPeerConnection,
+    addrs: &[SocketAddr],
+) -> Result<(), MediaError> {
+    for addr in addrs {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "tcp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type: TcpType::Passive,
+        }
+        .new_candidate_host()?;
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
+    }
+    Ok(())
 }
 
 /// Announces host candidates on a peer connection of the `rtc` core: the SFU's own addresses,

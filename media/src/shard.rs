@@ -59,7 +59,7 @@ use crate::SfuStats;
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::metrics::{ConnectionOutcome, Metrics, kind_index};
-use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, PcSetup};
+use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, HostCandidates, PcSetup};
 use crate::room::{
     Dormant, DownTrack, DownTrackId, EarlyCandidates, LayerSelector, MAX_PENDING_CANDIDATES,
     Negotiation, Participant, PcId, Publication, PublicationId, Room, RoomId, TrackInfo,
@@ -109,7 +109,8 @@ struct Pc {
 
 /// A datagram the shard wants sent.
 pub(crate) struct Transmit {
-    pub destination: SocketAddr,
+    /// The client, over UDP or over its ICE-TCP connection.
+    pub to: Remote,
     /// Already allocated by the core (SRTP ciphertext, DTLS, STUN); sent as is, then dropped.
     pub bytes: BytesMut,
     /// A forwarded copy: when its publisher packet was received, for the forwarding latency.
@@ -119,7 +120,7 @@ pub(crate) struct Transmit {
 pub(crate) struct Shard {
     /// This shard's index among the SFU's shards (its tag in every ufrag it hands out).
     index: usize,
-    candidates: Vec<SocketAddr>,
+    candidates: HostCandidates,
     config: MediaConfig,
     metrics: Metrics,
     counters: Arc<CoreCounters>,
@@ -188,7 +189,7 @@ impl Shard {
     /// later input to the NTP time of RTCP; `rng` is its only source of randomness.
     pub fn new(
         config: MediaConfig,
-        candidates: Vec<SocketAddr>,
+        candidates: HostCandidates,
         metrics: Metrics,
         rng: StdRng,
         now: Instant,
@@ -424,7 +425,10 @@ impl Shard {
         let _ = guarded(|| {
             while let Some(out) = rtc.poll_write() {
                 transmits.push_back(Transmit {
-                    destination: out.transport.peer_addr,
+                    to: Remote {
+                        transport: out.transport.transport_protocol,
+                        addr: out.transport.peer_addr,
+                    },
                     bytes: out.message,
                     received_at: None,
                 });
@@ -450,11 +454,19 @@ impl Shard {
         }
     }
 
+    /// The transport a connection's media flows over (UDP until a client nominated a pair).
+    fn transport_of(&self, id: PcId) -> TransportProtocol {
+        self.demux
+            .selected(id)
+            .map_or(TransportProtocol::UDP, |r| r.transport)
+    }
+
     fn emit(&mut self, ev: MediaEvent) {
         self.events.push_back(ev);
     }
 
     fn handle_pc_event(&mut self, id: PcId, ev: RTCPeerConnectionEvent, now: Instant) {
+        let transport = self.transport_of(id);
         let Some(pc) = self.pcs.get_mut(&id) else {
             return;
         };
@@ -467,7 +479,8 @@ impl Shard {
                 debug!(%room, %participant, pc = kind.as_str(), %state, "connection state");
                 if state == RTCPeerConnectionState::Connected && !pc.connected {
                     pc.connected = true;
-                    self.metrics.connection(kind, ConnectionOutcome::Connected);
+                    self.metrics
+                        .connection(kind, ConnectionOutcome::Connected, transport);
                 }
                 self.emit(MediaEvent::ConnectionState {
                     room: room.clone(),
@@ -480,7 +493,8 @@ impl Shard {
                         self.activate_down_tracks(id, now);
                     }
                     RTCPeerConnectionState::Failed => {
-                        self.metrics.connection(kind, ConnectionOutcome::Failed);
+                        self.metrics
+                            .connection(kind, ConnectionOutcome::Failed, transport);
                         self.close_participant(rid, &participant, Some("connection-failed"), now);
                     }
                     // We remove a connection before closing it ourselves, so this is the
@@ -494,7 +508,8 @@ impl Shard {
             RTCPeerConnectionEvent::OnIceConnectionStateChangeEvent(
                 RTCIceConnectionState::Failed,
             ) => {
-                self.metrics.connection(kind, ConnectionOutcome::Failed);
+                self.metrics
+                    .connection(kind, ConnectionOutcome::Failed, transport);
                 self.close_participant(rid, &participant, Some("ice-failed"), now);
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init))

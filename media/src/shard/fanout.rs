@@ -83,9 +83,9 @@ impl Shard {
                 &packet,
                 now_us,
                 copy_scratch,
-                |bytes, destination| {
+                |bytes, to| {
                     transmits.push_back(Transmit {
-                        destination,
+                        to,
                         bytes,
                         received_at: Some(rx_at),
                     });
@@ -112,7 +112,7 @@ pub fn write_copy(
     packet: &Packet,
     now_us: u64,
     scratch: &mut CopyScratch,
-    send: impl FnMut(BytesMut, SocketAddr),
+    send: impl FnMut(BytesMut, Remote),
 ) -> bool {
     rewriter.rewrite_into(&packet.header, now_us, &mut scratch.header)
         && send_copy(rewriter, rtc, &packet.payload, scratch, send)
@@ -127,15 +127,15 @@ pub(super) fn send_copy(
     rtc: &mut RTCPeerConnection,
     payload: &[u8],
     scratch: &mut CopyScratch,
-    mut send: impl FnMut(BytesMut, SocketAddr),
+    mut send: impl FnMut(BytesMut, Remote),
 ) -> bool {
     if !scratch.marshal(payload) {
         return false;
     }
     let CopyScratch { header, bytes } = scratch;
     match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
-        Ok(Some((datagram, to))) => {
-            send(datagram, to);
+        Ok(Some((datagram, addr, transport))) => {
+            send(datagram, Remote { transport, addr });
             rewriter.count_sent(payload.len());
             true
         }

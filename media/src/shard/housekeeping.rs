@@ -66,7 +66,7 @@ impl Shard {
     fn check_liveness(&mut self, now: Instant) {
         let timeout = self.config.liveness_timeout;
         let mut dead: Vec<(RoomId, String, &'static str)> = Vec::new();
-        for pc in self.pcs.values() {
+        for (id, pc) in &self.pcs {
             if !pc.negotiated {
                 continue;
             }
@@ -78,8 +78,9 @@ impl Shard {
                 _ => None,
             };
             if let Some(reason) = reason {
+                let transport = self.transport_of(*id);
                 self.metrics
-                    .connection(pc.kind, ConnectionOutcome::TimedOut);
+                    .connection(pc.kind, ConnectionOutcome::TimedOut, transport);
                 dead.push((pc.room, pc.participant.clone(), reason));
             }
         }

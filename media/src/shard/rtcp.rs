@@ -146,9 +146,9 @@ impl Shard {
                     &mut sub.rtc,
                     &original.payload,
                     copy_scratch,
-                    |bytes, destination| {
+                    |bytes, to| {
                         transmits.push_back(Transmit {
-                            destination,
+                            to,
                             bytes,
                             received_at: None,
                         });

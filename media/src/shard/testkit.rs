@@ -121,7 +121,10 @@ impl World {
         let (metrics, _) = Metrics::register(&registry).expect("metrics register once");
         let shard = Shard::new(
             config,
-            vec![SFU],
+            crate::peer::HostCandidates {
+                udp: vec![SFU],
+                tcp: Vec::new(),
+            },
             metrics,
             StdRng::seed_from_u64(7),
             now,
@@ -409,7 +412,7 @@ impl World {
                 .values_mut()
                 .filter(|p| p.link_up)
                 .flat_map(Peer::clients)
-                .find(|c| c.addr == transmit.destination);
+                .find(|c| c.addr == transmit.to.addr);
             if let Some(client) = to {
                 // What the client cannot read it drops, as a browser would.
                 let _ = client.rtc.handle_read(TaggedBytesMut {

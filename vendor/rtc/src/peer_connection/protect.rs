@@ -8,14 +8,16 @@
 use std::net::SocketAddr;
 
 use bytes::BytesMut;
+use shared::TransportProtocol;
 use shared::error::Result;
 
 use super::RTCPeerConnection;
 
 impl RTCPeerConnection {
     /// Protects `packet` (one marshalled RTP packet whose parsed header is `header`) with this
-    /// connection's outbound SRTP context and returns the datagram with the remote address of
-    /// the selected ICE candidate pair, or `Ok(None)` while DTLS-SRTP or ICE is not up yet.
+    /// connection's outbound SRTP context and returns the datagram with the remote address and
+    /// transport (UDP, or TCP for ICE-TCP) of the selected ICE candidate pair, or `Ok(None)`
+    /// while DTLS-SRTP or ICE is not up yet.
     ///
     /// No interceptor sees the packet and no statistics count it: the caller takes over what
     /// the interceptors would have done for these packets (sender reports, for one).
@@ -23,12 +25,12 @@ impl RTCPeerConnection {
         &mut self,
         packet: &[u8],
         header: &rtp::Header,
-    ) -> Result<Option<(BytesMut, SocketAddr)>> {
+    ) -> Result<Option<(BytesMut, SocketAddr, TransportProtocol)>> {
         let ctx = &mut self.pipeline_context;
         let Some(srtp) = ctx.srtp_handler_context.local_srtp_context.as_mut() else {
             return Ok(None);
         };
-        let Some((_, remote)) = ctx
+        let Some((local, remote)) = ctx
             .ice_handler_context
             .ice_transport
             .agent
@@ -36,7 +38,11 @@ impl RTCPeerConnection {
         else {
             return Ok(None);
         };
-        let to = remote.addr();
-        Ok(Some((srtp.encrypt_rtp_with_header(packet, header)?, to)))
+        let (to, transport) = (remote.addr(), local.network_type().to_protocol());
+        Ok(Some((
+            srtp.encrypt_rtp_with_header(packet, header)?,
+            to,
+            transport,
+        )))
     }
 }
