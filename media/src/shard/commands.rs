@@ -211,7 +211,8 @@ impl Shard {
                 .ok_or(MediaError::InvalidState("no local description"))
         });
         let answer = match answer {
-            Ok(a) => a,
+            // Candidates in every bundled section, for clients that read them from another one.
+            Ok(a) => super::sdp::candidates_in_every_bundled_section(&a),
             Err(e) => {
                 if created {
                     self.close_pc(id);

@@ -157,7 +157,7 @@ impl Shard {
             let offer = rtc.create_offer(None)?;
             rtc.set_local_description(now, offer)?;
             rtc.local_description()
-                .map(|d| d.sdp)
+                .map(|d| super::sdp::candidates_in_every_bundled_section(&d.sdp))
                 .ok_or(MediaError::InvalidState("no local description"))
         })?;
         pc.negotiated = true;
