@@ -18,7 +18,7 @@ use utoipa::OpenApi;
 
 use callrelay_signaling::protocol::check_id;
 use callrelay_signaling::store::{AppointmentStatus, ChatMessage};
-use callrelay_signaling::{Authenticator, Identity, Role};
+use callrelay_signaling::{Authenticator, IceServers, Identity, Role};
 
 use crate::auth::JwtAuth;
 use crate::db::{Appointment, CallRecord, Db, NewAppointment};
@@ -37,6 +37,8 @@ pub struct AppState {
     pub token_ttl_secs: u64,
     /// False when /metrics is served on its own operators' listener instead.
     pub metrics_on_main: bool,
+    /// `media.ice_*`: what `GET /api/ice-servers` hands out (fresh TURN credentials per user).
+    pub ice_servers: Arc<IceServers>,
 }
 
 /// An API error, rendered as `{"error":{"code","message"}}` with the matching status.
@@ -168,6 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/appointments/{id}/cancel", post(cancel_appointment))
         .route("/appointments/{id}/messages", get(appointment_messages))
         .route("/calls", get(list_calls))
+        .route("/ice-servers", get(ice_servers))
         .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found)
         .method_not_allowed_fallback(method_not_allowed);
@@ -546,11 +549,41 @@ async fn list_calls(
     }))
 }
 
+/// One RTCIceServer: `urls`, and for TURN with credentials `username` and `credential`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IceServer {
+    urls: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IceServerList {
+    /// The same shape as the `join-room` ack's `iceServers`; with `media.ice_secret` set, TURN
+    /// credentials minted now for the caller (username `"<unix expiry>:<userId>"`).
+    #[schema(value_type = Vec<IceServer>)]
+    ice_servers: serde_json::Value,
+}
+
+/// The STUN/TURN servers for the caller's peer connections, with fresh TURN credentials of
+/// their own. Never cached: each answer is minted at request time.
+#[utoipa::path(get, path = "/api/ice-servers", responses((status = 200, body = IceServerList), (status = 401)), security(("bearer" = [])))]
+async fn ice_servers(State(state): State<AppState>, AuthUser(who): AuthUser) -> Response {
+    let body = Json(IceServerList {
+        ice_servers: state.ice_servers.for_user(&who.user_id),
+    });
+    ([(header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "callrelay", description = "Signaling, SFU and consult API"),
     paths(livez, readyz, metrics, dev_token, me, create_appointment, list_appointments,
-          get_appointment, confirm_appointment, cancel_appointment, appointment_messages, list_calls),
+          get_appointment, confirm_appointment, cancel_appointment, appointment_messages, list_calls,
+          ice_servers),
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;

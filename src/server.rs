@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde_json::json;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
 use callrelay_media::{MediaConfig, MediaError, Sfu};
-use callrelay_signaling::{Relay, Signaling, SignalingConfig, SignalingMetrics};
+use callrelay_signaling::{
+    IceAuth, IceServers, Relay, Signaling, SignalingConfig, SignalingMetrics,
+};
 
 use crate::auth::{self, JwtAuth};
 use crate::config::{Config, LogFormat, MediaMode};
@@ -190,6 +191,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         dev_tokens: config.auth.dev_tokens,
         token_ttl_secs: config.auth.token_ttl_secs,
         metrics_on_main: config.server.metrics_bind.is_none(),
+        ice_servers: Arc::new(ice_servers(&config)),
     };
 
     let mut app = http::router(state.clone());
@@ -248,18 +250,28 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     Ok(())
 }
 
-fn signaling_config(config: &Config) -> SignalingConfig {
-    let ice_servers = if config.media.ice_urls.is_empty() {
-        json!([])
-    } else if config.media.ice_username.is_empty() {
-        json!([{"urls": config.media.ice_urls}])
+/// The ICE servers of `media.ice_*`: credentials minted per user when `media.ice_secret` is
+/// set, else the static username and credential (if any).
+pub fn ice_servers(config: &Config) -> IceServers {
+    let media = &config.media;
+    let auth = if !media.ice_secret.is_empty() {
+        IceAuth::Minted {
+            secret: media.ice_secret.clone(),
+            ttl: Duration::from_secs(media.ice_ttl_secs),
+        }
+    } else if !media.ice_username.is_empty() {
+        IceAuth::Static {
+            username: media.ice_username.clone(),
+            credential: media.ice_credential.clone(),
+        }
     } else {
-        json!([{
-            "urls": config.media.ice_urls,
-            "username": config.media.ice_username,
-            "credential": config.media.ice_credential,
-        }])
+        IceAuth::None
     };
+    IceServers::new(media.ice_urls.clone(), auth)
+}
+
+fn signaling_config(config: &Config) -> SignalingConfig {
+    let ice_servers = ice_servers(config);
     let limits = &config.limits;
     SignalingConfig {
         max_chat_chars: limits.max_chat_chars,

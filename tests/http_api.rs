@@ -83,6 +83,7 @@ async fn health_metrics_and_openapi_are_public() {
         "/api/appointments/{id}/cancel",
         "/api/appointments/{id}/messages",
         "/api/calls",
+        "/api/ice-servers",
         "/livez",
         "/readyz",
         "/metrics",
@@ -541,4 +542,94 @@ async fn bad_configuration_stops_start_up_naming_key_and_source() {
 async fn sigterm_drains_and_exits_cleanly() {
     let mut server = TestServer::start(&[]).await;
     assert!(server.stop(), "callrelay exits 0 after SIGTERM");
+}
+
+#[tokio::test]
+async fn ice_servers_mint_turn_credentials_per_user() {
+    let server = TestServer::start(&[
+        (
+            "CALLRELAY_MEDIA__ICE_URLS",
+            "stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp,turns:turn.example.org:443?transport=tcp",
+        ),
+        ("CALLRELAY_MEDIA__ICE_SECRET", "http-test-turn-secret"),
+        ("CALLRELAY_MEDIA__ICE_TTL_SECS", "3600"),
+        // Ignored while a secret is set.
+        ("CALLRELAY_MEDIA__ICE_USERNAME", "static-user"),
+        ("CALLRELAY_MEDIA__ICE_CREDENTIAL", "static-password"),
+    ])
+    .await;
+    let (status, body) = get(&server, "/api/ice-servers", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(error_code(&body), "unauthorized");
+
+    let ann = server.token("ann", "Ann", "patient").await;
+    let bob = server.token("bob", "Bob", "doctor").await;
+    let res = Client::new()
+        .get(server.url("/api/ice-servers"))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["cache-control"], "no-store");
+    let body: Value = res.json().await.unwrap();
+    let servers = body["iceServers"].as_array().expect("iceServers");
+    assert_eq!(servers.len(), 2, "{body}");
+    // STUN without credentials; TURN and TURNS with the caller's own.
+    assert_eq!(servers[0], json!({"urls": ["stun:stun.example.org:3478"]}));
+    let turn = &servers[1];
+    assert_eq!(
+        turn["urls"],
+        json!([
+            "turn:turn.example.org:3478?transport=udp",
+            "turns:turn.example.org:443?transport=tcp"
+        ])
+    );
+    let username = turn["username"].as_str().unwrap();
+    let (expiry, user) = username.split_once(':').unwrap();
+    assert_eq!(user, "ann");
+    let expiry: u64 = expiry.parse().unwrap();
+    let now = jsonwebtoken::get_current_timestamp();
+    assert!(expiry.abs_diff(now + 3600) < 30, "{expiry} vs {now}");
+    let credential = turn["credential"].as_str().unwrap();
+    assert_eq!(
+        credential,
+        callrelay_signaling::ice::turn_rest_credential("http-test-turn-secret", username)
+    );
+    assert_eq!(credential.len(), 28, "base64 of a 20-byte HMAC-SHA1");
+    assert!(!body.to_string().contains("static-"), "{body}");
+
+    let (status, theirs) = get(&server, "/api/ice-servers", Some(&bob)).await;
+    assert_eq!(status, StatusCode::OK);
+    let their_turn = &theirs["iceServers"][1];
+    assert!(their_turn["username"].as_str().unwrap().ends_with(":bob"));
+    assert_ne!(their_turn["credential"], turn["credential"]);
+}
+
+#[tokio::test]
+async fn ice_servers_without_a_secret_are_the_static_settings() {
+    let server = TestServer::start(&[
+        ("CALLRELAY_MEDIA__ICE_URLS", "turn:turn.example.org:3478"),
+        ("CALLRELAY_MEDIA__ICE_USERNAME", "static-user"),
+        ("CALLRELAY_MEDIA__ICE_CREDENTIAL", "static-password"),
+    ])
+    .await;
+    let token = server.token("ann", "Ann", "patient").await;
+    let (status, body) = get(&server, "/api/ice-servers", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"iceServers": [{
+            "urls": ["turn:turn.example.org:3478"],
+            "username": "static-user",
+            "credential": "static-password",
+        }]})
+    );
+
+    let bare = TestServer::start(&[]).await;
+    let token = bare.token("ann", "Ann", "patient").await;
+    assert_eq!(
+        get(&bare, "/api/ice-servers", Some(&token)).await,
+        (StatusCode::OK, json!({"iceServers": []}))
+    );
 }
