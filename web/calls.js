@@ -3,7 +3,7 @@
 import { api } from './api.js';
 import { ask, tell, listen, SignalError } from './signaling.js';
 import { h, clear, avatar, play, toast, showError, formatDateTime, formatDuration } from './ui.js';
-import { openLocalMedia, stopStream, toDescription, mediaSettings, p2pConfig, SfuSession } from './media.js';
+import { openLocalMedia, stopStream, toDescription, mediaSettings, p2pConfig, freshIceServers, SfuSession } from './media.js';
 
 /**
  * One per signed-in page. ctx: {socket, me, relayRoutes}. The ringing banner and the call dock
@@ -33,7 +33,10 @@ export class CallManager {
   async place(to, callType, appointmentId, name) {
     if (this.call) throw new Error('You are already in a call. Hang up first.');
     if (to === this.ctx.me.id) throw new Error('You cannot call yourself.');
-    const call = new CallSession(this, { direction: 'out', callType, peer: { userId: to, name: name || to } });
+    // TURN credentials of our own, fetched before the peer connection is made.
+    const iceServers = await freshIceServers(mediaSettings().iceServers);
+    if (this.call) throw new Error('You are already in a call. Hang up first.');
+    const call = new CallSession(this, { direction: 'out', callType, peer: { userId: to, name: name || to }, iceServers });
     this.call = call;
     try {
       await call.placeOffer(appointmentId);
@@ -108,6 +111,10 @@ export class CallManager {
   }
 
   async answer(callId) {
+    if (!this.ringing.has(callId)) return;
+    // Fetched while the banner stays: candidates that arrive meanwhile still queue on it, and a
+    // call ended meanwhile has no banner left to answer.
+    const iceServers = this.call ? [] : await freshIceServers(mediaSettings().iceServers);
     const entry = this.dropBanner(callId);
     if (!entry) return;
     if (this.call) {
@@ -121,6 +128,7 @@ export class CallManager {
       callType: m.callType,
       peer: { userId: m.from.userId, name: m.from.name || m.from.userId, role: m.from.role },
       callId,
+      iceServers,
     });
     this.call = call;
     try {
@@ -193,7 +201,7 @@ export class CallManager {
 
 /** One direct call and its dock (remote picture, our preview, status, controls). */
 class CallSession {
-  constructor(manager, { direction, callType, peer, callId = null }) {
+  constructor(manager, { direction, callType, peer, callId = null, iceServers }) {
     this.manager = manager;
     this.socket = manager.socket;
     this.direction = direction;
@@ -207,7 +215,9 @@ class CallSession {
     this.relayed = false;
     this.ended = false;
     this.settings = mediaSettings();
-    this.pc = new RTCPeerConnection(p2pConfig(this.settings.iceServers));
+    // For the direct attempt and, if it fails, the relay's connections.
+    this.iceServers = iceServers || this.settings.iceServers || [];
+    this.pc = new RTCPeerConnection(p2pConfig(this.iceServers));
     this.pc.onicecandidate = (e) => this.sendCandidate(e.candidate ? e.candidate.toJSON() : null);
     this.pc.ontrack = (e) => this.showRemote(e.streams[0] || new MediaStream([e.track]));
     this.pc.onconnectionstatechange = () => this.onPcState();
@@ -366,6 +376,7 @@ class CallSession {
         socket: this.socket,
         roomId: this.callId,
         localStream: this.localStream,
+        iceServers: this.iceServers,
         onTrack: (stream, track) => this.showRemote(stream || new MediaStream([track])),
         onStateChange: (state) => {
           if (state === 'connected') this.setStatus('Connected', 'relay', 'Relay (SFU)');

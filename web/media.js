@@ -1,5 +1,6 @@
 // Local devices, the SFU session (publish + subscribe peer connections) and a video tile.
 
+import { api } from './api.js';
 import { ask, tell } from './signaling.js';
 import { h, avatar, play } from './ui.js';
 
@@ -24,6 +25,21 @@ export function mediaSettings() {
 export function p2pConfig(iceServers) {
   const block = sessionStorage.getItem('callrelay.debug.blockP2P');
   return { iceServers: iceServers || [], iceTransportPolicy: block ? 'relay' : 'all' };
+}
+
+/**
+ * Fresh iceServers for a direct call, from `GET /api/ice-servers` (with `media.ice_secret` set on
+ * the server: TURN credentials minted for us just now). If the server cannot be asked, `fallback`
+ * (the last join-room ack's).
+ */
+export async function freshIceServers(fallback) {
+  try {
+    const { iceServers } = await api('/api/ice-servers');
+    return iceServers || [];
+  } catch (err) {
+    console.warn('[callrelay] could not fetch ICE servers', err.message);
+    return fallback || [];
+  }
 }
 
 export function saveMediaSettings({ mode, p2pTimeoutMs, iceServers }) {
@@ -89,12 +105,14 @@ export function toDescription(payload, type) {
  * Relay through the SFU for one room (an appointment id or a call id): a publish connection we
  * offer on, and a subscribe connection the server offers on (renegotiated whenever the set of
  * forwarded tracks changes). Remote tracks are reported with their stream id (msid), which the
- * server sets to the publisher's socket id.
+ * server sets to the publisher's socket id. Both connections use `iceServers` (TURN reaches the
+ * SFU where UDP to it is blocked); by default the last join-room ack's.
  */
 export class SfuSession {
-  constructor({ socket, roomId, localStream, onTrack, onStateChange }) {
+  constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers }) {
     this.socket = socket;
     this.roomId = roomId;
+    this.iceServers = iceServers || mediaSettings().iceServers || [];
     this.localStream = localStream;
     this.onTrack = onTrack;
     this.onStateChange = onStateChange || (() => {});
@@ -118,7 +136,7 @@ export class SfuSession {
   async publish() {
     const tracks = this.localStream ? this.localStream.getTracks() : [];
     if (this.publishPc || this.closed || tracks.length === 0) return;
-    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+    const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
     this.publishPc = pc;
     for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [this.localStream] });
     pc.onicecandidate = (e) => {
@@ -150,7 +168,7 @@ export class SfuSession {
   async answerSubscribe(sdp) {
     if (this.closed) return;
     if (!this.subscribePc) {
-      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+      const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
       this.subscribePc = pc;
       pc.onicecandidate = (e) => this.sendCandidate('subscribe', e.candidate ? e.candidate.toJSON() : null);
       pc.ontrack = (e) => this.onTrack(e.streams[0] || null, e.track);
