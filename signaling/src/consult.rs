@@ -6,15 +6,47 @@ use socketioxide::extract::SocketRef;
 
 use crate::payload;
 use crate::protocol::{self, EventError, EventResult, Peer};
+use crate::rooms::RelayReason;
 use crate::store::{AppointmentStatus, ChatMessage, ChatSender};
-use crate::{Budget, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id};
+use crate::{Budget, Outcome, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id};
 
+/// `join-room`. The relay work the join calls for (announcing a relay, subscribing the joiner)
+/// is left to [`AfterJoin`], run once the ack is sent: it can send the joiner an
+/// `sfu-subscribe-offer`, which must never overtake the ack.
 pub(crate) async fn join_room(
     sig: &Signaling,
-    io: &SocketIo,
+    _io: &SocketIo,
     s: &SocketRef,
     data: Value,
-) -> EventResult {
+) -> Outcome {
+    match enter_room(sig, s, data).await {
+        Ok((fields, then)) => Outcome {
+            result: Ok(fields),
+            then,
+        },
+        Err(err) => Outcome::from(Err(err)),
+    }
+}
+
+/// What a join leaves to do after its ack: relay the room or subscribe the newcomer.
+pub(crate) struct AfterJoin {
+    room_id: String,
+    socket_id: String,
+    relay_activated: Option<RelayReason>,
+}
+
+impl AfterJoin {
+    pub(crate) async fn run(self, sig: &Signaling, io: &SocketIo) {
+        sig.after_consult_join(io, &self.room_id, &self.socket_id, self.relay_activated)
+            .await;
+    }
+}
+
+async fn enter_room(
+    sig: &Signaling,
+    s: &SocketRef,
+    data: Value,
+) -> Result<(serde_json::Map<String, Value>, Option<AfterJoin>), EventError> {
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
     let req = payload::join_room(data)?;
@@ -81,21 +113,19 @@ pub(crate) async fn join_room(
         let _ = s.to(room.clone()).emit("peer-joined", &me).await;
     }
     let _ = s.emit("existing-peers", &joined.existing);
-    if joined.is_new {
-        sig.after_consult_join(io, &appointment.id, &me.socket_id, joined.relay_activated)
-            .await;
-    }
+    let then = joined.is_new.then(|| AfterJoin {
+        room_id: appointment.id.clone(),
+        socket_id: me.socket_id.clone(),
+        relay_activated: joined.relay_activated,
+    });
 
     let mut fields = protocol::ok_fields();
     fields.insert("selfId".into(), json!(me.socket_id));
     fields.insert("peers".into(), json!(joined.existing));
     fields.insert("mode".into(), json!(sig.config.media_mode.as_str()));
     fields.insert("p2pTimeoutMs".into(), json!(sig.config.p2p_timeout_ms));
-    fields.insert(
-        "iceServers".into(),
-        sig.config.ice_servers.for_user(&who.user_id),
-    );
-    Ok(fields)
+    fields.insert("iceServers".into(), sig.config.ice_servers.clone());
+    Ok((fields, then))
 }
 
 pub(crate) async fn signal(

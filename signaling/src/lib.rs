@@ -7,7 +7,6 @@
 pub mod call;
 mod consult;
 mod direct;
-pub mod ice;
 pub mod identity;
 pub mod metrics;
 mod order;
@@ -26,7 +25,6 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 
-pub use ice::{IceAuth, IceServers};
 pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
 pub use payload::{PayloadLimits, validate_event_payload};
@@ -51,9 +49,8 @@ pub struct SignalingConfig {
     /// Handed to clients in the join ack; decides whether and when rooms are relayed.
     pub media_mode: MediaMode,
     pub p2p_timeout_ms: u64,
-    /// RTCIceServer[] handed to clients for their peer-to-peer attempt and the relay, made per
-    /// user (TURN credentials of their own when a shared secret is set).
-    pub ice_servers: IceServers,
+    /// RTCIceServer[] handed to clients for their peer-to-peer attempt.
+    pub ice_servers: Value,
 }
 
 impl SignalingConfig {
@@ -287,8 +284,21 @@ async fn authenticate(
     Ok(())
 }
 
-/// Registers an event handler that waits for its turn in the socket's queue, runs `$handler`
-/// and acknowledges its result.
+/// A handler's result, and work that must follow its ack (only `join-room` has any: what it
+/// sends the joiner, like an `sfu-subscribe-offer`, must not overtake the ack).
+pub(crate) struct Outcome {
+    result: EventResult,
+    then: Option<consult::AfterJoin>,
+}
+
+impl From<EventResult> for Outcome {
+    fn from(result: EventResult) -> Self {
+        Outcome { result, then: None }
+    }
+}
+
+/// Registers an event handler that waits for its turn in the socket's queue, runs `$handler`,
+/// acknowledges its result, then runs what must follow the ack.
 macro_rules! route {
     ($socket:expr, $event:literal, $handler:path) => {
         debug_assert!(
@@ -305,8 +315,14 @@ macro_rules! route {
                    ack: AckSender,
                    TryData(data): TryData<Value>| {
                 let _turn = order.turn().await;
-                let result = $handler(&sig, &io, &s, data.unwrap_or(Value::Null)).await;
-                sig.acknowledge($event, ack, result);
+                let outcome: Outcome = $handler(&sig, &io, &s, data.unwrap_or(Value::Null))
+                    .await
+                    .into();
+                sig.acknowledge($event, ack, outcome.result);
+                // Still in this socket's turn: after the ack, before its next event.
+                if let Some(then) = outcome.then {
+                    then.run(&sig, &io).await;
+                }
             },
         )
     };

@@ -123,20 +123,22 @@ impl Signaling {
     }
 
     /// Switches a consult room to relay (once), tells every member and subscribes them all.
+    /// Returns false when the room was relayed already (nothing done).
     pub(crate) async fn relay_consult_room(
         &self,
         io: &SocketIo,
         room_id: &str,
         reason: RelayReason,
-    ) {
+    ) -> bool {
         let members: Vec<String> = {
             let mut rooms = self.rooms();
             if !rooms.activate_relay(room_id, reason) {
-                return;
+                return false;
             }
             rooms.member_ids(room_id)
         };
         self.announce_relay(io, room_id, reason, &members).await;
+        true
     }
 
     async fn announce_relay(
@@ -167,8 +169,9 @@ impl Signaling {
         }
     }
 
-    /// After a socket joined a consult room: relay the room if it just reached the relay size
-    /// (or the server is `sfu-only`), or subscribe the newcomer to an already relayed room.
+    /// After a socket joined a consult room (and its ack was sent): relay the room if it just
+    /// reached the relay size (every member is told, even if it was relayed already) or the
+    /// server is `sfu-only`, or subscribe the newcomer to an already relayed room.
     pub(crate) async fn after_consult_join(
         &self,
         io: &SocketIo,
@@ -184,9 +187,12 @@ impl Signaling {
             self.announce_relay(io, room_id, reason, &members).await;
             return;
         }
-        if self.config.media_mode == MediaMode::SfuOnly {
-            self.relay_consult_room(io, room_id, RelayReason::Forced)
-                .await;
+        if self.config.media_mode == MediaMode::SfuOnly
+            && self
+                .relay_consult_room(io, room_id, RelayReason::Forced)
+                .await
+        {
+            return; // the newcomer was among the members told
         }
         let relayed = {
             let rooms = self.rooms();
@@ -274,7 +280,9 @@ pub(crate) async fn sfu_join(
     let (kind, relayed) = sig.relay_membership(s, &req.room_id).await?;
     if !relayed {
         match kind {
-            RoomKind::Consult => sig.relay_consult_room(io, &req.room_id, req.reason).await,
+            RoomKind::Consult => {
+                sig.relay_consult_room(io, &req.room_id, req.reason).await;
+            }
             RoomKind::Call => relay_call(sig, io, &req.room_id, req.reason).await?,
         }
     }

@@ -47,7 +47,8 @@ pub struct Room {
 pub struct Joined {
     /// Everyone already in the room, the joiner excluded.
     pub existing: Vec<Peer>,
-    /// Set when this join made the room big enough to be relayed.
+    /// Set (to `RoomSize`) when this join made the room big enough to be relayed, even if it
+    /// was already relayed for another reason: every member is to be told.
     pub relay_activated: Option<RelayReason>,
     /// False when the socket was already in this room (nothing to announce).
     pub is_new: bool,
@@ -81,12 +82,15 @@ impl Rooms {
         self.room_of_socket
             .insert(peer.socket_id.clone(), room_id.to_owned());
         room.members.push(peer);
-        let relay_activated = if room.relay.is_none() && room.members.len() >= RELAY_ROOM_SIZE {
-            room.relay = Some(RelayReason::RoomSize);
-            room.relay
-        } else {
-            None
-        };
+        // From the relay size on the room is relayed because of its size, whatever relayed it
+        // before (a failed or slow direct path, `sfu-only`): every member is told so once.
+        let relay_activated =
+            if room.members.len() >= RELAY_ROOM_SIZE && room.relay != Some(RelayReason::RoomSize) {
+                room.relay = Some(RelayReason::RoomSize);
+                room.relay
+            } else {
+                None
+            };
         Joined {
             existing,
             relay_activated,
@@ -214,6 +218,27 @@ mod tests {
         );
         assert_eq!(rooms.join("r", peer("s4", "u4")).relay_activated, None);
         assert!(!rooms.activate_relay("r", RelayReason::Forced));
+    }
+
+    #[test]
+    fn the_third_member_turns_a_room_relayed_for_another_reason_into_room_size() {
+        let mut rooms = Rooms::default();
+        rooms.join("r", peer("s1", "u1"));
+        rooms.join("r", peer("s2", "u2"));
+        assert!(rooms.activate_relay("r", RelayReason::P2pFailed));
+        assert_eq!(
+            rooms.join("r", peer("s3", "u3")).relay_activated,
+            Some(RelayReason::RoomSize)
+        );
+        assert_eq!(
+            rooms.get("r").and_then(|r| r.relay),
+            Some(RelayReason::RoomSize)
+        );
+        // Told once: a fourth member, or a third coming back, finds it relayed by size already.
+        assert_eq!(rooms.join("r", peer("s4", "u4")).relay_activated, None);
+        rooms.leave("s4");
+        rooms.leave("s3");
+        assert_eq!(rooms.join("r", peer("s5", "u5")).relay_activated, None);
     }
 
     #[test]
