@@ -115,8 +115,9 @@ class ConsultView {
       localStream: this.localStream,
       grid: this.grid,
       selfTile: this.previewTile,
-      onPath: (path, text) => {
+      onPath: (path, text, transport) => {
         this.pathBadge.dataset.path = path;
+        this.pathBadge.dataset.transport = transport || '';
         this.pathBadge.textContent = text;
       },
       onChat: (m) => this.chat.add(m),
@@ -473,7 +474,25 @@ class ConsultRoom {
     if (!this.joined) return;
     if (this.relayed) {
       const state = this.sfu ? this.sfu.state : 'new';
-      this.onPath('relay', state === 'failed' ? 'Relay (SFU) · connection failed' : state === 'connected' ? 'Relay (SFU)' : 'Relay (SFU) · connecting…');
+      if (state === 'connected') {
+        // Says which transport carries the call ('Relay (SFU) · TCP' where UDP is blocked).
+        const sfu = this.sfu;
+        const via = sfu.lastTransport ? ` · ${sfu.lastTransport.toUpperCase()}` : '';
+        this.onPath('relay', `Relay (SFU)${via}`, sfu.lastTransport);
+        if (!sfu.lastTransport) {
+          sfu.transport().then((t) => {
+            if (sfu !== this.sfu || sfu.lastTransport) return;
+            if (t) {
+              sfu.lastTransport = t;
+              this.updatePath();
+            } else {
+              setTimeout(() => this.updatePath(), 1000); // no pair selected yet
+            }
+          }).catch(() => {});
+        }
+        return;
+      }
+      this.onPath('relay', state === 'failed' ? 'Relay (SFU) · connection failed' : 'Relay (SFU) · connecting…');
       return;
     }
     if (this.peers.size === 0) {

@@ -102,6 +102,24 @@ export function toDescription(payload, type) {
 }
 
 /**
+ * How a connection's media travels, from its selected ICE candidate pair: 'udp', 'tcp' (ICE-TCP
+ * to the SFU, when the network lets no UDP out), or 'turn/udp', 'turn/tcp', 'turn/tls' through
+ * a TURN server; null until a pair is selected.
+ */
+export async function selectedTransport(pc) {
+  if (!pc) return null;
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+  });
+  const local = pair && stats.get(pair.localCandidateId);
+  if (!local) return null;
+  if (local.candidateType === 'relay') return `turn/${local.relayProtocol || 'udp'}`;
+  return local.protocol || null;
+}
+
+/**
  * Relay through the SFU for one room (an appointment id or a call id): a publish connection we
  * offer on, and a subscribe connection the server offers on (renegotiated whenever the set of
  * forwarded tracks changes). Remote tracks are reported with their stream id (msid), which the
@@ -130,6 +148,12 @@ export class SfuSession {
     if (states.includes('failed')) return 'failed';
     if (states.includes('connected')) return 'connected';
     return states.length ? 'connecting' : 'new';
+  }
+
+  /** How the relay's media travels (see `selectedTransport`). */
+  transport() {
+    return selectedTransport(this.publishPc && this.publishPc.connectionState === 'connected'
+      ? this.publishPc : this.subscribePc);
   }
 
   /** Sends our tracks to the SFU. Nothing to do without local media. */

@@ -29,6 +29,9 @@ const opt = (name, fallback) => {
   return value;
 };
 let expectPath = opt('--expect', null);
+// --expect-transport udp|tcp: the relay must carry the call over this transport (shown on the
+// page's path badge, from the browser's selected candidate pair).
+const expectTransport = opt('--expect-transport', null);
 const outDir = opt('--out', '/tmp');
 const keepOpenMs = Number(opt('--keep-open-ms', '0'));
 // --block-p2p: browsers may only use TURN relay candidates (there is no TURN server), so the
@@ -106,6 +109,11 @@ async function main() {
       '--use-fake-device-for-media-stream',
       '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required',
+      // A server reached on another address than loopback (a browser in a network namespace)
+      // is plain http: let the page use the camera anyway (tests only; deployments use HTTPS).
+      ...(/^http:\/\/(127\.0\.0\.1|localhost)[:/]/.test(base + '/')
+        ? []
+        : [`--unsafely-treat-insecure-origin-as-secure=${base}`]),
     ],
   });
   const failures = [];
@@ -160,9 +168,10 @@ async function main() {
           (expected) => {
             const videos = [...document.querySelectorAll('.tile:not(.tile-local) video')];
             const badge = document.querySelector('.path-badge');
-            return videos.length === 1 && videos[0].videoWidth > 0 && badge && badge.dataset.path === expected;
+            return videos.length === 1 && videos[0].videoWidth > 0 && badge && badge.dataset.path === expected.path
+              && (!expected.transport || badge.dataset.transport === expected.transport);
           },
-          expectPath,
+          { path: expectPath, transport: expectTransport },
           { timeout: expectPath === 'relay' ? 30000 : 15000 },
         );
         const info = await page.evaluate(() => {

@@ -142,7 +142,13 @@ pub(crate) async fn accept(
                     },
                     None => TcpRefusal::NotIce,
                 },
-                Ok(_) => TcpRefusal::NotIce,
+                // Closed before saying anything: a client dropping the connections to the
+                // candidates it did not pick. Not a refusal.
+                Ok(Ok(false)) => {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    return;
+                }
+                Ok(Err(_)) => TcpRefusal::NotIce,
                 Err(_) => TcpRefusal::Timeout,
             };
             debug!(%peer, reason = ?why, "media TCP connection refused");

@@ -25,6 +25,9 @@ pub fn free_udp_port() -> u16 {
 
 pub struct TestServer {
     pub base: String,
+    /// The HTTP port (on 127.0.0.1, and on every interface after `start_on_all_interfaces`).
+    pub port: u16,
+    bind_ip: &'static str,
     pub db_url: String,
     child: Option<Child>,
     env: Vec<(String, String)>,
@@ -34,10 +37,21 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server on SQLite in a fresh temporary folder, with `env` on top of the defaults.
     pub async fn start(env: &[(&str, &str)]) -> TestServer {
+        Self::start_bound(env, "127.0.0.1").await
+    }
+
+    /// Like `start`, with HTTP on every interface (for clients in other network namespaces).
+    pub async fn start_on_all_interfaces(env: &[(&str, &str)]) -> TestServer {
+        Self::start_bound(env, "0.0.0.0").await
+    }
+
+    async fn start_bound(env: &[(&str, &str)], bind_ip: &'static str) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let db_url = format!("sqlite://{}/callrelay.db?mode=rwc", dir.path().display());
         let mut server = TestServer {
             base: String::new(),
+            port: 0,
+            bind_ip,
             db_url,
             child: None,
             env: env
@@ -58,7 +72,7 @@ impl TestServer {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("CALLRELAY_SERVER__BIND", format!("127.0.0.1:{port}"))
+        cmd.env("CALLRELAY_SERVER__BIND", format!("{}:{port}", self.bind_ip))
             .env("CALLRELAY_DATABASE__URL", &self.db_url)
             .env("CALLRELAY_AUTH__JWT_SECRET", SECRET)
             .env("CALLRELAY_MEDIA__UDP_PORT", free_udp_port().to_string())
@@ -71,6 +85,7 @@ impl TestServer {
         }
         self.child = Some(cmd.spawn().expect("spawn callrelay"));
         self.base = format!("http://127.0.0.1:{port}");
+        self.port = port;
         let deadline = Instant::now() + Duration::from_secs(30);
         let client = reqwest::Client::new();
         loop {
