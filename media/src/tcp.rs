@@ -422,6 +422,59 @@ mod tests {
         assert_eq!(owner_of_first_frame(&[], 1), None);
     }
 
+    /// A client that stops reading (a stalled phone, a hostile peer) must cost the worker
+    /// neither time nor memory: sends never wait, and once its queue is full datagrams are
+    /// dropped and counted while the worker goes on.
+    #[tokio::test]
+    async fn a_client_that_never_reads_gets_drops_not_a_stalled_worker() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server_side, _) = listener.accept().unwrap();
+        server_side.set_nonblocking(true).unwrap();
+        let registry = prometheus::Registry::new();
+        let (_, mut metrics) = crate::metrics::Metrics::register(&registry).unwrap();
+        let mut conns = TcpConnections::new(Arc::new(AtomicUsize::new(1)), Duration::from_secs(30));
+        let local = server_side.local_addr().unwrap();
+        let peer = conns
+            .adopt(server_side, local, &metrics, Instant::now())
+            .expect("adopted");
+        assert_eq!(peer, client.local_addr().unwrap());
+
+        // 40 MB at once, far beyond the kernel's buffers and the queue: the client reads none.
+        let started = Instant::now();
+        let mut sent = 0;
+        for _ in 0..40_000 {
+            if conns.send(peer, BytesMut::from(&[0x80u8; 1000][..]), &mut metrics) {
+                sent += 1;
+            }
+            tokio::task::yield_now().await; // the writer task runs meanwhile
+        }
+        metrics.flush();
+        let dropped = registry
+            .gather()
+            .iter()
+            .find(|f| f.name() == "callrelay_media_datagrams_dropped_total")
+            .and_then(|f| {
+                f.get_metric().iter().find(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "reason" && l.value() == "tcp_queue_full")
+                })
+            })
+            .map_or(0.0, |m| m.get_counter().value());
+        assert!(sent < 40_000, "the queue is bounded");
+        assert_eq!(
+            dropped,
+            f64::from(40_000 - sent),
+            "every datagram not queued is counted"
+        );
+        println!(
+            "stuck reader: {sent} queued (kernel buffers + {WRITE_QUEUE}), {dropped} dropped, {:?} for 40,000 sends",
+            started.elapsed()
+        );
+        drop(client);
+    }
+
     #[tokio::test]
     async fn frames_are_read_as_rfc4571_length_and_datagram() {
         let mut input: &[u8] = &[0, 3, 1, 2, 3, 0, 1, 9];
