@@ -35,6 +35,8 @@ import av
 import socketio
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -530,14 +532,17 @@ class Member:
     """A room member's relay side: an optional publish connection and the subscribe connection
     the server offers on. Answers every `sfu-subscribe-offer` and decodes what arrives."""
 
-    def __init__(self, client: Client, room_id: str, trickle: bool = False):
+    def __init__(self, client: Client, room_id: str, trickle: bool = False, bundle_policy: str | None = None):
         self.client = client
         self.room = room_id
         # trickle: send our ICE candidates with sfu-candidate instead of inside the SDP.
         self.trickle = trickle
+        # bundle_policy: "balanced" (aiortc's default), "max-bundle" or "max-compat", for
+        # both connections.
+        self.bundle_policy = bundle_policy
         self.candidate_acks: list[dict] = []
         self.pub: RTCPeerConnection | None = None
-        self.sub = RTCPeerConnection()
+        self.sub = self._new_pc()
         self.offers: list[str] = []
         self.answer_acks: list[dict] = []
         self.tracks: list[Received] = []
@@ -545,6 +550,11 @@ class Member:
         self._tasks: list[asyncio.Task] = []
         self.sub.on("track", self._on_track)
         self._tasks.append(asyncio.ensure_future(self._answer_offers()))
+
+    def _new_pc(self) -> RTCPeerConnection:
+        if self.bundle_policy is None:
+            return RTCPeerConnection()
+        return RTCPeerConnection(RTCConfiguration(bundlePolicy=RTCBundlePolicy(self.bundle_policy)))
 
     # -- subscribe side
 
@@ -636,7 +646,7 @@ class Member:
 
     async def publish(self, *tracks, video_codec: str = "VP8", audio_codec: str = "opus") -> str:
         """Publishes `tracks`; returns the server's answer SDP once the connection is up."""
-        self.pub = RTCPeerConnection()
+        self.pub = self._new_pc()
         for t in tracks:
             self.pub.addTrack(t)
         prefer(self.pub, "video", video_codec)
@@ -701,8 +711,10 @@ class Session:
         self.clients.append(c)
         return await c.connect()
 
-    def member(self, client: Client, room_id: str, trickle: bool = False) -> Member:
-        m = Member(client, room_id, trickle)
+    def member(
+        self, client: Client, room_id: str, trickle: bool = False, bundle_policy: str | None = None
+    ) -> Member:
+        m = Member(client, room_id, trickle, bundle_policy)
         self.members.append(m)
         return m
 
