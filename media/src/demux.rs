@@ -28,6 +28,9 @@ use crate::route::AddressChange;
 /// How many source addresses one peer connection may have learned at once (a client that moves
 /// between networks, or checks on several candidate pairs). Oldest is forgotten first.
 const MAX_ADDRS_PER_KEY: usize = 8;
+/// Local ufrags one peer connection answers to at once: the current ICE session's and the one
+/// before a restart.
+pub const UFRAGS_PER_KEY: usize = 2;
 
 /// RFC 7983 classes of datagrams that arrive on the media port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,8 +283,18 @@ impl<K: Copy + Eq + Hash> Demux<K> {
     }
 
     /// Routes STUN whose USERNAME starts with `ufrag` and whose MESSAGE-INTEGRITY verifies
-    /// with `pwd` (the local ICE password of the same SDP) to `key`.
+    /// with `pwd` (the local ICE password of the same SDP) to `key`. A key keeps its last
+    /// [`UFRAGS_PER_KEY`] ufrags: after an ICE restart the previous session's checks still
+    /// arrive until the new one is up, and a client restarting without end cannot grow the
+    /// table.
     pub fn add_ufrag(&mut self, ufrag: &str, pwd: &str, key: K) {
+        let owned = self.owned.entry(key).or_default();
+        if owned.ufrags.len() >= UFRAGS_PER_KEY {
+            let oldest = owned.ufrags.remove(0);
+            if self.by_ufrag.get(&oldest).is_some_and(|c| c.key == key) {
+                self.by_ufrag.remove(&oldest);
+            }
+        }
         let credentials = Credentials {
             key,
             pwd: pwd.to_owned(),
@@ -523,6 +536,28 @@ mod tests {
         // A client moving to a new address keeps working through STUN.
         assert_eq!(d.route(addr(5001), &b), Ok(2));
         assert_eq!(d.route(addr(5001), &RTP), Ok(2));
+    }
+
+    /// After ICE restarts a connection answers to its current ufrag and the one before (late
+    /// checks of the old session), never to older ones: restarts cannot grow the table.
+    #[test]
+    fn an_ice_restart_keeps_the_previous_ufrag_and_forgets_older_ones() {
+        let mut d = demux();
+        let pwd = |i: u32| format!("pwd{i}-0123456789abcdef01234");
+        for i in 0..4 {
+            d.add_ufrag(&format!("srv{i}"), &pwd(i), 1);
+        }
+        let check = |d: &mut Demux<u32>, i: u32| {
+            d.route(
+                addr(5000 + i as u16),
+                &request(&format!("srv{i}:cli"), &pwd(i)),
+            )
+        };
+        assert_eq!(check(&mut d, 3), Ok(1), "the current session");
+        assert_eq!(check(&mut d, 2), Ok(1), "the session before the restart");
+        assert_eq!(check(&mut d, 1), Err(DropReason::UnknownUfrag));
+        assert_eq!(check(&mut d, 0), Err(DropReason::UnknownUfrag));
+        assert_eq!(d.len().0, UFRAGS_PER_KEY);
     }
 
     #[test]

@@ -312,6 +312,11 @@ pub(crate) enum Command {
         participant: String,
         reply: Reply<()>,
     },
+    RestartIce {
+        room: String,
+        participant: String,
+        reply: Reply<()>,
+    },
     Stats {
         reply: Reply<SfuStats>,
     },
@@ -457,6 +462,18 @@ impl SfuHandle {
     /// a new subscribe offer).
     pub async fn leave(&self, room: &str, participant: &str) -> Result<(), MediaError> {
         self.call(room, |reply| Command::Leave {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// Restarts ICE on `participant`'s subscribe connection (a new subscribe offer with new
+    /// credentials): its network changed. Its publish connection restarts with its own
+    /// re-offer to [`SfuHandle::publish`], which the SFU answers with new credentials too.
+    pub async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), MediaError> {
+        self.call(room, |reply| Command::RestartIce {
             room: room.to_owned(),
             participant: participant.to_owned(),
             reply,

@@ -226,6 +226,9 @@ pub(crate) struct Subscriber {
     pub negotiation: Negotiation,
     /// An answer for the current offer was applied.
     pub answered: bool,
+    /// The next offer restarts ICE (new credentials staged on the connection): the client
+    /// asked, its network having changed.
+    pub ice_restart: bool,
     /// Issue 12: the transport-wide sequence numbers (TWCC) of this subscriber's copies.
     #[allow(dead_code)]
     pub twcc: Option<Twcc>,

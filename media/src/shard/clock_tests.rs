@@ -305,3 +305,60 @@ fn a_publication_removed_during_an_outstanding_offer_goes_with_the_next_one() {
     w.run_for(Duration::from_millis(200));
     assert_eq!(w.stats(), SfuStats::default(), "nothing left");
 }
+
+/// A participant whose device changes networks mid-call keeps its call: both of its relay
+/// connections restart ICE with new credentials on both sides, and media flows both ways
+/// again, from and to its new addresses.
+#[test]
+fn a_participant_that_changes_networks_recovers_by_ice_restart() {
+    let mut w = World::new(Duration::from_secs(30));
+    for name in ["mover", "stayer"] {
+        w.join(name);
+        w.publish(name, &[&format!("{name}-cam")]);
+        w.stream(name, &format!("{name}-cam"));
+    }
+    w.run_for(Duration::from_secs(1));
+    assert!(w.received("mover", "stayer") > 50 && w.received("stayer", "mover") > 50);
+    let offers_before = w.peer("mover").offers.len();
+    let first_offer = w.peer("mover").offers.last().cloned().expect("an offer");
+
+    w.change_network("mover");
+    w.run_for(Duration::from_secs(1));
+    let (to_mover, from_mover) = (w.received("mover", "stayer"), w.received("stayer", "mover"));
+    w.run_for(Duration::from_secs(1));
+    assert_eq!(
+        w.received("mover", "stayer"),
+        to_mover,
+        "nothing reaches the old addresses, so nothing arrives"
+    );
+
+    let (answer_before, answer) = w.restart_ice("mover");
+    let ufrag = |sdp: &str| super::sdp::ice_ufrag(sdp).map(str::to_owned);
+    assert!(ufrag(&answer).is_some());
+    assert_ne!(
+        ufrag(&answer),
+        ufrag(&answer_before),
+        "the publish answer to a restart carries new ICE credentials (RFC 8839)"
+    );
+    let offers = &w.peer("mover").offers;
+    assert_eq!(
+        offers.len(),
+        offers_before + 1,
+        "one restart offer for the subscribe side"
+    );
+    assert_ne!(
+        ufrag(offers.last().expect("restart offer")),
+        ufrag(&first_offer),
+        "the subscribe restart offer carries new ICE credentials"
+    );
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        w.received("mover", "stayer") > to_mover + 100,
+        "media reaches the new address again"
+    );
+    assert!(
+        w.received("stayer", "mover") > from_mover + 100,
+        "media from the new address is forwarded again"
+    );
+    assert!(w.closed("mover").is_empty(), "nobody was closed");
+}

@@ -52,6 +52,14 @@ impl Shard {
                 let r = self.leave(&room, &participant, now);
                 let _ = reply.send(r);
             }
+            Command::RestartIce {
+                room,
+                participant,
+                reply,
+            } => {
+                let r = self.restart_ice(&room, &participant, now);
+                let _ = reply.send(r);
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(self.stats()));
             }
@@ -199,6 +207,11 @@ impl Shard {
                 }
             },
         };
+        if !created && self.is_ice_restart(id, &offer.sdp) {
+            // The client's network changed: its re-offer carries new ICE credentials, and
+            // the answer must too (RFC 8839).
+            self.stage_ice_restart(id);
+        }
         let pc = self.pcs.get_mut(&id).ok_or(MediaError::ConnectionClosed)?;
         let rtc = &mut pc.rtc;
         let answer = guarded(|| {
@@ -244,6 +257,50 @@ impl Shard {
             self.sync_subscriptions(rid, participant, now)?;
         }
         Ok(answer)
+    }
+
+    /// Whether `offer` restarts ICE on connection `id`: its ufrag is not the current remote's.
+    fn is_ice_restart(&self, id: PcId, offer: &str) -> bool {
+        let Some(current) = self.pcs.get(&id).and_then(|pc| pc.rtc.remote_description()) else {
+            return false;
+        };
+        let current = super::sdp::ice_ufrag(&current.sdp).map(str::to_owned);
+        current.is_some() && super::sdp::ice_ufrag(offer) != current.as_deref()
+    }
+
+    /// Gives connection `id` the ICE credentials of its next session (installed by the next
+    /// restart, ours or the client's) and routes their STUN to it.
+    fn stage_ice_restart(&mut self, id: PcId) {
+        let Some(pc) = self.pcs.get_mut(&id) else {
+            return;
+        };
+        let (mut ufrag, pwd) = peer::ice_credentials(&mut self.rng);
+        route::tag_ufrag(&mut ufrag, self.index);
+        self.demux.add_ufrag(&ufrag, &pwd, id);
+        pc.rtc.set_ice_credentials_for_restart(ufrag, pwd);
+    }
+
+    /// The client's network changed: its subscribe connection gets an offer that restarts ICE
+    /// (now, or once the outstanding one is answered). Its publish connection restarts with
+    /// the client's own re-offer.
+    pub(super) fn restart_ice(
+        &mut self,
+        room: &str,
+        participant: &str,
+        now: Instant,
+    ) -> Result<(), MediaError> {
+        let (rid, p) = self.existing_participant(room, participant)?;
+        let Some(sub_id) = p.subscriber.pc else {
+            return Ok(()); // nothing subscribed yet: the first offer will be fresh anyway
+        };
+        self.stage_ice_restart(sub_id);
+        if let Some(pc) = self.pcs.get_mut(&sub_id) {
+            pc.rtc.restart_ice();
+        }
+        if let Some(p) = self.participant_mut(rid, participant) {
+            p.subscriber.ice_restart = true;
+        }
+        self.sync_subscriptions(rid, participant, now)
     }
 
     pub(super) fn subscribe_answer(

@@ -107,6 +107,12 @@ pub(super) fn still_sent(
 /// candidates are (how many, which transport) each bundled section ends up with all of them, in
 /// the order they first appear, `a=end-of-candidates` last; sections outside the groups, and
 /// an SDP without BUNDLE, are left as they are.
+/// The first `a=ice-ufrag` of an SDP (with bundle, every section carries the same).
+pub(super) fn ice_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+}
+
 pub(crate) fn candidates_in_every_bundled_section(sdp: &str) -> String {
     let lines: Vec<&str> = sdp.lines().collect();
     let bundled: Vec<&str> = lines

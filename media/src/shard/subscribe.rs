@@ -53,7 +53,7 @@ impl Shard {
             .into_iter()
             .filter(|id| !s.down_tracks.contains_key(id))
             .collect();
-        if to_add.is_empty() && s.stopped_senders.is_empty() {
+        if to_add.is_empty() && s.stopped_senders.is_empty() && !s.ice_restart {
             return Ok(());
         }
         let stopped = std::mem::take(&mut s.stopped_senders);
@@ -183,6 +183,7 @@ impl Shard {
                 }
             }
             s.answered = false;
+            s.ice_restart = false;
             s.negotiation = Negotiation::OfferPending { again: false };
         }
         self.emit(MediaEvent::SubscribeOffer {

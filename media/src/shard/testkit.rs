@@ -349,6 +349,74 @@ impl World {
         self.peer_entry(name).link_up = false;
     }
 
+    /// `name`'s device changes networks (Wi-Fi to mobile): its connections now send from new
+    /// addresses, with a host candidate there, and nothing reaches the old ones.
+    pub fn change_network(&mut self, name: &str) {
+        let port = self.next_port;
+        self.next_port += 2;
+        let peer = self.peer_entry(name);
+        peer.publish_addr.set_port(port);
+        peer.subscribe_addr.set_port(port + 1);
+        let addrs = [peer.publish_addr, peer.subscribe_addr];
+        for (client, addr) in [peer.publish.as_mut(), peer.subscribe.as_mut()]
+            .into_iter()
+            .zip(addrs)
+        {
+            if let Some(client) = client {
+                client.addr = addr;
+                crate::add_host_candidates(&mut client.rtc, &[addr]).expect("host candidate");
+            }
+        }
+    }
+
+    /// What a browser does when its network changed: it re-offers its publish connection with
+    /// new ICE credentials and asks the SFU to restart its subscribe connection. Returns the
+    /// SFU's answers to the publish offer before and to the re-offer.
+    pub fn restart_ice(&mut self, name: &str) -> (String, String) {
+        let now = self.now;
+        let peer = self.peers.get_mut(name).expect("known peer");
+        let client = peer.publish.as_mut().expect("a publisher");
+        let before = client
+            .rtc
+            .remote_description()
+            .expect("answered")
+            .sdp
+            .clone();
+        client.rtc.restart_ice();
+        let offer = client.rtc.create_offer(None).expect("restart offer");
+        client
+            .rtc
+            .set_local_description(now, offer)
+            .expect("local restart offer");
+        let sdp = client.rtc.local_description().expect("offer set").sdp;
+        let answer = self
+            .command(|reply| Command::Publish {
+                room: ROOM.into(),
+                participant: name.into(),
+                sdp,
+                reply,
+            })
+            .unwrap_or_else(|e| panic!("{name} re-offers: {e}"));
+        self.peers
+            .get_mut(name)
+            .and_then(|p| p.publish.as_mut())
+            .expect("publisher")
+            .rtc
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer.clone()).expect("SDP"),
+            )
+            .expect("remote restart answer");
+        self.command(|reply| Command::RestartIce {
+            room: ROOM.into(),
+            participant: name.into(),
+            reply,
+        })
+        .unwrap_or_else(|e| panic!("{name} restarts its subscribe connection: {e}"));
+        self.settle();
+        (before, answer)
+    }
+
     /// Moves the clock on by `duration` in [`STEP`]s. Each step sends one packet per streaming
     /// track, fires whatever timeout of the shard or a client is due, and delivers every
     /// datagram until all is quiet.

@@ -45,4 +45,15 @@ impl RTCPeerConnection {
             transport,
         )))
     }
+
+    /// Sets the local ICE credentials the next ICE restart installs: one this side starts
+    /// ([`RTCPeerConnection::restart_ice`], then an offer) or one the remote starts (a
+    /// re-offer with new credentials, answered). The connection's current session keeps its
+    /// credentials until then. Without this the restart reuses the configured credentials
+    /// (`SettingEngineBuilder::with_ice_credentials`), which RFC 8839 §4.4.1.1.1 forbids and a
+    /// remote answerer does not treat as a restart at all.
+    pub fn set_ice_credentials_for_restart(&mut self, ufrag: String, pwd: String) {
+        self.setting_engine.candidates.username_fragment = ufrag;
+        self.setting_engine.candidates.password = pwd;
+    }
 }
