@@ -204,6 +204,7 @@ class ConsultRoom {
     this.tiles = new Map(); // socketId -> Tile
     this.peers = new Map(); // socketId -> Peer
     this.links = new Map(); // socketId -> P2PLink
+    this.relayStreams = new Map(); // socketId -> MediaStream from the SFU (kept once attached)
     this.earlySignals = [];
     this.joined = false;
     this.relayed = false;
@@ -252,8 +253,10 @@ class ConsultRoom {
     this.everJoined = true;
     const existing = new Set((ack.peers || []).map((p) => p.socketId));
 
-    if (this.mode !== 'p2p-only' && (this.relayed || this.pendingRelay)) {
-      this.switchToRelay(this.pendingRelay || 'forced');
+    // relay-activated or an sfu-subscribe-offer may come before this ack (older servers send
+    // them first): either way the room is relayed, and what the relay already delivered stays.
+    if (this.mode !== 'p2p-only' && (this.relayed || this.pendingRelay || this.sfu)) {
+      this.switchToRelay(this.pendingRelay);
     } else if (this.mode === 'sfu-only') {
       this.requestRelay('forced');
     } else {
@@ -271,8 +274,10 @@ class ConsultRoom {
     this.onNotice('The connection to the server was interrupted; rejoining the room.', 'info');
     this.resetMedia(false);
     for (const socketId of [...this.tiles.keys()]) this.removePeer(socketId, true);
+    this.relayStreams.clear();
     this.joined = false;
     this.relayed = false;
+    this.relayToastShown = false;
     this.pendingRelay = null;
     this.asking = false;
     this.relayRefused = false;
@@ -332,6 +337,7 @@ class ConsultRoom {
     if (tile) tile.remove();
     this.tiles.delete(socketId);
     this.peers.delete(socketId);
+    this.relayStreams.delete(socketId);
     this.grid.dataset.count = String(this.tiles.size + 1);
     if (peer && !this.closed && !quiet) toast(`${peer.name} left the consultation`);
     this.updatePath();
@@ -415,7 +421,7 @@ class ConsultRoom {
       this.pendingRelay = reason || 'forced';
       return;
     }
-    this.switchToRelay(reason);
+    this.switchToRelay(reason || null);
   }
 
   subscribeOffer(sdp) {
@@ -441,27 +447,56 @@ class ConsultRoom {
     return this.sfu;
   }
 
+  /**
+   * Media goes through the SFU from now on. Idempotent and order-independent: it may come
+   * before or after the join ack, the subscribe offers and the relay's tracks, once or again
+   * (relay-activated for room-size after another reason); a stream the relay already delivered
+   * is never dropped, only the direct (P2P) ones are. `reason` null: relayed, reason unknown.
+   */
   switchToRelay(reason) {
-    if (this.relayed) return;
+    if (this.relayed) {
+      this.relayToast(reason);
+      return;
+    }
     this.relayed = true;
     for (const link of this.links.values()) link.close();
     this.links.clear();
     this.earlySignals = [];
-    for (const tile of this.tiles.values()) {
-      tile.setStream(null);
-      tile.setStatus('waiting for video');
+    for (const [socketId, tile] of this.tiles) {
+      const relayStream = this.relayStreams.get(socketId);
+      if (relayStream) {
+        tile.setStream(relayStream);
+        tile.setStatus('relay', 'good');
+      } else {
+        tile.setStream(null);
+        tile.setStatus('waiting for video');
+      }
     }
-    const why = { 'room-size': 'three or more people are in the room', 'p2p-failed': 'the direct connection failed', 'p2p-timeout': 'the direct connection took too long', forced: 'this server always relays' }[reason];
-    if (reason !== 'forced') toast(`Media now goes through the relay server${why ? ` (${why})` : ''}.`);
+    this.relayToast(reason);
     this.ensureSfu()
       .publish()
       .catch((err) => this.onNotice(`Could not send your video through the relay: ${err.message}`, 'error'));
     this.updatePath();
   }
 
+  /** Tells the user once why media goes through the relay (not when it always does). */
+  relayToast(reason) {
+    if (!reason || reason === 'forced' || this.relayToastShown) return;
+    this.relayToastShown = true;
+    const why = { 'room-size': 'three or more people are in the room', 'p2p-failed': 'the direct connection failed', 'p2p-timeout': 'the direct connection took too long' }[reason];
+    toast(`Media now goes through the relay server${why ? ` (${why})` : ''}.`);
+  }
+
   onRelayTrack(stream, track) {
     const socketId = stream ? stream.id : null;
-    if (!socketId || socketId === this.selfId) return;
+    if (!socketId || socketId === this.selfId || socketId === this.socket.id) return;
+    const link = this.links.get(socketId);
+    if (link) {
+      // Tracks from the relay mean the room is relayed: the direct attempt is over.
+      link.close();
+      this.links.delete(socketId);
+    }
+    this.relayStreams.set(socketId, stream);
     const tile = this.tile(socketId);
     tile.setStream(stream);
     tile.setStatus('relay', 'good');
@@ -539,6 +574,7 @@ class P2PLink {
     this.pc = pc;
     pc.onicecandidate = (e) => room.sendSignal(peerId, 'ice-candidate', e.candidate ? e.candidate.toJSON() : null);
     pc.ontrack = (e) => {
+      if (this.closed || room.relayStreams.has(peerId)) return; // the relay's stream stays
       const tile = room.tile(peerId);
       if (!this.stream) this.stream = e.streams[0] || new MediaStream();
       if (!e.streams[0]) this.stream.addTrack(e.track);
