@@ -124,7 +124,10 @@ async fn enter_room(
     fields.insert("peers".into(), json!(joined.existing));
     fields.insert("mode".into(), json!(sig.config.media_mode.as_str()));
     fields.insert("p2pTimeoutMs".into(), json!(sig.config.p2p_timeout_ms));
-    fields.insert("iceServers".into(), sig.config.ice_servers.clone());
+    fields.insert(
+        "iceServers".into(),
+        sig.config.ice_servers.for_user(&who.user_id),
+    );
     Ok((fields, then))
 }
 

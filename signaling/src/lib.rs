@@ -7,6 +7,7 @@
 pub mod call;
 mod consult;
 mod direct;
+pub mod ice;
 pub mod identity;
 pub mod metrics;
 mod order;
@@ -25,6 +26,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, SocketRef, State, TryData};
 use socketioxide::handler::ConnectHandler;
 
+pub use ice::{IceAuth, IceServers};
 pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
 pub use payload::{PayloadLimits, validate_event_payload};
@@ -49,8 +51,9 @@ pub struct SignalingConfig {
     /// Handed to clients in the join ack; decides whether and when rooms are relayed.
     pub media_mode: MediaMode,
     pub p2p_timeout_ms: u64,
-    /// RTCIceServer[] handed to clients for their peer-to-peer attempt.
-    pub ice_servers: Value,
+    /// RTCIceServer[] handed to clients for their peer-to-peer attempt and the relay, made per
+    /// user (TURN credentials of their own when a shared secret is set).
+    pub ice_servers: IceServers,
 }
 
 impl SignalingConfig {
@@ -354,6 +357,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     route!(s, "sfu-subscribe-answer", relay::sfu_subscribe_answer);
     route!(s, "sfu-candidate", relay::sfu_candidate);
     route!(s, "sfu-leave", relay::sfu_leave);
+    route!(s, "sfu-restart-ice", relay::sfu_restart_ice);
 
     // Any other event: `not_found`, counted under one label (the name is the client's choice,
     // unbounded). It spends the signal budget so that it is no free way to flood the server.
