@@ -288,7 +288,7 @@ fn send_next(publisher: &Publisher, load: &Load, per_frame: u32) -> bool {
         .borrow_mut()
         .rtc()
         .protect_rtp(&p.plain, &p.header);
-    let Ok(Some((datagram, to))) = protected else {
+    let Ok(Some((datagram, to, _))) = protected else {
         return false;
     };
     if publisher.socket.try_send_to(&datagram, to).is_err() {

@@ -45,7 +45,7 @@ PUB_SSRC = 0x1234ABCD
 EVENTS = [
     "join-room", "signal", "chat-message", "leave-room", "join", "call-user", "answer-call",
     "reject-call", "end-call", "ice-candidate", "sfu-join", "sfu-publish",
-    "sfu-subscribe-answer", "sfu-candidate", "sfu-leave", "no-such-event",
+    "sfu-subscribe-answer", "sfu-candidate", "sfu-leave", "sfu-restart-ice", "no-such-event",
 ]
 
 
@@ -161,6 +161,7 @@ def main():
         "sfu-subscribe-answer": {"roomId": "r1", "sdp": crlf(testdata / "aiortc_answer.sdp")},
         "sfu-candidate": {"roomId": "r1", "pc": "publish", "candidate": candidate},
         "sfu-leave": {"roomId": "r1"},
+        "sfu-restart-ice": {"roomId": "r1"},
         "no-such-event": {"roomId": "r1"},
     }
     for i, event in enumerate(EVENTS):

@@ -107,6 +107,10 @@ impl Relay for SfuRelay {
     async fn leave(&self, room: &str, participant: &str) -> Result<(), RelayError> {
         self.0.leave(room, participant).await.map_err(refusal)
     }
+
+    async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError> {
+        self.0.restart_ice(room, participant).await.map_err(refusal)
+    }
 }
 
 /// Delivers the SFU's events until the SFU stops.

@@ -126,6 +126,9 @@ export async function selectedTransport(pc) {
  * server sets to the publisher's socket id. Both connections use `iceServers` (TURN reaches the
  * SFU where UDP to it is blocked); by default the last join-room ack's.
  */
+/** How long a relay connection may stay `disconnected` before ICE is restarted. */
+const ICE_RESTART_AFTER_MS = 2500;
+
 export class SfuSession {
   constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers }) {
     this.socket = socket;
@@ -169,6 +172,7 @@ export class SfuSession {
       else this.localQueue.push(candidate);
     };
     pc.onconnectionstatechange = () => this.onStateChange(this.state);
+    pc.oniceconnectionstatechange = () => this.watchIce();
     await pc.setLocalDescription(await pc.createOffer());
     const answer = ask(this.socket, 'sfu-publish', { roomId: this.roomId, sdp: pc.localDescription.sdp });
     this.publishSent = true;
@@ -197,12 +201,56 @@ export class SfuSession {
       pc.onicecandidate = (e) => this.sendCandidate('subscribe', e.candidate ? e.candidate.toJSON() : null);
       pc.ontrack = (e) => this.onTrack(e.streams[0] || null, e.track);
       pc.onconnectionstatechange = () => this.onStateChange(this.state);
+      pc.oniceconnectionstatechange = () => this.watchIce();
     }
     const pc = this.subscribePc;
     await pc.setRemoteDescription({ type: 'offer', sdp });
     await this.flushRemote('subscribe');
     await pc.setLocalDescription(await pc.createAnswer());
     await ask(this.socket, 'sfu-subscribe-answer', { roomId: this.roomId, sdp: pc.localDescription.sdp });
+  }
+
+  /**
+   * Restarts ICE when a relay connection stays `disconnected` (the network changed: Wi-Fi to
+   * mobile, a new address) or fails, so the call continues without a reload. A short
+   * `disconnected` (a burst of loss) heals by itself; only one that lasts is acted on.
+   */
+  watchIce() {
+    if (this.closed) return;
+    const states = [this.publishPc, this.subscribePc].filter(Boolean).map((pc) => pc.iceConnectionState);
+    const broken = states.includes('disconnected') || states.includes('failed');
+    if (!broken) {
+      clearTimeout(this.restartTimer);
+      this.restartTimer = null;
+      return;
+    }
+    if (this.restartTimer) return;
+    const wait = states.includes('failed') ? 0 : ICE_RESTART_AFTER_MS;
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = null;
+      this.restartIce().catch((err) => console.warn('[callrelay] ICE restart failed', err))
+        .finally(() => setTimeout(() => this.watchIce(), ICE_RESTART_AFTER_MS)); // again if still down
+    }, wait);
+  }
+
+  /**
+   * ICE restart on both connections: the publish one re-offers with new credentials
+   * (`sfu-publish`, answered with new ones); the server re-offers the subscribe one
+   * (`sfu-restart-ice`, then an `sfu-subscribe-offer`).
+   */
+  async restartIce() {
+    if (this.closed) return;
+    const tasks = [];
+    if (this.subscribePc) tasks.push(ask(this.socket, 'sfu-restart-ice', { roomId: this.roomId }));
+    const pc = this.publishPc;
+    if (pc && pc.remoteDescription) {
+      tasks.push((async () => {
+        await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
+        const ack = await ask(this.socket, 'sfu-publish', { roomId: this.roomId, sdp: pc.localDescription.sdp });
+        if (!this.closed) await pc.setRemoteDescription({ type: 'answer', sdp: ack.sdp });
+      })());
+    }
+    await Promise.all(tasks);
   }
 
   /** A candidate of the server's, for our `publish` or `subscribe` connection. */
@@ -232,6 +280,7 @@ export class SfuSession {
   close(notify = true) {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.restartTimer);
     if (notify) tell(this.socket, 'sfu-leave', { roomId: this.roomId });
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
   }

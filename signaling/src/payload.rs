@@ -53,6 +53,7 @@ pub const EVENTS: &[&str] = &[
     "sfu-subscribe-answer",
     "sfu-candidate",
     "sfu-leave",
+    "sfu-restart-ice",
 ];
 
 /// Runs the payload checks the handler of `event` runs, with the default limits, and nothing
@@ -75,6 +76,7 @@ pub fn validate_event_payload(event: &str, data: Value) -> Result<(), EventError
         "sfu-subscribe-answer" => sfu_subscribe_answer(data, &limits).map(drop),
         "sfu-candidate" => sfu_candidate(data, &limits).map(drop),
         "sfu-leave" => sfu_leave(data).map(drop),
+        "sfu-restart-ice" => sfu_restart_ice(data).map(drop),
         _ => Err(unknown_event()),
     }
 }
@@ -331,6 +333,11 @@ pub fn sfu_leave(data: Value) -> Result<SfuLeave, EventError> {
     Ok(req)
 }
 
+/// `sfu-restart-ice` takes the same `{roomId}` as `sfu-leave`.
+pub fn sfu_restart_ice(data: Value) -> Result<SfuLeave, EventError> {
+    sfu_leave(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,7 +373,7 @@ mod tests {
             "sfu-join" => json!({"roomId": "r1", "reason": "p2p-failed"}),
             "sfu-publish" | "sfu-subscribe-answer" => json!({"roomId": "r1", "sdp": sdp()}),
             "sfu-candidate" => json!({"roomId": "r1", "pc": "publish", "candidate": candidate()}),
-            "sfu-leave" => json!({"roomId": "r1"}),
+            "sfu-leave" | "sfu-restart-ice" => json!({"roomId": "r1"}),
             _ => unreachable!("{event}"),
         }
     }

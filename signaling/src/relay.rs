@@ -66,6 +66,9 @@ pub trait Relay: Send + Sync + 'static {
     ) -> Result<(), RelayError>;
     /// Closes both peer connections; the others stop receiving this member's tracks.
     async fn leave(&self, room: &str, participant: &str) -> Result<(), RelayError>;
+    /// Restarts ICE on the participant's subscribe connection (a new subscribe offer with new
+    /// credentials): its network changed.
+    async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError>;
 }
 
 /// What the media layer tells signaling; delivered with [`Signaling::on_relay_event`].
@@ -367,6 +370,24 @@ pub(crate) async fn sfu_candidate(
     relay
         .add_candidate(&req.room_id, s.id.as_str(), req.pc, req.candidate)
         .await?;
+    Ok(protocol::ok_fields())
+}
+
+/// `sfu-restart-ice {roomId}`: the client's network changed (its relay connections went
+/// `disconnected`); the server re-offers its subscribe connection with new ICE credentials.
+/// The client restarts its publish connection itself, with a re-offer (`sfu-publish`).
+pub(crate) async fn sfu_restart_ice(
+    sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    sig.spend(s, Budget::Signal)?;
+    let req = payload::sfu_restart_ice(data)?;
+    let relay = relay_of(sig)?;
+    sig.relay_membership(s, &req.room_id).await?;
+    relay.restart_ice(&req.room_id, s.id.as_str()).await?;
     Ok(protocol::ok_fields())
 }
 
