@@ -1,8 +1,12 @@
-//! The browser client on networks that block what WebRTC prefers: two headless Chromiums in a
-//! network namespace whose every UDP datagram is dropped (nftables), so the only way to the
-//! server is TCP. The direct attempt fails, the room falls back to the relay, and the relay
-//! must carry the consultation over ICE-TCP (video both ways, the page and /metrics saying
-//! TCP). Driven by `web/smoke.mjs`, the browsers started inside the namespace.
+//! The browser client on the networks patients and doctors are on, with headless Chromiums in
+//! a network namespace linked to the server's host:
+//! - every UDP datagram dropped (nftables), so the only way to the server is TCP: the direct
+//!   attempt fails, the room falls back to the relay, and the relay must carry the
+//!   consultation over ICE-TCP (video both ways, the page and /metrics saying TCP);
+//! - the namespace renumbered mid-call (a device moving to another network): ICE restarts on
+//!   both relay connections and the pictures come back without a page reload.
+//!
+//! Driven by `web/smoke.mjs`, the browsers started inside the namespace.
 //!
 //! Needs root, iproute2 and nftables (`.ci/run` installs them); elsewhere it says loudly that
 //! it skipped.
@@ -14,11 +18,13 @@ use std::process::{Command, Stdio};
 
 use support::TestServer;
 
-/// A network namespace linked to the host by a veth pair, dropping every UDP datagram it sends.
-/// Removed on drop.
-struct UdpBlockedNamespace {
+/// A network namespace linked to the host by a veth pair (host .1, namespace .2 of a /29),
+/// optionally dropping every UDP datagram it sends. Removed on drop.
+struct Namespace {
     name: String,
     host_link: String,
+    inner_link: String,
+    subnet: String,
     /// The host's address on the link: how the namespace reaches the server.
     host_ip: String,
 }
@@ -40,18 +46,22 @@ fn run(args: &[&str]) -> Result<(), String> {
     }
 }
 
-impl UdpBlockedNamespace {
-    fn create() -> Result<Self, String> {
-        // Unique per process, short enough for interface names (15 characters).
+impl Namespace {
+    fn create(tag: char, block_udp: bool) -> Result<Self, String> {
+        // Unique per process and test, short enough for interface names (15 characters).
         let id = std::process::id() % 100_000;
-        let subnet = (std::process::id() % 250) as u8;
+        let third = std::process::id() % 250;
+        let fourth = if tag == 'u' { 0 } else { 8 };
+        let subnet = format!("10.213.{third}.{fourth}");
         let ns = Self {
-            name: format!("crudp{id}"),
-            host_link: format!("crh{id}"),
-            host_ip: format!("10.213.{subnet}.1"),
+            name: format!("cr{tag}{id}"),
+            host_link: format!("cr{tag}h{id}"),
+            inner_link: format!("cr{tag}n{id}"),
+            host_ip: format!("10.213.{third}.{}", fourth + 1),
+            subnet,
         };
-        let inner = format!("crn{id}");
-        let guest_ip = format!("10.213.{subnet}.2");
+        let inner = ns.inner_link.clone();
+        let guest_ip = ns.guest_ip(2);
         let in_ns = |args: &[&str]| {
             let mut all = vec!["ip", "netns", "exec", &ns.name];
             all.extend_from_slice(args);
@@ -59,22 +69,40 @@ impl UdpBlockedNamespace {
         };
         run(&["ip", "netns", "add", &ns.name])?;
         run(&[
-            "ip", "link", "add", &ns.host_link, "type", "veth", "peer", "name", &inner,
+            "ip",
+            "link",
+            "add",
+            &ns.host_link,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
         ])?;
         run(&["ip", "link", "set", &inner, "netns", &ns.name])?;
         run(&[
             "ip",
             "addr",
             "add",
-            &format!("{}/30", ns.host_ip),
+            &format!("{}/29", ns.host_ip),
             "dev",
             &ns.host_link,
         ])?;
         run(&["ip", "link", "set", &ns.host_link, "up"])?;
-        in_ns(&["ip", "addr", "add", &format!("{guest_ip}/30"), "dev", &inner])?;
+        in_ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{guest_ip}/29"),
+            "dev",
+            &inner,
+        ])?;
         in_ns(&["ip", "link", "set", &inner, "up"])?;
         in_ns(&["ip", "link", "set", "lo", "up"])?;
         in_ns(&["ip", "route", "add", "default", "via", &ns.host_ip])?;
+        if !block_udp {
+            return Ok(ns);
+        }
         in_ns(&[
             "nft",
             "add table inet callrelay_test; \
@@ -83,9 +111,42 @@ impl UdpBlockedNamespace {
         ])?;
         Ok(ns)
     }
+
+    /// The namespace's address number `n` of the /29.
+    fn guest_ip(&self, n: u32) -> String {
+        let (base, last) = self.subnet.rsplit_once('.').expect("dotted subnet");
+        format!("{base}.{}", last.parse::<u32>().expect("number") + n)
+    }
+
+    /// A shell command that moves the namespace from its address .2 to .3 (a device moving to
+    /// another network: its old address is gone).
+    fn renumber_command(&self) -> String {
+        let (ns, dev, host) = (&self.name, &self.inner_link, &self.host_ip);
+        format!(
+            "ip -n {ns} addr del {}/29 dev {dev} && ip -n {ns} addr add {}/29 dev {dev} \
+             && ip -n {ns} route replace default via {host}",
+            self.guest_ip(2),
+            self.guest_ip(3)
+        )
+    }
+
+    /// Chromium started inside the namespace (playwright talks to it over a pipe).
+    fn chromium_wrapper(&self, dir: &Path) -> std::path::PathBuf {
+        let wrapper = dir.join(format!("chromium-in-{}", self.name));
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} /usr/bin/chromium \"$@\"\n",
+                self.name
+            ),
+        )
+        .expect("write wrapper");
+        run(&["chmod", "+x", wrapper.to_str().expect("utf-8 path")]).expect("chmod");
+        wrapper
+    }
 }
 
-impl Drop for UdpBlockedNamespace {
+impl Drop for Namespace {
     fn drop(&mut self) {
         let _ = run(&["ip", "netns", "del", &self.name]);
         let _ = run(&["ip", "link", "del", &self.host_link]);
@@ -124,7 +185,7 @@ async fn two_browsers_without_udp_meet_through_the_relay_over_ice_tcp() {
     if !prerequisites() {
         return;
     }
-    let ns = match UdpBlockedNamespace::create() {
+    let ns = match Namespace::create('u', true) {
         Ok(ns) => ns,
         Err(e) => {
             support::skip("the browser tests on UDP-blocked networks", &e);
@@ -133,33 +194,35 @@ async fn two_browsers_without_udp_meet_through_the_relay_over_ice_tcp() {
     };
     let web = support::repo_root().join("web");
     let server = TestServer::start_on_all_interfaces(&[
-        ("CALLRELAY_SERVER__WEB_DIR", web.to_str().expect("utf-8 path")),
+        (
+            "CALLRELAY_SERVER__WEB_DIR",
+            web.to_str().expect("utf-8 path"),
+        ),
         ("CALLRELAY_MEDIA__P2P_TIMEOUT_MS", "2000"),
     ])
     .await;
 
-    // Chromium started inside the namespace (playwright talks to it over a pipe).
     let dir = tempfile::tempdir().expect("temp dir");
-    let wrapper = dir.path().join("chromium-without-udp");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec ip netns exec {} /usr/bin/chromium \"$@\"\n",
-            ns.name
-        ),
-    )
-    .expect("write wrapper");
-    run(&["chmod", "+x", wrapper.to_str().expect("utf-8 path")]).expect("chmod");
+    let wrapper = ns.chromium_wrapper(dir.path());
 
     let base = format!("http://{}:{}", ns.host_ip, server.port);
     let status = Command::new("node")
         .arg(web.join("smoke.mjs"))
         .arg(&base)
-        .args(["--expect", "relay", "--expect-transport", "tcp", "--no-calls"])
+        .args([
+            "--expect",
+            "relay",
+            "--expect-transport",
+            "tcp",
+            "--no-calls",
+        ])
         .arg("--out")
         .arg(dir.path())
         .env("CHROMIUM", &wrapper)
-        .env("NODE_PATH", support::repo_root().join("tests/node/node_modules"))
+        .env(
+            "NODE_PATH",
+            support::repo_root().join("tests/node/node_modules"),
+        )
         .status()
         .expect("run node");
     assert!(
@@ -185,7 +248,55 @@ async fn two_browsers_without_udp_meet_through_the_relay_over_ice_tcp() {
             .unwrap_or(0.0)
     };
     for pc in ["publish", "subscribe"] {
-        assert_eq!(connected(pc, "tcp"), 2.0, "both browsers' {pc} connections over TCP");
+        assert_eq!(
+            connected(pc, "tcp"),
+            2.0,
+            "both browsers' {pc} connections over TCP"
+        );
         assert_eq!(connected(pc, "udp"), 0.0, "no {pc} connection over UDP");
     }
+}
+
+#[tokio::test]
+async fn a_relayed_consultation_survives_the_browsers_changing_networks() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = match Namespace::create('m', false) {
+        Ok(ns) => ns,
+        Err(e) => {
+            support::skip("the browser tests on changing networks", &e);
+            return;
+        }
+    };
+    let web = support::repo_root().join("web");
+    let server = TestServer::start_on_all_interfaces(&[
+        (
+            "CALLRELAY_SERVER__WEB_DIR",
+            web.to_str().expect("utf-8 path"),
+        ),
+        ("CALLRELAY_MEDIA__MODE", "sfu-only"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = ns.chromium_wrapper(dir.path());
+    let base = format!("http://{}:{}", ns.host_ip, server.port);
+    let status = Command::new("node")
+        .arg(web.join("smoke.mjs"))
+        .arg(&base)
+        .args(["--expect", "relay", "--no-calls", "--mid-call-cmd"])
+        .arg(ns.renumber_command())
+        .arg("--out")
+        .arg(dir.path())
+        .env("CHROMIUM", &wrapper)
+        .env(
+            "NODE_PATH",
+            support::repo_root().join("tests/node/node_modules"),
+        )
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "the consultation did not recover from the network change"
+    );
 }

@@ -127,7 +127,10 @@ export async function selectedTransport(pc) {
  * SFU where UDP to it is blocked); by default the last join-room ack's.
  */
 /** How long a relay connection may stay `disconnected` before ICE is restarted. */
-const ICE_RESTART_AFTER_MS = 2500;
+const ICE_RESTART_AFTER_MS = 1500;
+/** How long the server may take to answer `sfu-restart-ice` before the signaling connection is
+ * taken for dead (it answers in milliseconds). */
+const SIGNALING_PROBE_MS = 2000;
 
 export class SfuSession {
   constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers }) {
@@ -241,7 +244,15 @@ export class SfuSession {
   async restartIce() {
     if (this.closed) return;
     const tasks = [];
-    if (this.subscribePc) tasks.push(ask(this.socket, 'sfu-restart-ice', { roomId: this.roomId }));
+    if (this.subscribePc) {
+      tasks.push(ask(this.socket, 'sfu-restart-ice', { roomId: this.roomId }, SIGNALING_PROBE_MS).catch((err) => {
+        // A network change usually kills the signaling connection too, and the browser does not
+        // notice a dead TCP connection for a long time. Start a fresh one now: on reconnection
+        // the room is joined again over new relay connections.
+        if (err.code === 'timeout' && !this.closed && this.socket.connected) this.socket.io.engine.close();
+        throw err;
+      }));
+    }
     const pc = this.publishPc;
     if (pc && pc.remoteDescription) {
       tasks.push((async () => {

@@ -17,12 +17,12 @@ export function connect(token) {
 }
 
 /** Emits `event` and resolves with the `{ok:true,...}` ack, or rejects with a SignalError. */
-export async function ask(socket, event, payload) {
+export async function ask(socket, event, payload, timeoutMs = 10000) {
   let ack;
   try {
-    ack = await socket.timeout(10000).emitWithAck(event, payload);
+    ack = await socket.timeout(timeoutMs).emitWithAck(event, payload);
   } catch {
-    throw new SignalError('timeout', `The server did not answer "${event}" within 10 s`, event);
+    throw new SignalError('timeout', `The server did not answer "${event}" within ${timeoutMs / 1000} s`, event);
   }
   if (!ack || ack.ok !== true) {
     const e = (ack && ack.error) || {};

@@ -18,6 +18,7 @@
 
 import { createRequire } from 'node:module';
 import { mkdirSync } from 'node:fs';
+import { execSync } from 'node:child_process';
 import path from 'node:path';
 
 const args = process.argv.slice(2);
@@ -32,6 +33,10 @@ let expectPath = opt('--expect', null);
 // --expect-transport udp|tcp: the relay must carry the call over this transport (shown on the
 // page's path badge, from the browser's selected candidate pair).
 const expectTransport = opt('--expect-transport', null);
+// --mid-call-cmd CMD: once both see each other, run CMD (a shell command that changes the
+// browsers' network, e.g. renumbers their namespace); both pictures must come back, moving,
+// without a page reload.
+const midCallCmd = opt('--mid-call-cmd', null);
 const outDir = opt('--out', '/tmp');
 const keepOpenMs = Number(opt('--keep-open-ms', '0'));
 // --block-p2p: browsers may only use TURN relay candidates (there is no TURN server), so the
@@ -188,6 +193,48 @@ async function main() {
         failures.push(`${who} does not see the other's video over ${expectPath} (badge "${badge}")`);
         log(`${who} FAILED to see remote video: ${err.message.split('\n')[0]}`);
       }
+    }
+
+    // --- the network changes mid-call: the pictures must come back without a reload
+    if (midCallCmd && failures.length === 0) {
+      for (const page of Object.values(pages)) await page.evaluate(() => { window.__sameDocument = true; });
+      log(`mid-call: ${midCallCmd}`);
+      execSync(midCallCmd, { stdio: 'inherit' });
+      const changed = Date.now();
+      // Frames shown so far by each remote video, by element (tiles may be replaced when the
+      // room is joined again over a new signaling connection).
+      const playback = (page) => page.evaluate(() => {
+        const out = {};
+        for (const v of document.querySelectorAll('.tile:not(.tile-local) video')) {
+          v.dataset.smokeId = v.dataset.smokeId || Math.random().toString(36).slice(2);
+          out[v.dataset.smokeId] = v.getVideoPlaybackQuality().totalVideoFrames;
+        }
+        return out;
+      });
+      // Both watched at once: each must freeze and come back.
+      await Promise.all(Object.entries(pages).map(async ([who, page]) => {
+        let recovered = false;
+        // The picture freezes first (the old path is gone), then moves again once recovered.
+        let frozenSeen = false;
+        let last = await playback(page);
+        while (Date.now() - changed < 40000) {
+          await page.waitForTimeout(1000);
+          const now = await playback(page);
+          const moving = Object.entries(now).some(([id, n]) => n > (last[id] ?? 0) + 5);
+          if (!moving) frozenSeen = true;
+          else if (frozenSeen) {
+            recovered = true;
+            break;
+          }
+          last = now;
+        }
+        const same = await page.evaluate(() => window.__sameDocument === true);
+        const badge = await page.locator('.path-badge').textContent().catch(() => '?');
+        if (!frozenSeen) failures.push(`${who}: the network change never interrupted the picture (nothing was tested)`);
+        else if (!recovered) failures.push(`${who}: the picture did not come back after the network change (badge "${badge}")`);
+        else if (!same) failures.push(`${who}: the page reloaded`);
+        else log(`${who} sees video again ${Date.now() - changed} ms after the network change (badge "${badge}")`);
+      }));
     }
 
     // --- chat both ways (each message shown exactly once on both sides)
