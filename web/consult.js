@@ -241,6 +241,9 @@ class ConsultRoom {
     const ack = await ask(this.socket, 'join-room', {
       appointmentId: this.roomId,
       avatarSeed: this.me.name.slice(0, 64),
+      // Back on a new connection: our old membership ends now, not at its ping timeout, so
+      // the others do not see a frozen copy of us meanwhile.
+      ...(this.selfId && this.selfId !== this.socket.id ? { previousSocketId: this.selfId } : {}),
     });
     if (this.closed) return;
     this.selfId = ack.selfId;

@@ -15,11 +15,11 @@ use crate::{Budget, Outcome, Role, Signaling, consult_room, emit_to_room, identi
 /// `sfu-subscribe-offer`, which must never overtake the ack.
 pub(crate) async fn join_room(
     sig: &Signaling,
-    _io: &SocketIo,
+    io: &SocketIo,
     s: &SocketRef,
     data: Value,
 ) -> Outcome {
-    match enter_room(sig, s, data).await {
+    match enter_room(sig, io, s, data).await {
         Ok((fields, then)) => Outcome {
             result: Ok(fields),
             then,
@@ -44,6 +44,7 @@ impl AfterJoin {
 
 async fn enter_room(
     sig: &Signaling,
+    io: &SocketIo,
     s: &SocketRef,
     data: Value,
 ) -> Result<(serde_json::Map<String, Value>, Option<AfterJoin>), EventError> {
@@ -73,6 +74,9 @@ async fn enter_room(
     }
 
     let self_id = s.id.to_string();
+    if let Some(previous) = &req.previous_socket_id {
+        end_previous_membership(sig, io, previous, &self_id, &who.user_id, &appointment.id).await;
+    }
     // One consult room per socket: joining another one leaves the current one first.
     if sig
         .rooms()
@@ -210,6 +214,8 @@ pub(crate) enum LeaveReason {
     Left,
     Disconnected,
     JoinedAnother,
+    /// The same user came back on a new connection (`join-room` `previousSocketId`).
+    Replaced,
 }
 
 impl LeaveReason {
@@ -218,7 +224,38 @@ impl LeaveReason {
             LeaveReason::Left => "leave-room",
             LeaveReason::Disconnected => "disconnect",
             LeaveReason::JoinedAnother => "joined-another-room",
+            LeaveReason::Replaced => "replaced-by-reconnection",
         }
+    }
+}
+
+/// A client back on a new signaling connection names the socket it had in the room: if that
+/// socket is the same user's and still in this room (its dead connection not yet timed out),
+/// its membership ends now, as if it had left, and it is disconnected. The others see it go
+/// (`peer-left`) and the newcomer join, instead of a frozen ghost for up to the ping timeout.
+/// Anything else named (another user's socket, another room, unknown) is ignored.
+async fn end_previous_membership(
+    sig: &Signaling,
+    io: &SocketIo,
+    previous: &str,
+    self_id: &str,
+    user_id: &str,
+    room_id: &str,
+) {
+    if previous == self_id {
+        return;
+    }
+    let same_user_here = sig.rooms().get(room_id).is_some_and(|room| {
+        room.members
+            .iter()
+            .any(|m| m.socket_id == previous && m.user_id == user_id)
+    });
+    if !same_user_here {
+        return;
+    }
+    if let Some(old) = socket_by_id(io, previous) {
+        leave_current_room(sig, &old, LeaveReason::Replaced).await;
+        let _ = old.disconnect();
     }
 }
 

@@ -93,11 +93,19 @@ pub struct JoinRoom {
     /// `None` when not given or blank (the user id is used instead).
     #[serde(default)]
     pub avatar_seed: Option<String>,
+    /// The socket id this client had in the room before its signaling connection was replaced
+    /// (a reconnection): that membership, if it is the same user's, is ended now rather than
+    /// when its dead connection times out.
+    #[serde(default)]
+    pub previous_socket_id: Option<String>,
 }
 
 pub fn join_room(data: Value) -> Result<JoinRoom, EventError> {
     let mut req: JoinRoom = protocol::parse(data)?;
     check_id("appointmentId", &req.appointment_id)?;
+    if let Some(previous) = &req.previous_socket_id {
+        check_id("previousSocketId", previous)?;
+    }
     if let Some(seed) = &req.avatar_seed {
         if seed.trim().is_empty() {
             req.avatar_seed = None;

@@ -248,6 +248,34 @@ describe('join-room', () => {
     assert.deepEqual(await h.ack(sp, 'leave-room'), { ok: true });
   });
 
+  test('back on a new connection: previousSocketId ends the old membership at once, only the same user\'s', T, async () => {
+    const { patient, doctor, appt } = await consult();
+    const sp = await joined(srv, patient, appt);
+    const sd = await joined(srv, doctor, appt);
+    await h.nextEvent(sp, 'peer-joined');
+    const oldId = sd.id;
+    const oldGone = new Promise((resolve) => sd.once('disconnect', resolve));
+
+    // The doctor's network changed: a new connection, while the old one still looks alive.
+    const sd2 = await h.connect(srv, doctor.token);
+    const res = await h.ack(sd2, 'join-room', { appointmentId: appt.id, previousSocketId: oldId });
+    assert.equal(res.ok, true, JSON.stringify(res));
+    assert.deepEqual(res.peers.map((p) => p.socketId), [sp.id], 'the old membership is not a peer');
+    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: oldId, userId: doctor.id });
+    assert.equal((await h.nextEvent(sp, 'peer-joined')).socketId, sd2.id);
+    await oldGone; // the server closed the replaced connection
+    assertError(await h.ack(sp, 'signal', { to: oldId, type: 'ice-candidate', payload: null }), 'forbidden');
+
+    // Naming someone else's socket ends nothing: the patient stays.
+    const admin = await h.user(srv, 'admin');
+    const sa = await h.connect(srv, admin.token);
+    assert.equal((await h.ack(sa, 'join-room', { appointmentId: appt.id, previousSocketId: sp.id })).ok, true);
+    await h.noEvent(sd2, 'peer-left', 300);
+    assert.equal(sp.connected, true);
+    // A malformed id is refused like any bad payload.
+    assertError(await h.ack(sa, 'join-room', { appointmentId: appt.id, previousSocketId: 42 }), 'invalid_payload');
+  });
+
   test('joining another room leaves the current one', T, async () => {
     const doctor = await h.user(srv, 'doctor');
     const p1 = await h.user(srv, 'patient');
