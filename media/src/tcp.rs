@@ -422,6 +422,55 @@ mod tests {
         assert_eq!(owner_of_first_frame(&[], 1), None);
     }
 
+    /// Worker 0 accepts; each connection goes to the worker its first STUN request's ufrag
+    /// names, with that frame. Anything else is refused and counted, and costs nothing more.
+    #[tokio::test]
+    async fn accepted_connections_go_to_the_worker_their_ufrag_names() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let registry = prometheus::Registry::new();
+        let (_, metrics) = crate::metrics::Metrics::register(&registry).unwrap();
+        let open = Arc::new(AtomicUsize::new(0));
+        let (tx, mut handed) = mpsc::unbounded_channel();
+        let accept_loop = tokio::spawn(accept(
+            listener,
+            2,
+            Arc::clone(&open),
+            metrics.tcp_refused.clone(),
+            move |owner, accepted: Accepted| {
+                let _ = tx.send((owner, accepted.first));
+            },
+        ));
+        let framed = |frame: &[u8]| {
+            let mut out = (frame.len() as u16).to_be_bytes().to_vec();
+            out.extend_from_slice(frame);
+            out
+        };
+        for (ufrag, worker) in [("01abcdef:c", 1), ("00abcdef:c", 0)] {
+            let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let stun = binding_request(ufrag);
+            client.write_all(&framed(&stun)).await.unwrap();
+            let (owner, first) = handed.recv().await.expect("handed over");
+            assert_eq!((owner, first), (worker, stun));
+            std::mem::forget(client); // kept open: the worker owns it now
+        }
+        // Not WebRTC: refused, not handed over.
+        let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
+        http.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), http.read_to_end(&mut rest)).await;
+        assert!(rest.is_empty(), "closed without an answer");
+        assert_eq!(metrics.tcp_refused[TcpRefusal::NotIce as usize].get(), 1);
+        assert!(handed.try_recv().is_err());
+        assert_eq!(
+            open.load(Ordering::Relaxed),
+            2,
+            "two handed over, the refused one released"
+        );
+        accept_loop.abort();
+    }
+
     /// A client that stops reading (a stalled phone, a hostile peer) must cost the worker
     /// neither time nor memory: sends never wait, and once its queue is full datagrams are
     /// dropped and counted while the worker goes on.
