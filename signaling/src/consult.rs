@@ -210,21 +210,24 @@ pub(crate) async fn leave_room(
 
 /// Why a socket left its consult room (logged).
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum LeaveReason {
+pub(crate) enum LeaveReason<'a> {
     Left,
     Disconnected,
     JoinedAnother,
-    /// The same user came back on a new connection (`join-room` `previousSocketId`).
-    Replaced,
+    /// The same user came back on a new connection, socket `by` (`join-room`
+    /// `previousSocketId`).
+    Replaced {
+        by: &'a str,
+    },
 }
 
-impl LeaveReason {
+impl LeaveReason<'_> {
     fn as_str(self) -> &'static str {
         match self {
             LeaveReason::Left => "leave-room",
             LeaveReason::Disconnected => "disconnect",
             LeaveReason::JoinedAnother => "joined-another-room",
-            LeaveReason::Replaced => "replaced-by-reconnection",
+            LeaveReason::Replaced { .. } => "replaced-by-reconnection",
         }
     }
 }
@@ -254,13 +257,13 @@ async fn end_previous_membership(
         return;
     }
     if let Some(old) = socket_by_id(io, previous) {
-        leave_current_room(sig, &old, LeaveReason::Replaced).await;
+        leave_current_room(sig, &old, LeaveReason::Replaced { by: self_id }).await;
         let _ = old.disconnect();
     }
 }
 
 /// Takes the socket out of its consult room, if any, and tells the others.
-pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: LeaveReason) {
+pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: LeaveReason<'_>) {
     let left = {
         let mut rooms = sig.rooms();
         let left = rooms.leave(&s.id.to_string());
@@ -278,12 +281,12 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: L
         sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
         let room = consult_room(&left.room_id);
         s.leave(room.clone());
-        let _ = s
-            .to(room)
-            .emit(
-                "peer-left",
-                &json!({"socketId": left.peer.socket_id, "userId": left.peer.user_id}),
-            )
-            .await;
+        let mut gone = json!({"socketId": left.peer.socket_id, "userId": left.peer.user_id});
+        if let LeaveReason::Replaced { by } = reason {
+            // The others may keep what they had with it (a working peer-to-peer connection)
+            // under its new id.
+            gone["replacedBy"] = json!(by);
+        }
+        let _ = s.to(room).emit("peer-left", &gone).await;
     }
 }

@@ -261,7 +261,7 @@ describe('join-room', () => {
     const res = await h.ack(sd2, 'join-room', { appointmentId: appt.id, previousSocketId: oldId });
     assert.equal(res.ok, true, JSON.stringify(res));
     assert.deepEqual(res.peers.map((p) => p.socketId), [sp.id], 'the old membership is not a peer');
-    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: oldId, userId: doctor.id });
+    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: oldId, userId: doctor.id, replacedBy: sd2.id });
     assert.equal((await h.nextEvent(sp, 'peer-joined')).socketId, sd2.id);
     await oldGone; // the server closed the replaced connection
     assertError(await h.ack(sp, 'signal', { to: oldId, type: 'ice-candidate', payload: null }), 'forbidden');
