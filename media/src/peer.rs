@@ -207,21 +207,7 @@ fn add_passive_tcp_candidates(
     pc: &mut RTCPeerConnection,
     addrs: &[SocketAddr],
 ) -> Result<(), MediaError> {
-    for addr in addrs {
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "tcp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            tcp_type: TcpType::Passive,
-        }
-        .new_candidate_host()?;
-        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;
-    }
-    Ok(())
+    add_candidates(pc, addrs, "tcp", TcpType::Passive)
 }
 
 /// Announces host candidates on a peer connection of the `rtc` core: the SFU's own addresses,
@@ -230,16 +216,25 @@ pub fn add_host_candidates(
     pc: &mut RTCPeerConnection,
     addrs: &[SocketAddr],
 ) -> Result<(), MediaError> {
+    add_candidates(pc, addrs, "udp", TcpType::Unspecified)
+}
+
+fn add_candidates(
+    pc: &mut RTCPeerConnection,
+    addrs: &[SocketAddr],
+    network: &str,
+    tcp_type: TcpType,
+) -> Result<(), MediaError> {
     for addr in addrs {
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
-                network: "udp".to_owned(),
+                network: network.to_owned(),
                 address: addr.ip().to_string(),
                 port: addr.port(),
                 component: 1,
                 ..Default::default()
             },
-            ..Default::default()
+            tcp_type,
         }
         .new_candidate_host()?;
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json()?)?;

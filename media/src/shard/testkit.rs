@@ -256,13 +256,26 @@ impl World {
                 streaming: false,
             });
         }
+        peer.publish = Some(client);
+        self.offer_publish(name);
+        self.settle();
+    }
+
+    /// `name`'s publish connection offers (`sfu-publish`) and takes the SFU's answer, which
+    /// is returned.
+    fn offer_publish(&mut self, name: &str) -> String {
+        let now = self.now;
+        let client = self
+            .peers
+            .get_mut(name)
+            .and_then(|p| p.publish.as_mut())
+            .expect("a publish connection");
         let offer = client.rtc.create_offer(None).expect("offer");
         client
             .rtc
             .set_local_description(now, offer)
             .expect("local offer");
         let sdp = client.rtc.local_description().expect("offer set").sdp;
-        peer.publish = Some(client);
         let answer = self
             .command(|reply| Command::Publish {
                 room: ROOM.into(),
@@ -271,15 +284,17 @@ impl World {
                 reply,
             })
             .unwrap_or_else(|e| panic!("{name} publishes: {e}"));
-        let answer = RTCSessionDescription::answer(answer).expect("answer SDP");
         self.peers
             .get_mut(name)
             .and_then(|p| p.publish.as_mut())
-            .expect("publish client made above")
+            .expect("a publish connection")
             .rtc
-            .set_remote_description(now, answer)
+            .set_remote_description(
+                now,
+                RTCSessionDescription::answer(answer.clone()).expect("SDP"),
+            )
             .expect("remote answer");
-        self.settle();
+        answer
     }
 
     /// `name` sends one packet on `track` every [`STEP`] of [`World::run_for`] from now on.
@@ -373,9 +388,11 @@ impl World {
     /// new ICE credentials and asks the SFU to restart its subscribe connection. Returns the
     /// SFU's answers to the publish offer before and to the re-offer.
     pub fn restart_ice(&mut self, name: &str) -> (String, String) {
-        let now = self.now;
-        let peer = self.peers.get_mut(name).expect("known peer");
-        let client = peer.publish.as_mut().expect("a publisher");
+        let client = self
+            .peers
+            .get_mut(name)
+            .and_then(|p| p.publish.as_mut())
+            .expect("a publisher");
         let before = client
             .rtc
             .remote_description()
@@ -383,30 +400,7 @@ impl World {
             .sdp
             .clone();
         client.rtc.restart_ice();
-        let offer = client.rtc.create_offer(None).expect("restart offer");
-        client
-            .rtc
-            .set_local_description(now, offer)
-            .expect("local restart offer");
-        let sdp = client.rtc.local_description().expect("offer set").sdp;
-        let answer = self
-            .command(|reply| Command::Publish {
-                room: ROOM.into(),
-                participant: name.into(),
-                sdp,
-                reply,
-            })
-            .unwrap_or_else(|e| panic!("{name} re-offers: {e}"));
-        self.peers
-            .get_mut(name)
-            .and_then(|p| p.publish.as_mut())
-            .expect("publisher")
-            .rtc
-            .set_remote_description(
-                now,
-                RTCSessionDescription::answer(answer.clone()).expect("SDP"),
-            )
-            .expect("remote restart answer");
+        let answer = self.offer_publish(name);
         self.command(|reply| Command::RestartIce {
             room: ROOM.into(),
             participant: name.into(),
