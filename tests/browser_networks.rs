@@ -4,7 +4,9 @@
 //!   attempt fails, the room falls back to the relay, and the relay must carry the
 //!   consultation over ICE-TCP (video both ways, the page and /metrics saying TCP);
 //! - the namespace renumbered mid-call (a device moving to another network): ICE restarts on
-//!   both relay connections and the pictures come back without a page reload.
+//!   both relay connections and the pictures come back without a page reload;
+//! - the direct path cut mid-call (UDP between the browsers dropped, the server still reached):
+//!   a peer-to-peer consultation falls back to the relay and its video is back within 8 s.
 //!
 //! Driven by `web/smoke.mjs`, the browsers started inside the namespace.
 //!
@@ -51,7 +53,11 @@ impl Namespace {
         // Unique per process and test, short enough for interface names (15 characters).
         let id = std::process::id() % 100_000;
         let third = std::process::id() % 250;
-        let fourth = if tag == 'u' { 0 } else { 8 };
+        let fourth = match tag {
+            'u' => 0,
+            'm' => 8,
+            _ => 16,
+        };
         let subnet = format!("10.213.{third}.{fourth}");
         let ns = Self {
             name: format!("cr{tag}{id}"),
@@ -127,6 +133,19 @@ impl Namespace {
              && ip -n {ns} route replace default via {host}",
             self.guest_ip(2),
             self.guest_ip(3)
+        )
+    }
+
+    /// A shell command that cuts the browsers' direct path and nothing else: inside the
+    /// namespace, every UDP datagram not addressed to the host (the server, its SFU included)
+    /// is dropped, IPv6 too. Separate rules: nftables 1.0.6 does not combine two `!=`.
+    fn cut_direct_path_command(&self) -> String {
+        let (ns, host) = (&self.name, &self.host_ip);
+        format!(
+            "ip netns exec {ns} nft 'add table inet callrelay_test; \
+             add chain inet callrelay_test out {{ type filter hook output priority 0; policy accept; }}; \
+             add rule inet callrelay_test out ip daddr != {host} meta l4proto udp drop; \
+             add rule inet callrelay_test out meta nfproto ipv6 meta l4proto udp drop'"
         )
     }
 
@@ -298,5 +317,64 @@ async fn a_relayed_consultation_survives_the_browsers_changing_networks() {
     assert!(
         status.success(),
         "the consultation did not recover from the network change"
+    );
+}
+
+/// The acceptance figure of issue 11: "The direct path is cut mid-call: relay video is back
+/// within 8 s".
+const RELAY_BACK_WITHIN_MS: &str = "8000";
+
+#[tokio::test]
+async fn a_direct_consultation_falls_back_to_the_relay_when_its_path_is_cut() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = match Namespace::create('p', false) {
+        Ok(ns) => ns,
+        Err(e) => {
+            support::skip("the browser tests on a cut direct path", &e);
+            return;
+        }
+    };
+    let web = support::repo_root().join("web");
+    let server = TestServer::start_on_all_interfaces(&[
+        (
+            "CALLRELAY_SERVER__WEB_DIR",
+            web.to_str().expect("utf-8 path"),
+        ),
+        ("CALLRELAY_MEDIA__MODE", "p2p-first"),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = ns.chromium_wrapper(dir.path());
+    let base = format!("http://{}:{}", ns.host_ip, server.port);
+    // Both browsers meet directly (their traffic stays between the namespace's own
+    // addresses), then only that path is cut: the page must notice within its grace time,
+    // fall back to the relay, and show moving video again, the tiles saying "Reconnecting…"
+    // meanwhile.
+    let status = Command::new("node")
+        .arg(web.join("smoke.mjs"))
+        .arg(&base)
+        .args(["--expect", "p2p", "--no-calls", "--mid-call-cmd"])
+        .arg(ns.cut_direct_path_command())
+        .args([
+            "--after-expect",
+            "relay",
+            "--recover-within-ms",
+            RELAY_BACK_WITHIN_MS,
+        ])
+        .arg("--out")
+        .arg(dir.path())
+        .env("CHROMIUM", &wrapper)
+        .env(
+            "NODE_PATH",
+            support::repo_root().join("tests/node/node_modules"),
+        )
+        .status()
+        .expect("run node");
+    assert!(
+        status.success(),
+        "the consultation did not fall back to the relay within {RELAY_BACK_WITHIN_MS} ms of \
+         its direct path being cut"
     );
 }

@@ -3,7 +3,7 @@
 import { api } from './api.js';
 import { ask, tell, listen, SignalError } from './signaling.js';
 import { h, clear, avatar, play, toast, showError, formatDateTime, formatDuration } from './ui.js';
-import { openLocalMedia, stopStream, toDescription, mediaSettings, p2pConfig, freshIceServers, SfuSession } from './media.js';
+import { openLocalMedia, stopStream, toDescription, mediaSettings, p2pConfig, freshIceServers, SfuSession, DirectPathWatch, directPathLost } from './media.js';
 
 /**
  * One per signed-in page. ctx: {socket, me, relayRoutes}. The ringing banner and the call dock
@@ -221,6 +221,12 @@ class CallSession {
     this.pc.onicecandidate = (e) => this.sendCandidate(e.candidate ? e.candidate.toJSON() : null);
     this.pc.ontrack = (e) => this.showRemote(e.streams[0] || new MediaStream([e.track]));
     this.pc.onconnectionstatechange = () => this.onPcState();
+    this.pc.oniceconnectionstatechange = () => this.onPcState();
+    // The direct path lost mid-call: ICE alone gives up only after 15-20 s, so after a short
+    // grace the call falls back to the relay (not with p2p-only: nothing to fall back to).
+    this.watch = new DirectPathWatch(this.pc, () => {
+      if (!this.ended && !this.relayed && this.settings.mode !== 'p2p-only') this.p2pFailed('p2p-failed');
+    });
     this.buildDock();
   }
 
@@ -325,14 +331,15 @@ class CallSession {
   onPcState() {
     if (this.ended || this.relayed) return;
     const state = this.pc.connectionState;
-    if (state === 'connected') {
+    const lost = directPathLost(this.pc);
+    if (state === 'failed') {
+      this.p2pFailed('p2p-failed');
+    } else if (lost) {
+      this.setStatus('Connection unstable, reconnecting…');
+    } else if (state === 'connected') {
       clearTimeout(this.timer);
       this.connectedAt = Date.now();
       this.setStatus('Connected', 'p2p', 'P2P (direct)');
-    } else if (state === 'failed') {
-      this.p2pFailed('p2p-failed');
-    } else if (state === 'disconnected') {
-      this.setStatus('Connection unstable, reconnecting…');
     }
   }
 
@@ -355,6 +362,7 @@ class CallSession {
     if (this.ended || this.relayed || this.settings.mode === 'p2p-only') return;
     this.relayed = true;
     clearTimeout(this.timer);
+    this.watch.stop();
     this.pc.close();
     this.setStatus('Connecting through the relay…', 'relay', 'Relay (SFU)');
     this.ensureSfu()
@@ -453,6 +461,7 @@ class CallSession {
   teardown() {
     this.ended = true;
     clearTimeout(this.timer);
+    this.watch.stop();
     this.pc.close();
     if (this.sfu) this.sfu.close(false);
     stopStream(this.localStream);

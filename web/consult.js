@@ -3,7 +3,7 @@
 import { api } from './api.js';
 import { ask, tell, listen } from './signaling.js';
 import { h, clear, errorBox, showError, formatDateTime, formatTime, toast } from './ui.js';
-import { openLocalMedia, stopStream, toDescription, saveMediaSettings, p2pConfig, SfuSession, Tile } from './media.js';
+import { openLocalMedia, stopStream, toDescription, saveMediaSettings, p2pConfig, SfuSession, Tile, DirectPathWatch, directPathLost } from './media.js';
 
 /**
  * Renders the consult page into `root`. ctx: {socket, me, relayRoutes, navigate}.
@@ -184,10 +184,15 @@ class ConsultView {
   }
 }
 
+/** How long the "Reconnected." notice stays after the room is joined again. */
+const RECONNECTED_NOTICE_MS = 4000;
+
 /**
  * One membership of a consult room. P2P mesh: the newcomer offers to the members already there.
- * A pair not connected within p2pTimeoutMs, or whose ICE fails, asks for the relay (sfu-join);
- * on relay-activated every P2P connection is closed and media goes through the SFU.
+ * A pair not connected within p2pTimeoutMs, whose ICE fails, or whose path is lost mid-call
+ * (nothing received, or `disconnected`, for DIRECT_LOST_GRACE_MS: see DirectPathWatch) asks for
+ * the relay (sfu-join); on relay-activated every P2P connection is closed and media goes
+ * through the SFU.
  */
 class ConsultRoom {
   constructor({ ctx, appointmentId, localStream, grid, selfTile, onPath, onChat, onNotice }) {
@@ -274,7 +279,8 @@ class ConsultRoom {
   /** After a reconnection the socket id changed and the server forgot us: join again. */
   onReconnect() {
     if (this.closed || !this.everJoined || this.socket.id === this.selfId || this.entering === this.socket.id) return;
-    this.onNotice('The connection to the server was interrupted; rejoining the room.', 'info');
+    this.clearInterrupted();
+    this.interrupted = this.onNotice('The connection to the server was interrupted; rejoining the room.', 'info');
     this.resetMedia(false);
     for (const socketId of [...this.tiles.keys()]) this.removePeer(socketId, true);
     this.relayStreams.clear();
@@ -293,6 +299,7 @@ class ConsultRoom {
     this.entering = sid;
     try {
       await this.enter();
+      if (!this.closed && this.joined) this.rejoined();
     } catch (err) {
       if (this.closed || this.socket.id !== sid) return; // a newer connection takes over
       if (attempt < 3 && err.code !== 'forbidden' && err.code !== 'not_found') {
@@ -301,11 +308,25 @@ class ConsultRoom {
         }, 2000 * attempt);
       } else {
         this.onPath('none', 'Not in the room');
+        this.clearInterrupted();
         this.onNotice(`Could not rejoin the room: ${err.message}. Leave and join again.`, 'error');
       }
     } finally {
       if (this.entering === sid) this.entering = null;
     }
+  }
+
+  /** In the room again: the "interrupted" notice goes, a short "Reconnected" goes by itself. */
+  rejoined() {
+    if (!this.interrupted) return;
+    this.clearInterrupted();
+    const done = this.onNotice('Reconnected.', 'info');
+    if (done) setTimeout(() => done.remove(), RECONNECTED_NOTICE_MS);
+  }
+
+  clearInterrupted() {
+    if (this.interrupted) this.interrupted.remove();
+    this.interrupted = null;
   }
 
   p2pAllowed() {
@@ -384,9 +405,13 @@ class ConsultRoom {
     });
   }
 
-  /** A P2P pair did not make it: relay the room (unless this server is p2p-only). */
-  pairFailed(socketId, reason) {
+  /**
+   * A P2P pair did not make it, or (`lost`) lost its path mid-call: relay the room (unless this
+   * server is p2p-only).
+   */
+  pairFailed(socketId, reason, lost = false) {
     const tile = this.tiles.get(socketId);
+    if (this.mode === 'p2p-only' && lost) return; // nothing to fall back to: ICE may still heal
     if (this.mode === 'p2p-only') {
       if (tile) tile.setStatus(reason === 'p2p-failed' ? 'direct connection failed' : 'still connecting…', 'bad');
       if (!this.p2pOnlyWarned) {
@@ -584,6 +609,12 @@ class P2PLink {
       tile.setStream(this.stream);
     };
     pc.onconnectionstatechange = () => this.onState();
+    pc.oniceconnectionstatechange = () => this.onState();
+    // The direct path lost mid-call (a network change, a firewall closing it): ICE alone gives
+    // up only after 15-20 s, so after a short grace the room falls back to the relay.
+    this.watch = new DirectPathWatch(pc, () => {
+      if (!this.closed) room.pairFailed(peerId, 'p2p-failed', true);
+    });
     this.timer = setTimeout(() => {
       if (!this.closed && pc.connectionState !== 'connected') room.pairFailed(peerId, 'p2p-timeout');
     }, room.p2pTimeoutMs);
@@ -594,14 +625,15 @@ class P2PLink {
     if (this.closed) return;
     const state = this.pc.connectionState;
     const tile = this.room.tile(this.peerId);
-    if (state === 'connected') {
-      clearTimeout(this.timer);
-      tile.setStatus('direct', 'good');
-    } else if (state === 'failed') {
+    const lost = directPathLost(this.pc);
+    if (state === 'failed') {
       tile.setStatus('connection failed', 'bad');
       this.room.pairFailed(this.peerId, 'p2p-failed');
-    } else if (state === 'disconnected') {
+    } else if (lost) {
       tile.setStatus('reconnecting…', 'bad');
+    } else if (state === 'connected') {
+      clearTimeout(this.timer);
+      tile.setStatus('direct', 'good');
     }
     this.room.updatePath();
   }
@@ -671,6 +703,7 @@ class P2PLink {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    this.watch.stop();
     this.pc.close();
   }
 }

@@ -28,6 +28,87 @@ export function p2pConfig(iceServers) {
 }
 
 /**
+ * How long a direct (peer-to-peer) connection's path may stay lost before the call falls back
+ * to the relay (see `DirectPathWatch`). ICE alone takes 15-20 s to give up on a lost path;
+ * shorter losses (a burst of packet loss, a Wi-Fi hiccup) heal by themselves within this time
+ * and switch nothing.
+ */
+export const DIRECT_LOST_GRACE_MS = 3000;
+const DIRECT_WATCH_EVERY_MS = 250;
+
+/** Whether a direct connection says it lost its path (`disconnected` by either of its states). */
+export function directPathLost(pc) {
+  return pc.iceConnectionState === 'disconnected' || pc.connectionState === 'disconnected';
+}
+
+/**
+ * Watches a direct connection, once it has connected, for a path lost mid-call, and calls
+ * `onLost` (once) when the loss has lasted DIRECT_LOST_GRACE_MS. The loss is counted from the
+ * earlier of: the connection turning `disconnected` (ICE connection state or connection state),
+ * and the last media packet received (once the other side's media has arrived at all: it
+ * flows continuously, a disabled camera or microphone still sends). Chrome says `disconnected`
+ * only about 5 s after the last packet, which with the grace and the relay's set-up would take
+ * the picture 10-12 s to come back; counted from the last packet, it is back in 6-8 s. A loss
+ * that heals within the grace (packets again, `connected` again) changes nothing.
+ */
+export class DirectPathWatch {
+  constructor(pc, onLost) {
+    this.pc = pc;
+    this.onLost = onLost;
+    this.connected = false;
+    this.packets = 0;
+    this.lastPacketAt = 0;
+    this.disconnectedAt = null;
+    this.done = false;
+    this.interval = setInterval(() => this.check(), DIRECT_WATCH_EVERY_MS);
+  }
+
+  async check() {
+    const pc = this.pc;
+    if (this.done || pc.connectionState === 'closed') {
+      this.stop();
+      return;
+    }
+    const now = Date.now();
+    if (pc.connectionState === 'connected') this.connected = true;
+    if (!this.connected) return; // still connecting: the p2pTimeoutMs timer is in charge
+    if (directPathLost(pc)) this.disconnectedAt = this.disconnectedAt || now;
+    else this.disconnectedAt = null;
+    let packets = 0;
+    let freshest = null; // ms since the newest packet of any inbound stream, where the stats say
+    try {
+      (await pc.getStats()).forEach((s) => {
+        if (s.type !== 'inbound-rtp') return;
+        packets += s.packetsReceived || 0;
+        if (s.lastPacketReceivedTimestamp && s.timestamp) {
+          const age = Math.max(0, s.timestamp - s.lastPacketReceivedTimestamp);
+          freshest = freshest === null ? age : Math.min(freshest, age);
+        }
+      });
+    } catch {
+      return; // closed meanwhile
+    }
+    if (this.done) return;
+    if (packets !== this.packets) {
+      this.packets = packets;
+      this.lastPacketAt = now;
+    }
+    if (packets > 0 && freshest !== null) this.lastPacketAt = now - freshest;
+    const silentFor = this.packets > 0 ? now - this.lastPacketAt : 0;
+    const disconnectedFor = this.disconnectedAt === null ? 0 : now - this.disconnectedAt;
+    if (Math.max(silentFor, disconnectedFor) >= DIRECT_LOST_GRACE_MS) {
+      this.stop();
+      this.onLost();
+    }
+  }
+
+  stop() {
+    this.done = true;
+    clearInterval(this.interval);
+  }
+}
+
+/**
  * Fresh iceServers for a direct call, from `GET /api/ice-servers` (with `media.ice_secret` set on
  * the server: TURN credentials minted for us just now). If the server cannot be asked, `fallback`
  * (the last join-room ack's).
@@ -297,7 +378,15 @@ export class SfuSession {
   }
 }
 
-/** A person's tile: their video, or their initials while there is no picture. */
+/** How long a remote picture may stand still before its tile says it is reconnecting. */
+export const FROZEN_AFTER_MS = 1500;
+
+/**
+ * A person's tile: their video, or their initials while there is no picture. A remote tile
+ * whose picture stops moving (no new frame for FROZEN_AFTER_MS: the track muted, the path lost,
+ * the stream replaced while the call moves to the relay) shows "Reconnecting…" over it (a
+ * status live region) until frames move again.
+ */
 export class Tile {
   constructor({ name, seed, local = false, socketId = '' }) {
     this.local = local;
@@ -307,12 +396,49 @@ export class Tile {
     this.nameEl = h('span', { class: 'tile-name' });
     this.statusEl = h('span', { class: 'tile-status' });
     this.micEl = h('span', { class: 'tile-mic', title: 'Microphone off', hidden: true }, 'mic off');
+    // Always in the page (a live region must exist before its text changes); empty, it is
+    // invisible.
+    this.overlayEl = local ? null : h('div', { class: 'tile-overlay', role: 'status', 'aria-live': 'polite' });
     this.el = h('div', { class: `tile${local ? ' tile-local' : ''}`, dataset: { socketId } },
-      this.video, this.avatarHost, this.statusEl,
+      this.video, this.avatarHost, this.overlayEl, this.statusEl,
       h('div', { class: 'tile-label' }, this.nameEl, this.micEl));
     this.onTrackChange = () => this.refresh();
     for (const ev of ['playing', 'resize', 'emptied', 'loadedmetadata']) this.video.addEventListener(ev, this.onTrackChange);
     this.setIdentity(name, seed);
+    if (!local) {
+      this.frames = 0;
+      this.movedAt = 0;
+      this.hadPicture = false;
+      this.frameWatch = setInterval(() => this.watchFrames(), 250);
+    }
+  }
+
+  /**
+   * Counts the frames the video element presented: once a picture has been seen, a stall of
+   * FROZEN_AFTER_MS shows the reconnecting overlay, and the next frame removes it. Not while
+   * the page is hidden or the video paused (nothing renders then), nor for a stream that has
+   * no video at all (an audio-only peer).
+   */
+  watchFrames() {
+    const now = Date.now();
+    const quality = this.video.getVideoPlaybackQuality ? this.video.getVideoPlaybackQuality() : null;
+    const n = quality ? quality.totalVideoFrames : 0;
+    if (n !== this.frames) {
+      this.frames = n;
+      if (n > 0) {
+        this.movedAt = now;
+        this.hadPicture = true;
+      }
+    }
+    const audioOnly = this.stream && this.stream.getVideoTracks().length === 0;
+    if (document.hidden || (this.stream && this.video.paused) || audioOnly) this.movedAt = now;
+    this.setReconnecting(this.hadPicture && now - this.movedAt > FROZEN_AFTER_MS);
+  }
+
+  setReconnecting(on) {
+    if (!this.overlayEl || this.el.classList.contains('reconnecting') === on) return;
+    this.el.classList.toggle('reconnecting', on);
+    this.overlayEl.textContent = on ? 'Reconnecting…' : '';
   }
 
   setIdentity(name, seed) {
@@ -368,6 +494,7 @@ export class Tile {
   }
 
   remove() {
+    clearInterval(this.frameWatch);
     if (this.stream) this.unwatch(this.stream);
     this.video.srcObject = null;
     this.el.remove();

@@ -34,9 +34,16 @@ let expectPath = opt('--expect', null);
 // page's path badge, from the browser's selected candidate pair).
 const expectTransport = opt('--expect-transport', null);
 // --mid-call-cmd CMD: once both see each other, run CMD (a shell command that changes the
-// browsers' network, e.g. renumbers their namespace); both pictures must come back, moving,
-// without a page reload.
+// browsers' network, e.g. renumbers their namespace); both pictures must freeze and come back,
+// moving, without a page reload (the time from CMD to the first new frame is printed); each
+// frozen remote tile must have said "Reconnecting…" (and no longer once frames move), and no
+// "connection to the server was interrupted" notice may remain.
 const midCallCmd = opt('--mid-call-cmd', null);
+// --after-expect p2p|relay: after the mid-call command, the video that comes back must travel
+// this path (e.g. relay: the direct path was cut and the call fell back to the SFU).
+const afterExpect = opt('--after-expect', null);
+// --recover-within-ms N: the video must move again within N ms of the mid-call command.
+const recoverWithinMs = Number(opt('--recover-within-ms', '0'));
 const outDir = opt('--out', '/tmp');
 const keepOpenMs = Number(opt('--keep-open-ms', '0'));
 // --block-p2p: browsers may only use TURN relay candidates (there is no TURN server), so the
@@ -46,6 +53,7 @@ const withCalls = !(args.includes('--no-calls') && args.splice(args.indexOf('--n
 const base = (args[0] || 'http://127.0.0.1:3999').replace(/\/$/, '');
 expectPath = expectPath || (blockP2P ? 'relay' : 'p2p');
 if (!['p2p', 'relay'].includes(expectPath)) throw new Error('--expect is p2p or relay');
+if (afterExpect && !['p2p', 'relay'].includes(afterExpect)) throw new Error('--after-expect is p2p or relay');
 
 async function loadPlaywright() {
   try {
@@ -202,38 +210,93 @@ async function main() {
       execSync(midCallCmd, { stdio: 'inherit' });
       const changed = Date.now();
       // Frames shown so far by each remote video, by element (tiles may be replaced when the
-      // room is joined again over a new signaling connection).
-      const playback = (page) => page.evaluate(() => {
-        const out = {};
+      // room is joined again over a new signaling connection), whether a remote tile says
+      // "Reconnecting…", and the path badge.
+      const sample = (page) => page.evaluate(() => {
+        const frames = {};
         for (const v of document.querySelectorAll('.tile:not(.tile-local) video')) {
           v.dataset.smokeId = v.dataset.smokeId || Math.random().toString(36).slice(2);
-          out[v.dataset.smokeId] = v.getVideoPlaybackQuality().totalVideoFrames;
+          frames[v.dataset.smokeId] = v.getVideoPlaybackQuality().totalVideoFrames;
         }
-        return out;
+        const overlay = [...document.querySelectorAll('.tile.reconnecting .tile-overlay[role="status"]')]
+          .some((el) => el.getAttribute('aria-live') && /Reconnecting/.test(el.textContent));
+        const badge = document.querySelector('.path-badge');
+        const interrupted = [...document.querySelectorAll('.notices .notice')].some((el) => /interrupted/i.test(el.textContent));
+        return { frames, overlay, interrupted, path: badge ? badge.dataset.path : null };
       });
-      // Both watched at once: each must freeze and come back.
+      // Both watched at once, every 250 ms: each picture must freeze (no more than 5 frames in
+      // a second), then move again (more than 5 in a second); the time reported is that of the
+      // first new frame of the moving run.
       await Promise.all(Object.entries(pages).map(async ([who, page]) => {
-        let recovered = false;
-        // The picture freezes first (the old path is gone), then moves again once recovered.
+        let recoveredAt = null;
         let frozenSeen = false;
-        let last = await playback(page);
+        let overlaySeenAt = null;
+        let interruptedSeen = false; // the room-level notice of a lost signaling connection
+        let runStart = null;
+        const recent = []; // [time, new frames] of the last second
+        let last = (await sample(page)).frames;
         while (Date.now() - changed < 40000) {
-          await page.waitForTimeout(1000);
-          const now = await playback(page);
-          const moving = Object.entries(now).some(([id, n]) => n > (last[id] ?? 0) + 5);
-          if (!moving) frozenSeen = true;
-          else if (frozenSeen) {
-            recovered = true;
+          await page.waitForTimeout(250);
+          const now = await sample(page);
+          const t = Date.now();
+          const fresh = Object.entries(now.frames).reduce((sum, [id, n]) => sum + Math.max(0, n - (last[id] ?? 0)), 0);
+          last = now.frames;
+          if (now.overlay && overlaySeenAt === null) overlaySeenAt = t;
+          if (now.interrupted) interruptedSeen = true;
+          recent.push([t, fresh]);
+          while (recent.length && recent[0][0] < t - 1000) recent.shift();
+          if (fresh === 0) runStart = null;
+          else if (runStart === null) runStart = t;
+          if (t - changed < 1000) continue; // a full window after the change
+          const inWindow = recent.reduce((sum, [, n]) => sum + n, 0);
+          if (inWindow <= 5) frozenSeen = true;
+          else if (frozenSeen && runStart !== null) {
+            recoveredAt = runStart;
             break;
           }
-          last = now;
         }
         const same = await page.evaluate(() => window.__sameDocument === true);
         const badge = await page.locator('.path-badge').textContent().catch(() => '?');
-        if (!frozenSeen) failures.push(`${who}: the network change never interrupted the picture (nothing was tested)`);
-        else if (!recovered) failures.push(`${who}: the picture did not come back after the network change (badge "${badge}")`);
-        else if (!same) failures.push(`${who}: the page reloaded`);
-        else log(`${who} sees video again ${Date.now() - changed} ms after the network change (badge "${badge}")`);
+        const tookMs = recoveredAt === null ? null : recoveredAt - changed;
+        if (!frozenSeen) {
+          failures.push(`${who}: the mid-call change never interrupted the picture (nothing was tested)`);
+          return;
+        }
+        if (tookMs === null) {
+          failures.push(`${who}: the picture did not come back after the mid-call change (badge "${badge}")`);
+          return;
+        }
+        if (!same) failures.push(`${who}: the page reloaded`);
+        log(`${who} sees video again ${tookMs} ms after the mid-call change (badge "${badge}"; `
+          + `"Reconnecting…" shown ${overlaySeenAt === null ? 'never' : `after ${overlaySeenAt - changed} ms`}; `
+          + `"interrupted" notice ${interruptedSeen ? 'shown' : 'not shown'})`);
+        if (recoverWithinMs && tookMs > recoverWithinMs) {
+          failures.push(`${who}: video came back after ${tookMs} ms, more than ${recoverWithinMs} ms`);
+        }
+        if (afterExpect) {
+          try {
+            await page.waitForFunction(
+              (expected) => document.querySelector('.path-badge').dataset.path === expected,
+              afterExpect, { timeout: 3000 });
+          } catch {
+            failures.push(`${who}: after the mid-call change the path is "${badge}", not ${afterExpect}`);
+          }
+        }
+        // The frozen tile said so, and says nothing once the picture moves again.
+        if (overlaySeenAt === null) failures.push(`${who}: no "Reconnecting…" overlay while the picture was frozen`);
+        try {
+          await page.waitForFunction(() => document.querySelectorAll('.tile.reconnecting').length === 0
+            && [...document.querySelectorAll('.tile-overlay')].every((el) => el.textContent === ''), null, { timeout: 3000 });
+        } catch {
+          failures.push(`${who}: the "Reconnecting…" overlay stayed after the picture came back`);
+        }
+        // No stale "interrupted" notice once the room is joined again.
+        try {
+          await page.waitForFunction(() => ![...document.querySelectorAll('.notices .notice')]
+            .some((el) => /interrupted/i.test(el.textContent)), null, { timeout: 5000 });
+        } catch {
+          failures.push(`${who}: the "connection interrupted" notice stayed after the room was joined again`);
+        }
       }));
     }
 
