@@ -149,6 +149,14 @@ impl Namespace {
         )
     }
 
+    /// Undoes `cut_direct_path_command`.
+    fn restore_direct_path_command(&self) -> String {
+        format!(
+            "ip netns exec {} nft delete table inet callrelay_test",
+            self.name
+        )
+    }
+
     /// Chromium started inside the namespace (playwright talks to it over a pipe).
     fn chromium_wrapper(&self, dir: &Path) -> std::path::PathBuf {
         let wrapper = dir.join(format!("chromium-in-{}", self.name));
@@ -351,12 +359,15 @@ async fn a_direct_consultation_falls_back_to_the_relay_when_its_path_is_cut() {
     // Both browsers meet directly (their traffic stays between the namespace's own
     // addresses), then only that path is cut: the page must notice within its grace time,
     // fall back to the relay, and show moving video again, the tiles saying "Reconnecting…"
-    // meanwhile.
+    // meanwhile. Then the same for a direct call (web/calls.js): the path restored, the
+    // doctor calls the patient, they meet directly, the path is cut mid-call.
     let status = Command::new("node")
         .arg(web.join("smoke.mjs"))
         .arg(&base)
-        .args(["--expect", "p2p", "--no-calls", "--mid-call-cmd"])
+        .args(["--expect", "p2p", "--mid-call-cmd"])
         .arg(ns.cut_direct_path_command())
+        .arg("--restore-cmd")
+        .arg(ns.restore_direct_path_command())
         .args([
             "--after-expect",
             "relay",

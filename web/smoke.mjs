@@ -44,6 +44,10 @@ const midCallCmd = opt('--mid-call-cmd', null);
 const afterExpect = opt('--after-expect', null);
 // --recover-within-ms N: the video must move again within N ms of the mid-call command.
 const recoverWithinMs = Number(opt('--recover-within-ms', '0'));
+// --restore-cmd CMD: undoes --mid-call-cmd. Given, the direct call part runs it first, places the
+// call over the --expect path, runs --mid-call-cmd again mid-call and checks the call's picture
+// the same way (freeze, back within --recover-within-ms, over --after-expect).
+const restoreCmd = opt('--restore-cmd', null);
 const outDir = opt('--out', '/tmp');
 const keepOpenMs = Number(opt('--keep-open-ms', '0'));
 // --block-p2p: browsers may only use TURN relay candidates (there is no TURN server), so the
@@ -84,6 +88,43 @@ async function http(method, url, token, body) {
 const run = Math.random().toString(36).slice(2, 8);
 const doctor = { sub: `doc-${run}`, name: 'Dr Ada Lovelace', role: 'doctor' };
 const patient = { sub: `pat-${run}`, name: 'Pat Smith', role: 'patient' };
+
+/**
+ * Watches one page every 250 ms after a mid-call change at `changed`: its picture must freeze
+ * (no more than 5 new frames in a second), then move again (more than 5 in a second); the
+ * recovery time is that of the first new frame of the moving run. `sample(page)` returns
+ * {frames: {elementId: totalVideoFrames}, overlay, interrupted}.
+ */
+async function watchRecovery(page, sample, changed) {
+  let recoveredAt = null;
+  let frozenSeen = false;
+  let overlaySeenAt = null;
+  let interruptedSeen = false; // the room-level notice of a lost signaling connection
+  let runStart = null;
+  const recent = []; // [time, new frames] of the last second
+  let last = (await sample(page)).frames;
+  while (Date.now() - changed < 40000) {
+    await page.waitForTimeout(250);
+    const now = await sample(page);
+    const t = Date.now();
+    const fresh = Object.entries(now.frames).reduce((sum, [id, n]) => sum + Math.max(0, n - (last[id] ?? 0)), 0);
+    last = now.frames;
+    if (now.overlay && overlaySeenAt === null) overlaySeenAt = t;
+    if (now.interrupted) interruptedSeen = true;
+    recent.push([t, fresh]);
+    while (recent.length && recent[0][0] < t - 1000) recent.shift();
+    if (fresh === 0) runStart = null;
+    else if (runStart === null) runStart = t;
+    if (t - changed < 1000) continue; // a full window after the change
+    const inWindow = recent.reduce((sum, [, n]) => sum + n, 0);
+    if (inWindow <= 5) frozenSeen = true;
+    else if (frozenSeen && runStart !== null) {
+      recoveredAt = runStart;
+      break;
+    }
+  }
+  return { frozenSeen, recoveredAt, overlaySeenAt, interruptedSeen };
+}
 
 async function main() {
   const { chromium } = await loadPlaywright();
@@ -224,37 +265,9 @@ async function main() {
         const interrupted = [...document.querySelectorAll('.notices .notice')].some((el) => /interrupted/i.test(el.textContent));
         return { frames, overlay, interrupted, path: badge ? badge.dataset.path : null };
       });
-      // Both watched at once, every 250 ms: each picture must freeze (no more than 5 frames in
-      // a second), then move again (more than 5 in a second); the time reported is that of the
-      // first new frame of the moving run.
+      // Both watched at once.
       await Promise.all(Object.entries(pages).map(async ([who, page]) => {
-        let recoveredAt = null;
-        let frozenSeen = false;
-        let overlaySeenAt = null;
-        let interruptedSeen = false; // the room-level notice of a lost signaling connection
-        let runStart = null;
-        const recent = []; // [time, new frames] of the last second
-        let last = (await sample(page)).frames;
-        while (Date.now() - changed < 40000) {
-          await page.waitForTimeout(250);
-          const now = await sample(page);
-          const t = Date.now();
-          const fresh = Object.entries(now.frames).reduce((sum, [id, n]) => sum + Math.max(0, n - (last[id] ?? 0)), 0);
-          last = now.frames;
-          if (now.overlay && overlaySeenAt === null) overlaySeenAt = t;
-          if (now.interrupted) interruptedSeen = true;
-          recent.push([t, fresh]);
-          while (recent.length && recent[0][0] < t - 1000) recent.shift();
-          if (fresh === 0) runStart = null;
-          else if (runStart === null) runStart = t;
-          if (t - changed < 1000) continue; // a full window after the change
-          const inWindow = recent.reduce((sum, [, n]) => sum + n, 0);
-          if (inWindow <= 5) frozenSeen = true;
-          else if (frozenSeen && runStart !== null) {
-            recoveredAt = runStart;
-            break;
-          }
-        }
+        const { frozenSeen, recoveredAt, overlaySeenAt, interruptedSeen } = await watchRecovery(page, sample, changed);
         const same = await page.evaluate(() => window.__sameDocument === true);
         const badge = await page.locator('.path-badge').textContent().catch(() => '?');
         const tookMs = recoveredAt === null ? null : recoveredAt - changed;
@@ -355,6 +368,10 @@ async function main() {
 async function directCall(pages, appointmentId, failures) {
   const d = pages.doctor;
   const p = pages.patient;
+  if (midCallCmd && restoreCmd) {
+    log(`before the call: ${restoreCmd}`);
+    execSync(restoreCmd, { stdio: 'inherit' });
+  }
   await d.locator(`.appt[data-id="${appointmentId}"] button`, { hasText: 'Call patient' }).click();
   const banner = p.locator('.ringing');
   try {
@@ -384,6 +401,7 @@ async function directCall(pages, appointmentId, failures) {
       failures.push(`${who} does not see the other's video in the direct call over ${callPath} (status "${status}")`);
     }
   }
+  if (midCallCmd && restoreCmd && failures.length === 0) await callPathCut(pages, failures);
   await new Promise((r) => setTimeout(r, 1000));
   await d.screenshot({ path: path.join(outDir, 'callrelay-smoke-call-doctor.png') });
   await d.locator('.call-dock').getByRole('button', { name: 'Hang up' }).click();
@@ -403,6 +421,48 @@ async function directCall(pages, appointmentId, failures) {
     failures.push('the call history shows no call');
   }
   await d.screenshot({ path: path.join(outDir, 'callrelay-smoke-history.png') });
+}
+
+// The mid-call change again, during the direct call: both call pictures must freeze and come
+// back (over --after-expect, within --recover-within-ms) without a reload.
+async function callPathCut(pages, failures) {
+  log(`mid-call (direct call): ${midCallCmd}`);
+  execSync(midCallCmd, { stdio: 'inherit' });
+  const changed = Date.now();
+  const sample = (page) => page.evaluate(() => {
+    const frames = {};
+    for (const v of document.querySelectorAll('.call-dock:not(.ended) video.call-remote')) {
+      v.dataset.smokeId = v.dataset.smokeId || Math.random().toString(36).slice(2);
+      frames[v.dataset.smokeId] = v.getVideoPlaybackQuality().totalVideoFrames;
+    }
+    return { frames, overlay: false, interrupted: false };
+  });
+  await Promise.all(Object.entries(pages).map(async ([who, page]) => {
+    const { frozenSeen, recoveredAt } = await watchRecovery(page, sample, changed);
+    const badge = await page.locator('.call-dock .path-badge').textContent().catch(() => '?');
+    if (!frozenSeen) {
+      failures.push(`${who}: the mid-call change never interrupted the call's picture (nothing was tested)`);
+      return;
+    }
+    if (recoveredAt === null) {
+      failures.push(`${who}: the call's picture did not come back after the mid-call change (badge "${badge}")`);
+      return;
+    }
+    const tookMs = recoveredAt - changed;
+    log(`${who} sees the call's video again ${tookMs} ms after the mid-call change (badge "${badge}")`);
+    if (recoverWithinMs && tookMs > recoverWithinMs) {
+      failures.push(`${who}: the call's video came back after ${tookMs} ms, more than ${recoverWithinMs} ms`);
+    }
+    if (afterExpect) {
+      try {
+        await page.waitForFunction(
+          (expected) => document.querySelector('.call-dock .path-badge').dataset.path === expected,
+          afterExpect, { timeout: 3000 });
+      } catch {
+        failures.push(`${who}: after the mid-call change the call's path is "${badge}", not ${afterExpect}`);
+      }
+    }
+  }));
 }
 
 main().catch((err) => {
