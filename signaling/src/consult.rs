@@ -74,8 +74,12 @@ async fn enter_room(
     }
 
     let self_id = s.id.to_string();
-    if let Some(previous) = &req.previous_socket_id {
-        end_previous_membership(sig, io, previous, &self_id, &who.user_id, &appointment.id).await;
+    let mut replaces = None;
+    if let Some(previous) = req.previous_socket_id
+        && end_previous_membership(sig, io, &previous, &self_id, &who.user_id, &appointment.id)
+            .await
+    {
+        replaces = Some(previous);
     }
     // One consult room per socket: joining another one leaves the current one first.
     if sig
@@ -92,6 +96,7 @@ async fn enter_room(
         name: who.name.clone(),
         role: who.role,
         avatar_seed,
+        replaces,
     };
     let room = consult_room(&appointment.id);
     let joined = {
@@ -236,7 +241,8 @@ impl LeaveReason<'_> {
 /// socket is the same user's and still in this room (its dead connection not yet timed out),
 /// its membership ends now, as if it had left, and it is disconnected. The others see it go
 /// (`peer-left`) and the newcomer join, instead of a frozen ghost for up to the ping timeout.
-/// Anything else named (another user's socket, another room, unknown) is ignored.
+/// Anything else named (another user's socket, another room, unknown) is ignored. Returns
+/// whether a membership ended.
 async fn end_previous_membership(
     sig: &Signaling,
     io: &SocketIo,
@@ -244,9 +250,9 @@ async fn end_previous_membership(
     self_id: &str,
     user_id: &str,
     room_id: &str,
-) {
+) -> bool {
     if previous == self_id {
-        return;
+        return false;
     }
     let same_user_here = sig.rooms().get(room_id).is_some_and(|room| {
         room.members
@@ -254,12 +260,14 @@ async fn end_previous_membership(
             .any(|m| m.socket_id == previous && m.user_id == user_id)
     });
     if !same_user_here {
-        return;
+        return false;
     }
-    if let Some(old) = socket_by_id(io, previous) {
-        leave_current_room(sig, &old, LeaveReason::Replaced { by: self_id }).await;
-        let _ = old.disconnect();
-    }
+    let Some(old) = socket_by_id(io, previous) else {
+        return false;
+    };
+    leave_current_room(sig, &old, LeaveReason::Replaced { by: self_id }).await;
+    let _ = old.disconnect();
+    true
 }
 
 /// Takes the socket out of its consult room, if any, and tells the others.

@@ -395,6 +395,10 @@ pub struct Peer {
     pub name: String,
     pub role: crate::Role,
     pub avatar_seed: String,
+    /// The socket this member had in the room before it came back on a new connection
+    /// (`join-room` `previousSocketId`): the others carry on with it under the new id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -179,6 +179,7 @@ mod tests {
             name: user.into(),
             role: Role::Patient,
             avatar_seed: user.into(),
+            replaces: None,
         }
     }
 

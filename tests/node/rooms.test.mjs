@@ -262,9 +262,20 @@ describe('join-room', () => {
     assert.equal(res.ok, true, JSON.stringify(res));
     assert.deepEqual(res.peers.map((p) => p.socketId), [sp.id], 'the old membership is not a peer');
     assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: oldId, userId: doctor.id, replacedBy: sd2.id });
-    assert.equal((await h.nextEvent(sp, 'peer-joined')).socketId, sd2.id);
+    const back = await h.nextEvent(sp, 'peer-joined');
+    assert.equal(back.socketId, sd2.id);
+    assert.equal(back.replaces, oldId, 'the newcomer says whom it replaces');
     await oldGone; // the server closed the replaced connection
     assertError(await h.ack(sp, 'signal', { to: oldId, type: 'ice-candidate', payload: null }), 'forbidden');
+
+    // A member joining later sees it with what it replaced (kept while it is in the room).
+    const admin0 = await h.user(srv, 'admin');
+    const s0 = await h.connect(srv, admin0.token);
+    const seen = await h.ack(s0, 'join-room', { appointmentId: appt.id });
+    assert.equal(seen.peers.find((p) => p.socketId === sd2.id)?.replaces, oldId);
+    assert.equal(seen.peers.find((p) => p.socketId === sp.id)?.replaces, undefined);
+    assert.equal((await h.ack(s0, 'leave-room', {})).ok, true);
+    await h.nextEvent(sd2, 'peer-left');
 
     // Naming someone else's socket ends nothing: the patient stays.
     const admin = await h.user(srv, 'admin');
