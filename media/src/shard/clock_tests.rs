@@ -362,3 +362,53 @@ fn a_participant_that_changes_networks_recovers_by_ice_restart() {
     );
     assert!(w.closed("mover").is_empty(), "nobody was closed");
 }
+
+/// Chromium moves a connection to another candidate pair without restarting ICE when the
+/// first pair breaks or a better one validates (a host's interfaces come and go, a loopback
+/// pair is nominated first and a LAN pair next), and nominates the new pair. The SFU follows
+/// the latest nomination: media goes to the new address, keyframe requests and the rest of
+/// its RTCP reach the publisher there, and neither connection is taken for dead. webrtc-rs's
+/// ICE-lite side kept the first nominated pair for good (vendor/rtc-ice/CALLRELAY-PATCH.md):
+/// everything the SFU sent went to an address the browser had left, so a subscriber stopped
+/// receiving, a publisher never got the keyframe requests a new subscriber needs (the
+/// rejoining third browser's audio played in the others' tiles, its video never started), and
+/// after the ICE timeouts the participant was closed as `ice-failed`.
+#[test]
+fn media_follows_a_browser_that_nominates_another_pair() {
+    let mut w = World::new(Duration::from_secs(60));
+    for name in ["mover", "stayer"] {
+        w.join(name);
+        w.publish(name, &[&format!("{name}-cam")]);
+        w.stream(name, &format!("{name}-cam"));
+    }
+    w.run_for(Duration::from_secs(1));
+    assert!(w.received("mover", "stayer") > 50 && w.received("stayer", "mover") > 50);
+
+    // The old addresses are gone; the client's connections now send from new ones, and no
+    // ICE restart happens: the browser only nominates the new pairs.
+    w.change_network("mover");
+    w.renominate("mover", PcKind::Publish);
+    w.renominate("mover", PcKind::Subscribe);
+    let (to_mover, from_mover) = (w.received("mover", "stayer"), w.received("stayer", "mover"));
+    w.run_for(Duration::from_secs(2));
+    assert!(
+        w.received("mover", "stayer") > to_mover + 100,
+        "media reaches the renominated address ({} then {})",
+        to_mover,
+        w.received("mover", "stayer")
+    );
+    assert!(
+        w.received("stayer", "mover") > from_mover + 100,
+        "media from the new address is forwarded"
+    );
+
+    // Past the ICE disconnected and failed timeouts (5 + 25 s) both connections live on.
+    w.run_for(Duration::from_secs(40));
+    assert!(
+        !w.reached("mover", PcKind::Publish, "disconnected")
+            && !w.reached("mover", PcKind::Subscribe, "disconnected"),
+        "the SFU never took the moved connections for disconnected"
+    );
+    assert!(w.closed("mover").is_empty(), "nobody was closed");
+    assert!(w.received("mover", "stayer") > to_mover + 3_000);
+}

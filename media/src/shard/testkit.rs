@@ -384,6 +384,49 @@ impl World {
         }
     }
 
+    /// What Chromium does when it moves a connection to another candidate pair without an ICE
+    /// restart (its first pair broke, or a better one validated): it nominates the new pair,
+    /// a binding request with USE-CANDIDATE from the connection's current address. The first
+    /// request makes the SFU check the pair (the client answers the check), the second
+    /// nominates a pair that has succeeded.
+    pub fn renominate(&mut self, name: &str, kind: PcKind) {
+        for _ in 0..2 {
+            let peer = self.peer(name);
+            let client = match kind {
+                PcKind::Publish => peer.publish.as_ref(),
+                PcKind::Subscribe => peer.subscribe.as_ref(),
+            }
+            .unwrap_or_else(|| panic!("{name} has no {} connection", kind.as_str()));
+            let sfu_sdp = client
+                .rtc
+                .remote_description()
+                .expect("negotiated")
+                .sdp
+                .clone();
+            let own_sdp = client
+                .rtc
+                .local_description()
+                .expect("negotiated")
+                .sdp
+                .clone();
+            let attr = |sdp: &str, key: &str| {
+                sdp.lines()
+                    .find_map(|l| l.trim_end().strip_prefix(key).map(str::to_owned))
+                    .unwrap_or_else(|| panic!("no {key}"))
+            };
+            let user = format!(
+                "{}:{}",
+                attr(&sfu_sdp, "a=ice-ufrag:"),
+                attr(&own_sdp, "a=ice-ufrag:")
+            );
+            let request = nominating_request(&user, &attr(&sfu_sdp, "a=ice-pwd:"));
+            let from = client.addr;
+            self.shard
+                .handle_receive(self.now, TransportProtocol::UDP, from, SFU, &request);
+            self.settle();
+        }
+    }
+
     /// What a browser does when its network changed: it re-offers its publish connection with
     /// new ICE credentials and asks the SFU to restart its subscribe connection. Returns the
     /// SFU's answers to the publish offer before and to the re-offer.
@@ -677,4 +720,44 @@ impl Peer {
             }
         }
     }
+}
+
+/// A STUN binding request as a controlling browser nominates a pair with: USERNAME, PRIORITY,
+/// ICE-CONTROLLING, USE-CANDIDATE, MESSAGE-INTEGRITY keyed with the SFU's password,
+/// FINGERPRINT.
+fn nominating_request(user: &str, pwd: &str) -> Vec<u8> {
+    use rtc::stun::attributes::{ATTR_USERNAME, AttrType};
+    use rtc::stun::fingerprint::FINGERPRINT;
+    use rtc::stun::integrity::MessageIntegrity;
+    use rtc::stun::message::{BINDING_REQUEST, Message, Setter, TransactionId};
+    use rtc::stun::textattrs::TextAttribute;
+
+    /// A raw attribute (type, value).
+    struct Raw(u16, Vec<u8>);
+    impl Setter for Raw {
+        fn add_to(&self, m: &mut Message) -> rtc::shared::error::Result<()> {
+            m.add(AttrType(self.0), &self.1);
+            Ok(())
+        }
+    }
+    const PRIORITY: u16 = 0x0024;
+    const USE_CANDIDATE: u16 = 0x0025;
+    const ICE_CONTROLLING: u16 = 0x802A;
+    let crypto = rtc::crypto::default_provider().expect("crypto provider");
+    let setters: Vec<Box<dyn Setter>> = vec![
+        Box::new(BINDING_REQUEST),
+        Box::new(TransactionId::new()),
+        Box::new(TextAttribute::new(ATTR_USERNAME, user.to_owned())),
+        Box::new(Raw(PRIORITY, 1_853_817_087u32.to_be_bytes().to_vec())),
+        Box::new(Raw(ICE_CONTROLLING, 7u64.to_be_bytes().to_vec())),
+        Box::new(Raw(USE_CANDIDATE, Vec::new())),
+        Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            pwd.to_owned(),
+            crypto.crypto(),
+        )),
+        Box::new(FINGERPRINT),
+    ];
+    let mut m = Message::new();
+    m.build(&setters).expect("binding request");
+    m.raw
 }
