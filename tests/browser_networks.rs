@@ -56,7 +56,8 @@ impl Namespace {
         let fourth = match tag {
             'u' => 0,
             'm' => 8,
-            _ => 16,
+            'p' => 16,
+            _ => 24,
         };
         let subnet = format!("10.213.{third}.{fourth}");
         let ns = Self {
@@ -157,6 +158,15 @@ impl Namespace {
         )
     }
 
+    /// A shell command that kills the namespace's TCP connections to the server's HTTP port
+    /// (Socket.IO), as a network blip does, leaving everything else alone.
+    fn kill_signaling_command(&self, port: u16) -> String {
+        format!(
+            "ip netns exec {} ss -K dst {} dport = {port}",
+            self.name, self.host_ip
+        )
+    }
+
     /// Chromium started inside the namespace (playwright talks to it over a pipe).
     fn chromium_wrapper(&self, dir: &Path) -> std::path::PathBuf {
         let wrapper = dir.join(format!("chromium-in-{}", self.name));
@@ -212,14 +222,15 @@ fn prerequisites() -> bool {
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// A server reachable from a namespace (mode and other settings in `env`), and
-/// `web/smoke.mjs` with `args` run by two Chromiums inside it. Returns the server (for its
+/// `web/smoke.mjs` with `args` (given the namespace and the server's HTTP port) run by two
+/// Chromiums inside it. Returns the server (for its
 /// metrics) and whether the smoke run passed; None (after saying so) when the namespace
 /// cannot be made here.
 async fn smoke_in_namespace(
     ns: Result<Namespace, String>,
     what: &str,
     env: &[(&str, &str)],
-    args: impl Fn(&Namespace) -> Vec<String>,
+    args: impl Fn(&Namespace, u16) -> Vec<String>,
 ) -> Option<(TestServer, bool)> {
     let ns = match ns {
         Ok(ns) => ns,
@@ -241,7 +252,7 @@ async fn smoke_in_namespace(
     let status = Command::new("node")
         .arg(web.join("smoke.mjs"))
         .arg(&base)
-        .args(args(&ns))
+        .args(args(&ns, server.port))
         .arg("--out")
         .arg(dir.path())
         .env("CHROMIUM", &wrapper)
@@ -268,7 +279,7 @@ async fn two_browsers_without_udp_meet_through_the_relay_over_ice_tcp() {
         Namespace::create('u', true),
         "the browser tests on UDP-blocked networks",
         &[("CALLRELAY_MEDIA__P2P_TIMEOUT_MS", "2000")],
-        |_| {
+        |_, _| {
             strings(&[
                 "--expect",
                 "relay",
@@ -324,7 +335,7 @@ async fn a_relayed_consultation_survives_the_browsers_changing_networks() {
         Namespace::create('m', false),
         "the browser tests on changing networks",
         &[("CALLRELAY_MEDIA__MODE", "sfu-only")],
-        |ns| {
+        |ns, _| {
             let mut args = strings(&["--expect", "relay", "--no-calls", "--mid-call-cmd"]);
             args.push(ns.renumber_command());
             args
@@ -361,7 +372,7 @@ async fn a_direct_consultation_falls_back_to_the_relay_when_its_path_is_cut() {
         Namespace::create('p', false),
         "the browser tests on a cut direct path",
         &[("CALLRELAY_MEDIA__MODE", "p2p-first")],
-        |ns| {
+        |ns, _| {
             let mut args = strings(&["--expect", "p2p", "--mid-call-cmd"]);
             args.push(ns.cut_direct_path_command());
             args.push("--restore-cmd".into());
@@ -383,5 +394,34 @@ async fn a_direct_consultation_falls_back_to_the_relay_when_its_path_is_cut() {
         passed,
         "the consultation did not fall back to the relay within {RELAY_BACK_WITHIN_MS} ms of \
          its direct path being cut"
+    );
+}
+
+/// A signaling blip (both browsers' Socket.IO connections killed) in a direct consultation:
+/// the pages reconnect and rejoin, and the direct connection, which needs no server, carries
+/// on: the picture never stops and the tiles stay (`previousSocketId`, `Peer.replaces`).
+#[tokio::test]
+async fn a_direct_consultation_keeps_its_picture_across_a_signaling_reconnection() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some((_server, passed)) = smoke_in_namespace(
+        Namespace::create('s', false),
+        "the browser tests on a signaling blip",
+        &[("CALLRELAY_MEDIA__MODE", "p2p-first")],
+        |ns, port| {
+            let mut args = strings(&["--expect", "p2p", "--no-calls", "--signaling-cut-cmd"]);
+            args.push(ns.kill_signaling_command(port));
+            args
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(
+        passed,
+        "the direct consultation did not carry on across the signaling reconnection"
     );
 }

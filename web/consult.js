@@ -184,6 +184,10 @@ class ConsultView {
   }
 }
 
+/** How long a member whose signaling connection ended, but whose direct connection with us
+ * still works, may take to come back on a new one before it counts as gone. */
+const RETURN_GRACE_MS = 15000;
+
 /** How long the "Reconnected." notice stays after the room is joined again. */
 const RECONNECTED_NOTICE_MS = 4000;
 
@@ -232,7 +236,11 @@ class ConsultRoom {
         if (this.joined && this.p2pAllowed()) this.link(p.socketId, false);
         this.updatePath();
       },
-      'peer-left': ({ socketId }) => this.removePeer(socketId),
+      'peer-left': ({ socketId, reason, replacedBy }) => {
+        if (replacedBy) this.rekeyPeer(socketId, replacedBy);
+        else if (reason === 'disconnected' && this.isDirect(socketId)) this.awaitReturn(socketId);
+        else this.removePeer(socketId);
+      },
       signal: (msg) => this.onSignal(msg),
       'chat-message': (m) => this.onChat(m),
       connect: () => this.onReconnect(),
@@ -260,6 +268,10 @@ class ConsultRoom {
     this.joined = true;
     this.everJoined = true;
     const existing = new Set((ack.peers || []).map((p) => p.socketId));
+    // Direct connections kept across our reconnection to members not back yet (their
+    // connections may have dropped with ours): they get the grace time to come back.
+    for (const socketId of this.keptAcross || []) if (!existing.has(socketId)) this.awaitReturn(socketId);
+    this.keptAcross = null;
 
     // relay-activated or an sfu-subscribe-offer may come before this ack (older servers send
     // them first): either way the room is relayed, and what the relay already delivered stays.
@@ -268,7 +280,10 @@ class ConsultRoom {
     } else if (this.mode === 'sfu-only') {
       this.requestRelay('forced');
     } else {
-      for (const socketId of existing) this.link(socketId, true).offer();
+      for (const socketId of existing) {
+        if (this.isDirect(socketId)) continue; // kept across a reconnection, still working
+        this.link(socketId, true).offer();
+      }
       // Members that joined between our join and its ack will offer to us.
       for (const socketId of this.peers.keys()) if (!existing.has(socketId)) this.link(socketId, false);
       for (const msg of this.earlySignals.splice(0)) this.onSignal(msg);
@@ -281,8 +296,19 @@ class ConsultRoom {
     if (this.closed || !this.everJoined || this.socket.id === this.selfId || this.entering === this.socket.id) return;
     this.clearInterrupted();
     this.interrupted = this.onNotice('The connection to the server was interrupted; rejoining the room.', 'info');
-    this.resetMedia(false);
-    for (const socketId of [...this.tiles.keys()]) this.removePeer(socketId, true);
+    // A working direct connection does not need the server: it carries on (its peer, told
+    // whom our new connection replaces, carries on with us too). The relay's connections
+    // belonged to the old membership and are made anew.
+    const keep = new Set(this.relayed ? [] : [...this.links.keys()].filter((id) => this.isDirect(id)));
+    for (const [socketId, link] of [...this.links]) {
+      if (keep.has(socketId)) continue;
+      link.close();
+      this.links.delete(socketId);
+    }
+    if (this.sfu) this.sfu.close(false);
+    this.sfu = null;
+    for (const socketId of [...this.tiles.keys()]) if (!keep.has(socketId)) this.removePeer(socketId, true);
+    this.keptAcross = keep;
     this.relayStreams.clear();
     this.joined = false;
     this.relayed = false;
@@ -335,6 +361,7 @@ class ConsultRoom {
 
   upsertPeer(peer) {
     if (!peer || !peer.socketId || peer.socketId === this.selfId || peer.socketId === this.socket.id) return;
+    if (peer.replaces) this.rekeyPeer(peer.replaces, peer.socketId);
     this.peers.set(peer.socketId, peer);
     const tile = this.tile(peer.socketId);
     tile.setIdentity(`${peer.name}${peer.role ? ` · ${peer.role}` : ''}`, peer.avatarSeed || peer.userId);
@@ -350,6 +377,50 @@ class ConsultRoom {
       this.grid.dataset.count = String(this.tiles.size + 1);
     }
     return tile;
+  }
+
+  /** Whether we have a working direct connection with `socketId`. */
+  isDirect(socketId) {
+    const link = this.links.get(socketId);
+    return Boolean(link && !link.closed && link.pc.connectionState === 'connected');
+  }
+
+  /**
+   * A member's signaling connection ended but our direct connection with it still works: it
+   * is probably coming back on a new one (a network blip). Its tile and media stay until it
+   * does (`Peer.replaces`) or the grace time passes.
+   */
+  awaitReturn(socketId) {
+    const link = this.links.get(socketId);
+    if (!link) return; // back already, under its new id (rekeyPeer)
+    clearTimeout(link.returnTimer);
+    link.returnTimer = setTimeout(() => {
+      if (this.links.get(socketId) === link) this.removePeer(socketId);
+    }, RETURN_GRACE_MS);
+  }
+
+  /**
+   * A member came back on a new connection (`oldId` replaced by `newId`): a working direct
+   * connection with it, and its tile, carry on under the new id; anything else of the old
+   * membership goes (the relay's streams of it ended with it).
+   */
+  rekeyPeer(oldId, newId) {
+    if (oldId === newId || !this.tiles.has(oldId)) return;
+    if (!this.isDirect(oldId) || this.tiles.has(newId)) {
+      this.removePeer(oldId, true);
+      return;
+    }
+    for (const map of [this.tiles, this.peers, this.links]) {
+      map.set(newId, map.get(oldId));
+      map.delete(oldId);
+    }
+    const link = this.links.get(newId);
+    link.peerId = newId;
+    clearTimeout(link.returnTimer);
+    this.tiles.get(newId).el.dataset.socketId = newId;
+    const peer = this.peers.get(newId);
+    if (peer) this.peers.set(newId, { ...peer, socketId: newId });
+    this.relayStreams.delete(oldId);
   }
 
   removePeer(socketId, quiet = false) {
@@ -600,10 +671,11 @@ class P2PLink {
     this.closed = false;
     const pc = new RTCPeerConnection(p2pConfig(room.iceServers));
     this.pc = pc;
-    pc.onicecandidate = (e) => room.sendSignal(peerId, 'ice-candidate', e.candidate ? e.candidate.toJSON() : null);
+    // this.peerId, not peerId: the peer may come back on a new connection (rekeyPeer).
+    pc.onicecandidate = (e) => room.sendSignal(this.peerId, 'ice-candidate', e.candidate ? e.candidate.toJSON() : null);
     pc.ontrack = (e) => {
-      if (this.closed || room.relayStreams.has(peerId)) return; // the relay's stream stays
-      const tile = room.tile(peerId);
+      if (this.closed || room.relayStreams.has(this.peerId)) return; // the relay's stream stays
+      const tile = room.tile(this.peerId);
       if (!this.stream) this.stream = e.streams[0] || new MediaStream();
       if (!e.streams[0]) this.stream.addTrack(e.track);
       tile.setStream(this.stream);
@@ -613,10 +685,10 @@ class P2PLink {
     // The direct path lost mid-call (a network change, a firewall closing it): ICE alone gives
     // up only after 15-20 s, so after a short grace the room falls back to the relay.
     this.watch = new DirectPathWatch(pc, () => {
-      if (!this.closed) room.pairFailed(peerId, 'p2p-failed', true);
+      if (!this.closed) room.pairFailed(this.peerId, 'p2p-failed', true);
     });
     this.timer = setTimeout(() => {
-      if (!this.closed && pc.connectionState !== 'connected') room.pairFailed(peerId, 'p2p-timeout');
+      if (!this.closed && pc.connectionState !== 'connected') room.pairFailed(this.peerId, 'p2p-timeout');
     }, room.p2pTimeoutMs);
     room.tile(peerId).setStatus('connecting…');
   }
@@ -703,6 +775,7 @@ class P2PLink {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.timer);
+    clearTimeout(this.returnTimer);
     this.watch.stop();
     this.pc.close();
   }

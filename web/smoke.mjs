@@ -48,6 +48,11 @@ const recoverWithinMs = Number(opt('--recover-within-ms', '0'));
 // call over the --expect path, runs --mid-call-cmd again mid-call and checks the call's picture
 // the same way (freeze, back within --recover-within-ms, over --after-expect).
 const restoreCmd = opt('--restore-cmd', null);
+// --signaling-cut-cmd CMD: once both see each other, run CMD (a shell command that kills the
+// browsers' Socket.IO connections, e.g. `ss -K`); both pages must reconnect and say
+// "Reconnected.", and the pictures must not stop meanwhile: the same video elements, new frames
+// all along (a working direct connection needs no server).
+const signalingCutCmd = opt('--signaling-cut-cmd', null);
 const outDir = opt('--out', '/tmp');
 const keepOpenMs = Number(opt('--keep-open-ms', '0'));
 // --block-p2p: browsers may only use TURN relay candidates (there is no TURN server), so the
@@ -243,6 +248,9 @@ async function main() {
         log(`${who} FAILED to see remote video: ${err.message.split('\n')[0]}`);
       }
     }
+
+    // --- the signaling connection drops: the media must carry on untouched
+    if (signalingCutCmd && failures.length === 0) await signalingCut(pages, failures);
 
     // --- the network changes mid-call: the pictures must come back without a reload
     if (midCallCmd && failures.length === 0) {
@@ -469,3 +477,41 @@ main().catch((err) => {
   console.error('SMOKE ERROR:', err);
   process.exit(1);
 });
+
+/** --signaling-cut-cmd: the pictures go on, on the same elements, while the pages reconnect. */
+async function signalingCut(pages, failures) {
+  const frames = (page) => page.evaluate(() => {
+    const v = document.querySelector('.tile:not(.tile-local) video');
+    if (!v) return null;
+    v.dataset.smokeCut = v.dataset.smokeCut || 'before';
+    return { mark: v.dataset.smokeCut, frames: v.getVideoPlaybackQuality().totalVideoFrames };
+  });
+  const before = await Promise.all(Object.values(pages).map(frames));
+  log(`signaling cut: ${signalingCutCmd}`);
+  execSync(signalingCutCmd, { stdio: 'inherit' });
+  const cut = Date.now();
+  await Promise.all(Object.entries(pages).map(async ([who, page], i) => {
+    let last = before[i];
+    let reconnectedAt = 0;
+    while (Date.now() - cut < 10000) {
+      await page.waitForTimeout(1000);
+      const now = await frames(page);
+      if (!now || now.mark !== 'before') {
+        failures.push(`${who}: the remote picture was replaced after the signaling cut`);
+        return;
+      }
+      if (now.frames <= last.frames + 5) {
+        failures.push(`${who}: the picture stopped after the signaling cut (${now.frames - last.frames} frames in 1 s)`);
+        return;
+      }
+      last = now;
+      if (!reconnectedAt && await page.getByText('Reconnected.').count()) reconnectedAt = Date.now() - cut;
+    }
+    const badge = await page.locator('.path-badge').textContent().catch(() => '?');
+    if (!reconnectedAt) {
+      const notices = await page.locator('.notices').textContent().catch(() => '?');
+      failures.push(`${who}: never said "Reconnected." after the signaling cut (notices: "${notices}")`);
+    }
+    else log(`${who} reconnected ${reconnectedAt} ms after the signaling cut; the picture never stopped (badge "${badge}")`);
+  }));
+}

@@ -227,6 +227,16 @@ pub(crate) enum LeaveReason<'a> {
 }
 
 impl LeaveReason<'_> {
+    /// The `reason` of `peer-left`: `left` (it chose to), `disconnected` (its connection
+    /// ended: it may come back, see `Peer.replaces`), `replaced` (it is back, `replacedBy`).
+    fn announced(self) -> &'static str {
+        match self {
+            LeaveReason::Left | LeaveReason::JoinedAnother => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Replaced { .. } => "replaced",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             LeaveReason::Left => "leave-room",
@@ -254,6 +264,14 @@ async fn end_previous_membership(
     if previous == self_id {
         return false;
     }
+    // Its connection already ended (the server noticed first): nothing to end, but the
+    // others are still told whom the newcomer replaces.
+    if sig
+        .rooms()
+        .departed_from(previous, room_id, user_id, std::time::Instant::now())
+    {
+        return true;
+    }
     let same_user_here = sig.rooms().get(room_id).is_some_and(|room| {
         room.members
             .iter()
@@ -275,6 +293,9 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: L
     let left = {
         let mut rooms = sig.rooms();
         let left = rooms.leave(&s.id.to_string());
+        if let (Some(left), LeaveReason::Disconnected) = (&left, reason) {
+            rooms.note_departed(left, std::time::Instant::now());
+        }
         sig.refresh_room_gauges(&rooms);
         left
     };
@@ -289,7 +310,11 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: L
         sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
         let room = consult_room(&left.room_id);
         s.leave(room.clone());
-        let mut gone = json!({"socketId": left.peer.socket_id, "userId": left.peer.user_id});
+        let mut gone = json!({
+            "socketId": left.peer.socket_id,
+            "userId": left.peer.user_id,
+            "reason": reason.announced(),
+        });
         if let LeaveReason::Replaced { by } = reason {
             // The others may keep what they had with it (a working peer-to-peer connection)
             // under its new id.

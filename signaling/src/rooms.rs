@@ -2,6 +2,7 @@
 //! short-lived lock. Socket.IO rooms carry the broadcasts; this is the source of truth for who is in.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use crate::protocol::Peer;
 
@@ -61,10 +62,17 @@ pub struct Left {
     pub room_now_empty: bool,
 }
 
+/// How long a membership that ended with its connection can still be named by the client
+/// coming back (`join-room` `previousSocketId`).
+pub const DEPARTED_KEPT: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Default)]
 pub struct Rooms {
     rooms: HashMap<String, Room>,
     room_of_socket: HashMap<String, String>,
+    /// Memberships that ended with their connection, not by leaving: socket id → (room, user,
+    /// when), kept [`DEPARTED_KEPT`].
+    departed: HashMap<String, (String, String, Instant)>,
 }
 
 impl Rooms {
@@ -113,6 +121,32 @@ impl Rooms {
             peer,
             room_now_empty,
         })
+    }
+
+    /// Remembers that `left` ended with its connection (see [`Rooms::departed_from`]).
+    pub fn note_departed(&mut self, left: &Left, now: Instant) {
+        self.departed
+            .retain(|_, (_, _, at)| now.duration_since(*at) < DEPARTED_KEPT);
+        self.departed.insert(
+            left.peer.socket_id.clone(),
+            (left.room_id.clone(), left.peer.user_id.clone(), now),
+        );
+    }
+
+    /// Whether `socket_id` was `user_id`'s in `room_id` and ended with its connection less
+    /// than [`DEPARTED_KEPT`] ago.
+    pub fn departed_from(
+        &self,
+        socket_id: &str,
+        room_id: &str,
+        user_id: &str,
+        now: Instant,
+    ) -> bool {
+        self.departed
+            .get(socket_id)
+            .is_some_and(|(room, user, at)| {
+                room == room_id && user == user_id && now.duration_since(*at) < DEPARTED_KEPT
+            })
     }
 
     pub fn room_of(&self, socket_id: &str) -> Option<&str> {
@@ -270,5 +304,27 @@ mod tests {
         assert_eq!(rooms.room_count(), 0);
         rooms.join("r", peer("s3", "u3"));
         assert_eq!(rooms.get("r").and_then(|r| r.relay), None);
+    }
+
+    #[test]
+    fn a_membership_ended_by_its_connection_is_remembered_for_a_while_by_room_and_user() {
+        let mut rooms = Rooms::default();
+        rooms.join("a1", peer("s1", "u1"));
+        let left = rooms.leave("s1").expect("left");
+        let t0 = Instant::now();
+        rooms.note_departed(&left, t0);
+        assert!(rooms.departed_from("s1", "a1", "u1", t0 + Duration::from_secs(5)));
+        assert!(!rooms.departed_from("s1", "a1", "u2", t0), "another user");
+        assert!(!rooms.departed_from("s1", "a2", "u1", t0), "another room");
+        assert!(!rooms.departed_from("s9", "a1", "u1", t0), "another socket");
+        assert!(
+            !rooms.departed_from("s1", "a1", "u1", t0 + DEPARTED_KEPT),
+            "too late"
+        );
+        // Old entries go as new ones come: the table does not grow without end.
+        rooms.join("a1", peer("s2", "u1"));
+        let left = rooms.leave("s2").expect("left");
+        rooms.note_departed(&left, t0 + DEPARTED_KEPT);
+        assert_eq!(rooms.departed.len(), 1);
     }
 }

@@ -226,8 +226,8 @@ describe('join-room', () => {
     const adminId = sa.id;
 
     assert.deepEqual(await h.ack(sa, 'leave-room', {}), { ok: true });
-    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: adminId, userId: admin.id });
-    assert.deepEqual(await h.nextEvent(sd, 'peer-left'), { socketId: adminId, userId: admin.id });
+    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: adminId, userId: admin.id, reason: 'left' });
+    assert.deepEqual(await h.nextEvent(sd, 'peer-left'), { socketId: adminId, userId: admin.id, reason: 'left' });
     // Out of the room: no chat, no signalling to the members, nothing from them.
     assertError(await h.ack(sa, 'chat-message', { text: 'still here?' }), 'forbidden');
     assertError(await h.ack(sa, 'signal', { to: sp.id, type: 'ice-candidate', payload: null }), 'forbidden');
@@ -239,7 +239,11 @@ describe('join-room', () => {
 
     const doctorSocketId = sd.id;
     h.closeSocket(sd);
-    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: doctorSocketId, userId: doctor.id });
+    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), {
+      socketId: doctorSocketId,
+      userId: doctor.id,
+      reason: 'disconnected',
+    });
     assertError(
       await h.ack(sp, 'signal', { to: doctorSocketId, type: 'ice-candidate', payload: null }),
       'forbidden',
@@ -261,7 +265,12 @@ describe('join-room', () => {
     const res = await h.ack(sd2, 'join-room', { appointmentId: appt.id, previousSocketId: oldId });
     assert.equal(res.ok, true, JSON.stringify(res));
     assert.deepEqual(res.peers.map((p) => p.socketId), [sp.id], 'the old membership is not a peer');
-    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: oldId, userId: doctor.id, replacedBy: sd2.id });
+    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), {
+      socketId: oldId,
+      userId: doctor.id,
+      reason: 'replaced',
+      replacedBy: sd2.id,
+    });
     const back = await h.nextEvent(sp, 'peer-joined');
     assert.equal(back.socketId, sd2.id);
     assert.equal(back.replaces, oldId, 'the newcomer says whom it replaces');
@@ -287,6 +296,24 @@ describe('join-room', () => {
     assertError(await h.ack(sa, 'join-room', { appointmentId: appt.id, previousSocketId: 42 }), 'invalid_payload');
   });
 
+  test('back after the server noticed the old connection end: the newcomer still says whom it replaces', T, async () => {
+    const { patient, doctor, appt } = await consult();
+    const sp = await joined(srv, patient, appt);
+    const sd = await joined(srv, doctor, appt);
+    await h.nextEvent(sp, 'peer-joined');
+    const oldId = sd.id;
+    h.closeSocket(sd);
+    assert.deepEqual(await h.nextEvent(sp, 'peer-left'), { socketId: oldId, userId: doctor.id, reason: 'disconnected' });
+    const sd2 = await h.connect(srv, doctor.token);
+    assert.equal((await h.ack(sd2, 'join-room', { appointmentId: appt.id, previousSocketId: oldId })).ok, true);
+    const back = await h.nextEvent(sp, 'peer-joined');
+    assert.equal(back.replaces, oldId);
+    // The patient cannot claim the doctor's old membership.
+    const sp2 = await h.connect(srv, patient.token);
+    assert.equal((await h.ack(sp2, 'join-room', { appointmentId: appt.id, previousSocketId: oldId })).ok, true);
+    assert.equal((await h.nextEvent(sd2, 'peer-joined')).replaces, undefined);
+  });
+
   test('joining another room leaves the current one', T, async () => {
     const doctor = await h.user(srv, 'doctor');
     const p1 = await h.user(srv, 'patient');
@@ -301,7 +328,7 @@ describe('join-room', () => {
     const res = await h.ack(sd, 'join-room', { appointmentId: a2.id });
     assert.equal(res.ok, true);
     assert.deepEqual(res.peers, [peerOf(s2, p2)]);
-    assert.deepEqual(await h.nextEvent(s1, 'peer-left'), { socketId: sd.id, userId: doctor.id });
+    assert.deepEqual(await h.nextEvent(s1, 'peer-left'), { socketId: sd.id, userId: doctor.id, reason: 'left' });
     assert.deepEqual(await h.nextEvent(s2, 'peer-joined'), peerOf(sd, doctor));
 
     // Now in room 2 only: room 1 is out of reach both ways, chat goes to room 2.
