@@ -57,7 +57,8 @@ impl Namespace {
             'u' => 0,
             'm' => 8,
             'p' => 16,
-            _ => 24,
+            's' => 24,
+            _ => 32,
         };
         let subnet = format!("10.213.{third}.{fourth}");
         let ns = Self {
@@ -147,6 +148,17 @@ impl Namespace {
              add chain inet callrelay_test out {{ type filter hook output priority 0; policy accept; }}; \
              add rule inet callrelay_test out ip daddr != {host} meta l4proto udp drop; \
              add rule inet callrelay_test out meta nfproto ipv6 meta l4proto udp drop'"
+        )
+    }
+
+    /// A shell command that drops all UDP from the namespace (to the server included) and
+    /// leaves TCP alone: a network that stops passing UDP mid-call.
+    fn block_udp_command(&self) -> String {
+        format!(
+            "ip netns exec {} nft 'add table inet callrelay_test; \
+             add chain inet callrelay_test out {{ type filter hook output priority 0; policy accept; }}; \
+             add rule inet callrelay_test out meta l4proto udp drop'",
+            self.name
         )
     }
 
@@ -424,4 +436,36 @@ async fn a_direct_consultation_keeps_its_picture_across_a_signaling_reconnection
         passed,
         "the direct consultation did not carry on across the signaling reconnection"
     );
+}
+
+/// UDP stops passing mid-call while TCP (signaling included) goes on, as on a network whose
+/// firewall turns strict: the relay's connections move to ICE-TCP (the browser renominates,
+/// or the page restarts ICE) and the pictures come back without a reload.
+#[tokio::test]
+async fn a_relayed_consultation_moves_to_tcp_when_udp_stops_mid_call() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some((_server, passed)) = smoke_in_namespace(
+        Namespace::create('t', false),
+        "the browser tests on UDP stopping mid-call",
+        &[("CALLRELAY_MEDIA__MODE", "sfu-only")],
+        |ns, _| {
+            let mut args = strings(&["--expect", "relay", "--no-calls", "--mid-call-cmd"]);
+            args.push(ns.block_udp_command());
+            args.extend(strings(&[
+                "--after-expect",
+                "relay",
+                "--after-expect-transport",
+                "tcp",
+            ]));
+            args
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    assert!(passed, "the relayed consultation did not recover over TCP");
 }

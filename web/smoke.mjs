@@ -42,6 +42,8 @@ const midCallCmd = opt('--mid-call-cmd', null);
 // --after-expect p2p|relay: after the mid-call command, the video that comes back must travel
 // this path (e.g. relay: the direct path was cut and the call fell back to the SFU).
 const afterExpect = opt('--after-expect', null);
+// --after-expect-transport udp|tcp: ... and over this transport (the relay moved to ICE-TCP).
+const afterExpectTransport = opt('--after-expect-transport', null);
 // --recover-within-ms N: the video must move again within N ms of the mid-call command.
 const recoverWithinMs = Number(opt('--recover-within-ms', '0'));
 // --restore-cmd CMD: undoes --mid-call-cmd. Given, the direct call part runs it first, places the
@@ -297,10 +299,14 @@ async function main() {
         if (afterExpect) {
           try {
             await page.waitForFunction(
-              (expected) => document.querySelector('.path-badge').dataset.path === expected,
-              afterExpect, { timeout: 3000 });
+              ({ path, transport }) => {
+                const b = document.querySelector('.path-badge').dataset;
+                return b.path === path && (!transport || b.transport === transport);
+              },
+              { path: afterExpect, transport: afterExpectTransport }, { timeout: 3000 });
           } catch {
-            failures.push(`${who}: after the mid-call change the path is "${badge}", not ${afterExpect}`);
+            const now = await page.locator('.path-badge').textContent().catch(() => '?');
+            failures.push(`${who}: after the mid-call change the path is "${now}", not ${afterExpect} ${afterExpectTransport || ''}`);
           }
         }
         // The frozen tile said so, and says nothing once the picture moves again.
