@@ -188,6 +188,9 @@ class ConsultView {
  * still works, may take to come back on a new one before it counts as gone. */
 const RETURN_GRACE_MS = 15000;
 
+/** How often the relay's transport (UDP, TCP, TURN) is read again for the path badge. */
+const TRANSPORT_CHECK_MS = 2000;
+
 /** How long the "Reconnected." notice stays after the room is joined again. */
 const RECONNECTED_NOTICE_MS = 4000;
 
@@ -613,16 +616,17 @@ class ConsultRoom {
         const sfu = this.sfu;
         const via = sfu.lastTransport ? ` · ${sfu.lastTransport.toUpperCase()}` : '';
         this.onPath('relay', `Relay (SFU)${via}`, sfu.lastTransport);
-        if (!sfu.lastTransport) {
-          sfu.transport().then((t) => {
-            if (sfu !== this.sfu || sfu.lastTransport) return;
-            if (t) {
+        // Asked again every 2 s while connected: ICE may move the call to another transport
+        // (UDP lost mid-call: ICE-TCP) without the connection state changing.
+        if (!sfu.transportCheck) {
+          sfu.transportCheck = setTimeout(() => {
+            sfu.transport().then((t) => {
+              sfu.transportCheck = null;
+              if (sfu !== this.sfu || sfu.closed) return;
               sfu.lastTransport = t;
               this.updatePath();
-            } else {
-              setTimeout(() => this.updatePath(), 1000); // no pair selected yet
-            }
-          }).catch(() => {});
+            }).catch(() => { sfu.transportCheck = null; });
+          }, sfu.lastTransport === undefined ? 0 : TRANSPORT_CHECK_MS);
         }
         return;
       }

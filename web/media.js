@@ -308,7 +308,6 @@ export class SfuSession {
       this.restartTimer = null;
       return;
     }
-    this.lastTransport = null; // the path may come back over another transport: ask again
     if (this.restartTimer) return;
     const wait = states.includes('failed') ? 0 : ICE_RESTART_AFTER_MS;
     this.restartTimer = setTimeout(() => {
