@@ -311,14 +311,7 @@ fn a_publication_removed_during_an_outstanding_offer_goes_with_the_next_one() {
 /// again, from and to its new addresses.
 #[test]
 fn a_participant_that_changes_networks_recovers_by_ice_restart() {
-    let mut w = World::new(Duration::from_secs(30));
-    for name in ["mover", "stayer"] {
-        w.join(name);
-        w.publish(name, &[&format!("{name}-cam")]);
-        w.stream(name, &format!("{name}-cam"));
-    }
-    w.run_for(Duration::from_secs(1));
-    assert!(w.received("mover", "stayer") > 50 && w.received("stayer", "mover") > 50);
+    let mut w = mover_and_stayer_streaming(Duration::from_secs(30));
     let offers_before = w.peer("mover").offers.len();
     let first_offer = w.peer("mover").offers.last().cloned().expect("an offer");
 
@@ -375,14 +368,7 @@ fn a_participant_that_changes_networks_recovers_by_ice_restart() {
 /// after the ICE timeouts the participant was closed as `ice-failed`.
 #[test]
 fn media_follows_a_browser_that_nominates_another_pair() {
-    let mut w = World::new(Duration::from_secs(60));
-    for name in ["mover", "stayer"] {
-        w.join(name);
-        w.publish(name, &[&format!("{name}-cam")]);
-        w.stream(name, &format!("{name}-cam"));
-    }
-    w.run_for(Duration::from_secs(1));
-    assert!(w.received("mover", "stayer") > 50 && w.received("stayer", "mover") > 50);
+    let mut w = mover_and_stayer_streaming(Duration::from_secs(60));
 
     // The old addresses are gone; the client's connections now send from new ones, and no
     // ICE restart happens: the browser only nominates the new pairs.
@@ -411,4 +397,17 @@ fn media_follows_a_browser_that_nominates_another_pair() {
     );
     assert!(w.closed("mover").is_empty(), "nobody was closed");
     assert!(w.received("mover", "stayer") > to_mover + 3_000);
+}
+
+/// "mover" and "stayer" each publish a camera and receive the other's, for a second.
+fn mover_and_stayer_streaming(liveness_timeout: Duration) -> World {
+    let mut w = World::new(liveness_timeout);
+    for name in ["mover", "stayer"] {
+        w.join(name);
+        w.publish(name, &[&format!("{name}-cam")]);
+        w.stream(name, &format!("{name}-cam"));
+    }
+    w.run_for(Duration::from_secs(1));
+    assert!(w.received("mover", "stayer") > 50 && w.received("stayer", "mover") > 50);
+    w
 }
