@@ -22,7 +22,10 @@ fn refusal(err: MediaError) -> RelayError {
         }
         MediaError::UnknownRoom(_) | MediaError::UnknownParticipant { .. } => ErrorCode::NotFound,
         MediaError::ConnectionClosed | MediaError::InvalidState(_) => ErrorCode::Conflict,
-        MediaError::Io(_) | MediaError::Rtc(_) | MediaError::Stopped => {
+        MediaError::Io(_)
+        | MediaError::TcpBind { .. }
+        | MediaError::Rtc(_)
+        | MediaError::Stopped => {
             tracing::error!(error = %err, "SFU failure");
             return RelayError {
                 code: ErrorCode::Internal,

@@ -156,17 +156,21 @@ fn reuseport_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, MediaError>
 }
 
 /// The ICE-TCP listener on `bind`'s address. Port 0 asks for the UDP port's number
-/// (`udp_port`), or any free port if that one is taken.
+/// (`udp_port`, as bound): a fixed UDP port's number or an error (the firewall is opened for
+/// that number), while for a free UDP port (tests) another free port will do.
 fn bind_tcp(
     bind: SocketAddr,
     port: u16,
     udp_port: u16,
 ) -> Result<std::net::TcpListener, MediaError> {
-    let listener = if port == 0 {
-        std::net::TcpListener::bind(SocketAddr::new(bind.ip(), udp_port))
-            .or_else(|_| std::net::TcpListener::bind(SocketAddr::new(bind.ip(), 0)))?
-    } else {
-        std::net::TcpListener::bind(SocketAddr::new(bind.ip(), port))?
+    let at = |port| {
+        std::net::TcpListener::bind(SocketAddr::new(bind.ip(), port))
+            .map_err(|source| MediaError::TcpBind { port, source })
+    };
+    let listener = match port {
+        0 if bind.port() == 0 => at(udp_port).or_else(|_| at(0))?,
+        0 => at(udp_port)?,
+        port => at(port)?,
     };
     listener.set_nonblocking(true)?;
     Ok(listener)

@@ -7,6 +7,9 @@ pub enum MediaError {
     /// Binding or using the UDP socket failed.
     #[error("media socket: {0}")]
     Io(#[from] std::io::Error),
+
+    #[error("media TCP port {port} (ICE-TCP, media.tcp_port): {source}")]
+    TcpBind { port: u16, source: std::io::Error },
     /// An SDP the client sent could not be parsed or applied.
     #[error("invalid sdp: {0}")]
     InvalidSdp(String),
