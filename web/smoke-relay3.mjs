@@ -12,46 +12,20 @@
 //
 // Needs playwright-core and Chromium, like web/smoke.mjs (which explains the set-up).
 
-import { createRequire } from 'node:module';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
+import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+
 const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(name);
-  if (i === -1) return fallback;
-  const value = args[i + 1];
-  args.splice(i, 2);
-  return value;
-};
+const opt = options(args);
 const rounds = Number(opt('--rounds', '10'));
 const outDir = opt('--out', '/tmp');
 const base = (args[0] || 'http://127.0.0.1:3999').replace(/\/$/, '');
 
-async function loadPlaywright() {
-  try {
-    return await import('playwright-core');
-  } catch {
-    return createRequire(import.meta.url)('playwright-core');
-  }
-}
-
 const log = (...m) => console.log(`[relay3 ${new Date().toISOString().slice(11, 23)}]`, ...m);
 
-async function http(method, url, token, body) {
-  const res = await fetch(base + url, {
-    method,
-    headers: {
-      'content-type': 'application/json',
-      ...(token ? { authorization: `Bearer ${token}` } : {}),
-    },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!res.ok) throw new Error(`${method} ${url}: HTTP ${res.status} ${text}`);
-  return data;
-}
+const http = httpClient(base);
 
 const run = Math.random().toString(36).slice(2, 8);
 const people = {
@@ -141,24 +115,7 @@ async function main() {
   const room = `${base}/consult/${created.id}`;
   log(`appointment ${created.id} confirmed`);
 
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    chromiumSandbox: false,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream',
-      '--allow-loopback-in-peer-connection',
-      '--autoplay-policy=no-user-gesture-required',
-    ],
-  });
+  const browser = await launchChromium(chromium, base);
   const failures = [];
   const times = [];
   const pages = {};

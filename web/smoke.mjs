@@ -16,19 +16,14 @@
 // and Chromium: apt-get install -y --no-install-recommends chromium fonts-liberation
 // (CHROMIUM=/path/to/chrome overrides /usr/bin/chromium).
 
-import { createRequire } from 'node:module';
 import { mkdirSync } from 'node:fs';
 import { execSync } from 'node:child_process';
 import path from 'node:path';
 
+import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+
 const args = process.argv.slice(2);
-const opt = (name, fallback) => {
-  const i = args.indexOf(name);
-  if (i === -1) return fallback;
-  const value = args[i + 1];
-  args.splice(i, 2);
-  return value;
-};
+const opt = options(args);
 let expectPath = opt('--expect', null);
 // --expect-transport udp|tcp: the relay must carry the call over this transport (shown on the
 // page's path badge, from the browser's selected candidate pair).
@@ -66,31 +61,9 @@ expectPath = expectPath || (blockP2P ? 'relay' : 'p2p');
 if (!['p2p', 'relay'].includes(expectPath)) throw new Error('--expect is p2p or relay');
 if (afterExpect && !['p2p', 'relay'].includes(afterExpect)) throw new Error('--after-expect is p2p or relay');
 
-async function loadPlaywright() {
-  try {
-    return await import('playwright-core');
-  } catch {
-    // Plain require() honours NODE_PATH, so the package can live outside the repository.
-    return createRequire(import.meta.url)('playwright-core');
-  }
-}
-
 const log = (...m) => console.log(`[smoke ${new Date().toISOString().slice(11, 23)}]`, ...m);
 
-async function http(method, url, token, body) {
-  const res = await fetch(base + url, {
-    method,
-    headers: {
-      'content-type': 'application/json',
-      ...(token ? { authorization: `Bearer ${token}` } : {}),
-    },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!res.ok) throw new Error(`${method} ${url}: HTTP ${res.status} ${text}`);
-  return data;
-}
+const http = httpClient(base);
 
 const run = Math.random().toString(36).slice(2, 8);
 const doctor = { sub: `doc-${run}`, name: 'Dr Ada Lovelace', role: 'doctor' };
@@ -154,29 +127,7 @@ async function main() {
   }
   log(`appointment ${created.id} confirmed`);
 
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    chromiumSandbox: false,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream',
-      '--allow-loopback-in-peer-connection',
-      '--autoplay-policy=no-user-gesture-required',
-      // A server reached on another address than loopback (a browser in a network namespace)
-      // is plain http: let the page use the camera anyway (tests only; deployments use HTTPS).
-      ...(/^http:\/\/(127\.0\.0\.1|localhost)[:/]/.test(base + '/')
-        ? []
-        : [`--unsafely-treat-insecure-origin-as-secure=${base}`]),
-    ],
-  });
+  const browser = await launchChromium(chromium, base);
   const failures = [];
   try {
     const pages = {};

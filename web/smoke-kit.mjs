@@ -1,0 +1,69 @@
+// What the browser smoke scripts (smoke.mjs, smoke-relay3.mjs) share: their command-line
+// options, playwright-core, the HTTP API, and headless Chromium with a fake camera.
+
+import { createRequire } from 'node:module';
+
+/** `opt(name, fallback)` takes `name VALUE` out of `args` (the rest stays positional). */
+export function options(args) {
+  return (name, fallback) => {
+    const i = args.indexOf(name);
+    if (i === -1) return fallback;
+    const value = args[i + 1];
+    args.splice(i, 2);
+    return value;
+  };
+}
+
+export async function loadPlaywright() {
+  try {
+    return await import('playwright-core');
+  } catch {
+    // Plain require() honours NODE_PATH, so the package can live outside the repository.
+    return createRequire(import.meta.url)('playwright-core');
+  }
+}
+
+/** `http(method, url, token, body)` against the server at `base`: the JSON answer, or throws. */
+export function httpClient(base) {
+  return async (method, url, token, body) => {
+    const res = await fetch(base + url, {
+      method,
+      headers: {
+        'content-type': 'application/json',
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+      },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    const data = text ? JSON.parse(text) : null;
+    if (!res.ok) throw new Error(`${method} ${url}: HTTP ${res.status} ${text}`);
+    return data;
+  };
+}
+
+/** Headless Chromium (CHROMIUM, else /usr/bin/chromium) with fake camera and microphone. */
+export function launchChromium(chromium, base) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    chromiumSandbox: false,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream',
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+      // A server reached on another address than loopback (a browser in a network namespace)
+      // is plain http: let the page use the camera anyway (tests only; deployments use HTTPS).
+      ...(/^http:\/\/(127\.0\.0\.1|localhost)[:/]/.test(base + '/')
+        ? []
+        : [`--unsafely-treat-insecure-origin-as-secure=${base}`]),
+    ],
+  });
+}
