@@ -225,7 +225,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         });
     }
 
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let grace = Duration::from_secs(config.server.drain_timeout_secs);
     let drain = {
         let io = io.clone();
         let signaling = signaling.clone();

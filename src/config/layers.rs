@@ -82,7 +82,7 @@ pub(super) static SCHEMA: &[Field] = &[
     field("server", "bind", Kind::SocketAddr),
     field("server", "metrics_bind", Kind::OptSocketAddr),
     field("server", "log_format", Kind::Enum(LogFormat::NAMES)),
-    field("server", "shutdown_grace_secs", int(0, 3600)),
+    field("server", "drain_timeout_secs", int(0, 86_400)),
     field("server", "web_dir", Kind::Str),
     Field {
         shown: Shown::Url,
@@ -141,6 +141,53 @@ fn is_section(section: &str) -> bool {
 pub(super) fn env_target(name: &str) -> Option<(String, String)> {
     let rest = name.strip_prefix(ENV_PREFIX)?;
     let (section, key) = rest.split_once(ENV_SEPARATOR)?;
+/// A key callrelay once had and the key that replaced it.
+struct Replaced {
+    section: &'static str,
+    key: &'static str,
+    by: &'static str,
+    /// What the new key means, for whoever still sets the old one.
+    note: &'static str,
+}
+
+static REPLACED: &[Replaced] = &[Replaced {
+    section: "server",
+    key: "shutdown_grace_secs",
+    by: "drain_timeout_secs",
+    note: "how long rooms and calls in progress may go on after SIGTERM, default 300",
+}];
+
+/// The error for `section.key`, which the schema does not have: unknown, or replaced by another
+/// key, named the way the old one was given (in a file by its key, in the environment by its
+/// variable).
+fn unknown_key(section: &str, key: &str, origin: &Origin) -> ConfigError {
+    let replaced = REPLACED
+        .iter()
+        .find(|r| r.section == section && r.key == key);
+    let key = format!("{section}.{key}");
+    let origin_text = origin.to_string();
+    let Some(replaced) = replaced else {
+        return ConfigError::UnknownKey {
+            key,
+            origin: origin_text,
+        };
+    };
+    let replacement = match origin {
+        Origin::Env(_) => format!(
+            "{ENV_PREFIX}{}{ENV_SEPARATOR}{}",
+            replaced.section.to_ascii_uppercase(),
+            replaced.by.to_ascii_uppercase()
+        ),
+        Origin::Defaults | Origin::File(_) => format!("\"{}.{}\"", replaced.section, replaced.by),
+    };
+    ConfigError::ReplacedKey {
+        key,
+        replacement,
+        note: replaced.note,
+        origin: origin_text,
+    }
+}
+
     Some((section.to_ascii_lowercase(), key.to_ascii_lowercase()))
 }
 
@@ -313,10 +360,7 @@ impl Merged {
             };
             for (key, value) in keys {
                 let Some(index) = lookup(&section, &key) else {
-                    return Err(ConfigError::UnknownKey {
-                        key: format!("{section}.{key}"),
-                        origin: origin.to_string(),
-                    });
+                    return Err(unknown_key(&section, &key, origin));
                 };
                 let val = from_toml(&SCHEMA[index], &value, origin)?;
                 self.slots[index] = Some(Slot {
@@ -342,10 +386,7 @@ impl Merged {
         for ((section, key), name, value) in vars {
             let origin = Origin::Env(name);
             let Some(index) = lookup(&section, &key) else {
-                return Err(ConfigError::UnknownKey {
-                    key: format!("{section}.{key}"),
-                    origin: origin.to_string(),
-                });
+                return Err(unknown_key(&section, &key, &origin));
             };
             let val = from_env(&SCHEMA[index], &value, &origin)?;
             self.slots[index] = Some(Slot { val, origin });
@@ -497,7 +538,7 @@ impl Merged {
                 bind: self.addr("server", "bind")?,
                 metrics_bind: self.opt_addr("server", "metrics_bind")?,
                 log_format: self.choice("server", "log_format")?,
-                shutdown_grace_secs: self.int("server", "shutdown_grace_secs")?,
+                drain_timeout_secs: self.int("server", "drain_timeout_secs")?,
                 web_dir: self.string("server", "web_dir")?,
             },
             database: DatabaseConfig {

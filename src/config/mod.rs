@@ -49,7 +49,9 @@ pub struct ServerConfig {
     /// `""` in TOML (or the environment) is `None`.
     pub metrics_bind: Option<SocketAddr>,
     pub log_format: LogFormat,
-    pub shutdown_grace_secs: u64,
+    /// After the first SIGTERM/SIGINT: how long rooms and calls in progress may go on before
+    /// they are ended (`server-restart`).
+    pub drain_timeout_secs: u64,
     pub web_dir: String,
 }
 
@@ -160,6 +162,16 @@ pub enum ConfigError {
     #[error("environment variable {var} is not valid UTF-8")]
     NotUnicode { var: String },
     /// The built-in defaults lack a key or disagree with the schema (a bug in callrelay).
+    /// A key callrelay no longer has because another one replaced it.
+    #[error("unknown key \"{key}\" in {origin}: it was replaced by {replacement} ({note})")]
+    ReplacedKey {
+        key: String,
+        /// The new key (quoted), or its environment variable when the old one came from the
+        /// environment.
+        replacement: String,
+        note: &'static str,
+        origin: String,
+    },
     #[error("config key {key} is missing from {DEFAULTS_LABEL} or has the wrong kind (a bug)")]
     Schema { key: String },
 }
@@ -390,7 +402,7 @@ mod tests {
         );
         assert_eq!(c.server.metrics_bind, None);
         assert_eq!(c.server.log_format, LogFormat::Text);
-        assert_eq!(c.server.shutdown_grace_secs, 10);
+        assert_eq!(c.server.drain_timeout_secs, 300);
         assert_eq!(c.server.web_dir, "web");
 
         assert_eq!(c.database.url, "sqlite://data/callrelay.db?mode=rwc");
@@ -611,6 +623,36 @@ mod tests {
         );
         let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "70000")]);
         assert!(msg.contains("0-65535"), "{msg}");
+    #[test]
+    fn replaced_key_names_its_replacement() {
+        let (msg, path) = err_file("[server]\nshutdown_grace_secs = 10\n");
+        assert_eq!(
+            msg,
+            format!(
+                "unknown key \"server.shutdown_grace_secs\" in {path}: it was replaced by \
+                 \"server.drain_timeout_secs\" (how long rooms and calls in progress may go on \
+                 after SIGTERM, default 300)"
+            )
+        );
+        let msg = err_env(&[("CALLRELAY_SERVER__SHUTDOWN_GRACE_SECS", "10")]);
+        assert!(
+            msg.starts_with(
+                "unknown key \"server.shutdown_grace_secs\" in environment variable \
+                 CALLRELAY_SERVER__SHUTDOWN_GRACE_SECS: it was replaced by \
+                 CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS ("
+            ),
+            "{msg}"
+        );
+        let c = load_env(&[("CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS", "2")]).unwrap();
+        assert_eq!(c.server.drain_timeout_secs, 2);
+        let msg = err_env(&[("CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS", "86401")]);
+        assert_eq!(
+            msg,
+            "server.drain_timeout_secs: invalid value \"86401\" (expected an integer 0-86400), \
+             from environment variable CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS"
+        );
+    }
+
 
         let msg = err_env(&[("CALLRELAY_AUTH__DEV_TOKENS", "maybe")]);
         assert!(
