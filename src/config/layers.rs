@@ -136,11 +136,6 @@ fn is_section(section: &str) -> bool {
     SCHEMA.iter().any(|f| f.section == section)
 }
 
-/// The `(section, key)` a variable name addresses, or `None` if the variable is not
-/// configuration (no `CALLRELAY_` prefix, or no `__` separator).
-pub(super) fn env_target(name: &str) -> Option<(String, String)> {
-    let rest = name.strip_prefix(ENV_PREFIX)?;
-    let (section, key) = rest.split_once(ENV_SEPARATOR)?;
 /// A key callrelay once had and the key that replaced it.
 struct Replaced {
     section: &'static str,
@@ -188,6 +183,11 @@ fn unknown_key(section: &str, key: &str, origin: &Origin) -> ConfigError {
     }
 }
 
+/// The `(section, key)` a variable name addresses, or `None` if the variable is not
+/// configuration (no `CALLRELAY_` prefix, or no `__` separator).
+pub(super) fn env_target(name: &str) -> Option<(String, String)> {
+    let rest = name.strip_prefix(ENV_PREFIX)?;
+    let (section, key) = rest.split_once(ENV_SEPARATOR)?;
     Some((section.to_ascii_lowercase(), key.to_ascii_lowercase()))
 }
 

@@ -150,6 +150,16 @@ pub enum ConfigError {
     /// A key (or section) that callrelay does not know.
     #[error("unknown key \"{key}\" in {origin}")]
     UnknownKey { key: String, origin: String },
+    /// A key callrelay no longer has because another one replaced it.
+    #[error("unknown key \"{key}\" in {origin}: it was replaced by {replacement} ({note})")]
+    ReplacedKey {
+        key: String,
+        /// The new key (quoted), or its environment variable when the old one came from the
+        /// environment.
+        replacement: String,
+        note: &'static str,
+        origin: String,
+    },
     /// A value of the wrong type or out of range. `value` is already quoted / redacted.
     #[error("{key}: invalid value {value} (expected {expected}), from {origin}")]
     InvalidValue {
@@ -162,16 +172,6 @@ pub enum ConfigError {
     #[error("environment variable {var} is not valid UTF-8")]
     NotUnicode { var: String },
     /// The built-in defaults lack a key or disagree with the schema (a bug in callrelay).
-    /// A key callrelay no longer has because another one replaced it.
-    #[error("unknown key \"{key}\" in {origin}: it was replaced by {replacement} ({note})")]
-    ReplacedKey {
-        key: String,
-        /// The new key (quoted), or its environment variable when the old one came from the
-        /// environment.
-        replacement: String,
-        note: &'static str,
-        origin: String,
-    },
     #[error("config key {key} is missing from {DEFAULTS_LABEL} or has the wrong kind (a bug)")]
     Schema { key: String },
 }
@@ -603,27 +603,6 @@ mod tests {
     }
 
     #[test]
-    fn env_without_separator_is_ignored() {
-        let c = load_env(&[
-            ("CALLRELAY_TEST_POSTGRES_URL", "postgres://x@localhost/test"),
-            ("CALLRELAY_ANYTHING", "whatever"),
-            ("OTHER__THING", "x"),
-        ])
-        .unwrap();
-        assert_eq!(c, Config::default());
-    }
-
-    #[test]
-    fn bad_env_value_names_key_and_variable() {
-        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "abc")]);
-        assert_eq!(
-            msg,
-            "media.udp_port: invalid value \"abc\" (expected an integer 0-65535), \
-             from environment variable CALLRELAY_MEDIA__UDP_PORT"
-        );
-        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "70000")]);
-        assert!(msg.contains("0-65535"), "{msg}");
-    #[test]
     fn replaced_key_names_its_replacement() {
         let (msg, path) = err_file("[server]\nshutdown_grace_secs = 10\n");
         assert_eq!(
@@ -653,6 +632,27 @@ mod tests {
         );
     }
 
+    #[test]
+    fn env_without_separator_is_ignored() {
+        let c = load_env(&[
+            ("CALLRELAY_TEST_POSTGRES_URL", "postgres://x@localhost/test"),
+            ("CALLRELAY_ANYTHING", "whatever"),
+            ("OTHER__THING", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn bad_env_value_names_key_and_variable() {
+        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "abc")]);
+        assert_eq!(
+            msg,
+            "media.udp_port: invalid value \"abc\" (expected an integer 0-65535), \
+             from environment variable CALLRELAY_MEDIA__UDP_PORT"
+        );
+        let msg = err_env(&[("CALLRELAY_MEDIA__UDP_PORT", "70000")]);
+        assert!(msg.contains("0-65535"), "{msg}");
 
         let msg = err_env(&[("CALLRELAY_AUTH__DEV_TOKENS", "maybe")]);
         assert!(
