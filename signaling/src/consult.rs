@@ -73,6 +73,12 @@ async fn enter_room(
         )));
     }
 
+    sig.check_join_while_draining(
+        &appointment.id,
+        req.previous_socket_id.as_deref(),
+        &who.user_id,
+    )?;
+
     let self_id = s.id.to_string();
     let mut replaces = None;
     if let Some(previous) = req.previous_socket_id

@@ -67,6 +67,7 @@ pub(crate) async fn call_user(
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
     let req = payload::call_user(data, &sig.config.payload_limits())?;
+    sig.refuse_new_while_draining("calls")?;
     if req.to == who.user_id {
         return Err(EventError::invalid("you cannot call yourself"));
     }
@@ -132,6 +133,8 @@ pub(crate) async fn call_user(
     };
     if let Err(err) = sig.store.save_call(&call).await {
         book.remove(&call.id);
+        drop(book);
+        sig.note_change();
         return Err(err.into());
     }
     drop(book);
@@ -160,6 +163,7 @@ pub(crate) async fn call_user(
 fn spawn_ring_timer(sig: Arc<Signaling>, io: SocketIo, call_id: String) {
     tokio::spawn(async move {
         tokio::time::sleep(sig.config.ring_timeout).await;
+        let _busy = sig.busy();
         // A call answered, rejected or ended meanwhile refuses the timeout: nothing happens.
         let _ = transition(&sig, &io, &call_id, Map::new(), |call, now| {
             call.ring_timeout(now)
@@ -194,6 +198,9 @@ async fn transition(
         count_finished(sig, &after);
     }
     drop(book);
+    if effects.finished {
+        sig.note_change();
+    }
     if after.status != before.status {
         log_call(&after);
     }

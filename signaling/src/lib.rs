@@ -18,7 +18,8 @@ pub mod relay;
 pub mod rooms;
 pub mod store;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -119,7 +120,44 @@ pub struct Signaling {
     rooms: Mutex<rooms::Rooms>,
     /// Held across the store write of a transition so records are written in transition order.
     calls: tokio::sync::Mutex<call::CallBook>,
+    /// Set by [`Signaling::start_draining`]: when the drain is to end.
+    drain_deadline: OnceLock<Instant>,
+    /// Woken whenever room membership changes, a call ends or work in flight finishes
+    /// ([`Signaling::settled`] waits on it).
+    changed: tokio::sync::Notify,
+    /// Work in flight that changes state and tells sockets: event handlers (their ack and
+    /// follow-up included), disconnect clean-ups, ring timeouts. See [`Signaling::busy`].
+    in_flight: AtomicUsize,
 }
+
+/// One piece of work in flight ([`Signaling::busy`]); ends when dropped.
+struct Busy<'a>(&'a Signaling);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.note_change();
+        }
+    }
+}
+
+/// Consult rooms with members and live (ringing or active) calls, at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InProgress {
+    pub rooms: usize,
+    pub calls: usize,
+}
+
+impl InProgress {
+    pub fn is_none(&self) -> bool {
+        self.rooms == 0 && self.calls == 0
+    }
+}
+
+/// Whether a socket was sent `server-draining` (it gets it once). A mutex, not a flag, so the
+/// drain's broadcast and the socket's own connect handler cannot both miss it.
+#[derive(Clone, Default)]
+struct DrainNotice(Arc<Mutex<bool>>);
 
 /// Which of a socket's event budgets an event spends.
 #[derive(Clone, Copy)]
@@ -199,6 +237,9 @@ impl Signaling {
             metrics,
             rooms: Mutex::new(rooms::Rooms::default()),
             calls: tokio::sync::Mutex::new(call::CallBook::default()),
+            drain_deadline: OnceLock::new(),
+            changed: tokio::sync::Notify::new(),
+            in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -211,6 +252,130 @@ impl Signaling {
     /// Ends every live call as `server-restart` before the server stops.
     pub async fn shut_down(&self, io: &SocketIo) {
         direct::shut_down_calls(self, io).await;
+    }
+
+    /// Starts draining (the server's first SIGTERM): from now on a consult room nobody is in
+    /// and a new call are refused (`unavailable`), while rooms and calls in progress go on.
+    /// Every connected socket, and every one that connects later, gets `server-draining
+    /// {retryAfterSecs}` once: the whole seconds left of `timeout`, at least 1. A second call
+    /// changes nothing.
+    pub fn start_draining(&self, io: &SocketIo, timeout: Duration) {
+        if self.drain_deadline.set(Instant::now() + timeout).is_err() {
+            return;
+        }
+        let sockets = io.of("/").map(|ns| ns.sockets()).unwrap_or_default();
+        for s in &sockets {
+            self.tell_draining(s);
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain_deadline.get().is_some()
+    }
+
+    /// What is going on now: consult rooms with members, live calls.
+    pub async fn in_progress(&self) -> InProgress {
+        let rooms = self.rooms().room_count();
+        let calls = self
+            .calls
+            .lock()
+            .await
+            .iter()
+            .filter(|c| c.is_live())
+            .count();
+        InProgress { rooms, calls }
+    }
+
+    /// Returns once no consult room has members, no call is live and the work that ended the
+    /// last of them is done (its acks and notices sent): at once if that is so already. Woken
+    /// by every change, not polled.
+    pub async fn settled(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check: a change right after it still wakes this one.
+            changed.as_mut().enable();
+            if self.in_flight.load(Ordering::Acquire) == 0 && self.in_progress().await.is_none() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Marks work in flight until the guard is dropped: the drain does not end (and close the
+    /// sockets) while a leave or a hang-up is still sending its ack and notices.
+    fn busy(&self) -> Busy<'_> {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Busy(self)
+    }
+
+    /// Wakes [`Signaling::settled`]: a member left or a call ended.
+    fn note_change(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Seconds until the drain timeout (at least 1), or `None` when not draining.
+    fn retry_after_secs(&self) -> Option<u64> {
+        let left = self
+            .drain_deadline
+            .get()?
+            .saturating_duration_since(Instant::now());
+        Some((left.as_secs() + u64::from(left.subsec_nanos() > 0)).max(1))
+    }
+
+    /// Sends `server-draining` to `s` if the server is draining and `s` was not told yet.
+    fn tell_draining(&self, s: &SocketRef) {
+        let Some(retry_after_secs) = self.retry_after_secs() else {
+            return;
+        };
+        let Some(DrainNotice(told)) = s.extensions.get::<DrainNotice>() else {
+            return;
+        };
+        let mut told = told.lock().unwrap_or_else(|p| p.into_inner());
+        // Fails for a socket not connected yet: its connect handler tells it.
+        if !*told
+            && s.emit(
+                "server-draining",
+                &serde_json::json!({ "retryAfterSecs": retry_after_secs }),
+            )
+            .is_ok()
+        {
+            *told = true;
+        }
+    }
+
+    /// While draining: refuses what would start something new (`what`: "consult rooms",
+    /// "calls").
+    fn refuse_new_while_draining(&self, what: &str) -> Result<(), EventError> {
+        match self.retry_after_secs() {
+            None => Ok(()),
+            Some(secs) => Err(EventError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the server is restarting for maintenance and opens no new {what}; \
+                     try again in {secs} s"
+                ),
+            )),
+        }
+    }
+
+    /// While draining, a consult room may still be joined only if it is in progress: it has
+    /// members, or the joiner names (`previousSocketId`) its own membership of it that ended
+    /// with its connection.
+    fn check_join_while_draining(
+        &self,
+        room_id: &str,
+        previous_socket_id: Option<&str>,
+        user_id: &str,
+    ) -> Result<(), EventError> {
+        if !self.is_draining()
+            || self
+                .rooms()
+                .in_progress_for(room_id, previous_socket_id, user_id, Instant::now())
+        {
+            return Ok(());
+        }
+        self.refuse_new_while_draining("consult rooms")
     }
 
     /// Takes one token of the socket's `budget`.
@@ -258,6 +423,7 @@ impl Signaling {
         self.metrics
             .room_participants
             .set(rooms.participant_count() as i64);
+        self.note_change();
     }
 }
 
@@ -318,6 +484,7 @@ macro_rules! route {
                    ack: AckSender,
                    TryData(data): TryData<Value>| {
                 let _turn = order.turn().await;
+                let _busy = sig.busy();
                 let outcome: Outcome = $handler(&sig, &io, &s, data.unwrap_or(Value::Null))
                     .await
                     .into();
@@ -333,6 +500,7 @@ macro_rules! route {
 
 fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     s.extensions.insert(OrderGate::default());
+    s.extensions.insert(DrainNotice::default());
     s.extensions
         .insert(Limits(Arc::new(Mutex::new(SocketLimits {
             signal: TokenBucket::new(sig.config.signal_rate_per_sec, sig.config.signal_burst),
@@ -379,6 +547,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
                 Some(gate) => Some(gate.enqueue().turn().await),
                 None => None,
             };
+            let _busy = sig.busy();
             sig.metrics.sockets_connected.dec();
             consult::leave_current_room(&sig, &s, consult::LeaveReason::Disconnected).await;
             if let Ok(who) = identity(&s) {
@@ -391,6 +560,8 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
 
 /// Runs once the socket is connected; everything it needs to receive events is already set up.
 async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
+    // Connected while the server drains: told first thing.
+    sig.tell_draining(&s);
     if let Ok(who) = identity(&s)
         && let Err(err) = sig.store.record_user(&who).await
     {

@@ -6,7 +6,8 @@ use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 
-/// Error codes of the contract (HTTP section 2 plus `busy` and `offline`).
+/// Error codes of the contract (HTTP section 2 plus `busy` and `offline`), and `unavailable`
+/// (the server is draining: it starts no new consult room or call).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     InvalidPayload,
@@ -19,10 +20,11 @@ pub enum ErrorCode {
     Internal,
     Busy,
     Offline,
+    Unavailable,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidPayload,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -33,6 +35,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Busy,
         ErrorCode::Offline,
+        ErrorCode::Unavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Busy => "busy",
             ErrorCode::Offline => "offline",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

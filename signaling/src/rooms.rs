@@ -149,6 +149,21 @@ impl Rooms {
             })
     }
 
+    /// Whether `room_id` is in progress for a joiner (`user_id`, naming `previous_socket_id`
+    /// if it came back on a new connection): someone is in it, or the joiner names its own
+    /// membership of it that ended with its connection (see [`Rooms::departed_from`]).
+    pub fn in_progress_for(
+        &self,
+        room_id: &str,
+        previous_socket_id: Option<&str>,
+        user_id: &str,
+        now: Instant,
+    ) -> bool {
+        self.rooms.contains_key(room_id)
+            || previous_socket_id
+                .is_some_and(|previous| self.departed_from(previous, room_id, user_id, now))
+    }
+
     pub fn room_of(&self, socket_id: &str) -> Option<&str> {
         self.room_of_socket.get(socket_id).map(String::as_str)
     }
@@ -326,5 +341,30 @@ mod tests {
         let left = rooms.leave("s2").expect("left");
         rooms.note_departed(&left, t0 + DEPARTED_KEPT);
         assert_eq!(rooms.departed.len(), 1);
+    }
+
+    #[test]
+    fn a_room_is_in_progress_while_someone_is_in_it_or_for_a_member_coming_back() {
+        let mut rooms = Rooms::default();
+        let t0 = Instant::now();
+        assert!(!rooms.in_progress_for("a1", None, "u1", t0), "nobody in it");
+        rooms.join("a1", peer("s1", "u1"));
+        assert!(rooms.in_progress_for("a1", None, "u2", t0));
+        assert!(!rooms.in_progress_for("a2", None, "u1", t0), "another room");
+        let left = rooms.leave("s1").expect("left");
+        rooms.note_departed(&left, t0);
+        assert!(!rooms.in_progress_for("a1", None, "u1", t0), "empty again");
+        assert!(
+            rooms.in_progress_for("a1", Some("s1"), "u1", t0),
+            "its member, back"
+        );
+        assert!(
+            !rooms.in_progress_for("a1", Some("s1"), "u2", t0),
+            "another user"
+        );
+        assert!(
+            !rooms.in_progress_for("a1", Some("s9"), "u1", t0),
+            "another socket"
+        );
     }
 }
