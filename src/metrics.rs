@@ -14,6 +14,8 @@ pub struct Metrics {
     /// `callrelay_database_up`: 1 when the database answered the last check (`/readyz`, and a
     /// ping every [`crate::server::DATABASE_CHECK_INTERVAL`]), 0 when it did not.
     pub database_up: IntGauge,
+    /// `callrelay_draining`: 1 from the first SIGTERM/SIGINT on (the server drains), else 0.
+    pub draining: IntGauge,
 }
 
 impl Metrics {
@@ -54,6 +56,12 @@ impl Metrics {
             "1 when the database answered the last readiness check, else 0",
         )?;
         registry.register(Box::new(database_up.clone()))?;
+        let draining = IntGauge::new(
+            "callrelay_draining",
+            "1 while the server drains (after the first SIGTERM/SIGINT: no new rooms or calls, \
+             /readyz 503), else 0",
+        )?;
+        registry.register(Box::new(draining.clone()))?;
         // Every refusal reason exists at zero from the start (alerts use rate()).
         for failure in callrelay_signaling::AuthFailure::ALL {
             auth_failures.with_label_values(&[failure.label()]);
@@ -64,6 +72,7 @@ impl Metrics {
             http_duration,
             auth_failures,
             database_up,
+            draining,
         })
     }
 

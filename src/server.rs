@@ -1,5 +1,6 @@
 //! Start-up and shutdown: wires configuration, database, auth, signaling and HTTP onto one
-//! listener, and drains on the first SIGINT/SIGTERM (a second one, or the grace period, forces).
+//! listener, and drains on the first SIGINT/SIGTERM: no new rooms or calls, those in progress
+//! go on until they end or `server.drain_timeout_secs` passes; a second signal exits at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -225,15 +226,46 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         });
     }
 
-    let grace = Duration::from_secs(config.server.drain_timeout_secs);
+    let drain_timeout = Duration::from_secs(config.server.drain_timeout_secs);
+    // Watched from start-up on, so that no signal falls between the first and the second.
+    let mut signals = StopSignals::new();
     let drain = {
         let io = io.clone();
         let signaling = signaling.clone();
+        let draining_gauge = metrics.draining.clone();
         async move {
-            first_signal().await;
-            tracing::info!("shutting down: draining (a second signal forces exit)");
+            signals.recv().await;
+            tokio::spawn(async move {
+                signals.recv().await;
+                tracing::warn!("second stop signal: exiting at once, the drain unfinished");
+                std::process::exit(1);
+            });
             draining.store(true, Ordering::Relaxed);
-            tokio::spawn(force_exit_after(grace));
+            draining_gauge.set(1);
+            signaling.start_draining(&io, drain_timeout);
+            let now = signaling.in_progress().await;
+            tracing::info!(
+                rooms = now.rooms,
+                calls = now.calls,
+                drain_timeout_secs = drain_timeout.as_secs(),
+                "draining: /readyz answers 503, new consult rooms and calls are refused, those \
+                 in progress go on until they end or the drain timeout passes (a second signal \
+                 exits at once)"
+            );
+            if tokio::time::timeout(drain_timeout, signaling.settled())
+                .await
+                .is_ok()
+            {
+                tracing::info!("drained: no consult room or call is left");
+            } else {
+                let left = signaling.in_progress().await;
+                tracing::info!(
+                    rooms = left.rooms,
+                    calls = left.calls,
+                    "drain timeout passed: ending the rooms and calls left (server-restart)"
+                );
+            }
+            tokio::spawn(force_exit_after(STOP_LIMIT));
             signaling.shut_down(&io).await;
             // SFU events are for sockets: none is left once io closes (and socketioxide panics
             // on a lookup after its namespaces are gone).
@@ -241,8 +273,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
                 pump.abort();
             }
             io.close().await;
+            tracing::info!("sockets closed");
             if let Some(sfu) = sfu {
                 sfu.shutdown().await;
+                tracing::info!("SFU stopped");
             }
         }
     };
@@ -310,34 +344,69 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-async fn first_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// How long stopping may take once the drain is over (ending calls, closing sockets, the SFU,
+/// open HTTP requests) before the exit is forced.
+const STOP_LIMIT: Duration = Duration::from_secs(10);
+
+/// SIGINT and SIGTERM (Ctrl-C only where there are no Unix signals), watched from creation on.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let watch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(stream) => Some(stream),
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot watch {name}");
+                    None
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            };
+            StopSignals {
+                interrupt: watch(SignalKind::interrupt(), "SIGINT"),
+                terminate: watch(SignalKind::terminate(), "SIGTERM"),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// The next SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(stream: &mut Option<tokio::signal::unix::Signal>) {
+                match stream {
+                    Some(stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.interrupt) => {}
+                _ = next(&mut self.terminate) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
-/// Forces the exit when draining takes longer than the grace period or a second signal comes.
-async fn force_exit_after(grace: Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(grace) => tracing::warn!("grace period over, forcing exit"),
-        _ = first_signal() => tracing::warn!("second signal, forcing exit"),
-    }
+/// Forces the exit when stopping takes longer than `limit`.
+async fn force_exit_after(limit: Duration) {
+    tokio::time::sleep(limit).await;
+    tracing::warn!(
+        limit_secs = limit.as_secs(),
+        "stopping takes too long, forcing exit"
+    );
     std::process::exit(1);
 }

@@ -100,6 +100,8 @@ class Server:
                 "CALLRELAY_DATABASE__URL": f"sqlite://{self.dir}/db.sqlite?mode=rwc",
                 "CALLRELAY_AUTH__JWT_SECRET": SECRET,
                 "CALLRELAY_SERVER__WEB_DIR": "",
+                # Stopped with SIGTERM at the end of each test: no drain to wait for.
+                "CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS": "0",
                 "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             }
         )

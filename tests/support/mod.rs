@@ -77,6 +77,8 @@ impl TestServer {
             .env("CALLRELAY_AUTH__JWT_SECRET", SECRET)
             .env("CALLRELAY_MEDIA__UDP_PORT", free_udp_port().to_string())
             .env("CALLRELAY_SERVER__WEB_DIR", "")
+            // SIGTERM ends what is left at once: tests stop servers mid-call.
+            .env("CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS", "0")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
