@@ -9,3 +9,4 @@ pub mod load;
 pub mod metrics;
 pub mod relay;
 pub mod server;
+pub mod webhooks;

@@ -1,4 +1,4 @@
-//! The `callrelay` binary: `serve` (the default), `token` and `load`.
+//! The `callrelay` binary: `serve` (the default), `token`, `load` and `audit verify`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use callrelay::auth::JwtAuth;
 use callrelay::config::Config;
+use callrelay::db::{AuditCheck, Db};
 use callrelay::server;
 
 #[derive(Parser)]
@@ -42,6 +43,15 @@ enum Command {
     },
     /// Load generator: rooms of WebRTC publishers and subscribers against a running server
     Load(callrelay::load::LoadArgs),
+    /// The audit trail in the configured database
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the whole hash chain; exit status 1 when a record was edited or deleted
+    Verify,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +72,51 @@ fn main() -> ExitCode {
             ttl_secs,
         } => print_token(&config, &sub, &name, &role, ttl_secs),
         Command::Load(args) => run_load(args),
+        Command::Audit(AuditCommand::Verify) => verify_audit(&config),
+    }
+}
+
+fn verify_audit(config: &Config) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("callrelay: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let check = runtime.block_on(async {
+        let db = Db::connect(&config.database.url, 1).await?;
+        let check = db.verify_audit().await;
+        db.close().await;
+        check
+    });
+    match check {
+        Ok(AuditCheck {
+            records,
+            head,
+            broken: None,
+        }) => {
+            println!(
+                "audit trail intact: {records} records, latest hash {}",
+                head.as_deref().unwrap_or("(none)")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(AuditCheck {
+            records,
+            broken: Some(broken),
+            ..
+        }) => {
+            println!(
+                "audit trail BROKEN at record {}: {} ({records} records before it are intact)",
+                broken.seq, broken.reason
+            );
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("callrelay audit verify: {err}");
+            ExitCode::from(2)
+        }
     }
 }
 

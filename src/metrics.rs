@@ -16,6 +16,8 @@ pub struct Metrics {
     pub database_up: IntGauge,
     /// `callrelay_draining`: 1 from the first SIGTERM/SIGINT on (the server drains), else 0.
     pub draining: IntGauge,
+    /// `callrelay_admin_actions_total{action}`: admin API actions carried out.
+    pub admin_actions: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +64,17 @@ impl Metrics {
              /readyz 503), else 0",
         )?;
         registry.register(Box::new(draining.clone()))?;
+        let admin_actions = IntCounterVec::new(
+            Opts::new(
+                "callrelay_admin_actions_total",
+                "Admin API actions carried out (each is also in the audit trail), by action",
+            ),
+            &["action"],
+        )?;
+        registry.register(Box::new(admin_actions.clone()))?;
+        for action in crate::http::ADMIN_ACTIONS {
+            admin_actions.with_label_values(&[action]);
+        }
         // Every refusal reason exists at zero from the start (alerts use rate()).
         for failure in callrelay_signaling::AuthFailure::ALL {
             auth_failures.with_label_values(&[failure.label()]);
@@ -73,6 +86,7 @@ impl Metrics {
             auth_failures,
             database_up,
             draining,
+            admin_actions,
         })
     }
 

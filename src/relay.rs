@@ -114,6 +114,11 @@ impl Relay for SfuRelay {
     async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError> {
         self.0.restart_ice(room, participant).await.map_err(refusal)
     }
+
+    async fn room_stats(&self, room: &str) -> Result<Value, RelayError> {
+        let stats = self.0.room_stats(room).await.map_err(refusal)?;
+        Ok(serde_json::to_value(stats).unwrap_or(Value::Null))
+    }
 }
 
 /// Delivers the SFU's events until the SFU stops.

@@ -23,6 +23,7 @@ use crate::db::{Db, DbError};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::relay::{SfuRelay, pump_media_events};
+use crate::webhooks::{WebhookMetrics, WebhookSender};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -37,6 +38,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("webhooks: cannot set up the HTTP client: {0}")]
+    WebhookClient(reqwest::Error),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -127,7 +130,18 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         &jwt_secret(&config),
         metrics.auth_failures.clone(),
     ));
-    let db = Db::connect(&config.database.url, config.database.max_connections).await?;
+    let db = Db::connect(&config.database.url, config.database.max_connections)
+        .await?
+        .with_webhooks(&config.webhooks.urls);
+    let webhook_sender = if config.webhooks.urls.is_empty() {
+        None
+    } else {
+        let metrics = WebhookMetrics::register(&metrics.registry)?;
+        let sender = WebhookSender::new(db.clone(), &config.webhooks.secret, metrics)
+            .map_err(ServeError::WebhookClient)?;
+        tracing::info!(receivers = config.webhooks.urls.len(), "webhooks on");
+        Some(tokio::spawn(sender.run()))
+    };
     metrics.database_up.set(1);
     let database_watch = tokio::spawn(watch_database(db.clone(), metrics.database_up.clone()));
     let closed = db.close_interrupted_calls().await?;
@@ -198,6 +212,8 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         token_ttl_secs: config.auth.token_ttl_secs,
         metrics_on_main: config.server.metrics_bind.is_none(),
         ice_servers: Arc::new(ice_servers(&config)),
+        signaling: signaling.clone(),
+        io: io.clone(),
     };
 
     let mut app = http::router(state.clone());
@@ -284,6 +300,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .with_graceful_shutdown(drain)
         .await?;
     database_watch.abort();
+    // What it had not delivered stays in the outbox for the next start.
+    if let Some(sender) = webhook_sender {
+        sender.abort();
+    }
     db.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -267,6 +267,21 @@ pub struct SfuStats {
     pub demux_addresses: usize,
 }
 
+/// What one published track brings in, for operators (`GET /api/admin/rooms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublicationStats {
+    pub participant: String,
+    pub track_id: String,
+    /// `audio` or `video`.
+    pub kind: &'static str,
+    /// Over the last second.
+    pub bitrate_bps: u64,
+    pub packets_received: u64,
+    /// Sequence numbers that never arrived (gaps), since the track was published.
+    pub packets_lost: u64,
+}
+
 impl std::ops::AddAssign for SfuStats {
     fn add_assign(&mut self, o: Self) {
         self.rooms += o.rooms;
@@ -316,6 +331,10 @@ pub(crate) enum Command {
         room: String,
         participant: String,
         reply: Reply<()>,
+    },
+    RoomStats {
+        room: String,
+        reply: Reply<Vec<PublicationStats>>,
     },
     Stats {
         reply: Reply<SfuStats>,
@@ -476,6 +495,15 @@ impl SfuHandle {
         self.call(room, |reply| Command::RestartIce {
             room: room.to_owned(),
             participant: participant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// The tracks published in `room` (empty for a room the SFU does not have).
+    pub async fn room_stats(&self, room: &str) -> Result<Vec<PublicationStats>, MediaError> {
+        self.call(room, |reply| Command::RoomStats {
+            room: room.to_owned(),
             reply,
         })
         .await

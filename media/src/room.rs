@@ -332,6 +332,9 @@ pub(crate) struct Layer {
     pub keyframe_wanted: bool,
     pub highest_seq: Option<u16>,
     pub bitrate: BitrateMeter,
+    /// Since published, for operators: packets that arrived and sequence gaps.
+    pub packets_received: u64,
+    pub packets_lost: u64,
 }
 
 impl Layer {
@@ -346,6 +349,8 @@ impl Layer {
             keyframe_wanted: false,
             highest_seq: None,
             bitrate: BitrateMeter::default(),
+            packets_received: 0,
+            packets_lost: 0,
         }
     }
 }

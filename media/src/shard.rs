@@ -55,7 +55,6 @@ use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tracing::{debug, info, warn};
 
-use crate::SfuStats;
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::metrics::{ConnectionOutcome, Metrics, kind_index};
@@ -67,6 +66,7 @@ use crate::room::{
 use crate::route::{self, AddressChange};
 use crate::rtx_cache::{RtxLimiter, Suppressed, Verdict};
 use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
+use crate::{PublicationStats, SfuStats};
 
 mod commands;
 mod fanout;

@@ -113,6 +113,8 @@ pub enum EndReason {
     Rejected,
     Busy,
     ServerRestart,
+    /// An administrator ended it (`POST /api/admin/calls/{id}/end`).
+    Admin,
 }
 
 wire_names!(EndReason {
@@ -122,6 +124,7 @@ wire_names!(EndReason {
     Rejected => "rejected",
     Busy => "busy",
     ServerRestart => "server-restart",
+    Admin => "ended-by-admin",
 });
 
 /// `media` of a stored call: whether it ever went through the SFU.
@@ -431,14 +434,28 @@ impl Call {
     /// The server is going away: ringing becomes `missed`, active `ended`, reason
     /// `server-restart`, and both sides get `call-ended {server-restart}`.
     pub fn shut_down(&mut self, now: OffsetDateTime) -> Result<Effects, CallError> {
+        self.end_for_everyone(EndReason::ServerRestart, now)
+    }
+
+    /// Ends the call from outside (not by a party): both sides are told `reason`.
+    fn end_for_everyone(
+        &mut self,
+        reason: EndReason,
+        now: OffsetDateTime,
+    ) -> Result<Effects, CallError> {
         let status = match self.status {
             CallStatus::Ringing => CallStatus::Missed,
             CallStatus::Active => CallStatus::Ended,
             _ => return Err(CallError::AlreadyEnded),
         };
-        let event = CallEvent::Ended(EndReason::ServerRestart);
+        let event = CallEvent::Ended(reason);
         let notices = vec![self.notice_caller(event), self.notice_callee(event, None)];
-        Ok(self.finish(status, EndReason::ServerRestart, now, notices))
+        Ok(self.finish(status, reason, now, notices))
+    }
+
+    /// An administrator ends the call: like [`Call::shut_down`], with reason `ended-by-admin`.
+    pub fn end_by_admin(&mut self, now: OffsetDateTime) -> Result<Effects, CallError> {
+        self.end_for_everyone(EndReason::Admin, now)
     }
 
     /// The call's media went through the SFU at least once.

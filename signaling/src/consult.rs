@@ -4,6 +4,8 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use crate::activity::{Activity, Member};
+use crate::call::MediaPath;
 use crate::payload;
 use crate::protocol::{self, EventError, EventResult, Peer};
 use crate::rooms::RelayReason;
@@ -114,9 +116,30 @@ async fn enter_room(
             s.join(room.clone());
         }
         sig.refresh_room_gauges(&rooms);
-        joined
+        let relayed = rooms
+            .get(&appointment.id)
+            .is_some_and(|r| r.relay.is_some());
+        (joined, relayed)
     };
+    let (joined, relayed) = joined;
     if joined.is_new {
+        let activity = Activity::ParticipantJoined {
+            appointment_id: appointment.id.clone(),
+            member: Member::from(&me),
+            media: media_path(relayed),
+            room_started: joined.existing.is_empty(),
+        };
+        if let Err(err) = sig.record(activity).await {
+            // A join the audit trail does not hold did not happen: undone before anyone
+            // but this socket heard of it.
+            {
+                let mut rooms = sig.rooms();
+                rooms.leave(&me.socket_id);
+                sig.refresh_room_gauges(&rooms);
+            }
+            s.leave(room);
+            return Err(err.into());
+        }
         tracing::info!(
             appointment_id = %appointment.id,
             socket_id = %me.socket_id,
@@ -200,6 +223,12 @@ pub(crate) async fn chat_message(
     };
     // Stored before anyone sees it: what was acknowledged or broadcast is in the transcript.
     sig.store.save_chat_message(&message).await?;
+    sig.record_or_log(Activity::ChatMessage {
+        appointment_id: appointment_id.clone(),
+        message_id: message.id.clone(),
+        user_id: message.from.user_id.clone(),
+    })
+    .await;
     sig.metrics.chat_messages.inc();
     emit_to_room(io, consult_room(&appointment_id), "chat-message", &message).await;
     let mut fields = protocol::ok_fields();
@@ -230,16 +259,22 @@ pub(crate) enum LeaveReason<'a> {
     Replaced {
         by: &'a str,
     },
+    /// An administrator removed it (`room_closed`: by closing the whole room).
+    Removed {
+        room_closed: bool,
+    },
 }
 
 impl LeaveReason<'_> {
     /// The `reason` of `peer-left`: `left` (it chose to), `disconnected` (its connection
-    /// ended: it may come back, see `Peer.replaces`), `replaced` (it is back, `replacedBy`).
+    /// ended: it may come back, see `Peer.replaces`), `replaced` (it is back, `replacedBy`),
+    /// `removed` (by an administrator).
     fn announced(self) -> &'static str {
         match self {
             LeaveReason::Left | LeaveReason::JoinedAnother => "left",
             LeaveReason::Disconnected => "disconnected",
             LeaveReason::Replaced { .. } => "replaced",
+            LeaveReason::Removed { .. } => "removed",
         }
     }
 
@@ -249,6 +284,8 @@ impl LeaveReason<'_> {
             LeaveReason::Disconnected => "disconnect",
             LeaveReason::JoinedAnother => "joined-another-room",
             LeaveReason::Replaced { .. } => "replaced-by-reconnection",
+            LeaveReason::Removed { room_closed: false } => "removed-by-admin",
+            LeaveReason::Removed { room_closed: true } => "room-closed-by-admin",
         }
     }
 }
@@ -313,6 +350,14 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: L
             reason = reason.as_str(),
             "left consult room"
         );
+        sig.record_or_log(Activity::ParticipantLeft {
+            appointment_id: left.room_id.clone(),
+            member: Member::from(&left.peer),
+            reason: reason.announced(),
+            media: media_path(left.relayed),
+            room_finished: left.room_now_empty,
+        })
+        .await;
         sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
         let room = consult_room(&left.room_id);
         s.leave(room.clone());
@@ -327,5 +372,14 @@ pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: L
             gone["replacedBy"] = json!(by);
         }
         let _ = s.to(room).emit("peer-left", &gone).await;
+    }
+}
+
+/// A consult member's media path: `sfu` once the room is relayed.
+fn media_path(relayed: bool) -> MediaPath {
+    if relayed {
+        MediaPath::Sfu
+    } else {
+        MediaPath::P2p
     }
 }

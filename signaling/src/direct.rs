@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use crate::activity::Activity;
 use crate::call::{Call, CallError, CallEvent, CallStatus, Effects, Recipient};
 use crate::payload;
 use crate::protocol::{self, ErrorCode, EventError, EventResult};
@@ -124,6 +125,7 @@ pub(crate) async fn call_user(
             sig.store.save_call(&record).await?;
             count_finished(sig, &record);
             log_call(&record);
+            sig.record_or_log(Activity::CallEnded(record)).await;
             return Err(EventError::new(
                 ErrorCode::Busy,
                 "the user is in another call",
@@ -139,6 +141,7 @@ pub(crate) async fn call_user(
     }
     drop(book);
     log_call(&call);
+    sig.record_or_log(Activity::CallStarted(call.clone())).await;
 
     emit_to_room(
         io,
@@ -174,7 +177,7 @@ fn spawn_ring_timer(sig: Arc<Signaling>, io: SocketIo, call_id: String) {
 
 /// Applies one transition to a live call under the book's lock, stores the result, then
 /// delivers its notices with `extra` fields (e.g. the answer SDP) merged in.
-async fn transition(
+pub(crate) async fn transition(
     sig: &Signaling,
     io: &SocketIo,
     call_id: &str,
@@ -203,6 +206,12 @@ async fn transition(
     }
     if after.status != before.status {
         log_call(&after);
+        if effects.finished {
+            sig.record_or_log(Activity::CallEnded(after.clone())).await;
+        } else if after.status == CallStatus::Active {
+            sig.record_or_log(Activity::CallAnswered(after.clone()))
+                .await;
+        }
     }
     if effects.finished && after.media == crate::call::MediaPath::Sfu {
         sig.leave_relay(&after.id, &after.caller_socket).await;

@@ -4,6 +4,8 @@
 //! rules and the call state machine. It knows nothing of SQL, HTTP or JWT: persistence comes in
 //! through [`Store`], token checks through [`Authenticator`].
 
+pub mod activity;
+pub mod admin;
 pub mod call;
 mod consult;
 mod direct;
@@ -416,6 +418,20 @@ impl Signaling {
     /// cannot leave it half-updated (every `Rooms` method is one step), so poison is ignored.
     fn rooms(&self) -> std::sync::MutexGuard<'_, rooms::Rooms> {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tells the store what happened, now.
+    async fn record(&self, activity: activity::Activity) -> Result<(), StoreError> {
+        self.store.record(protocol::now_millis(), &activity).await
+    }
+
+    /// [`Signaling::record`] where nothing can be refused any more (a disconnect, a call already
+    /// stored): a failure is logged and counted.
+    async fn record_or_log(&self, activity: activity::Activity) {
+        if let Err(err) = self.record(activity).await {
+            self.metrics.activity_not_recorded.inc();
+            tracing::error!(error = %err, "could not record room or call activity");
+        }
     }
 
     fn refresh_room_gauges(&self, rooms: &rooms::Rooms) {

@@ -27,6 +27,8 @@ pub struct SignalingMetrics {
     pub calls: IntCounterVec,
     pub chat_messages: IntCounter,
     pub relay_activations: IntCounterVec,
+    /// Activities the store refused after the fact (audit records and webhooks missing).
+    pub activity_not_recorded: IntCounter,
 }
 
 impl SignalingMetrics {
@@ -69,6 +71,11 @@ impl SignalingMetrics {
                 ),
                 &["reason"],
             )?,
+            activity_not_recorded: IntCounter::new(
+                "callrelay_activity_not_recorded_total",
+                "Room and call activities the database refused when nothing could be undone \
+                 (missing from the audit trail and the webhooks)",
+            )?,
         };
         registry.register(Box::new(m.sockets_connected.clone()))?;
         registry.register(Box::new(m.rooms_active.clone()))?;
@@ -77,6 +84,7 @@ impl SignalingMetrics {
         registry.register(Box::new(m.calls.clone()))?;
         registry.register(Box::new(m.chat_messages.clone()))?;
         registry.register(Box::new(m.relay_activations.clone()))?;
+        registry.register(Box::new(m.activity_not_recorded.clone()))?;
         m.create_known_series();
         Ok(m)
     }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use crate::activity::{Activity, RelayedRoom};
 use crate::payload;
 use crate::protocol::{self, ErrorCode, EventError, EventResult};
 use crate::rooms::RelayReason;
@@ -69,6 +70,12 @@ pub trait Relay: Send + Sync + 'static {
     /// Restarts ICE on the participant's subscribe connection (a new subscribe offer with new
     /// credentials): its network changed.
     async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError>;
+
+    /// What the tracks published in `room` bring in, for operators: a JSON array (the SFU's
+    /// per-track bitrate and loss). Empty by default.
+    async fn room_stats(&self, _room: &str) -> Result<Value, RelayError> {
+        Ok(Value::Array(Vec::new()))
+    }
 }
 
 /// What the media layer tells signaling; delivered with [`Signaling::on_relay_event`].
@@ -140,13 +147,15 @@ impl Signaling {
             }
             rooms.member_ids(room_id)
         };
-        self.announce_relay(io, room_id, reason, &members).await;
+        self.announce_relay(io, RoomKind::Consult, room_id, reason, &members)
+            .await;
         true
     }
 
     async fn announce_relay(
         &self,
         io: &SocketIo,
+        kind: RoomKind,
         room_id: &str,
         reason: RelayReason,
         members: &[String],
@@ -155,6 +164,16 @@ impl Signaling {
             .relay_activations
             .with_label_values(&[reason.as_str()])
             .inc();
+        let room = match kind {
+            RoomKind::Consult => RelayedRoom::Consult {
+                appointment_id: room_id.to_owned(),
+            },
+            RoomKind::Call => RelayedRoom::Call {
+                call_id: room_id.to_owned(),
+            },
+        };
+        self.record_or_log(Activity::RelayActivated { room, reason })
+            .await;
         tracing::info!(
             room_id,
             reason = reason.as_str(),
@@ -187,7 +206,8 @@ impl Signaling {
         }
         if let Some(reason) = reached_relay_size {
             let members = self.rooms().member_ids(room_id);
-            self.announce_relay(io, room_id, reason, &members).await;
+            self.announce_relay(io, RoomKind::Consult, room_id, reason, &members)
+                .await;
             return;
         }
         if self.config.media_mode == MediaMode::SfuOnly
@@ -312,7 +332,8 @@ async fn relay_call(
         members.extend(snapshot.answered_socket.clone());
         members
     };
-    sig.announce_relay(io, call_id, reason, &members).await;
+    sig.announce_relay(io, RoomKind::Call, call_id, reason, &members)
+        .await;
     Ok(())
 }
 

@@ -60,6 +60,9 @@ pub struct Left {
     pub room_id: String,
     pub peer: Peer,
     pub room_now_empty: bool,
+    /// Whether the room was relayed when the member left (a room stays relayed until it
+    /// empties, so: whether the member's media went through the SFU at some point).
+    pub relayed: bool,
 }
 
 /// How long a membership that ended with its connection can still be named by the client
@@ -113,10 +116,12 @@ impl Rooms {
         let index = room.members.iter().position(|m| m.socket_id == socket_id)?;
         let peer = room.members.remove(index);
         let room_now_empty = room.members.is_empty();
+        let relayed = room.relay.is_some();
         if room_now_empty {
             self.rooms.remove(&room_id);
         }
         Some(Left {
+            relayed,
             room_id,
             peer,
             room_now_empty,
@@ -189,6 +194,11 @@ impl Rooms {
             }
             _ => false,
         }
+    }
+
+    /// Every room with members, by id.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Room)> {
+        self.rooms.iter().map(|(id, room)| (id.as_str(), room))
     }
 
     /// The socket ids of a room's members, in join order (empty for an unknown room).

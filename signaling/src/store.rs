@@ -4,6 +4,9 @@
 use async_trait::async_trait;
 use serde::Serialize;
 
+use time::OffsetDateTime;
+
+use crate::activity::Activity;
 use crate::call::Call;
 use crate::identity::Identity;
 
@@ -82,4 +85,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Inserts or updates the call record with the call's current state.
     async fn save_call(&self, call: &Call) -> Result<(), StoreError>;
+    /// Keeps what happened (`at`, server clock) for the audit trail and the webhooks, durably:
+    /// once this returns, the record survives a restart.
+    async fn record(&self, at: OffsetDateTime, activity: &Activity) -> Result<(), StoreError>;
 }

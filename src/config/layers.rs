@@ -124,6 +124,11 @@ pub(super) static SCHEMA: &[Field] = &[
     field("limits", "signal_burst", RATE),
     field("limits", "chat_rate_per_sec", RATE),
     field("limits", "chat_burst", RATE),
+    field("webhooks", "urls", Kind::StrList),
+    Field {
+        shown: Shown::Secret,
+        ..field("webhooks", "secret", Kind::Str)
+    },
 ];
 
 fn lookup(section: &str, key: &str) -> Option<usize> {
@@ -430,6 +435,34 @@ impl Merged {
             }
         }
 
+        let (field, slot) = self.slot("webhooks", "urls")?;
+        if let Val::StrList(urls) = &slot.val {
+            for url in urls {
+                let ok = reqwest::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+                if !ok {
+                    return Err(ConfigError::InvalidValue {
+                        key: field.name(),
+                        value: show_text(field, url),
+                        expected: "http:// or https:// URLs".to_owned(),
+                        origin: slot.origin.to_string(),
+                    });
+                }
+            }
+            let (secret_field, secret) = self.slot("webhooks", "secret")?;
+            if !urls.is_empty() && matches!(&secret.val, Val::Str(s) if s.is_empty()) {
+                return Err(ConfigError::InvalidValue {
+                    key: secret_field.name(),
+                    value: "\"\"".to_owned(),
+                    expected: format!(
+                        "a secret to sign webhooks with, since webhooks.urls is set (in {})",
+                        slot.origin
+                    ),
+                    origin: secret.origin.to_string(),
+                });
+            }
+        }
+
         let (_, bind) = self.slot("server", "bind")?;
         let (field, metrics) = self.slot("server", "metrics_bind")?;
         if let (Val::Addr(bind), Val::OptAddr(Some(metrics_addr))) = (&bind.val, &metrics.val)
@@ -578,6 +611,10 @@ impl Merged {
                 signal_burst: self.int("limits", "signal_burst")?,
                 chat_rate_per_sec: self.int("limits", "chat_rate_per_sec")?,
                 chat_burst: self.int("limits", "chat_burst")?,
+            },
+            webhooks: WebhooksConfig {
+                urls: self.str_list("webhooks", "urls")?,
+                secret: self.string("webhooks", "secret")?,
             },
         })
     }

@@ -40,6 +40,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub calls: CallsConfig,
     pub limits: LimitsConfig,
+    pub webhooks: WebhooksConfig,
 }
 
 /// `[server]`: listeners, logging, shutdown, static files.
@@ -117,6 +118,17 @@ pub use callrelay_signaling::MediaMode;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallsConfig {
     pub ring_timeout_secs: u64,
+}
+
+/// `[webhooks]`: where room and call events are POSTed, signed with the secret.
+///
+/// `Debug` prints the secret as `<redacted>` (or `<empty>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhooksConfig {
+    /// `http://` or `https://` URLs; empty = no webhooks.
+    pub urls: Vec<String>,
+    /// HMAC-SHA256 key of the signature header; required when `urls` is not empty.
+    pub secret: String,
 }
 
 /// `[limits]`.
@@ -299,6 +311,15 @@ impl fmt::Debug for MediaConfig {
             .field("ice_credential", &secret_marker(&self.ice_credential))
             .field("ice_secret", &secret_marker(&self.ice_secret))
             .field("ice_ttl_secs", &self.ice_ttl_secs)
+            .finish()
+    }
+}
+
+impl fmt::Debug for WebhooksConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhooksConfig")
+            .field("urls", &self.urls)
+            .field("secret", &secret_marker(&self.secret))
             .finish()
     }
 }

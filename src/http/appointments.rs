@@ -12,7 +12,7 @@ use callrelay_signaling::store::{AppointmentStatus, ChatMessage};
 use callrelay_signaling::{Identity, Role};
 
 use super::{ApiError, AppState, AuthUser, Payload, check_name};
-use crate::db::{Appointment, NewAppointment};
+use crate::db::{Appointment, AuditEntry, NewAppointment};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -226,7 +226,17 @@ pub(super) async fn appointment_messages(
 ) -> Result<Json<MessageList>, ApiError> {
     let allowed = [Party::Patient, Party::Doctor, Party::Role(Role::Admin)];
     appointment_for(&state, &who, &id, &allowed).await?;
-    Ok(Json(MessageList {
-        messages: state.db.chat_messages(&id).await?,
-    }))
+    let messages = state.db.chat_messages(&id).await?;
+    // Who read a consultation's transcript is on its audit trail; unaudited, it is not shown.
+    state
+        .db
+        .audit(AuditEntry {
+            at: callrelay_signaling::protocol::now_millis(),
+            actor_id: who.user_id.clone(),
+            action: "transcript.read",
+            appointment_id: Some(id.clone()),
+            detail: serde_json::json!({"role": who.role, "messages": messages.len()}),
+        })
+        .await?;
+    Ok(Json(MessageList { messages }))
 }

@@ -7,12 +7,15 @@
 //! the assembly of the routers. A resource module exposes `routes() -> Router<AppState>` (paths
 //! relative to `/api`), merged in `router`, and lists its handlers in `openapi::ApiDoc`.
 
+mod admin;
 mod appointments;
 mod calls;
 mod health;
 mod ice;
 mod openapi;
 mod tokens;
+
+pub use admin::ADMIN_ACTIONS;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -28,7 +31,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use callrelay_signaling::{Authenticator, IceServers, Identity};
+use callrelay_signaling::{Authenticator, IceServers, Identity, Signaling};
+use socketioxide::SocketIo;
 
 use crate::auth::JwtAuth;
 use crate::db::Db;
@@ -49,6 +53,9 @@ pub struct AppState {
     pub metrics_on_main: bool,
     /// `media.ice_*`: what `GET /api/ice-servers` hands out (fresh TURN credentials per user).
     pub ice_servers: Arc<IceServers>,
+    /// Live rooms and calls, for the admin API.
+    pub signaling: Arc<Signaling>,
+    pub io: SocketIo,
 }
 
 /// An API error, rendered as `{"error":{"code","message"}}` with the matching status.
@@ -184,6 +191,7 @@ pub fn router(state: AppState) -> Router {
         .merge(appointments::routes())
         .merge(calls::routes())
         .merge(ice::routes())
+        .merge(admin::routes())
         .merge(openapi::routes())
         // Registered after the routes: they apply to the routes registered before them.
         .fallback(api_not_found)

@@ -5,7 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::OpenApi;
 
-use super::{AppState, appointments, calls, health, ice, tokens};
+use super::{AppState, admin, appointments, calls, health, ice, tokens};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/openapi.json", get(openapi_json))
@@ -28,6 +28,12 @@ pub(super) fn routes() -> Router<AppState> {
         appointments::appointment_messages,
         calls::list_calls,
         ice::ice_servers,
+        admin::list_rooms,
+        admin::list_calls,
+        admin::remove_participant,
+        admin::close_room,
+        admin::end_call,
+        admin::audit_trail,
     ),
     modifiers(&BearerAuth)
 )]

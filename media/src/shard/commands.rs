@@ -60,6 +60,9 @@ impl Shard {
                 let r = self.restart_ice(&room, &participant, now);
                 let _ = reply.send(r);
             }
+            Command::RoomStats { room, reply } => {
+                let _ = reply.send(Ok(self.room_stats(&room, now)));
+            }
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(self.stats()));
             }
@@ -563,6 +566,36 @@ impl Shard {
             demux_ufrags,
             demux_addresses,
         }
+    }
+
+    pub(super) fn room_stats(&self, room: &str, now: Instant) -> Vec<PublicationStats> {
+        let Some(room) = self.room_id(room).and_then(|id| self.rooms.get(&id)) else {
+            return Vec::new();
+        };
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as u64;
+        let mut stats: Vec<PublicationStats> = room
+            .publications
+            .values()
+            .map(|p| {
+                let layers = p.layers.iter();
+                PublicationStats {
+                    participant: p.publisher.clone(),
+                    track_id: p.track_id.clone(),
+                    kind: match p.kind {
+                        MediaKind::Audio => "audio",
+                        _ => "video",
+                    },
+                    bitrate_bps: layers
+                        .clone()
+                        .map(|l| l.bitrate.bytes_last_second(now_us) * 8)
+                        .sum(),
+                    packets_received: layers.clone().map(|l| l.packets_received).sum(),
+                    packets_lost: layers.map(|l| l.packets_lost).sum(),
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| (&a.participant, &a.track_id).cmp(&(&b.participant, &b.track_id)));
+        stats
     }
 
     /// Publications of every room by kind (see [`kind_index`]).

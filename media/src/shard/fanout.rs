@@ -57,12 +57,14 @@ impl Shard {
                 let gap = seq.wrapping_sub(h) - 1;
                 if gap > 0 {
                     metrics.packets_lost.inc_by(u64::from(gap));
+                    l.packets_lost += u64::from(gap);
                 }
                 l.highest_seq = Some(seq);
             }
             Some(_) => {}
             None => l.highest_seq = Some(seq),
         }
+        l.packets_received += 1;
         l.cache.insert(&packet);
         let now_us = rx_at.duration_since(*epoch).as_micros() as u64;
         let payload_len = packet.payload.len() as u64;

@@ -3,7 +3,14 @@
 //! Every timestamp is stored as milliseconds since the Unix epoch (BIGINT) so that both backends
 //! sort and compare them the same way; the API renders them as RFC 3339.
 
+mod audit;
+mod outbox;
+
+pub use audit::{AUDIT_PAGE, AuditBreak, AuditCheck, AuditEntry, AuditRecord};
+pub use outbox::Delivery;
+
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,6 +19,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 use time::OffsetDateTime;
 
+use callrelay_signaling::activity::{Activity, RelayedRoom};
 use callrelay_signaling::call::Call;
 use callrelay_signaling::protocol::{from_unix_millis, rfc3339_millis, unix_millis};
 use callrelay_signaling::store::{
@@ -55,6 +63,10 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// `webhooks.urls`: each recorded activity's events are queued for each of them.
+    webhook_urls: Arc<[String]>,
+    /// Woken when deliveries were queued.
+    outbox_queued: Arc<tokio::sync::Notify>,
 }
 
 /// An appointment as the API shows it (contract: Appointment).
@@ -146,7 +158,23 @@ impl Db {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            webhook_urls: Arc::from([]),
+            outbox_queued: Arc::default(),
+        })
+    }
+
+    /// Queues the webhook events of every recorded activity for `urls` from now on.
+    pub fn with_webhooks(mut self, urls: &[String]) -> Db {
+        self.webhook_urls = Arc::from(urls);
+        self
+    }
+
+    /// Resolves when deliveries were queued since the last call (or right away if they were).
+    pub async fn outbox_queued(&self) {
+        self.outbox_queued.notified().await;
     }
 
     pub fn backend(&self) -> Backend {
@@ -472,4 +500,76 @@ impl Store for Db {
         .map_err(DbError::from)?;
         Ok(())
     }
+
+    async fn record(&self, at: OffsetDateTime, activity: &Activity) -> Result<(), StoreError> {
+        let entry = audit_entry(at, activity);
+        let events = if self.webhook_urls.is_empty() {
+            Vec::new()
+        } else {
+            activity.webhook_events()
+        };
+        if entry.is_none() && events.is_empty() {
+            return Ok(());
+        }
+        let queued = !events.is_empty();
+        // Audit record and webhook events commit together, or neither does.
+        let mut tx = match entry {
+            Some(_) => self.begin_audited().await?,
+            None => self.pool.begin().await.map_err(DbError::from)?,
+        };
+        if let Some(entry) = &entry {
+            audit::append(&mut *tx, entry).await?;
+        }
+        for (name, data) in events {
+            outbox::enqueue(&mut *tx, &self.webhook_urls, name, data, at).await?;
+        }
+        tx.commit().await.map_err(DbError::from)?;
+        if queued {
+            self.outbox_queued.notify_one();
+        }
+        Ok(())
+    }
 }
+
+/// The audit record of an activity, for those the trail keeps: who entered and left which
+/// consultation with which media path, and when a consultation's media went through the relay.
+fn audit_entry(at: OffsetDateTime, activity: &Activity) -> Option<AuditEntry> {
+    use serde_json::json;
+    let (actor_id, action, detail) = match activity {
+        Activity::ParticipantJoined { member, media, .. } => (
+            member.user_id.clone(),
+            "room.joined",
+            json!({"socketId": member.socket_id, "name": member.name, "role": member.role,
+                   "media": media}),
+        ),
+        Activity::ParticipantLeft {
+            member,
+            media,
+            reason,
+            ..
+        } => (
+            member.user_id.clone(),
+            "room.left",
+            json!({"socketId": member.socket_id, "reason": reason, "media": media}),
+        ),
+        Activity::RelayActivated {
+            room: RelayedRoom::Consult { .. },
+            reason,
+        } => (
+            SERVER_ACTOR.to_owned(),
+            "room.relayed",
+            json!({"reason": reason.as_str()}),
+        ),
+        _ => return None,
+    };
+    Some(AuditEntry {
+        at,
+        actor_id,
+        action,
+        appointment_id: activity.appointment_id().map(str::to_owned),
+        detail,
+    })
+}
+
+/// The actor of what the server did by itself.
+pub const SERVER_ACTOR: &str = "server";
