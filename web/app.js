@@ -112,6 +112,13 @@ function startSocket(token) {
     setConn('down', `Disconnected (${reason}) — reconnecting…`);
     if (reason === 'io server disconnect') toast('The server closed the connection.', 'error');
   });
+  // The server restarts for maintenance: what is under way goes on, nothing new starts. A
+  // consult page says so in its own notices.
+  socket.on('server-draining', () => {
+    if (!/^\/consult\//.test(location.pathname)) {
+      toast('This server is restarting for maintenance; calls in progress continue.', 'info', 10000);
+    }
+  });
   socket.on('connect_error', (err) => {
     if (err && err.message === 'unauthorized') {
       signOut('Your sign-in is no longer valid (expired, or the server restarted with a new secret). Please sign in again.');

@@ -60,9 +60,18 @@ class ConsultView {
         h('div', { class: 'stage' }, this.lobby, this.grid, this.controls),
         this.chat.el)));
 
+    this.unlistenServer = listen(this.ctx.socket, { 'server-draining': () => this.serverDraining() });
     this.loadAppointment();
     this.chat.load(this.appointmentId);
     this.openMedia();
+  }
+
+  /** `server-draining`: the server restarts once the consultations under way have ended. */
+  serverDraining() {
+    if (this.drainNotice) return;
+    this.drainNotice = this.notice(this.room
+      ? 'This server is restarting for maintenance; your consultation continues.'
+      : 'This server is restarting for maintenance: a consultation under way can still be joined, a new one can start again in a few minutes.');
   }
 
   async loadAppointment() {
@@ -178,6 +187,7 @@ class ConsultView {
   dispose() {
     if (this.disposed) return;
     this.disposed = true;
+    if (this.unlistenServer) this.unlistenServer();
     if (this.room) this.room.close(true);
     stopStream(this.localStream);
     this.previewTile.remove();

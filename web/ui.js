@@ -130,6 +130,7 @@ export function describeCode(code) {
     not_found: 'not found',
     unauthorized: 'your sign-in is no longer valid',
     rate_limited: 'too many requests, slow down',
+    unavailable: 'the server is restarting for maintenance, try again in a few minutes',
     invalid_payload: 'invalid request',
     timeout: 'the server did not answer',
   }[code] || code;
