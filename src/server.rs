@@ -133,11 +133,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let db = Db::connect(&config.database.url, config.database.max_connections)
         .await?
         .with_webhooks(&config.webhooks.urls);
+    // Registered with or without receivers, so dashboards and alerts find them at zero.
+    let webhook_metrics = WebhookMetrics::register(&metrics.registry)?;
     let webhook_sender = if config.webhooks.urls.is_empty() {
         None
     } else {
-        let metrics = WebhookMetrics::register(&metrics.registry)?;
-        let sender = WebhookSender::new(db.clone(), &config.webhooks.secret, metrics)
+        let sender = WebhookSender::new(db.clone(), &config.webhooks.secret, webhook_metrics)
             .map_err(ServeError::WebhookClient)?;
         tracing::info!(receivers = config.webhooks.urls.len(), "webhooks on");
         Some(tokio::spawn(sender.run()))

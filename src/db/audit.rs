@@ -185,7 +185,7 @@ impl Db {
     /// Appends one record on its own (a transcript read, an admin action).
     pub async fn audit(&self, entry: AuditEntry) -> Result<(), DbError> {
         let mut tx = self.begin_audited().await?;
-        append(&mut *tx, &entry).await?;
+        append(&mut tx, &entry).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -518,10 +518,10 @@ impl Store for Db {
             None => self.pool.begin().await.map_err(DbError::from)?,
         };
         if let Some(entry) = &entry {
-            audit::append(&mut *tx, entry).await?;
+            audit::append(&mut tx, entry).await?;
         }
         for (name, data) in events {
-            outbox::enqueue(&mut *tx, &self.webhook_urls, name, data, at).await?;
+            outbox::enqueue(&mut tx, &self.webhook_urls, name, data, at).await?;
         }
         tx.commit().await.map_err(DbError::from)?;
         if queued {
