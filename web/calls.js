@@ -169,6 +169,7 @@ export class CallManager {
         disconnected: `${name} got disconnected.`,
         rejected: `${name} declined the call.`,
         'server-restart': 'The server is restarting; the call ended.',
+        'ended-by-admin': 'An administrator ended the call.',
       }[reason] || `Call ended (${reason}).`);
     } else if (call && !call.callId && call.direction === 'out') {
       if (!this.early.has(m.callId)) this.early.set(m.callId, []);

@@ -60,7 +60,10 @@ class ConsultView {
         h('div', { class: 'stage' }, this.lobby, this.grid, this.controls),
         this.chat.el)));
 
-    this.unlistenServer = listen(this.ctx.socket, { 'server-draining': () => this.serverDraining() });
+    this.unlistenServer = listen(this.ctx.socket, {
+      'server-draining': () => this.serverDraining(),
+      'removed-from-room': (m) => this.removedFromRoom(m),
+    });
     this.loadAppointment();
     this.chat.load(this.appointmentId);
     this.openMedia();
@@ -72,6 +75,30 @@ class ConsultView {
     this.drainNotice = this.notice(this.room
       ? 'This server is restarting for maintenance; your consultation continues.'
       : 'This server is restarting for maintenance: a consultation under way can still be joined, a new one can start again in a few minutes.');
+  }
+
+  /** `removed-from-room`: an administrator took us out of this room, or closed it. */
+  removedFromRoom({ roomId, reason } = {}) {
+    if (roomId !== this.appointmentId || !this.room) return;
+    this.room.close(false);
+    this.room = null;
+    this.showLobby('Join again');
+    this.notice(reason === 'room-closed'
+      ? 'An administrator closed this consultation.'
+      : 'An administrator removed you from this consultation.', 'warning');
+  }
+
+  /** Back to the lobby (the preview, the Join button) after a membership ended. */
+  showLobby(joinLabel) {
+    this.previewHost.appendChild(this.previewTile.el); // back from the (hidden) grid
+    this.pathBadge.dataset.path = 'none';
+    this.pathBadge.textContent = 'Not joined';
+    this.joinBtn.disabled = false;
+    this.joinBtn.textContent = joinLabel;
+    this.lobby.hidden = false;
+    this.grid.hidden = true;
+    this.controls.hidden = true;
+    this.chat.setJoined(false);
   }
 
   async loadAppointment() {
@@ -137,11 +164,7 @@ class ConsultView {
     } catch (err) {
       this.room.close(false);
       this.room = null;
-      this.previewHost.appendChild(this.previewTile.el); // back from the (hidden) grid
-      this.pathBadge.dataset.path = 'none';
-      this.pathBadge.textContent = 'Not joined';
-      this.joinBtn.disabled = false;
-      this.joinBtn.textContent = 'Try again';
+      this.showLobby('Try again');
       this.noticeEl.appendChild(errorBox(err, 'Could not join the room:'));
       return;
     }
