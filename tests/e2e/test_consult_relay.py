@@ -74,6 +74,20 @@ async def test_two_party_room_relayed_video_and_audio(server):
         late = [m for t, m in h.DECODE_ERRORS.seen if t > video.first_at]
         assert not late, f"{len(late)} frames failed to decode after the first good one: {late[:3]}"
 
+        # An operator sees the room relayed, with what each of A's tracks brings in.
+        admin = await h.user(server, "admin")
+        status, body = await h.api(server, "GET", "/api/admin/rooms", admin.token)
+        assert status == 200, body
+        [seen] = [r for r in body["rooms"] if r["appointmentId"] == room]
+        assert (seen["media"], seen["relayReason"]) == ("sfu", "forced"), seen
+        assert sorted(p["socketId"] for p in seen["participants"]) == sorted([a.sid, b.sid])
+        tracks = {t["kind"]: t for t in seen["tracks"]}
+        assert set(tracks) == {"audio", "video"}, seen["tracks"]
+        for t in tracks.values():
+            assert t["participant"] == a.sid, t
+            assert t["bitrateBps"] > 0 and t["packetsReceived"] > 0, t
+            assert t["packetsLost"] == 0, t  # loopback loses nothing
+
 
 async def test_three_members_room_size_and_two_publishers(server):
     async with asyncio.timeout(30), h.Session(server) as s:
