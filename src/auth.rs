@@ -7,10 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use callrelay_signaling::{AuthFailure, Authenticator, Identity, Role};
 
-/// Longest user id a token may carry (the longest id the events accept).
-const MAX_USER_ID_BYTES: usize = 128;
-/// Longest display name a token may carry.
-const MAX_NAME_BYTES: usize = 200;
+/// Longest user id a token may carry, in characters (the longest id the events accept).
+const MAX_USER_ID_CHARS: usize = 128;
+/// Longest display name a token may carry, in characters (the HTTP API's limit on names).
+const MAX_NAME_CHARS: usize = 200;
 
 /// The claims of a callrelay token (contract section 2).
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,7 +26,7 @@ pub struct Claims {
 pub enum TokenError {
     #[error("{0} must not be empty")]
     Empty(&'static str),
-    #[error("{0} must be at most {1} bytes without control characters")]
+    #[error("{0} must be at most {1} characters without control characters")]
     Unprintable(&'static str, usize),
     #[error("unknown role {0:?}: expected patient, doctor, staff or admin")]
     UnknownRole(String),
@@ -70,11 +70,11 @@ impl JwtAuth {
         if name.trim().is_empty() {
             return Err(TokenError::Empty("name"));
         }
-        if !printable(sub, MAX_USER_ID_BYTES) {
-            return Err(TokenError::Unprintable("sub", MAX_USER_ID_BYTES));
+        if !printable(sub, MAX_USER_ID_CHARS) {
+            return Err(TokenError::Unprintable("sub", MAX_USER_ID_CHARS));
         }
-        if !printable(name, MAX_NAME_BYTES) {
-            return Err(TokenError::Unprintable("name", MAX_NAME_BYTES));
+        if !printable(name, MAX_NAME_CHARS) {
+            return Err(TokenError::Unprintable("name", MAX_NAME_CHARS));
         }
         if Role::parse(role).is_none() {
             return Err(TokenError::UnknownRole(role.to_owned()));
@@ -115,8 +115,8 @@ impl JwtAuth {
         // issuer sharing the secret must not smuggle control characters (a NUL fails on
         // PostgreSQL) or megabytes into every peer list.
         if claims.sub.is_empty()
-            || !printable(&claims.sub, MAX_USER_ID_BYTES)
-            || !printable(&claims.name, MAX_NAME_BYTES)
+            || !printable(&claims.sub, MAX_USER_ID_CHARS)
+            || !printable(&claims.name, MAX_NAME_CHARS)
         {
             return Err(AuthFailure::Malformed);
         }
@@ -128,8 +128,8 @@ impl JwtAuth {
     }
 }
 
-fn printable(s: &str, max_bytes: usize) -> bool {
-    s.len() <= max_bytes && !s.chars().any(char::is_control)
+fn printable(s: &str, max_chars: usize) -> bool {
+    s.chars().count() <= max_chars && !s.chars().any(char::is_control)
 }
 
 /// `alg: none` tokens do not even parse as a jsonwebtoken header; label them for operators.
@@ -244,8 +244,8 @@ mod tests {
             ("u\0x", "X"),
             ("u1", "Dr\u{0}Who"),
             ("u1", "line\nbreak"),
-            (&*"u".repeat(MAX_USER_ID_BYTES + 1), "X"),
-            ("u1", &*"n".repeat(MAX_NAME_BYTES + 1)),
+            (&*"u".repeat(MAX_USER_ID_CHARS + 1), "X"),
+            ("u1", &*"n".repeat(MAX_NAME_CHARS + 1)),
         ] {
             assert!(matches!(
                 a.issue(sub, name, "patient", 60),
@@ -270,6 +270,10 @@ mod tests {
         }
         let token = a.issue("user-1", "Dr Zoë Ångström", "doctor", 60).unwrap();
         assert!(a.verify(Some(&token)).is_ok());
+        // The limits count characters, not bytes: 200 two-byte characters are a fine name.
+        let long = "é".repeat(MAX_NAME_CHARS);
+        let token = a.issue("user-1", &long, "doctor", 60).unwrap();
+        assert_eq!(a.verify(Some(&token)).unwrap().name, long);
     }
 
     #[test]

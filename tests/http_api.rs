@@ -172,6 +172,33 @@ async fn tokens_are_checked_and_refusals_counted() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&body), "invalid_payload");
+    for bad in [
+        json!({"sub": "", "name": "X", "role": "patient"}),
+        json!({"sub": "x", "name": " ", "role": "patient"}),
+        json!({"sub": "x", "name": "X", "role": "patient", "admin": true}),
+    ] {
+        let (status, body) = post(&server, "/api/dev/token", None, bad.clone()).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_payload"),
+            "{bad}"
+        );
+    }
+    // A name is up to 200 characters, however many bytes they take.
+    let long = "é".repeat(200);
+    let (status, body) = post(
+        &server,
+        "/api/dev/token",
+        None,
+        json!({"sub": "u2", "name": long, "role": "patient"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let token = body["token"].as_str().expect("a token");
+    assert_eq!(
+        get(&server, "/api/me", Some(token)).await.1["name"],
+        json!(long)
+    );
 }
 
 #[tokio::test]
@@ -346,9 +373,12 @@ async fn bad_bodies_get_clear_errors_and_change_nothing() {
     }
     for body in [
         json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "tomorrow"}),
+        // 9999-12-31T23:00 at -05:00 is in the year 10000 in UTC, which RFC 3339 cannot write.
+        json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "9999-12-31T23:00:00-05:00"}),
         json!({"patientId": "p 1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z"}),
-        json!({"patientId": "doc1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z"}),
         json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z", "patientName": ""}),
+        // Only the described properties: a misspelt optional one is not silently dropped.
+        json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z", "patient_name": "Pat"}),
     ] {
         let (status, reply) = post(&server, "/api/appointments", Some(&doctor), body.clone()).await;
         assert_eq!(
@@ -357,6 +387,18 @@ async fn bad_bodies_get_clear_errors_and_change_nothing() {
             "{body}"
         );
     }
+    // Well-formed, but no one is their own doctor.
+    let (status, reply) = post(
+        &server,
+        "/api/appointments",
+        Some(&doctor),
+        appointment_body("doc1", "doc1"),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&reply)),
+        (StatusCode::CONFLICT, "conflict")
+    );
     let huge = json!({"patientId": "p1", "doctorId": "doc1", "scheduledAt": "2026-12-01T09:30:00Z", "patientName": "x".repeat(10_000)});
     let (status, reply) = post(&server, "/api/appointments", Some(&doctor), huge).await;
     assert_eq!(

@@ -15,6 +15,7 @@ use callrelay_signaling::admin::{AdminError, CallView, RoomView};
 use callrelay_signaling::protocol::{check_id, now_millis};
 use callrelay_signaling::{Identity, Role};
 
+use super::openapi::{BadRequest, Forbidden, Id, Internal, Unauthorized};
 use super::{ApiError, AppState, AuthUser};
 use crate::db::{AUDIT_PAGE, AuditEntry, AuditRecord};
 
@@ -109,10 +110,10 @@ pub struct RoomList {
 /// Consult rooms with members: `appointmentId`, `participants` (as `existing-peers`), `media`
 /// (`p2p` or `sfu`), `relayReason`, and for relayed rooms `tracks` (per published track:
 /// `participant`, `trackId`, `kind`, `bitrateBps`, `packetsReceived`, `packetsLost`).
-#[utoipa::path(get, path = "/api/admin/rooms", responses(
+#[utoipa::path(get, path = "/api/admin/rooms", operation_id = "admin_list_rooms", responses(
     (status = 200, body = RoomList, description = "Active consult rooms"),
-    (status = 401, description = "No valid bearer token"),
-    (status = 403, description = "Not an administrator")), security(("bearer" = [])))]
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden)), security(("bearer" = [])))]
 pub(super) async fn list_rooms(State(state): State<AppState>, _: Admin) -> Json<RoomList> {
     Json(RoomList {
         rooms: state.signaling.active_rooms().await,
@@ -120,16 +121,17 @@ pub(super) async fn list_rooms(State(state): State<AppState>, _: Admin) -> Json<
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = LiveCallList)]
 pub struct CallList {
     #[schema(value_type = Vec<Object>)]
     calls: Vec<CallView>,
 }
 
 /// Ringing and active direct calls, with `media` and, when relayed, `tracks`.
-#[utoipa::path(get, path = "/api/admin/calls", responses(
+#[utoipa::path(get, path = "/api/admin/calls", operation_id = "admin_list_calls", responses(
     (status = 200, body = CallList, description = "Live direct calls"),
-    (status = 401, description = "No valid bearer token"),
-    (status = 403, description = "Not an administrator")), security(("bearer" = [])))]
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden)), security(("bearer" = [])))]
 pub(super) async fn list_calls(State(state): State<AppState>, _: Admin) -> Json<CallList> {
     Json(CallList {
         calls: state.signaling.live_calls().await,
@@ -145,12 +147,13 @@ pub struct Removed {
 /// Takes every connection of a user out of a consult room: it gets `removed-from-room
 /// {roomId, reason:"removed"}`, the others `peer-left {reason:"removed"}`. Not a ban.
 #[utoipa::path(delete, path = "/api/admin/rooms/{appointment_id}/participants/{user_id}",
-    params(("appointment_id" = String, Path), ("user_id" = String, Path)), responses(
+    params(("appointment_id" = Id, Path), ("user_id" = Id, Path)), responses(
     (status = 200, body = Removed, description = "Removed"),
-    (status = 400, description = "Malformed id"),
-    (status = 401, description = "No valid bearer token"),
-    (status = 403, description = "Not an administrator"),
-    (status = 404, description = "No such active room, or the user is not in it")),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, description = "No such active room, or the user is not in it (`not_found`)", body = super::ErrorBody),
+    (status = 500, response = Internal)),
     security(("bearer" = [])))]
 pub(super) async fn remove_participant(
     State(state): State<AppState>,
@@ -176,12 +179,13 @@ pub(super) async fn remove_participant(
 
 /// Ends a consult room: every member gets `removed-from-room {roomId, reason:"room-closed"}`.
 #[utoipa::path(post, path = "/api/admin/rooms/{appointment_id}/close",
-    params(("appointment_id" = String, Path)), responses(
+    params(("appointment_id" = Id, Path)), responses(
     (status = 200, body = Removed, description = "Closed"),
-    (status = 400, description = "Malformed id"),
-    (status = 401, description = "No valid bearer token"),
-    (status = 403, description = "Not an administrator"),
-    (status = 404, description = "No active room for this appointment")),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, description = "No active room for this appointment (`not_found`)", body = super::ErrorBody),
+    (status = 500, response = Internal)),
     security(("bearer" = [])))]
 pub(super) async fn close_room(
     State(state): State<AppState>,
@@ -214,11 +218,12 @@ pub struct CallEnded {
 
 /// Ends a ringing or active call: both sides get `call-ended {reason:"ended-by-admin"}`.
 #[utoipa::path(post, path = "/api/admin/calls/{call_id}/end",
-    params(("call_id" = String, Path)), responses(
+    params(("call_id" = Id, Path)), responses(
     (status = 200, body = CallEnded, description = "Ended"),
-    (status = 401, description = "No valid bearer token"),
-    (status = 403, description = "Not an administrator"),
-    (status = 404, description = "No ringing or active call with this id")),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, description = "No ringing or active call with this id (`not_found`)", body = super::ErrorBody),
+    (status = 500, response = Internal)),
     security(("bearer" = [])))]
 pub(super) async fn end_call(
     State(state): State<AppState>,
@@ -245,6 +250,7 @@ pub(super) async fn end_call(
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Only this appointment's records.
+    #[param(value_type = Option<Id>)]
     appointment_id: Option<String>,
     /// Records after this `seq` (paging: pass the last `seq` of the previous page).
     #[param(minimum = 0)]
@@ -261,9 +267,10 @@ pub struct AuditPage {
 /// who read a transcript, every admin action. Each record carries `prevHash` and `hash`.
 #[utoipa::path(get, path = "/api/admin/audit", params(AuditQuery), responses(
     (status = 200, body = AuditPage, description = "Audit records, oldest first"),
-    (status = 400, description = "Malformed appointmentId or afterSeq"),
-    (status = 401, description = "No valid bearer token"),
-    (status = 403, description = "Not an administrator")), security(("bearer" = [])))]
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn audit_trail(
     State(state): State<AppState>,
     Admin(admin): Admin,

@@ -11,6 +11,9 @@ use callrelay_signaling::protocol::check_id;
 use callrelay_signaling::store::{AppointmentStatus, ChatMessage};
 use callrelay_signaling::{Identity, Role};
 
+use super::openapi::{
+    BadRequest, DateTime, Forbidden, Id, Internal, Name, NotFound, TooLarge, Unauthorized,
+};
 use super::{ApiError, AppState, AuthUser, Payload, check_name};
 use crate::db::{Appointment, AuditEntry, NewAppointment};
 
@@ -26,19 +29,35 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/appointments/{id}/messages", get(appointment_messages))
 }
 
+/// A new appointment. The patient and the doctor are two different users.
 #[derive(Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateAppointment {
+    #[schema(value_type = Id)]
     patient_id: String,
+    /// A doctor creating an appointment names themself.
+    #[schema(value_type = Id)]
     doctor_id: String,
-    /// RFC 3339, e.g. 2026-12-01T09:30:00Z
+    #[schema(value_type = DateTime)]
     scheduled_at: String,
+    /// Left out or null: the name the patient's token gave, once seen, else the id.
+    #[schema(value_type = Option<Name>)]
     patient_name: Option<String>,
+    /// Left out or null: the creating doctor's name, or the name the doctor's token gave,
+    /// once seen, else the id.
+    #[schema(value_type = Option<Name>)]
     doctor_name: Option<String>,
 }
 
+/// Creates an appointment, `pending` (doctors for themselves, staff and admins for anyone).
 #[utoipa::path(post, path = "/api/appointments", request_body = CreateAppointment, responses(
-    (status = 201, body = Appointment), (status = 400), (status = 401), (status = 403)), security(("bearer" = [])))]
+    (status = 201, description = "The appointment, `pending`", body = Appointment),
+    (status = 400, response = BadRequest),
+    (status = 401, response = Unauthorized),
+    (status = 403, description = "A patient, or a doctor naming another doctor (`forbidden`)", body = super::ErrorBody),
+    (status = 409, description = "`patientId` and `doctorId` name the same user (`conflict`)", body = super::ErrorBody),
+    (status = 413, response = TooLarge),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn create_appointment(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -57,7 +76,8 @@ pub(super) async fn create_appointment(
         ));
     }
     if req.patient_id == req.doctor_id {
-        return Err(ApiError::invalid("patientId and doctorId must differ"));
+        // Well-formed, but no user is their own doctor.
+        return Err(ApiError::conflict("patientId and doctorId must differ"));
     }
     for (field, name) in [
         ("patientName", &req.patient_name),
@@ -71,7 +91,12 @@ pub(super) async fn create_appointment(
         &req.scheduled_at,
         &time::format_description::well_known::Rfc3339,
     )
-    .map_err(|_| ApiError::invalid("scheduledAt must be an RFC 3339 date-time"))?;
+    .ok()
+    // Within these years the time is a date-time in UTC too, as it is stored and shown.
+    .filter(|at| (1..=9998).contains(&at.year()))
+    .ok_or_else(|| {
+        ApiError::invalid("scheduledAt must be an RFC 3339 date-time in the years 0001 to 9998")
+    })?;
     let appointment = state
         .db
         .create_appointment(NewAppointment {
@@ -93,7 +118,11 @@ pub struct AppointmentList {
     appointments: Vec<Appointment>,
 }
 
-#[utoipa::path(get, path = "/api/appointments", responses((status = 200, body = AppointmentList), (status = 401)), security(("bearer" = [])))]
+/// The appointments where the caller is the patient or the doctor (admins: all), soonest first.
+#[utoipa::path(get, path = "/api/appointments", responses(
+    (status = 200, description = "The caller's appointments", body = AppointmentList),
+    (status = 401, response = Unauthorized),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn list_appointments(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -134,8 +163,13 @@ enum Party {
     Role(Role),
 }
 
-#[utoipa::path(get, path = "/api/appointments/{id}", params(("id" = String, Path)), responses(
-    (status = 200, body = Appointment), (status = 403), (status = 404)), security(("bearer" = [])))]
+/// One appointment, for its patient, its doctor, staff and admins.
+#[utoipa::path(get, path = "/api/appointments/{id}", params(("id" = Id, Path, description = "The appointment's id")), responses(
+    (status = 200, description = "The appointment", body = Appointment),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn get_appointment(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -150,8 +184,14 @@ pub(super) async fn get_appointment(
     Ok(Json(appointment_for(&state, &who, &id, &allowed).await?))
 }
 
-#[utoipa::path(post, path = "/api/appointments/{id}/confirm", params(("id" = String, Path)), responses(
-    (status = 200, body = Appointment), (status = 403), (status = 404), (status = 409, description = "Cancelled")), security(("bearer" = [])))]
+/// Confirms an appointment (its doctor, staff, admins): from then on it has a `joinUrl`.
+#[utoipa::path(post, path = "/api/appointments/{id}/confirm", params(("id" = Id, Path, description = "The appointment's id")), responses(
+    (status = 200, description = "The appointment, `confirmed`", body = Appointment),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 409, description = "The appointment is cancelled (`conflict`)", body = super::ErrorBody),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn confirm_appointment(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -185,8 +225,14 @@ pub(super) async fn confirm_appointment(
     Ok(Json(appointment))
 }
 
-#[utoipa::path(post, path = "/api/appointments/{id}/cancel", params(("id" = String, Path)), responses(
-    (status = 200, body = Appointment), (status = 403), (status = 404)), security(("bearer" = [])))]
+/// Cancels an appointment (its patient, its doctor, staff, admins): no one can join its room
+/// after. Cancelling a cancelled appointment changes nothing.
+#[utoipa::path(post, path = "/api/appointments/{id}/cancel", params(("id" = Id, Path, description = "The appointment's id")), responses(
+    (status = 200, description = "The appointment, `cancelled`", body = Appointment),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn cancel_appointment(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,
@@ -217,8 +263,13 @@ pub struct MessageList {
     messages: Vec<ChatMessage>,
 }
 
-#[utoipa::path(get, path = "/api/appointments/{id}/messages", params(("id" = String, Path)), responses(
-    (status = 200, body = MessageList), (status = 403), (status = 404)), security(("bearer" = [])))]
+/// The appointment's chat transcript, oldest first (its patient, its doctor, admins).
+#[utoipa::path(get, path = "/api/appointments/{id}/messages", params(("id" = Id, Path, description = "The appointment's id")), responses(
+    (status = 200, description = "The transcript", body = MessageList),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 404, response = NotFound),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn appointment_messages(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -5,6 +5,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::openapi::{Internal, Unauthorized};
 use super::{ApiError, AppState, AuthUser};
 use crate::db::CallRecord;
 
@@ -17,7 +18,11 @@ pub struct CallList {
     calls: Vec<CallRecord>,
 }
 
-#[utoipa::path(get, path = "/api/calls", responses((status = 200, body = CallList), (status = 401)), security(("bearer" = [])))]
+/// The direct calls the caller took part in, newest first.
+#[utoipa::path(get, path = "/api/calls", responses(
+    (status = 200, description = "The caller's calls", body = CallList),
+    (status = 401, response = Unauthorized),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
 pub(super) async fn list_calls(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -19,14 +19,22 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/readyz", get(readyz))
 }
 
-#[utoipa::path(get, path = "/livez", responses((status = 200, description = "The process runs")))]
+/// `{"status":"ok"}` and the like.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    /// `ok` (livez), `ready`, `draining` or `database unavailable` (readyz).
+    status: String,
+}
+
+#[utoipa::path(get, path = "/livez", responses(
+    (status = 200, description = "The process runs", body = Status)))]
 pub(super) async fn livez() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
 #[utoipa::path(get, path = "/readyz", responses(
-    (status = 200, description = "The database answers and the server is not draining"),
-    (status = 503, description = "Draining, or the database does not answer")))]
+    (status = 200, description = "The database answers and the server is not draining", body = Status),
+    (status = 503, description = "Draining, or the database does not answer", body = Status)))]
 pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (
@@ -50,7 +58,8 @@ pub(super) async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format")))]
+#[utoipa::path(get, path = "/metrics", responses(
+    (status = 200, description = "Prometheus text format (contract section 4)", content_type = "text/plain", body = String)))]
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

@@ -7,6 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use super::openapi::Unauthorized;
 use super::{AppState, AuthUser};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -34,7 +35,9 @@ pub struct IceServerList {
 
 /// The STUN/TURN servers for the caller's peer connections, with fresh TURN credentials of
 /// their own. Never cached: each answer is minted at request time.
-#[utoipa::path(get, path = "/api/ice-servers", responses((status = 200, body = IceServerList), (status = 401)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/ice-servers", responses(
+    (status = 200, description = "The caller's ICE servers", body = IceServerList),
+    (status = 401, response = Unauthorized)), security(("bearer" = [])))]
 pub(super) async fn ice_servers(
     State(state): State<AppState>,
     AuthUser(who): AuthUser,

@@ -29,7 +29,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use serde::Serialize;
 
 use callrelay_signaling::{Authenticator, IceServers, Identity, Signaling};
 use socketioxide::SocketIo;
@@ -62,12 +62,47 @@ pub struct AppState {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
+    message: String,
+}
+
+/// The machine-readable half of an error; each goes with one status (contract section 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body or a parameter is not what the operation takes.
+    InvalidPayload,
+    /// 401: no bearer token, or one that does not verify.
+    Unauthorized,
+    /// 403: the caller may not do this.
+    Forbidden,
+    /// 404: no such resource, or no such path.
+    NotFound,
+    /// 405: the path does not take this method (the `Allow` header lists those it takes).
+    MethodNotAllowed,
+    /// 409: the resource's state, or the request's own parts, do not allow it.
+    Conflict,
+    /// 413: the body is larger than `limits.max_http_body_bytes`.
+    TooLarge,
+    /// 500: the server failed (the database did not answer).
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    code: ErrorCode,
+    /// For people: what was wrong.
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -75,29 +110,34 @@ impl ApiError {
         }
     }
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_payload", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidPayload, message)
     }
     pub fn unauthorized() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid bearer token is required",
         )
     }
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
     }
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -107,7 +147,7 @@ impl From<crate::db::DbError> for ApiError {
         tracing::error!(error = %err, "database error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            ErrorCode::Internal,
             "internal error",
         )
     }
@@ -129,7 +169,7 @@ where
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
+                    ErrorCode::TooLarge,
                     "body is too large",
                 ))
             }
@@ -247,7 +287,7 @@ async fn api_not_found() -> ApiError {
 async fn method_not_allowed(method: axum::http::Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on this path (see the Allow header)"),
     )
 }

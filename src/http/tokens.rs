@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use callrelay_signaling::protocol::check_id;
 
-use super::{ApiError, AppState, AuthUser, Payload, check_name};
+use super::openapi::{BadRequest, Id, Name, RoleName, TooLarge, Unauthorized};
+use super::{ApiError, AppState, AuthUser, ErrorBody, Payload, check_name};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
@@ -15,20 +16,31 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/me", get(me))
 }
 
+/// Who the token is for.
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct DevTokenRequest {
+    /// The user id (the token's `sub`).
+    #[schema(value_type = Id)]
     sub: String,
+    #[schema(value_type = Name)]
     name: String,
+    #[schema(value_type = RoleName)]
     role: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct TokenResponse {
+    /// An HS256 JWT, valid for `auth.token_ttl_secs`.
     token: String,
 }
 
+/// A token for anyone who asks, for development (`auth.dev_tokens`, on by default).
 #[utoipa::path(post, path = "/api/dev/token", request_body = DevTokenRequest, responses(
-    (status = 200, body = TokenResponse), (status = 400), (status = 404, description = "auth.dev_tokens is off")))]
+    (status = 200, description = "A signed token", body = TokenResponse),
+    (status = 400, response = BadRequest),
+    (status = 404, description = "`auth.dev_tokens` is off (`not_found`)", body = ErrorBody),
+    (status = 413, response = TooLarge)))]
 pub(super) async fn dev_token(
     State(state): State<AppState>,
     Payload(req): Payload<DevTokenRequest>,
@@ -47,12 +59,17 @@ pub(super) async fn dev_token(
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Me {
+    /// The token's `sub`.
     id: String,
     name: String,
+    #[schema(value_type = RoleName)]
     role: String,
 }
 
-#[utoipa::path(get, path = "/api/me", responses((status = 200, body = Me), (status = 401)), security(("bearer" = [])))]
+/// The caller, as the token names them.
+#[utoipa::path(get, path = "/api/me", responses(
+    (status = 200, description = "The token's user", body = Me),
+    (status = 401, response = Unauthorized)), security(("bearer" = [])))]
 pub(super) async fn me(AuthUser(who): AuthUser) -> Json<Me> {
     Json(Me {
         id: who.user_id,
