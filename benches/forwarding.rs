@@ -19,7 +19,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use callrelay::load::peer::{ClientPeer, Kind, VP8_PT, codec};
+use callrelay_load::peer::{ClientPeer, Kind, VP8_PT, codec};
 use callrelay_media::bench::{CopyScratch, forward_copy, subscribe_connection};
 use callrelay_media::forward::{ExtIdMap, PayloadTypeMap, Rewriter};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};

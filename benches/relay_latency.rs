@@ -46,10 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use callrelay::load::payload::{self, Stamp};
-use callrelay::load::peer::{ClientPeer, Kind, OPUS_PT, VP8_PT};
-use callrelay::load::stats::{Histogram, thread_cpu};
-use callrelay::load::udp;
+use callrelay_load::payload::{self, Stamp};
+use callrelay_load::peer::{ClientPeer, Kind, OPUS_PT, VP8_PT};
+use callrelay_load::stats::{Histogram, thread_cpu};
+use callrelay_load::udp;
 use callrelay_media::{MediaConfig, MediaEvent, Sfu, SfuHandle, bench};
 use common::{Ports, env, metric_sum, since_start, wait_until};
 use rtc::rtp::header::Header;

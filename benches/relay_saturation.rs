@@ -9,7 +9,7 @@
 //! The SFU runs as the server runs it: `Sfu::start` on 127.0.0.1:0, its shards on threads of
 //! their own (`callrelay-media-N`), nothing pinned. Signaling goes through `SfuHandle` directly
 //! (join, publish, `subscribe_answer` on each `SubscribeOffer`). The load is webrtc-rs sans-IO
-//! client peers (`callrelay::load::peer`), one UDP socket each, all on the main thread, and made
+//! client peers (`callrelay_load::peer`), one UDP socket each, all on the main thread, and made
 //! as cheap per copy as it can be so that the server is what saturates (the SFU and the load
 //! share the machine's cores):
 //!
@@ -38,9 +38,9 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use callrelay::load::payload::{self, Stamp};
-use callrelay::load::peer::{ClientPeer, Kind};
-use callrelay::load::stats::{process_cpu, thread_cpu};
+use callrelay_load::payload::{self, Stamp};
+use callrelay_load::peer::{ClientPeer, Kind};
+use callrelay_load::stats::{process_cpu, thread_cpu};
 use callrelay_media::{MediaConfig, MediaEvent, Sfu, SfuHandle, bench};
 use common::{Ports, env, metric_sum, since_start, wait_until};
 use rtc::rtp::header::Header;
@@ -466,7 +466,7 @@ async fn start_fleet(workers: usize, s: &Settings) -> Result<Fleet, String> {
             pacing: RefCell::new(Pacing {
                 header: Header {
                     version: 2,
-                    payload_type: callrelay::load::peer::VP8_PT,
+                    payload_type: callrelay_load::peer::VP8_PT,
                     ssrc,
                     ..Default::default()
                 },

@@ -5,7 +5,6 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod http;
-pub mod load;
 pub mod metrics;
 pub mod relay;
 pub mod server;

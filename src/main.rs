@@ -1,4 +1,5 @@
-//! The `callrelay` binary: `serve` (the default), `token`, `load` and `audit verify`.
+//! The `callrelay` binary: `serve` (the default), `token` and `audit verify`. The load generator
+//! is a binary of its own, `callrelay-load` (crate `loadgen/`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,8 +42,12 @@ enum Command {
         #[arg(long)]
         ttl_secs: Option<u64>,
     },
-    /// Load generator: rooms of WebRTC publishers and subscribers against a running server
-    Load(callrelay::load::LoadArgs),
+    /// Moved to its own binary, `callrelay-load`: says so
+    #[command(hide = true, disable_help_flag = true)]
+    Load {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The audit trail in the configured database
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -56,6 +61,13 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Load { .. }) = cli.command {
+        eprintln!(
+            "callrelay: the load generator is its own binary now: callrelay-load \
+             (cargo run --release -p callrelay-load -- --help)"
+        );
+        return ExitCode::from(2);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(err) => {
@@ -71,7 +83,7 @@ fn main() -> ExitCode {
             role,
             ttl_secs,
         } => print_token(&config, &sub, &name, &role, ttl_secs),
-        Command::Load(args) => run_load(args),
+        Command::Load { .. } => unreachable!("answered before the configuration is loaded"),
         Command::Audit(AuditCommand::Verify) => verify_audit(&config),
     }
 }
@@ -116,23 +128,6 @@ fn verify_audit(config: &Config) -> ExitCode {
         Err(err) => {
             eprintln!("callrelay audit verify: {err}");
             ExitCode::from(2)
-        }
-    }
-}
-
-fn run_load(args: callrelay::load::LoadArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("callrelay: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(callrelay::load::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("callrelay load: {err}");
-            ExitCode::FAILURE
         }
     }
 }

@@ -1,6 +1,7 @@
-//! `callrelay load`: a load generator that drives a running callrelay over the real contract
+//! `callrelay-load`: a load generator that drives a running callrelay over the real contract
 //! (HTTP for tokens and appointments, Socket.IO signaling, WebRTC media through the SFU), and the
-//! client-side pieces the benchmarks share with it.
+//! client-side pieces the root crate's benchmarks share with it. A crate of its own, so the
+//! server does not link a client stack (websocket and HTTP clients, client peers).
 //!
 //! * [`peer`]: client peer connections on webrtc-rs's sans-IO core, light enough for one thread
 //!   to drive a hundred.

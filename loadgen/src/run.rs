@@ -28,8 +28,13 @@ use super::sio::{Event, SioClient};
 use super::stats::{Histogram, process_cpu};
 use super::udp;
 
-/// `callrelay load` options.
-#[derive(Debug, Clone, clap::Args)]
+/// `callrelay-load` options.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "callrelay-load",
+    version,
+    about = "Load generator: rooms of WebRTC publishers and subscribers against a running callrelay"
+)]
 pub struct LoadArgs {
     /// Base URL of the running server (HTTP and Socket.IO)
     #[arg(long, default_value = "http://127.0.0.1:3000")]
@@ -538,7 +543,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     let members = args.publishers + args.subscribers;
     let total = args.rooms * members;
     println!(
-        "callrelay load {run_id}: {} rooms × ({} publishers + {} subscribers) = {total} participants, {} kbps video, {:.0} s against {url}",
+        "callrelay-load {run_id}: {} rooms × ({} publishers + {} subscribers) = {total} participants, {} kbps video, {:.0} s against {url}",
         args.rooms,
         args.publishers,
         args.subscribers,
