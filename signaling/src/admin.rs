@@ -6,9 +6,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use socketioxide::SocketIo;
 
-use crate::call::{CallStatus, MediaPath};
+use crate::call::MediaPath;
 use crate::consult::{LeaveReason, leave_current_room};
-use crate::protocol::{Peer, rfc3339_millis};
+use crate::protocol::{ErrorCode, Peer, rfc3339_millis};
 use crate::{Signaling, direct, socket_by_id};
 
 /// A consult room with members.
@@ -51,6 +51,9 @@ pub enum AdminError {
     NotInRoom,
     #[error("no ringing or active call with this id")]
     NoSuchCall,
+    /// The call's end could not be stored (nothing changed).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl Signaling {
@@ -154,14 +157,16 @@ impl Signaling {
 
     /// Ends a ringing or active call: both sides get `call-ended {reason:"ended-by-admin"}`, and
     /// the record says so.
-    pub async fn end_call(&self, io: &SocketIo, call_id: &str) -> Result<CallStatus, AdminError> {
+    pub async fn end_call(&self, io: &SocketIo, call_id: &str) -> Result<(), AdminError> {
         direct::transition(self, io, call_id, Map::new(), |call, now| {
             call.end_by_admin(now)
         })
         .await
-        .map_err(|_| AdminError::NoSuchCall)?;
-        // The transition refused anything not live, so the call is over now.
-        Ok(CallStatus::Ended)
+        .map_err(|err| match err.code {
+            // Unknown, or over already.
+            ErrorCode::NotFound | ErrorCode::Conflict => AdminError::NoSuchCall,
+            _ => AdminError::Failed(err.message),
+        })
     }
 
     fn member_sockets(

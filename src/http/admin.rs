@@ -5,6 +5,7 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -16,7 +17,7 @@ use callrelay_signaling::protocol::{check_id, now_millis};
 use callrelay_signaling::{Identity, Role};
 
 use super::openapi::{BadRequest, Forbidden, Id, Internal, Unauthorized};
-use super::{ApiError, AppState, AuthUser};
+use super::{ApiError, AppState, AuthUser, ErrorCode};
 use crate::db::{AUDIT_PAGE, AuditEntry, AuditRecord};
 
 /// The `action` of every admin record (and label of `callrelay_admin_actions_total`).
@@ -61,7 +62,17 @@ impl FromRequestParts<AppState> for Admin {
 
 impl From<AdminError> for ApiError {
     fn from(err: AdminError) -> Self {
-        ApiError::not_found(err.to_string())
+        match err {
+            AdminError::Failed(reason) => {
+                tracing::error!(%reason, "admin action failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ErrorCode::Internal,
+                    "internal error",
+                )
+            }
+            other => ApiError::not_found(other.to_string()),
+        }
     }
 }
 
