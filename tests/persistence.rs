@@ -167,6 +167,11 @@ async fn exercise(db: &Db) {
         Some("2026-12-01T10:00:03.000Z")
     );
     assert_eq!(calls[1].media, "p2p");
+    assert_eq!(
+        (calls[1].caller_name.as_str(), calls[1].callee_name.as_str()),
+        ("Pat One", "doc1"),
+        "the name pat1's token gave; doc1 was never seen, so its id"
+    );
     assert!(db.calls_for("nobody").await.unwrap().is_empty());
 
     assert_eq!(

@@ -96,13 +96,17 @@ pub struct NewAppointment {
     pub created_by: String,
 }
 
-/// A stored direct call (contract: Call).
+/// A stored direct call (contract: Call), with both parties' display names beside their ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     pub call_id: String,
     pub caller_id: String,
+    /// The caller's display name: the name of its latest token (the users table), else its id.
+    pub caller_name: String,
     pub callee_id: String,
+    /// The callee's display name: the name of its latest token (the users table), else its id.
+    pub callee_name: String,
     pub call_type: String,
     pub status: String,
     pub started_at: String,
@@ -337,12 +341,17 @@ impl Db {
             .collect()
     }
 
-    /// Calls `user_id` took part in, newest first.
+    /// Calls `user_id` took part in, newest first, with the parties' names as last seen.
     pub async fn calls_for(&self, user_id: &str) -> Result<Vec<CallRecord>, DbError> {
         let rows = sqlx::query(
-            "SELECT id, caller_id, callee_id, call_type, status, media, started_at, answered_at, \
-             ended_at, end_reason FROM calls WHERE caller_id = $1 OR callee_id = $1 \
-             ORDER BY started_at DESC, id DESC",
+            "SELECT c.id, c.caller_id, COALESCE(caller.name, c.caller_id) AS caller_name, \
+             c.callee_id, COALESCE(callee.name, c.callee_id) AS callee_name, c.call_type, \
+             c.status, c.media, c.started_at, c.answered_at, c.ended_at, c.end_reason \
+             FROM calls c \
+             LEFT JOIN users caller ON caller.id = c.caller_id \
+             LEFT JOIN users callee ON callee.id = c.callee_id \
+             WHERE c.caller_id = $1 OR c.callee_id = $1 \
+             ORDER BY c.started_at DESC, c.id DESC",
         )
         .bind(user_id)
         .fetch_all(&self.pool)
@@ -356,7 +365,9 @@ impl Db {
                 Ok(CallRecord {
                     call_id: r.try_get("id")?,
                     caller_id: r.try_get("caller_id")?,
+                    caller_name: r.try_get("caller_name")?,
                     callee_id: r.try_get("callee_id")?,
+                    callee_name: r.try_get("callee_name")?,
                     call_type: r.try_get("call_type")?,
                     status: r.try_get("status")?,
                     media: r.try_get("media")?,

@@ -59,14 +59,18 @@ function findCall(calls, callId) {
   return c;
 }
 
-/** Checks a stored Call's fields. */
+/** Checks a stored Call's fields, the parties' display names (callerName, calleeName) too. */
 function assertCall(c, { callId, caller, callee, callType, status, endReason, answered }) {
   assert.deepEqual(
     {
-      callId: c.callId, callerId: c.callerId, calleeId: c.calleeId, callType: c.callType,
-      status: c.status, endReason: c.endReason, media: c.media,
+      callId: c.callId, callerId: c.callerId, callerName: c.callerName, calleeId: c.calleeId,
+      calleeName: c.calleeName, callType: c.callType, status: c.status, endReason: c.endReason,
+      media: c.media,
     },
-    { callId, callerId: caller.id, calleeId: callee.id, callType, status, endReason, media: 'p2p' },
+    {
+      callId, callerId: caller.id, callerName: caller.name, calleeId: callee.id,
+      calleeName: callee.name, callType, status, endReason, media: 'p2p',
+    },
   );
   assert.match(c.startedAt, TS);
   assert.match(c.endedAt, TS);
