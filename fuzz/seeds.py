@@ -45,7 +45,8 @@ PUB_SSRC = 0x1234ABCD
 EVENTS = [
     "join-room", "signal", "chat-message", "leave-room", "join", "call-user", "answer-call",
     "reject-call", "end-call", "ice-candidate", "sfu-join", "sfu-publish",
-    "sfu-subscribe-answer", "sfu-candidate", "sfu-leave", "sfu-restart-ice", "no-such-event",
+    "sfu-subscribe-answer", "sfu-candidate", "sfu-leave", "sfu-restart-ice", "media-state",
+    "call-media-state", "no-such-event",
 ]
 
 
@@ -162,6 +163,8 @@ def main():
         "sfu-candidate": {"roomId": "r1", "pc": "publish", "candidate": candidate},
         "sfu-leave": {"roomId": "r1"},
         "sfu-restart-ice": {"roomId": "r1"},
+        "media-state": {"roomId": "a1", "audio": False, "video": True, "screen": False},
+        "call-media-state": {"callId": "c1", "audio": True, "video": False, "screen": True},
         "no-such-event": {"roomId": "r1"},
     }
     for i, event in enumerate(EVENTS):

@@ -105,6 +105,7 @@ async fn enter_room(
         role: who.role,
         avatar_seed,
         replaces,
+        media: None,
     };
     let room = consult_room(&appointment.id);
     let joined = {
@@ -234,6 +235,53 @@ pub(crate) async fn chat_message(
     let mut fields = protocol::ok_fields();
     fields.insert("message".into(), json!(message));
     Ok(fields)
+}
+
+/// `media-state`: the member's microphone, camera and screen share, relayed to the others as
+/// `media-state {roomId, socketId, userId, audio, video, screen}` and remembered (the `media`
+/// of its Peer in later joiners' `existing-peers` and join acks).
+pub(crate) async fn media_state(
+    sig: &Signaling,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
+    let req = payload::media_state(data)?;
+    let socket_id = s.id.to_string();
+    let room_id = {
+        let mut rooms = sig.rooms();
+        let current = rooms.room_of(&socket_id).map(str::to_owned);
+        match (&current, &req.room_id) {
+            (None, _) => {
+                return Err(EventError::forbidden(
+                    "join a consult room before sending your media state",
+                ));
+            }
+            (Some(current), Some(named)) if current != named => {
+                return Err(EventError::forbidden("you are not in that consult room"));
+            }
+            _ => {}
+        }
+        rooms.set_media(&socket_id, req.state);
+        current.unwrap_or_default()
+    };
+    let _ = s
+        .to(consult_room(&room_id))
+        .emit(
+            "media-state",
+            &json!({
+                "roomId": room_id,
+                "socketId": socket_id,
+                "userId": who.user_id,
+                "audio": req.state.audio,
+                "video": req.state.video,
+                "screen": req.state.screen,
+            }),
+        )
+        .await;
+    Ok(protocol::ok_fields())
 }
 
 pub(crate) async fn leave_room(

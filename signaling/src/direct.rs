@@ -378,6 +378,41 @@ pub(crate) async fn ice_candidate(
     Ok(protocol::ok_fields())
 }
 
+/// `call-media-state`: a party's microphone, camera and screen share, relayed to the other
+/// party as `call-media-state {callId, userId, audio, video, screen}` by the rules of
+/// `ice-candidate` (the caller from its placing socket to every callee socket while ringing,
+/// then between the placing and the answering socket). Not remembered: each side sends its
+/// state once the call is answered and on every change.
+pub(crate) async fn call_media_state(
+    sig: &Arc<Signaling>,
+    io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    let who = identity(s)?;
+    sig.spend(s, Budget::Signal)?;
+    let req = payload::call_media_state(data)?;
+    let target = {
+        let book = sig.calls.lock().await;
+        let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;
+        call.relay_target(&who.user_id, s.id.as_str())?
+    };
+    emit_to(
+        io,
+        &target,
+        "call-media-state",
+        &json!({
+            "callId": req.call_id,
+            "userId": who.user_id,
+            "audio": req.state.audio,
+            "video": req.state.video,
+            "screen": req.state.screen,
+        }),
+    )
+    .await;
+    Ok(protocol::ok_fields())
+}
+
 /// A socket went away: a call whose placing or answering socket it was, or whose party has no
 /// socket left, ends as `disconnected` for the other side.
 pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, socket_id: &str) {

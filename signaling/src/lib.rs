@@ -528,6 +528,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     route!(s, "signal", consult::signal);
     route!(s, "chat-message", consult::chat_message);
     route!(s, "leave-room", consult::leave_room);
+    route!(s, "media-state", consult::media_state);
 
     route!(s, "join", direct::join);
     route!(s, "call-user", direct::call_user);
@@ -535,6 +536,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     route!(s, "reject-call", direct::reject_call);
     route!(s, "end-call", direct::end_call);
     route!(s, "ice-candidate", direct::ice_candidate);
+    route!(s, "call-media-state", direct::call_media_state);
 
     route!(s, "sfu-join", relay::sfu_join);
     route!(s, "sfu-publish", relay::sfu_publish);

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::call::CallType;
-use crate::protocol::{self, EventError, SdpType, SignalType, check_id};
+use crate::protocol::{self, EventError, MediaState, SdpType, SignalType, check_id};
 use crate::relay::PcKind;
 use crate::rooms::RelayReason;
 
@@ -54,6 +54,8 @@ pub const EVENTS: &[&str] = &[
     "sfu-candidate",
     "sfu-leave",
     "sfu-restart-ice",
+    "media-state",
+    "call-media-state",
 ];
 
 /// Runs the payload checks the handler of `event` runs, with the default limits, and nothing
@@ -77,6 +79,8 @@ pub fn validate_event_payload(event: &str, data: Value) -> Result<(), EventError
         "sfu-candidate" => sfu_candidate(data, &limits).map(drop),
         "sfu-leave" => sfu_leave(data).map(drop),
         "sfu-restart-ice" => sfu_restart_ice(data).map(drop),
+        "media-state" => media_state(data).map(drop),
+        "call-media-state" => call_media_state(data).map(drop),
         _ => Err(unknown_event()),
     }
 }
@@ -346,6 +350,71 @@ pub fn sfu_restart_ice(data: Value) -> Result<SfuLeave, EventError> {
     sfu_leave(data)
 }
 
+/// `media-state {roomId?, audio, video, screen?}`: a consult member's microphone and camera on
+/// or off, and whether it shares its screen. Nothing else may be in the object.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MediaStateIn {
+    #[serde(default)]
+    room_id: Option<String>,
+    audio: bool,
+    video: bool,
+    #[serde(default)]
+    screen: bool,
+}
+
+#[derive(Debug)]
+pub struct MediaStateReq {
+    /// The consult room (appointment id) it is meant for; `None`: the sender's room.
+    pub room_id: Option<String>,
+    pub state: MediaState,
+}
+
+pub fn media_state(data: Value) -> Result<MediaStateReq, EventError> {
+    let req: MediaStateIn = protocol::parse(data)?;
+    if let Some(room_id) = &req.room_id {
+        check_id("roomId", room_id)?;
+    }
+    Ok(MediaStateReq {
+        room_id: req.room_id,
+        state: MediaState {
+            audio: req.audio,
+            video: req.video,
+            screen: req.screen,
+        },
+    })
+}
+
+/// `call-media-state {callId, audio, video, screen?}`: the same for a direct call.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CallMediaStateIn {
+    call_id: String,
+    audio: bool,
+    video: bool,
+    #[serde(default)]
+    screen: bool,
+}
+
+#[derive(Debug)]
+pub struct CallMediaState {
+    pub call_id: String,
+    pub state: MediaState,
+}
+
+pub fn call_media_state(data: Value) -> Result<CallMediaState, EventError> {
+    let req: CallMediaStateIn = protocol::parse(data)?;
+    check_id("callId", &req.call_id)?;
+    Ok(CallMediaState {
+        call_id: req.call_id,
+        state: MediaState {
+            audio: req.audio,
+            video: req.video,
+            screen: req.screen,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +451,10 @@ mod tests {
             "sfu-publish" | "sfu-subscribe-answer" => json!({"roomId": "r1", "sdp": sdp()}),
             "sfu-candidate" => json!({"roomId": "r1", "pc": "publish", "candidate": candidate()}),
             "sfu-leave" | "sfu-restart-ice" => json!({"roomId": "r1"}),
+            "media-state" => {
+                json!({"roomId": "a1", "audio": false, "video": true, "screen": false})
+            }
+            "call-media-state" => json!({"callId": "c1", "audio": true, "video": false}),
             _ => unreachable!("{event}"),
         }
     }
@@ -534,6 +607,88 @@ mod tests {
                 .unwrap()
                 .reason,
             None
+        );
+    }
+
+    #[test]
+    fn media_states_take_their_documented_shape_only() {
+        let req = media_state(json!({"audio": true, "video": false})).unwrap();
+        assert_eq!(req.room_id, None);
+        assert_eq!(
+            req.state,
+            MediaState {
+                audio: true,
+                video: false,
+                screen: false
+            }
+        );
+        let req = call_media_state(
+            json!({"callId": "c1", "audio": false, "video": true, "screen": true}),
+        )
+        .unwrap();
+        assert!(req.state.screen && req.state.video && !req.state.audio);
+        for bad in [
+            json!({"audio": true}),
+            json!({"audio": "yes", "video": true}),
+            json!({"audio": 1, "video": 0}),
+            json!({"audio": true, "video": true, "screen": null}),
+            json!({"audio": true, "video": true, "speaking": true}),
+            json!({"roomId": "a 1", "audio": true, "video": true}),
+            json!({"roomId": 7, "audio": true, "video": true}),
+        ] {
+            assert_eq!(
+                code("media-state", bad.clone()),
+                ErrorCode::InvalidPayload,
+                "{bad}"
+            );
+        }
+        for bad in [
+            json!({"audio": true, "video": true}),
+            json!({"callId": "", "audio": true, "video": true}),
+            json!({"callId": "c1", "audio": true, "video": true, "roomId": "r1"}),
+        ] {
+            assert_eq!(
+                code("call-media-state", bad.clone()),
+                ErrorCode::InvalidPayload,
+                "{bad}"
+            );
+        }
+    }
+
+    /// The fuzz seeds (`fuzz/corpus/socketio_payloads/seed-<event>`, written by
+    /// `fuzz/seeds.py`) pick their event by their first byte, as the fuzz target does: each must
+    /// still pick the event it is named after, with a payload that event accepts.
+    #[test]
+    fn fuzz_seeds_pick_the_event_they_are_named_after() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/socketio_payloads");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("the seed corpus") {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let Some(named) = name.strip_prefix("seed-") else {
+                continue;
+            };
+            let bytes = std::fs::read(&path).unwrap();
+            let (&pick, json) = bytes.split_first().expect("not empty");
+            let event = EVENTS
+                .get(usize::from(pick) % (EVENTS.len() + 1))
+                .copied()
+                .unwrap_or("no-such-event");
+            assert_eq!(event, named, "{name}: its first byte picks another event");
+            let payload: Value = serde_json::from_slice(json).expect("JSON");
+            let result = validate_event_payload(event, payload);
+            if event == "no-such-event" {
+                assert_eq!(result.unwrap_err().code, ErrorCode::NotFound);
+            } else {
+                result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            }
+            seen += 1;
+        }
+        assert_eq!(
+            seen,
+            EVENTS.len() + 1,
+            "a seed per event and an unknown one"
         );
     }
 }

@@ -403,6 +403,19 @@ pub struct Peer {
     /// (`join-room` `previousSocketId`): the others carry on with it under the new id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// The member's last `media-state` (microphone, camera, screen share on or off); absent
+    /// until it sends one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaState>,
+}
+
+/// What a member sends and the others show on its tile: its microphone (`audio`) and camera
+/// (`video`) on or off, and whether it shares its screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub struct MediaState {
+    pub audio: bool,
+    pub video: bool,
+    pub screen: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

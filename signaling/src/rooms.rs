@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::protocol::Peer;
+use crate::protocol::{MediaState, Peer};
 
 /// Why a room's media goes through the SFU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -169,6 +169,20 @@ impl Rooms {
                 .is_some_and(|previous| self.departed_from(previous, room_id, user_id, now))
     }
 
+    /// Remembers a member's last media state (so later joiners see it in their peers).
+    /// Returns its room, or `None` for a socket in no room (nothing changes).
+    pub fn set_media(&mut self, socket_id: &str, media: MediaState) -> Option<&str> {
+        let room_id = self.room_of_socket.get(socket_id)?;
+        let member = self
+            .rooms
+            .get_mut(room_id)?
+            .members
+            .iter_mut()
+            .find(|m| m.socket_id == socket_id)?;
+        member.media = Some(media);
+        Some(room_id)
+    }
+
     pub fn room_of(&self, socket_id: &str) -> Option<&str> {
         self.room_of_socket.get(socket_id).map(String::as_str)
     }
@@ -239,6 +253,7 @@ mod tests {
             role: Role::Patient,
             avatar_seed: user.into(),
             replaces: None,
+            media: None,
         }
     }
 
@@ -254,6 +269,34 @@ mod tests {
         assert!(rooms.share_room("s1", "s2"));
         assert_eq!(rooms.member_ids("r"), vec!["s1", "s2"]);
         assert!(rooms.member_ids("elsewhere").is_empty());
+    }
+
+    #[test]
+    fn a_members_media_state_is_kept_for_later_joiners() {
+        let mut rooms = Rooms::default();
+        rooms.join("r", peer("s1", "u1"));
+        let off = MediaState {
+            audio: false,
+            video: false,
+            screen: true,
+        };
+        assert_eq!(rooms.set_media("s1", off), Some("r"));
+        let later = rooms.join("r", peer("s2", "u2"));
+        assert_eq!(later.existing[0].media, Some(off));
+        // A socket in no room changes nothing.
+        assert_eq!(rooms.set_media("s9", off), None);
+        assert_eq!(rooms.get("r").unwrap().members[1].media, None);
+        // Gone with the membership: the same user back on a new socket starts without one.
+        rooms.leave("s1");
+        rooms.join("r", peer("s3", "u1"));
+        assert!(
+            rooms
+                .get("r")
+                .unwrap()
+                .members
+                .iter()
+                .all(|m| m.media.is_none())
+        );
     }
 
     #[test]
