@@ -5,18 +5,24 @@
 //! 2. an optional TOML file (`--config PATH`);
 //! 3. environment variables `CALLRELAY_<SECTION>__<KEY>` (list values comma-separated).
 //!
-//! Every layer is checked against one schema: unknown keys, values of the wrong TOML type and
-//! invalid values are errors naming the key and the layer (file path or environment variable)
-//! the value came from. After merging, cross-key checks name the layer of the winning value.
+//! The typed sections below are the schema: serde reads each layer into them (through figment,
+//! which remembers the layer of every value), unknown keys refused, each field's range or format
+//! on its `deserialize_with` helper (`values.rs`). Unknown keys, values of the wrong TOML type
+//! and invalid values are errors naming the key and the layer (file path or environment
+//! variable) the value came from. After merging, cross-key checks name the layer of the winning
+//! value (`layers.rs`).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-mod layers;
+use serde::Deserialize;
 
-use layers::{Merged, Origin, env_target};
+mod layers;
+mod values;
+
+use layers::{Layer, Origin, env_target};
 
 /// The built-in defaults (the first layer).
 const DEFAULTS_TOML: &str = include_str!("../../config/default.toml");
@@ -32,27 +38,41 @@ const ENV_SEPARATOR: &str = "__";
 // ---------------------------------------------------------------------------------------------
 
 /// The complete, validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Config {
+    #[serde(deserialize_with = "values::table")]
     pub server: ServerConfig,
+    #[serde(deserialize_with = "values::table")]
     pub database: DatabaseConfig,
+    #[serde(deserialize_with = "values::table")]
     pub auth: AuthConfig,
+    #[serde(deserialize_with = "values::table")]
     pub media: MediaConfig,
+    #[serde(deserialize_with = "values::table")]
     pub calls: CallsConfig,
+    #[serde(deserialize_with = "values::table")]
     pub limits: LimitsConfig,
+    #[serde(deserialize_with = "values::table")]
     pub webhooks: WebhooksConfig,
 }
 
 /// `[server]`: listeners, logging, shutdown, static files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    #[serde(deserialize_with = "values::socket_addr")]
     pub bind: SocketAddr,
     /// `""` in TOML (or the environment) is `None`.
+    #[serde(deserialize_with = "values::opt_socket_addr")]
     pub metrics_bind: Option<SocketAddr>,
+    #[serde(deserialize_with = "values::log_format")]
     pub log_format: LogFormat,
     /// After the first SIGTERM/SIGINT: how long rooms and calls in progress may go on before
     /// they are ended (`server-restart`).
+    #[serde(deserialize_with = "values::int::<0, 86_400, _, _>")]
     pub drain_timeout_secs: u64,
+    #[serde(deserialize_with = "values::string")]
     pub web_dir: String,
 }
 
@@ -68,46 +88,67 @@ pub enum LogFormat {
 /// `[database]`.
 ///
 /// `Debug` hides a password in the URL.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Starts with `sqlite:`, `postgres://` or `postgresql://`.
+    #[serde(deserialize_with = "values::url")]
     pub url: String,
+    #[serde(deserialize_with = "values::int::<1, 10_000, _, _>")]
     pub max_connections: u32,
 }
 
 /// `[auth]`.
 ///
 /// `Debug` prints the secret as `<redacted>` (or `<empty>`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Empty: the server generates a random secret at start.
+    #[serde(deserialize_with = "values::secret")]
     pub jwt_secret: String,
+    #[serde(deserialize_with = "values::boolean")]
     pub dev_tokens: bool,
+    #[serde(deserialize_with = "values::int::<1, 315_360_000, _, _>")]
     pub token_ttl_secs: u64,
 }
 
 /// `[media]`.
 ///
 /// `Debug` prints the TURN credential as `<redacted>` (or `<empty>`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MediaConfig {
+    #[serde(deserialize_with = "values::ip")]
     pub bind_ip: IpAddr,
+    #[serde(deserialize_with = "values::int::<0, 65_535, _, _>")]
     pub udp_port: u16,
     /// ICE-TCP passive candidates on `tcp_port` (RFC 6544); false = UDP only.
+    #[serde(deserialize_with = "values::boolean")]
     pub ice_tcp: bool,
     /// 0 = the UDP port's number (a free port when that is 0 too).
+    #[serde(deserialize_with = "values::int::<0, 65_535, _, _>")]
     pub tcp_port: u16,
+    #[serde(deserialize_with = "values::ip_list")]
     pub public_ips: Vec<IpAddr>,
     /// Media worker threads (SFU shards); 0 = one per core (the SFU resolves it).
+    #[serde(deserialize_with = "values::int::<0, 256, _, _>")]
     pub workers: usize,
+    #[serde(deserialize_with = "values::media_mode")]
     pub mode: MediaMode,
+    #[serde(deserialize_with = "values::int::<1, 600_000, _, _>")]
     pub p2p_timeout_ms: u64,
+    #[serde(deserialize_with = "values::string_list")]
     pub ice_urls: Vec<String>,
+    #[serde(deserialize_with = "values::string")]
     pub ice_username: String,
+    #[serde(deserialize_with = "values::secret")]
     pub ice_credential: String,
     /// Shared secret for TURN REST credentials minted per user ("" = use the static ones).
+    #[serde(deserialize_with = "values::secret")]
     pub ice_secret: String,
     /// Lifetime of a minted TURN credential.
+    #[serde(deserialize_with = "values::int::<60, 604_800, _, _>")]
     pub ice_ttl_secs: u64,
 }
 
@@ -115,33 +156,48 @@ pub struct MediaConfig {
 pub use callrelay_signaling::MediaMode;
 
 /// `[calls]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CallsConfig {
+    #[serde(deserialize_with = "values::int::<1, 3600, _, _>")]
     pub ring_timeout_secs: u64,
 }
 
 /// `[webhooks]`: where room and call events are POSTed, signed with the secret.
 ///
 /// `Debug` prints the secret as `<redacted>` (or `<empty>`).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WebhooksConfig {
     /// `http://` or `https://` URLs; empty = no webhooks.
+    #[serde(deserialize_with = "values::string_list")]
     pub urls: Vec<String>,
     /// HMAC-SHA256 key of the signature header; required when `urls` is not empty.
+    #[serde(deserialize_with = "values::secret")]
     pub secret: String,
 }
 
-/// `[limits]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[limits]`: sizes in bytes are 1 to 1 GiB, rates and bursts 1 to a million.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    #[serde(deserialize_with = "values::int::<1, 1_000_000, _, _>")]
     pub max_chat_chars: usize,
+    #[serde(deserialize_with = "values::int::<1, 1_073_741_824, _, _>")]
     pub max_sdp_bytes: usize,
+    #[serde(deserialize_with = "values::int::<1, 1_073_741_824, _, _>")]
     pub max_candidate_bytes: usize,
+    #[serde(deserialize_with = "values::int::<1, 1_073_741_824, _, _>")]
     pub max_http_body_bytes: usize,
+    #[serde(deserialize_with = "values::int::<1, 1_073_741_824, _, _>")]
     pub max_socket_message_bytes: usize,
+    #[serde(deserialize_with = "values::int::<1, 1_000_000, _, _>")]
     pub signal_rate_per_sec: u32,
+    #[serde(deserialize_with = "values::int::<1, 1_000_000, _, _>")]
     pub signal_burst: u32,
+    #[serde(deserialize_with = "values::int::<1, 1_000_000, _, _>")]
     pub chat_rate_per_sec: u32,
+    #[serde(deserialize_with = "values::int::<1, 1_000_000, _, _>")]
     pub chat_burst: u32,
 }
 
@@ -183,9 +239,11 @@ pub enum ConfigError {
     /// A `CALLRELAY_<SECTION>__<KEY>` variable whose value is not UTF-8.
     #[error("environment variable {var} is not valid UTF-8")]
     NotUnicode { var: String },
-    /// The built-in defaults lack a key or disagree with the schema (a bug in callrelay).
-    #[error("config key {key} is missing from {DEFAULTS_LABEL} or has the wrong kind (a bug)")]
-    Schema { key: String },
+    /// The built-in defaults lack a key or disagree with the typed sections (a bug in callrelay).
+    #[error(
+        "config key {key} is missing from {DEFAULTS_LABEL} or has the wrong kind (a bug): {message}"
+    )]
+    Schema { key: String, message: String },
 }
 
 impl Config {
@@ -214,18 +272,16 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut merged = Merged::new();
-        merged.apply_toml(DEFAULTS_TOML, &Origin::Defaults)?;
+        let mut layers = vec![Layer::toml(DEFAULTS_TOML, Origin::Defaults)?];
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
                 path: path.to_path_buf(),
                 error,
             })?;
-            merged.apply_toml(&text, &Origin::File(path.to_path_buf()))?;
+            layers.push(Layer::toml(&text, Origin::File(path.to_path_buf()))?);
         }
-        merged.apply_env(env)?;
-        merged.validate()?;
-        merged.build()
+        layers.extend(Layer::env(env));
+        layers::load(layers)
     }
 }
 
@@ -362,7 +418,6 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::layers::SCHEMA;
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -458,28 +513,21 @@ mod tests {
 
     #[test]
     fn defaults_file_defines_and_documents_every_key() {
+        // The defaults load on their own (above): every field of the typed sections has a value
+        // there and nothing else is there (unknown keys are refused). Each is documented.
         let table: toml::Table = DEFAULTS_TOML.parse().unwrap();
-        for field in SCHEMA {
-            assert!(
-                table
-                    .get(field.section)
-                    .and_then(|s| s.get(field.key))
-                    .is_some(),
-                "{} missing from config/default.toml",
-                field.name()
-            );
-            let line = format!("# Env: {}", field.env_name());
-            assert!(
-                DEFAULTS_TOML.contains(&line),
-                "config/default.toml does not document {}",
-                field.env_name()
-            );
+        let mut keys = 0;
+        for (section, fields) in &table {
+            for key in fields.as_table().expect("a section").keys() {
+                let var = format!("CALLRELAY_{section}__{key}").to_ascii_uppercase();
+                assert!(
+                    DEFAULTS_TOML.contains(&format!("# Env: {var}")),
+                    "config/default.toml does not document {var}"
+                );
+                keys += 1;
+            }
         }
-        let keys: usize = table
-            .values()
-            .map(|s| s.as_table().map_or(0, |t| t.len()))
-            .sum();
-        assert_eq!(keys, SCHEMA.len());
+        assert_eq!(keys, 35);
     }
 
     #[test]
