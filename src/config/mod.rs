@@ -702,6 +702,47 @@ mod tests {
     }
 
     #[test]
+    fn every_layer_is_checked_and_named_as_given() {
+        // A bad value in the file is reported even though the environment overrides it.
+        let file = TempToml::new("[media]\nudp_port = \"x\"\n");
+        let msg = Config::load_from(
+            Some(file.path()),
+            env(&[("CALLRELAY_MEDIA__UDP_PORT", "5")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(msg.ends_with(&file.path().display().to_string()), "{msg}");
+
+        // A section given as a list is not read by position.
+        let (msg, path) = err_file("calls = [5]\n");
+        assert_eq!(
+            msg,
+            format!("calls: invalid value (a list) (expected a table [calls]), from {path}")
+        );
+        let (msg, path) = err_file("calls = 1979-05-27\n");
+        assert_eq!(
+            msg,
+            format!("calls: invalid value 1979-05-27 (expected a table [calls]), from {path}")
+        );
+
+        // A variable is named as it was spelled, and its text is read as its key's type.
+        let msg = err_env(&[("CALLRELAY_media__udp_port", "x")]);
+        assert!(
+            msg.ends_with("from environment variable CALLRELAY_media__udp_port"),
+            "{msg}"
+        );
+        let c = load_env(&[
+            ("CALLRELAY_AUTH__JWT_SECRET", "12345"),
+            ("CALLRELAY_MEDIA__ICE_USERNAME", "true"),
+            ("CALLRELAY_SERVER__WEB_DIR", "[a,b]"),
+        ])
+        .unwrap();
+        assert_eq!(c.auth.jwt_secret, "12345");
+        assert_eq!(c.media.ice_username, "true");
+        assert_eq!(c.server.web_dir, "[a,b]");
+    }
+
+    #[test]
     fn env_without_separator_is_ignored() {
         let c = load_env(&[
             ("CALLRELAY_TEST_POSTGRES_URL", "postgres://x@localhost/test"),
