@@ -163,7 +163,8 @@ def main():
         "sfu-candidate": {"roomId": "r1", "pc": "publish", "candidate": candidate},
         "sfu-leave": {"roomId": "r1"},
         "sfu-restart-ice": {"roomId": "r1"},
-        "media-state": {"roomId": "a1", "audio": False, "video": True, "screen": False},
+        "media-state": {"roomId": "a1", "audio": False, "video": True, "screen": True,
+                        "screenTrackId": "9d3c5e2a-7b1f-4c8e-a2d4-1f6b8e3c0a57"},
         "call-media-state": {"callId": "c1", "audio": True, "video": False, "screen": True},
         "no-such-event": {"roomId": "r1"},
     }

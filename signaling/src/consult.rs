@@ -238,7 +238,8 @@ pub(crate) async fn chat_message(
 }
 
 /// `media-state`: the member's microphone, camera and screen share, relayed to the others as
-/// `media-state {roomId, socketId, userId, audio, video, screen}` and remembered (the `media`
+/// `media-state {roomId, socketId, userId, audio, video, screen, screenTrackId?}` and
+/// remembered (the `media`
 /// of its Peer in later joiners' `existing-peers` and join acks).
 pub(crate) async fn media_state(
     sig: &Signaling,
@@ -264,22 +265,16 @@ pub(crate) async fn media_state(
             }
             _ => {}
         }
-        rooms.set_media(&socket_id, req.state);
+        rooms.set_media(&socket_id, req.state.clone());
         current.unwrap_or_default()
     };
+    let mut body = json!(req.state);
+    body["roomId"] = json!(room_id);
+    body["socketId"] = json!(socket_id);
+    body["userId"] = json!(who.user_id);
     let _ = s
         .to(consult_room(&room_id))
-        .emit(
-            "media-state",
-            &json!({
-                "roomId": room_id,
-                "socketId": socket_id,
-                "userId": who.user_id,
-                "audio": req.state.audio,
-                "video": req.state.video,
-                "screen": req.state.screen,
-            }),
-        )
+        .emit("media-state", &body)
         .await;
     Ok(protocol::ok_fields())
 }

@@ -379,10 +379,10 @@ pub(crate) async fn ice_candidate(
 }
 
 /// `call-media-state`: a party's microphone, camera and screen share, relayed to the other
-/// party as `call-media-state {callId, userId, audio, video, screen}` by the rules of
-/// `ice-candidate` (the caller from its placing socket to every callee socket while ringing,
-/// then between the placing and the answering socket). Not remembered: each side sends its
-/// state once the call is answered and on every change.
+/// party as `call-media-state {callId, userId, audio, video, screen, screenTrackId?}` by the
+/// rules of `ice-candidate` (the caller from its placing socket to every callee socket while
+/// ringing, then between the placing and the answering socket). Not remembered: each side sends
+/// its state once the call is answered and on every change.
 pub(crate) async fn call_media_state(
     sig: &Arc<Signaling>,
     io: &SocketIo,
@@ -397,19 +397,10 @@ pub(crate) async fn call_media_state(
         let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;
         call.relay_target(&who.user_id, s.id.as_str())?
     };
-    emit_to(
-        io,
-        &target,
-        "call-media-state",
-        &json!({
-            "callId": req.call_id,
-            "userId": who.user_id,
-            "audio": req.state.audio,
-            "video": req.state.video,
-            "screen": req.state.screen,
-        }),
-    )
-    .await;
+    let mut body = json!(req.state);
+    body["callId"] = json!(req.call_id);
+    body["userId"] = json!(who.user_id);
+    emit_to(io, &target, "call-media-state", &body).await;
     Ok(protocol::ok_fields())
 }
 

@@ -350,8 +350,12 @@ pub fn sfu_restart_ice(data: Value) -> Result<SfuLeave, EventError> {
     sfu_leave(data)
 }
 
-/// `media-state {roomId?, audio, video, screen?}`: a consult member's microphone and camera on
-/// or off, and whether it shares its screen. Nothing else may be in the object.
+/// Longest `screenTrackId` of `media-state` and `call-media-state`, in bytes.
+pub const MAX_TRACK_ID_BYTES: usize = 128;
+
+/// `media-state {roomId?, audio, video, screen?, screenTrackId?}`: a consult member's
+/// microphone and camera on or off, and whether it shares its screen (and that track's id).
+/// Nothing else may be in the object.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct MediaStateIn {
@@ -361,6 +365,8 @@ struct MediaStateIn {
     video: bool,
     #[serde(default)]
     screen: bool,
+    #[serde(default)]
+    screen_track_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -377,15 +383,12 @@ pub fn media_state(data: Value) -> Result<MediaStateReq, EventError> {
     }
     Ok(MediaStateReq {
         room_id: req.room_id,
-        state: MediaState {
-            audio: req.audio,
-            video: req.video,
-            screen: req.screen,
-        },
+        state: checked_state(req.audio, req.video, req.screen, req.screen_track_id)?,
     })
 }
 
-/// `call-media-state {callId, audio, video, screen?}`: the same for a direct call.
+/// `call-media-state {callId, audio, video, screen?, screenTrackId?}`: the same for a direct
+/// call.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CallMediaStateIn {
@@ -394,6 +397,8 @@ struct CallMediaStateIn {
     video: bool,
     #[serde(default)]
     screen: bool,
+    #[serde(default)]
+    screen_track_id: Option<String>,
 }
 
 #[derive(Debug)]
@@ -407,11 +412,36 @@ pub fn call_media_state(data: Value) -> Result<CallMediaState, EventError> {
     check_id("callId", &req.call_id)?;
     Ok(CallMediaState {
         call_id: req.call_id,
-        state: MediaState {
-            audio: req.audio,
-            video: req.video,
-            screen: req.screen,
-        },
+        state: checked_state(req.audio, req.video, req.screen, req.screen_track_id)?,
+    })
+}
+
+/// A screen track id comes only with `screen`, and is 1 to [`MAX_TRACK_ID_BYTES`] visible
+/// ASCII characters (browsers' track ids: UUIDs, in braces for Firefox).
+fn checked_state(
+    audio: bool,
+    video: bool,
+    screen: bool,
+    screen_track_id: Option<String>,
+) -> Result<MediaState, EventError> {
+    if let Some(id) = &screen_track_id {
+        if !screen {
+            return Err(EventError::invalid(
+                "screenTrackId comes only with screen: true",
+            ));
+        }
+        let fine = !id.is_empty()
+            && id.len() <= MAX_TRACK_ID_BYTES
+            && id.bytes().all(|b| b.is_ascii_graphic());
+        if !fine {
+            return Err(EventError::invalid("screenTrackId is not a valid track id"));
+        }
+    }
+    Ok(MediaState {
+        audio,
+        video,
+        screen,
+        screen_track_id,
     })
 }
 
@@ -619,7 +649,8 @@ mod tests {
             MediaState {
                 audio: true,
                 video: false,
-                screen: false
+                screen: false,
+                screen_track_id: None,
             }
         );
         let req = call_media_state(
@@ -635,6 +666,11 @@ mod tests {
             json!({"audio": true, "video": true, "speaking": true}),
             json!({"roomId": "a 1", "audio": true, "video": true}),
             json!({"roomId": 7, "audio": true, "video": true}),
+            json!({"audio": true, "video": true, "screenTrackId": "t1"}),
+            json!({"audio": true, "video": true, "screen": true, "screenTrackId": ""}),
+            json!({"audio": true, "video": true, "screen": true, "screenTrackId": "a b"}),
+            json!({"audio": true, "video": true, "screen": true, "screenTrackId": "x".repeat(129)}),
+            json!({"audio": true, "video": true, "screen": true, "screenTrackId": 5}),
         ] {
             assert_eq!(
                 code("media-state", bad.clone()),

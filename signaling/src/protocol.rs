@@ -411,11 +411,17 @@ pub struct Peer {
 
 /// What a member sends and the others show on its tile: its microphone (`audio`) and camera
 /// (`video`) on or off, and whether it shares its screen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MediaState {
     pub audio: bool,
     pub video: bool,
     pub screen: bool,
+    /// While `screen`: the id of the shared screen's track, as the others receive it (browsers
+    /// carry the sender's track id in the SDP's `msid`, and the relay keeps it), which tells it
+    /// apart from the camera's track.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screen_track_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

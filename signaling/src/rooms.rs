@@ -279,10 +279,11 @@ mod tests {
             audio: false,
             video: false,
             screen: true,
+            screen_track_id: Some("t1".into()),
         };
-        assert_eq!(rooms.set_media("s1", off), Some("r"));
+        assert_eq!(rooms.set_media("s1", off.clone()), Some("r"));
         let later = rooms.join("r", peer("s2", "u2"));
-        assert_eq!(later.existing[0].media, Some(off));
+        assert_eq!(later.existing[0].media, Some(off.clone()));
         // A socket in no room changes nothing.
         assert_eq!(rooms.set_media("s9", off), None);
         assert_eq!(rooms.get("r").unwrap().members[1].media, None);

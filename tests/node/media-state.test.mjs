@@ -36,7 +36,7 @@ async function joined(u, appt) {
   const socket = await h.connect(srv, u.token);
   const ack = await h.ack(socket, 'join-room', { appointmentId: appt.id });
   assert.equal(ack.ok, true, `join-room for ${u.id}: ${JSON.stringify(ack)}`);
-  const peers = (await h.nextEvent(socket, 'existing-peers'));
+  const peers = await h.nextEvent(socket, 'existing-peers');
   return { socket, ack, peers };
 }
 
@@ -51,28 +51,30 @@ describe('media-state in a consult room', () => {
 
     const res = await h.ack(p.socket, 'media-state', { audio: false, video: false });
     assert.deepEqual(res, { ok: true });
-    const seen = (await h.nextEvent(d.socket, 'media-state'));
+    const seen = await h.nextEvent(d.socket, 'media-state');
     assert.deepEqual(seen, {
       roomId: appt.id, socketId: p.socket.id, userId: patient.id, audio: false, video: false, screen: false,
     });
     // Not echoed to the sender.
     await h.noEvent(p.socket, 'media-state');
 
-    // Naming the room is the same; screen sharing is carried too.
+    // Naming the room is the same; screen sharing is carried too, with the track's id.
+    const screenTrackId = '{9d3c5e2a-7b1f-4c8e-a2d4-1f6b8e3c0a57}';
     assert.deepEqual(
-      await h.ack(d.socket, 'media-state', { roomId: appt.id, audio: true, video: true, screen: true }),
+      await h.ack(d.socket, 'media-state', { roomId: appt.id, audio: true, video: true, screen: true, screenTrackId }),
       { ok: true },
     );
-    const fromDoctor = (await h.nextEvent(p.socket, 'media-state'));
+    const fromDoctor = await h.nextEvent(p.socket, 'media-state');
     assert.equal(fromDoctor.socketId, d.socket.id);
     assert.equal(fromDoctor.screen, true);
+    assert.equal(fromDoctor.screenTrackId, screenTrackId);
 
     // An admin joining later sees both states in its join ack and existing-peers.
     const admin = await h.user(srv, 'admin');
     const a = await joined(admin, appt);
     const media = Object.fromEntries(a.ack.peers.map((peer) => [peer.userId, peer.media]));
     assert.deepEqual(media, {
-      [doctor.id]: { audio: true, video: true, screen: true },
+      [doctor.id]: { audio: true, video: true, screen: true, screenTrackId },
       [patient.id]: { audio: false, video: false, screen: false },
     });
     assert.deepEqual(a.peers, a.ack.peers);
@@ -98,6 +100,8 @@ describe('media-state in a consult room', () => {
       { audio: true, video: true, speaking: true },
       { audio: true, video: true, screen: 'yes' },
       { roomId: '../x', audio: true, video: true },
+      { audio: true, video: true, screenTrackId: 't1' },
+      { audio: true, video: true, screen: true, screenTrackId: 'a b' },
       [true, true],
       'muted',
     ]) {
@@ -120,7 +124,7 @@ describe('media-state in a consult room', () => {
     const back = await h.connect(srv, patient.token);
     const ack = await h.ack(back, 'join-room', { appointmentId: appt.id, previousSocketId: p.socket.id });
     assert.equal(ack.ok, true);
-    const joinedAgain = (await h.nextEvent(d.socket, 'peer-joined'));
+    const joinedAgain = await h.nextEvent(d.socket, 'peer-joined');
     assert.equal(joinedAgain.replaces, p.socket.id);
     assert.equal(joinedAgain.media, undefined);
   });
@@ -139,11 +143,11 @@ describe('call-media-state in a direct call', () => {
     await h.nextEvent(sd, 'call-answered');
 
     assert.deepEqual(await h.ack(sp, 'call-media-state', { callId, audio: false, video: true }), { ok: true });
-    assert.deepEqual((await h.nextEvent(sd, 'call-media-state')), {
+    assert.deepEqual(await h.nextEvent(sd, 'call-media-state'), {
       callId, userId: patient.id, audio: false, video: true, screen: false,
     });
     assert.deepEqual(await h.ack(sd, 'call-media-state', { callId, audio: true, video: true, screen: true }), { ok: true });
-    assert.deepEqual((await h.nextEvent(sp, 'call-media-state')), {
+    assert.deepEqual(await h.nextEvent(sp, 'call-media-state'), {
       callId, userId: doctor.id, audio: true, video: true, screen: true,
     });
 
