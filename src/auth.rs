@@ -156,14 +156,6 @@ impl Authenticator for JwtAuth {
     }
 }
 
-/// A random 32-byte secret for a server started without `auth.jwt_secret`.
-pub fn random_secret() -> Vec<u8> {
-    use rand::RngCore;
-    let mut secret = vec![0u8; 32];
-    rand::rng().fill_bytes(&mut secret);
-    secret
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,5 +7,6 @@ pub mod db;
 pub mod http;
 pub mod metrics;
 pub mod relay;
+pub mod secret_file;
 pub mod server;
 pub mod webhooks;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use callrelay::auth::JwtAuth;
 use callrelay::config::Config;
 use callrelay::db::{AuditCheck, Db};
-use callrelay::server;
+use callrelay::{secret_file, server};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +29,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default)
     Serve,
-    /// Print one signed JWT, signed with the configured auth.jwt_secret
+    /// Print one signed JWT, signed with auth.jwt_secret, or when it is empty with the secret
+    /// the server keeps in server.data_dir
     Token {
         #[arg(long)]
         sub: String,
@@ -151,20 +152,25 @@ fn run_server(config: Config) -> ExitCode {
 }
 
 fn print_token(config: &Config, sub: &str, name: &str, role: &str, ttl: Option<u64>) -> ExitCode {
-    if config.auth.jwt_secret.is_empty() {
-        eprintln!(
-            "callrelay: auth.jwt_secret is empty, so the server signs with a random secret per \
-             start and no token printed here could verify. Set auth.jwt_secret (or \
-             CALLRELAY_AUTH__JWT_SECRET) for both the server and this command."
-        );
-        return ExitCode::from(2);
-    }
+    // The server's secret: the configured one, else the one it keeps in its data directory
+    // (never made here: a secret no server has would sign tokens that never verify).
+    let secret = if config.auth.jwt_secret.is_empty() {
+        match secret_file::load(&config.server.data_dir) {
+            Ok(secret) => secret,
+            Err(err) => {
+                eprintln!("callrelay: auth.jwt_secret is empty and {err}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        config.auth.jwt_secret.as_bytes().to_vec()
+    };
     let failures = prometheus::IntCounterVec::new(
         prometheus::Opts::new("unused", "token command has no metrics"),
         &["reason"],
     )
     .expect("static metric definition is valid");
-    let auth = JwtAuth::new(config.auth.jwt_secret.as_bytes(), failures);
+    let auth = JwtAuth::new(&secret, failures);
     match auth.issue(sub, name, role, ttl.unwrap_or(config.auth.token_ttl_secs)) {
         Ok(token) => {
             println!("{token}");

@@ -17,12 +17,13 @@ use callrelay_signaling::{
     IceAuth, IceServers, Relay, Signaling, SignalingConfig, SignalingMetrics,
 };
 
-use crate::auth::{self, JwtAuth};
+use crate::auth::JwtAuth;
 use crate::config::{Config, LogFormat, MediaMode};
 use crate::db::{Db, DbError};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::relay::{SfuRelay, pump_media_events};
+use crate::secret_file::{self, SecretFileError};
 use crate::webhooks::{WebhookMetrics, WebhookSender};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,8 @@ pub enum ServeError {
     },
     #[error("webhooks: cannot set up the HTTP client: {0}")]
     WebhookClient(reqwest::Error),
+    #[error("{0}")]
+    Secret(#[from] SecretFileError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,16 +93,27 @@ fn http_span<B>(req: &axum::http::Request<B>) -> tracing::Span {
     tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
 }
 
-/// The signing secret: the configured one, or a random one for this run only.
-pub fn jwt_secret(config: &Config) -> Vec<u8> {
-    if config.auth.jwt_secret.is_empty() {
-        tracing::warn!(
-            "auth.jwt_secret is empty: using a random secret, tokens will not survive a restart"
-        );
-        auth::random_secret()
-    } else {
-        config.auth.jwt_secret.as_bytes().to_vec()
+/// The signing secret: the configured one, else the one kept in `server.data_dir` (made on
+/// the first start; see [`secret_file`]). Logs where it comes from, never the secret.
+pub fn jwt_secret(config: &Config) -> Result<Vec<u8>, SecretFileError> {
+    if !config.auth.jwt_secret.is_empty() {
+        return Ok(config.auth.jwt_secret.as_bytes().to_vec());
     }
+    let (secret, made) = secret_file::load_or_create(&config.server.data_dir)?;
+    let file = secret_file::path(&config.server.data_dir);
+    if made {
+        tracing::info!(
+            file = %file.display(),
+            "auth.jwt_secret is empty: generated a signing secret and kept it in the data \
+             directory (mode 0600); tokens will survive restarts"
+        );
+    } else {
+        tracing::info!(
+            file = %file.display(),
+            "auth.jwt_secret is empty: signing with the secret kept in the data directory"
+        );
+    }
+    Ok(secret)
 }
 
 /// How often the database is pinged for `callrelay_database_up` (alerts need it even when
@@ -127,7 +141,7 @@ async fn watch_database(db: Db, up: prometheus::IntGauge) {
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = Metrics::new()?;
     let auth = Arc::new(JwtAuth::new(
-        &jwt_secret(&config),
+        &jwt_secret(&config)?,
         metrics.auth_failures.clone(),
     ));
     let db = Db::connect(&config.database.url, config.database.max_connections)

@@ -538,16 +538,172 @@ async fn dev_tokens_can_be_disabled_and_the_cli_signs_with_the_server_secret() {
         json!({"id": "cli-user", "name": "Cli User", "role": "staff"})
     );
 
+    // No secret configured and none kept in the data directory: no token, and none made.
+    let empty = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_callrelay"))
         .args(["token", "--sub", "x", "--name", "X", "--role", "staff"])
         .env("CALLRELAY_AUTH__JWT_SECRET", "")
+        .env("CALLRELAY_SERVER__DATA_DIR", empty.path())
         .output()
         .unwrap();
     assert!(
         !out.status.success(),
-        "no token without a configured secret"
+        "no token without a secret the server has"
     );
     assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("jwt_secret does not exist") && stderr.contains("server.data_dir"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+/// `callrelay token` with the given secret and data directory: its exit status, stdout, stderr.
+fn cli_token(secret: &str, data_dir: &std::path::Path, sub: &str) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_callrelay"))
+        .args(["token", "--sub", sub, "--name", "Cli", "--role", "doctor"])
+        .env("CALLRELAY_AUTH__JWT_SECRET", secret)
+        .env("CALLRELAY_SERVER__DATA_DIR", data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The server on its own, started on `data_dir` with no secret configured, expected to refuse:
+/// its output (the log goes to stdout).
+fn refused_start(data_dir: &std::path::Path) -> String {
+    let db = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_callrelay"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CALLRELAY_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .env("CALLRELAY_SERVER__BIND", "127.0.0.1:0")
+        .env("CALLRELAY_MEDIA__UDP_PORT", "0")
+        .env(
+            "CALLRELAY_DATABASE__URL",
+            format!("sqlite://{}/db.sqlite?mode=rwc", db.path().display()),
+        )
+        .env("CALLRELAY_AUTH__JWT_SECRET", "")
+        .env("CALLRELAY_SERVER__DATA_DIR", data_dir)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "start-up refused");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn without_a_configured_secret_tokens_survive_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+
+    // A configured secret makes no file.
+    let configured = TestServer::start(&[]).await;
+    let me = configured.token("c", "C", "patient").await;
+    assert_eq!(
+        get(&configured, "/api/me", Some(&me)).await.0,
+        StatusCode::OK
+    );
+    assert!(!configured.data_dir.join("jwt_secret").exists());
+    drop(configured);
+
+    let mut server = TestServer::start(&[("CALLRELAY_AUTH__JWT_SECRET", "")]).await;
+    let file = server.data_dir.join("jwt_secret");
+    assert_eq!(
+        mode(&file),
+        0o600,
+        "the secret is readable by its owner only"
+    );
+    assert_eq!(
+        mode(&server.data_dir),
+        0o700,
+        "a new data directory is private"
+    );
+    let secret = std::fs::read_to_string(&file).unwrap();
+
+    let doctor = server.token("doc-r", "Dr Restart", "doctor").await;
+    let (status, me) = get(&server, "/api/me", Some(&doctor)).await;
+    assert_eq!((status, me["id"].as_str()), (StatusCode::OK, Some("doc-r")));
+    // `callrelay token` signs with the same file.
+    let (ok, printed, stderr) = cli_token("", &server.data_dir, "cli-before");
+    assert!(ok, "{stderr}");
+    let cli = printed.trim().to_owned();
+
+    server.restart().await;
+    let (status, me) = get(&server, "/api/me", Some(&doctor)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "still signed in after a restart: {me}"
+    );
+    assert_eq!(
+        me,
+        json!({"id": "doc-r", "name": "Dr Restart", "role": "doctor"})
+    );
+    let (status, me) = get(&server, "/api/me", Some(&cli)).await;
+    assert_eq!(
+        (status, me["id"].as_str()),
+        (StatusCode::OK, Some("cli-before"))
+    );
+    let (ok, printed, stderr) = cli_token("", &server.data_dir, "cli-after");
+    assert!(ok, "{stderr}");
+    assert_eq!(printed.lines().count(), 1, "only the token on stdout");
+    let (status, me) = get(&server, "/api/me", Some(printed.trim())).await;
+    assert_eq!(
+        (status, me["id"].as_str()),
+        (StatusCode::OK, Some("cli-after"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        secret,
+        "read, not made again"
+    );
+    assert_eq!(mode(&file), 0o600);
+    // A configured secret wins over the file: its tokens are not the file's.
+    let (ok, other, _) = cli_token("another-secret", &server.data_dir, "x");
+    assert!(ok);
+    assert_eq!(
+        get(&server, "/api/me", Some(other.trim())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(server.stop());
+
+    // A file others may read stops start-up (and the CLI), naming it; it is not replaced.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = refused_start(&server.data_dir);
+    assert!(
+        output.contains(&file.display().to_string()) && output.contains("mode 0644"),
+        "{output}"
+    );
+    assert!(output.contains("chmod 600"), "{output}");
+    assert!(!output.contains(secret.trim()), "the secret is never shown");
+    let (ok, printed, stderr) = cli_token("", &server.data_dir, "x");
+    assert!(!ok && printed.is_empty(), "{stderr}");
+    assert!(stderr.contains("mode 0644"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), secret);
+
+    // So does a damaged one.
+    std::fs::write(&file, "half a secr").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = refused_start(&server.data_dir);
+    assert!(
+        output.contains(&file.display().to_string()) && output.contains("refusing to replace it"),
+        "{output}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "half a secr");
 }
 
 #[tokio::test]

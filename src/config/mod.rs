@@ -74,6 +74,10 @@ pub struct ServerConfig {
     pub drain_timeout_secs: u64,
     #[serde(deserialize_with = "values::string")]
     pub web_dir: String,
+    /// Where the server keeps its own files (the generated JWT signing secret); relative to the
+    /// working directory unless absolute.
+    #[serde(deserialize_with = "values::dir_path")]
+    pub data_dir: PathBuf,
 }
 
 /// `server.log_format`.
@@ -104,7 +108,7 @@ pub struct DatabaseConfig {
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Empty: the server generates a random secret at start.
+    /// Empty: the secret generated once and kept in `server.data_dir` (`crate::secret_file`).
     #[serde(deserialize_with = "values::secret")]
     pub jwt_secret: String,
     #[serde(deserialize_with = "values::boolean")]
@@ -480,6 +484,7 @@ mod tests {
         assert_eq!(c.server.log_format, LogFormat::Text);
         assert_eq!(c.server.drain_timeout_secs, 300);
         assert_eq!(c.server.web_dir, "web");
+        assert_eq!(c.server.data_dir, Path::new("data"));
 
         assert_eq!(c.database.url, "sqlite://data/callrelay.db?mode=rwc");
         assert_eq!(c.database.max_connections, 10);
@@ -527,7 +532,7 @@ mod tests {
                 keys += 1;
             }
         }
-        assert_eq!(keys, 35);
+        assert_eq!(keys, 36);
     }
 
     #[test]

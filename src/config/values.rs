@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use figment::value::Value;
@@ -133,6 +134,14 @@ pub(super) fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error
 /// A string shown in errors with its password redacted (the scheme is a cross-key check's).
 pub(super) fn url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     text(d, Shown::Url, "a string", |s| Some(s.to_owned()))
+}
+
+/// A directory: any path but an empty one.
+pub(super) fn dir_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    let expected = "a directory path such as \"data\" or \"/var/lib/callrelay\"";
+    text(d, Shown::Plain, expected, |s| {
+        (!s.trim().is_empty()).then(|| PathBuf::from(s))
+    })
 }
 
 pub(super) fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {

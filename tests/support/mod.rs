@@ -29,6 +29,8 @@ pub struct TestServer {
     pub port: u16,
     bind_ip: &'static str,
     pub db_url: String,
+    /// `server.data_dir`, in the temporary folder (a test's env may name another).
+    pub data_dir: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
@@ -53,6 +55,7 @@ impl TestServer {
             port: 0,
             bind_ip,
             db_url,
+            data_dir: dir.path().join("data"),
             child: None,
             env: env
                 .iter()
@@ -75,10 +78,14 @@ impl TestServer {
         cmd.env("CALLRELAY_SERVER__BIND", format!("{}:{port}", self.bind_ip))
             .env("CALLRELAY_DATABASE__URL", &self.db_url)
             .env("CALLRELAY_AUTH__JWT_SECRET", SECRET)
+            // Never the repository's data/, whatever a test sets the secret to.
+            .env("CALLRELAY_SERVER__DATA_DIR", &self.data_dir)
             .env("CALLRELAY_MEDIA__UDP_PORT", free_udp_port().to_string())
             .env("CALLRELAY_SERVER__WEB_DIR", "")
             // SIGTERM ends what is left at once: tests stop servers mid-call.
             .env("CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS", "0")
+            // Patients enter rooms at once; the waiting room's own tests turn it on.
+            .env("CALLRELAY_CONSULT__WAITING_ROOM", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -122,6 +129,13 @@ impl TestServer {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+
+    /// Stops the server (SIGTERM) and starts it again with the same settings, database and data
+    /// directory, on a new port.
+    pub async fn restart(&mut self) {
+        assert!(self.stop(), "callrelay exits 0 after SIGTERM");
+        self.launch().await;
     }
 
     /// Kills the process without letting it drain (a crash).
