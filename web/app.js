@@ -36,7 +36,16 @@ document.addEventListener('click', (e) => {
   if (url.origin !== location.origin) return;
   e.preventDefault();
   navigate(url.pathname);
+  // As after a page load, the keyboard and screen readers start at the new page.
+  if (!viewRoot.contains(document.activeElement)) viewRoot.focus({ preventScroll: true });
 });
+
+// The header wraps on narrow screens: what sits under it (ringing calls, toasts, the call dock,
+// the chat drawer) is placed from its real height.
+const topbar = document.querySelector('.topbar');
+new ResizeObserver(() => {
+  document.documentElement.style.setProperty('--topbar-h', `${topbar.offsetHeight}px`);
+}).observe(topbar);
 window.addEventListener('popstate', () => render());
 
 function render() {
@@ -80,9 +89,9 @@ function renderNav() {
     h('a', { href: '/', dataset: { link: '' }, 'aria-current': here === '/' ? 'page' : null }, 'Appointments'),
     h('a', { href: '/calls', dataset: { link: '' }, 'aria-current': here === '/calls' ? 'page' : null }, 'Call history'));
   userHost.append(
-    h('span', { class: 'conn', id: 'conn', dataset: { state: session.socket && session.socket.connected ? 'up' : 'down' }, title: 'Connection to the server' }),
+    h('span', { class: 'conn', id: 'conn', role: 'img', 'aria-label': 'Connection to the server', dataset: { state: session.socket && session.socket.connected ? 'up' : 'down' }, title: 'Connection to the server' }),
     avatar(session.me.name, 'avatar-sm'),
-    h('span', { class: 'who' }, h('strong', {}, session.me.name), h('span', { class: 'role' }, session.me.role), h('span', { class: 'muted id' }, session.me.id)),
+    h('span', { class: 'who' }, h('strong', { title: session.me.name }, session.me.name), h('span', { class: 'role' }, session.me.role), h('span', { class: 'muted id' }, session.me.id)),
     h('button', { class: 'small', onclick: () => signOut() }, 'Sign out'));
 }
 
@@ -91,6 +100,7 @@ function setConn(state, title) {
   if (dot) {
     dot.dataset.state = state;
     dot.title = title;
+    dot.setAttribute('aria-label', title);
   }
 }
 
@@ -272,14 +282,15 @@ function renderHome(root, ctx) {
     }, label);
     const actions = [];
     if (a.status === 'confirmed' && a.joinUrl && (isDoctor || isPatient || me.role === 'admin')) {
-      actions.push(h('a', { class: 'button primary small', href: a.joinUrl, dataset: { link: '' } }, 'Join'));
+      actions.push(h('a', { class: 'button primary small', href: a.joinUrl, dataset: { link: '' }, 'aria-label': `Join the consultation of ${formatDateTime(a.scheduledAt)}` }, 'Join'));
     }
+    if (isDoctor || isPatient) session.calls.rememberName(isDoctor ? a.patientId : a.doctorId, isDoctor ? a.patientName : a.doctorName);
     if (a.status === 'confirmed' && (isDoctor || isPatient)) {
       const other = isDoctor ? a.patientId : a.doctorId;
       const otherName = isDoctor ? a.patientName : a.doctorName;
       actions.push(h('button', {
         class: 'small',
-        title: `Direct video call to ${other}`,
+        title: `Direct video call to ${otherName || other}`,
         onclick: () => session.calls.place(other, 'video', a.id, otherName).catch((err) => showError(rowStatus, err)),
       }, isDoctor ? 'Call patient' : 'Call doctor'));
     }

@@ -19,6 +19,8 @@ export class CallManager {
     this.call = null; // the one active (or outgoing) call
     this.early = new Map(); // events for an outgoing call whose callId we do not know yet
     this.ringer = new Ringer();
+    this.names = new Map(); // userId -> display name, from appointments, calls and the history
+    this.historyListeners = new Set();
     this.unlisten = listen(this.socket, {
       'incoming-call': (m) => this.onIncoming(m),
       'call-answered': (m) => this.route(m, 'answered'),
@@ -29,14 +31,41 @@ export class CallManager {
     });
   }
 
+  /** Remembers a user's display name, so calls and messages name people, not ids. */
+  rememberName(userId, name) {
+    if (userId && name && name !== userId) this.names.set(userId, name);
+  }
+
+  /** The display name known for a user id, else the id. */
+  nameOf(userId) {
+    return this.names.get(userId) || userId;
+  }
+
+  /** `fn()` runs whenever the call history may have changed (a call placed, answered, ended). */
+  onHistoryChange(fn) {
+    this.historyListeners.add(fn);
+    return () => this.historyListeners.delete(fn);
+  }
+
+  historyChanged() {
+    for (const fn of this.historyListeners) fn();
+  }
+
+  /** A new call replaces what the docks of ended ones still say. */
+  clearEndedDocks() {
+    for (const el of this.dockHost.querySelectorAll('.call-dock.ended')) el.remove();
+  }
+
   /** Places a call. Rejects with an Error whose message is fit to show next to the form. */
   async place(to, callType, appointmentId, name) {
     if (this.call) throw new Error('You are already in a call. Hang up first.');
     if (to === this.ctx.me.id) throw new Error('You cannot call yourself.');
+    this.rememberName(to, name);
     // TURN credentials of our own, fetched before the peer connection is made.
     const iceServers = await freshIceServers(mediaSettings().iceServers);
     if (this.call) throw new Error('You are already in a call. Hang up first.');
-    const call = new CallSession(this, { direction: 'out', callType, peer: { userId: to, name: name || to }, iceServers });
+    this.clearEndedDocks();
+    const call = new CallSession(this, { direction: 'out', callType, peer: { userId: to, name: this.nameOf(to) }, iceServers });
     this.call = call;
     try {
       await call.placeOffer(appointmentId);
@@ -44,7 +73,7 @@ export class CallManager {
       call.teardown();
       if (this.call === call) this.call = null;
       if (err instanceof SignalError) {
-        const who = to;
+        const who = call.peer.name;
         const text = {
           busy: `${who} is busy in another call. Try again later.`,
           offline: `${who} is not online right now.`,
@@ -57,6 +86,7 @@ export class CallManager {
       }
       throw err;
     }
+    this.historyChanged();
     // Events that came before the ack told us the call id.
     const early = this.early.get(call.callId) || [];
     this.early.clear();
@@ -72,7 +102,12 @@ export class CallManager {
     const call = this.call;
     if (call && call.callId === m.callId) {
       if (event === 'answered') call.onAnswered(m.answer);
-      else if (event === 'rejected') call.finish(`${call.peer.name} declined the call${m.reason && m.reason !== 'rejected' ? ` (${m.reason})` : ''}.`);
+      else if (event === 'rejected') {
+        call.finish(m.reason === 'busy'
+          ? `${call.peer.name} is busy in another call.`
+          : `${call.peer.name} declined the call${m.reason && m.reason !== 'rejected' ? ` (${m.reason})` : ''}.`);
+        this.historyChanged();
+      }
     } else if (call && !call.callId && call.direction === 'out') {
       if (!this.early.has(m.callId)) this.early.set(m.callId, []);
       this.early.get(m.callId).push([event, m]);
@@ -82,13 +117,17 @@ export class CallManager {
   onIncoming(m) {
     if (!m || !m.callId || this.ringing.has(m.callId)) return;
     const from = m.from || {};
-    const answerBtn = h('button', { class: 'primary', onclick: () => this.answer(m.callId) }, 'Answer');
-    const rejectBtn = h('button', { class: 'danger', onclick: () => this.reject(m.callId) }, 'Reject');
-    const el = h('div', { class: 'ringing', role: 'alertdialog', 'aria-label': 'Incoming call', dataset: { callId: m.callId } },
-      avatar(from.name || from.userId),
-      h('div', { class: 'ringing-text' },
-        h('strong', {}, from.name || from.userId || 'Someone'),
-        h('span', {}, ` (${from.role || 'user'}) is calling you — ${m.callType === 'audio' ? 'audio call' : 'video call'}`),
+    this.rememberName(from.userId, from.name);
+    const who = from.name || from.userId || 'Someone';
+    const kind = m.callType === 'audio' ? 'audio call' : 'video call';
+    const answerBtn = h('button', { class: 'primary', 'aria-label': `Answer the ${kind} from ${who}`, onclick: () => this.answer(m.callId) }, 'Answer');
+    const rejectBtn = h('button', { class: 'danger', 'aria-label': `Decline the ${kind} from ${who}`, onclick: () => this.reject(m.callId) }, 'Decline');
+    const textId = `ringing-${m.callId}`;
+    const el = h('div', { class: 'ringing', role: 'alertdialog', 'aria-label': `Incoming ${kind}`, 'aria-describedby': textId, dataset: { callId: m.callId } },
+      avatar(who),
+      h('div', { class: 'ringing-text', id: textId },
+        h('strong', {}, who),
+        h('span', {}, ` (${from.role || 'user'}) is calling you — ${kind}`),
         this.call ? h('div', { class: 'muted' }, 'You are in a call: hang up before answering.') : null),
       h('div', { class: 'ringing-actions' }, answerBtn, rejectBtn));
     this.ringing.set(m.callId, { info: m, el, candidates: [] });
@@ -107,6 +146,7 @@ export class CallManager {
       document.title = 'callrelay';
     }
     if (message) toast(message);
+    this.historyChanged();
     return entry;
   }
 
@@ -123,6 +163,7 @@ export class CallManager {
       return;
     }
     const m = entry.info;
+    this.clearEndedDocks();
     const call = new CallSession(this, {
       direction: 'in',
       callType: m.callType,
@@ -133,6 +174,7 @@ export class CallManager {
     this.call = call;
     try {
       await call.answerOffer(m.offer, entry.candidates);
+      this.historyChanged();
     } catch (err) {
       // Not answered after all: let the caller know instead of leaving them ringing.
       if (!call.answerSent) tell(this.socket, 'reject-call', { callId, reason: 'could not answer' });
@@ -142,7 +184,9 @@ export class CallManager {
 
   reject(callId) {
     if (!this.dropBanner(callId)) return;
-    ask(this.socket, 'reject-call', { callId }).catch((err) => toast(`Could not reject the call: ${err.message}`, 'error'));
+    ask(this.socket, 'reject-call', { callId })
+      .then(() => this.historyChanged())
+      .catch((err) => toast(`Could not decline the call: ${err.message}`, 'error'));
   }
 
   onEnded(m) {
@@ -171,6 +215,7 @@ export class CallManager {
         'server-restart': 'The server is restarting; the call ended.',
         'ended-by-admin': 'An administrator ended the call.',
       }[reason] || `Call ended (${reason}).`);
+      this.historyChanged();
     } else if (call && !call.callId && call.direction === 'out') {
       if (!this.early.has(m.callId)) this.early.set(m.callId, []);
       this.early.get(m.callId).push(['ended', m]);
@@ -441,7 +486,7 @@ class CallSession {
       return;
     }
     const callId = this.callId;
-    ask(this.socket, 'end-call', { callId }).catch(() => {});
+    ask(this.socket, 'end-call', { callId }).catch(() => {}).finally(() => this.manager.historyChanged());
     this.finish('Call ended.');
   }
 
@@ -454,9 +499,18 @@ class CallSession {
     this.media.classList.remove('has-video');
     this.localVideo.hidden = true;
     this.hangBtn.textContent = 'Close';
-    this.hangBtn.onclick = () => this.el.remove();
+    this.hangBtn.classList.remove('danger');
+    this.hangBtn.onclick = () => this.removeDock();
     this.muteBtn.hidden = true;
-    setTimeout(() => this.el.remove(), 6000);
+    // Ended, the dock shrinks to its status line (no picture) and goes by itself.
+    setTimeout(() => this.removeDock(), 6000);
+  }
+
+  /** Removes the dock; keyboard focus inside it goes back to the page, not to nowhere. */
+  removeDock() {
+    const hadFocus = this.el.contains(document.activeElement);
+    this.el.remove();
+    if (hadFocus) document.getElementById('view')?.focus({ preventScroll: true });
   }
 
   teardown() {
@@ -508,10 +562,15 @@ class Ringer {
 
 /** The "Call someone" card on the home page. */
 export function callBox(manager) {
-  const to = h('input', { name: 'to', required: true, placeholder: 'e.g. doc1', autocomplete: 'off', pattern: '[A-Za-z0-9._:\\-]{1,128}', title: 'Letters, digits and . _ : -' });
+  // The people this browser knows by name (appointments, calls): pick one by name, send the id.
+  const people = h('datalist', { id: 'call-people' });
+  const to = h('input', {
+    name: 'to', required: true, placeholder: 'e.g. doc1', autocomplete: 'off', list: 'call-people', pattern: '[A-Za-z0-9._:\\-]{1,128}', title: 'Letters, digits and . _ : -',
+    onfocus: () => people.replaceChildren(...[...manager.names].map(([id, name]) => h('option', { value: id }, name))),
+  });
   const video = h('input', { type: 'radio', name: 'callType', value: 'video', checked: true });
   const audio = h('input', { type: 'radio', name: 'callType', value: 'audio' });
-  const status = h('div', { class: 'form-status' });
+  const status = h('div', { class: 'form-status', role: 'status' });
   const btn = h('button', { class: 'primary', type: 'submit' }, 'Call');
   const form = h('form', {
     class: 'stack',
@@ -529,52 +588,152 @@ export function callBox(manager) {
     },
   },
   h('label', {}, 'User id', to),
+  people,
   h('fieldset', { class: 'inline' }, h('legend', {}, 'Call type'),
     h('label', { class: 'radio' }, video, 'Video'),
     h('label', { class: 'radio' }, audio, 'Audio only')),
   btn, status);
-  return h('section', { class: 'card' }, h('h2', {}, 'Call someone'),
+  return h('section', { class: 'card call-box', 'aria-labelledby': 'call-box-title' }, h('h2', { id: 'call-box-title' }, 'Call someone'),
     h('p', { class: 'muted' }, 'Patients can call the doctor of one of their appointments; staff can call anyone.'), form);
 }
 
-/** /calls: the call history. */
-export function renderCallHistory(root, ctx, manager) {
-  const body = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
-  const refresh = h('button', { onclick: () => load() }, 'Refresh');
-  root.appendChild(h('section', { class: 'card' },
-    h('div', { class: 'card-head' }, h('h1', {}, 'Call history'), refresh), body));
-
-  async function load() {
-    try {
-      const { calls } = await api('/api/calls');
-      clear(body);
-      if (!calls || calls.length === 0) {
-        body.appendChild(h('p', { class: 'muted' }, 'No calls yet.'));
-        return;
-      }
-      body.appendChild(h('table', { class: 'table' },
-        h('thead', {}, h('tr', {}, ['When', 'With', 'Type', 'Outcome', 'Duration', 'Media', ''].map((t) => h('th', {}, t)))),
-        h('tbody', {}, calls.map((c) => {
-          const outgoing = c.callerId === ctx.me.id;
-          const other = outgoing ? c.calleeId : c.callerId;
-          return h('tr', {},
-            h('td', {}, formatDateTime(c.startedAt)),
-            h('td', {}, h('span', { class: 'dir', title: outgoing ? 'Outgoing' : 'Incoming' }, outgoing ? '↗ ' : '↙ '), other),
-            h('td', {}, c.callType),
-            h('td', {}, h('span', { class: `pill pill-${c.status}` }, c.status), c.endReason ? h('span', { class: 'muted' }, ` ${c.endReason}`) : null),
-            h('td', {}, c.answeredAt ? formatDuration(c.answeredAt, c.endedAt) : '—'),
-            h('td', {}, c.media === 'sfu' ? 'Relay' : c.media === 'p2p' ? 'P2P' : c.media || '—'),
-            h('td', {}, h('button', {
-              class: 'small',
-              onclick: () => manager.place(other, c.callType).catch((err) => toast(err.message, 'error', 8000)),
-            }, 'Call back')));
-        }))));
-    } catch (err) {
-      clear(body);
-      showError(body, err, 'Cannot load your calls:');
-    }
-  }
-  load();
-  return () => {};
+/** A call's length in words: "42 s", "3 min", "1 h 5 min". */
+function callLength(fromIso, toIso) {
+  const secs = Math.max(0, Math.round((new Date(toIso) - new Date(fromIso)) / 1000));
+  if (secs < 60) return `${secs} s`;
+  const mins = Math.round(secs / 60);
+  return mins < 60 ? `${mins} min` : `${Math.floor(mins / 60)} h ${mins % 60} min`;
 }
 
+/**
+ * What became of a call, in words, from `outgoing`'s side: {text, kind} (kind names the pill's
+ * colour). Only an answered call has a length and a media path.
+ */
+export function callOutcome(c, outgoing) {
+  switch (c.status) {
+    case 'ringing':
+      return { text: 'Ringing', kind: 'ringing' };
+    case 'active':
+      return { text: 'In progress', kind: 'active' };
+    case 'ended': {
+      const length = c.answeredAt && c.endedAt ? ` · ${callLength(c.answeredAt, c.endedAt)}` : '';
+      const why = {
+        disconnected: ' (connection lost)',
+        'server-restart': ' (server restart)',
+        'ended-by-admin': ' (ended by an administrator)',
+      }[c.endReason] || '';
+      return { text: `Ended${length}${why}`, kind: 'ended' };
+    }
+    case 'rejected':
+      return { text: 'Declined', kind: 'declined' };
+    case 'busy':
+      return { text: 'Busy', kind: 'busy' };
+    case 'missed':
+      if (!outgoing) return { text: 'Missed', kind: 'missed' };
+      return c.endReason === 'hangup' ? { text: 'Cancelled', kind: 'cancelled-call' } : { text: 'No answer', kind: 'no-answer' };
+    default:
+      return { text: c.status, kind: c.status };
+  }
+}
+
+/** /calls: the call history, reloaded by itself when a call changes and when the page regains focus. */
+export function renderCallHistory(root, ctx, manager) {
+  const body = h('div', { 'aria-live': 'polite', 'aria-busy': 'true' }, h('p', { class: 'muted' }, 'Loading…'));
+  const refresh = h('button', { class: 'small', onclick: () => load() }, 'Refresh');
+  root.appendChild(h('section', { class: 'card' },
+    h('div', { class: 'card-head' }, h('h1', {}, 'Call history'), refresh), body));
+  let disposed = false;
+  let loading = null;
+  let again = false;
+
+  async function load() {
+    if (loading) {
+      again = true; // one more once this one is back: it may predate the change
+      return loading;
+    }
+    body.setAttribute('aria-busy', 'true');
+    loading = (async () => {
+      try {
+        const { calls } = await api('/api/calls');
+        if (disposed) return;
+        show(calls || []);
+      } catch (err) {
+        if (disposed) return;
+        shown = null;
+        clear(body);
+        showError(body, err, 'Cannot load your calls:');
+      } finally {
+        body.setAttribute('aria-busy', 'false');
+        loading = null;
+        if (again && !disposed) {
+          again = false;
+          load();
+        }
+      }
+    })();
+    return loading;
+  }
+
+  let shown = null;
+  function show(calls) {
+    // Reloads come often (each focus of the window): the page changes only when the calls did,
+    // and keyboard focus on a row's button stays on that row's new button.
+    const key = JSON.stringify(calls);
+    if (key === shown) return;
+    shown = key;
+    const focused = body.contains(document.activeElement) ? document.activeElement.closest('tr')?.dataset.callId : null;
+    clear(body);
+    if (calls.length === 0) {
+      body.appendChild(h('p', { class: 'muted' }, 'No calls yet.'));
+      return;
+    }
+    body.appendChild(h('table', { class: 'table calls-table' },
+      h('caption', { class: 'sr-only' }, 'Your calls, newest first'),
+      h('thead', {}, h('tr', {},
+        ['When', 'With', 'Type', 'Outcome', 'Media'].map((t) => h('th', { scope: 'col' }, t)),
+        h('th', { scope: 'col' }, h('span', { class: 'sr-only' }, 'Actions')))),
+      h('tbody', {}, calls.map((c) => row(c)))));
+    if (focused) body.querySelector(`tr[data-call-id="${CSS.escape(focused)}"] button`)?.focus();
+  }
+
+  function row(c) {
+    const outgoing = c.callerId === ctx.me.id;
+    const other = outgoing ? c.calleeId : c.callerId;
+    const name = (outgoing ? c.calleeName : c.callerName) || manager.nameOf(other);
+    manager.rememberName(other, name);
+    const outcome = callOutcome(c, outgoing);
+    // A call never answered had no media path, whatever the record's default says.
+    const media = c.answeredAt ? (c.media === 'sfu' ? 'Relay' : 'Direct (P2P)') : null;
+    const kind = c.callType === 'audio' ? 'Audio' : 'Video';
+    return h('tr', { dataset: { callId: c.callId, status: c.status } },
+      h('td', { class: 'h-when' }, h('time', { datetime: c.startedAt }, formatDateTime(c.startedAt))),
+      h('td', { class: 'h-with', title: other },
+        h('span', { class: 'dir', 'aria-hidden': 'true' }, outgoing ? '↗ ' : '↙ '),
+        h('span', { class: 'sr-only' }, outgoing ? 'Outgoing call to ' : 'Incoming call from '),
+        name),
+      h('td', { class: 'h-type' }, kind),
+      h('td', { class: 'h-outcome' }, h('span', { class: `pill pill-${outcome.kind}` }, outcome.text)),
+      h('td', { class: `h-media${media ? '' : ' none'}` },
+        media || [h('span', { 'aria-hidden': 'true', title: 'Not connected: no media path' }, '—'), h('span', { class: 'sr-only' }, 'None')]),
+      h('td', { class: 'h-action' }, h('button', {
+        class: 'small',
+        'aria-label': `Call back ${name} (${kind.toLowerCase()} call)`,
+        onclick: () => manager.place(other, c.callType, undefined, name).catch((err) => toast(err.message, 'error', 8000)),
+      }, 'Call back')));
+  }
+
+  const onFocus = () => load();
+  const onVisible = () => {
+    if (document.visibilityState === 'visible') load();
+  };
+  window.addEventListener('focus', onFocus);
+  document.addEventListener('visibilitychange', onVisible);
+  const unlisten = manager ? manager.onHistoryChange(() => load()) : () => {};
+  load();
+  return () => {
+    disposed = true;
+    unlisten();
+    window.removeEventListener('focus', onFocus);
+    document.removeEventListener('visibilitychange', onVisible);
+  };
+}

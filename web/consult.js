@@ -60,6 +60,8 @@ class ConsultView {
         h('div', { class: 'stage' }, this.lobby, this.grid, this.controls),
         this.chat.el)));
 
+    this.chatDrawer();
+
     this.unlistenServer = listen(this.ctx.socket, {
       'server-draining': () => this.serverDraining(),
       'removed-from-room': (m) => this.removedFromRoom(m),
@@ -67,6 +69,46 @@ class ConsultView {
     this.loadAppointment();
     this.chat.load(this.appointmentId);
     this.openMedia();
+  }
+
+  /**
+   * On narrow screens the chat is a drawer over the room (style.css shows it when the page's
+   * `data-chat` is `open`), opened by a Chat button in the room's controls that counts the
+   * messages that came while it was closed; its ×, or Escape, closes it and focus returns to
+   * the button. Wide screens show the chat beside the room and neither button.
+   */
+  chatDrawer() {
+    const page = this.chat.el.closest('.consult');
+    const unread = h('span', { class: 'chat-unread' });
+    this.chatToggle = h('button', {
+      class: 'control chat-toggle', type: 'button', 'aria-expanded': 'false', 'aria-controls': this.chat.el.id,
+      onclick: () => setOpen(page.dataset.chat !== 'open'),
+    }, 'Chat', unread);
+    const setOpen = (open) => {
+      page.dataset.chat = open ? 'open' : 'closed';
+      this.chatToggle.setAttribute('aria-expanded', String(open));
+      if (open) {
+        this.chat.unread = 0;
+        unread.textContent = '';
+        this.chatToggle.removeAttribute('aria-label');
+        (this.chat.input.disabled ? this.chat.closeBtn : this.chat.input).focus();
+      } else if (this.chat.el.contains(document.activeElement)) {
+        this.chatToggle.focus();
+      }
+    };
+    this.chat.closeBtn.addEventListener('click', () => setOpen(false));
+    this.chat.el.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && page.dataset.chat === 'open') setOpen(false);
+    });
+    this.chat.onUnread = () => {
+      // A drawer that is closed, or not a drawer at all (wide screens: the toggle is not shown).
+      if (page.dataset.chat === 'open' || !this.chatToggle.offsetParent) return;
+      this.chat.unread = (this.chat.unread || 0) + 1;
+      unread.textContent = String(this.chat.unread);
+      this.chatToggle.setAttribute('aria-label', `Chat, ${this.chat.unread} unread`);
+    };
+    page.dataset.chat = 'closed';
+    this.controls.insertBefore(this.chatToggle, this.hangBtn);
   }
 
   /** `server-draining`: the server restarts once the consultations under way have ended. */
@@ -824,7 +866,8 @@ class ChatPanel {
     this.me = me;
     this.send = send;
     this.messages = new Map();
-    this.list = h('ol', { class: 'messages', 'aria-live': 'polite' });
+    // Scrollable, so focusable: keyboard users scroll the transcript with the arrow keys.
+    this.list = h('ol', { class: 'messages', 'aria-live': 'polite', 'aria-label': 'Transcript', tabindex: '0' });
     this.empty = h('li', { class: 'muted empty' }, 'No messages yet.');
     this.list.appendChild(this.empty);
     this.status = h('div', { class: 'chat-status' });
@@ -837,7 +880,11 @@ class ChatPanel {
       }
     });
     this.form = h('form', { class: 'chat-form', onsubmit: (e) => this.submit(e) }, this.input, this.sendBtn);
-    this.el = h('aside', { class: 'chat card' }, h('h2', {}, 'Chat'), this.list, this.status, this.form);
+    this.closeBtn = h('button', { class: 'link chat-close', type: 'button', 'aria-label': 'Close the chat' }, '×');
+    this.onUnread = () => {};
+    this.el = h('aside', { class: 'chat card', id: 'consult-chat', 'aria-labelledby': 'consult-chat-title' },
+      h('div', { class: 'chat-head' }, h('h2', { id: 'consult-chat-title' }, 'Chat'), this.closeBtn),
+      this.list, this.status, this.form);
   }
 
   async load(appointmentId) {
@@ -847,6 +894,7 @@ class ChatPanel {
     } catch (err) {
       if (err.status !== 404) showError(this.status, err, 'Earlier messages are not available:');
     }
+    this.loaded = true; // from now on, others' messages count as unread while the drawer is closed
   }
 
   setJoined(joined) {
@@ -888,5 +936,6 @@ class ChatPanel {
     const after = [...this.list.children].find((el) => el.dataset.id && this.messages.get(el.dataset.id).sentAt > m.sentAt);
     this.list.insertBefore(li, after || null);
     this.list.scrollTop = this.list.scrollHeight;
+    if (!mine && this.loaded) this.onUnread();
   }
 }

@@ -45,11 +45,11 @@ export function initials(seed) {
   return (words[0][0] + words[words.length - 1][0]).toUpperCase();
 }
 
-/** A stable, readable background colour for an avatar seed. */
+/** A stable background colour for an avatar seed, dark enough for white initials (4.5:1 at any hue). */
 export function avatarColor(seed) {
   let hash = 0;
   for (const ch of String(seed || '')) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
-  return `hsl(${hash % 360} 45% 42%)`;
+  return `hsl(${hash % 360} 45% 32%)`;
 }
 
 export function avatar(seed, extraClass = '') {
@@ -95,15 +95,22 @@ export function showError(container, err, prefix) {
 }
 
 let toastHost;
-/** A short notice at the bottom of the screen. kind: 'info' | 'error' | 'ok'. */
+/**
+ * A short notice at the top of the screen, under the header and any ringing call (never over a
+ * control bar or the call dock), read out by screen readers; its × dismisses it at once.
+ * kind: 'info' | 'error' | 'ok'.
+ */
 export function toast(text, kind = 'info', ms = 5000) {
   if (!toastHost) {
-    toastHost = h('div', { class: 'toasts', 'aria-live': 'polite' });
-    document.body.appendChild(toastHost);
+    toastHost = document.getElementById('toasts')
+      || document.body.appendChild(h('div', { id: 'toasts', class: 'toasts', role: 'status', 'aria-live': 'polite' }));
   }
-  const el = h('div', { class: `toast toast-${kind}` }, text);
+  const el = h('div', { class: `toast toast-${kind}` },
+    h('span', { class: 'toast-text' }, text),
+    h('button', { class: 'link toast-close', type: 'button', 'aria-label': 'Dismiss notification', onclick: () => el.remove() }, '×'));
   toastHost.appendChild(el);
   setTimeout(() => el.remove(), ms);
+  return el;
 }
 
 /** Plays a <video>/<audio>; if autoplay is refused, offers a button that starts it on click. */
