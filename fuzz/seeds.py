@@ -46,7 +46,7 @@ EVENTS = [
     "join-room", "signal", "chat-message", "leave-room", "join", "call-user", "answer-call",
     "reject-call", "end-call", "ice-candidate", "sfu-join", "sfu-publish",
     "sfu-subscribe-answer", "sfu-candidate", "sfu-leave", "sfu-restart-ice", "media-state",
-    "call-media-state", "no-such-event",
+    "call-media-state", "admit", "decline", "no-such-event",
 ]
 
 
@@ -166,6 +166,8 @@ def main():
         "media-state": {"roomId": "a1", "audio": False, "video": True, "screen": True,
                         "screenTrackId": "9d3c5e2a-7b1f-4c8e-a2d4-1f6b8e3c0a57"},
         "call-media-state": {"callId": "c1", "audio": True, "video": False, "screen": True},
+        "admit": {"appointmentId": "a1", "userId": "pat-1"},
+        "decline": {"appointmentId": "a1", "userId": "pat-1", "reason": "Please book another time"},
         "no-such-event": {"roomId": "r1"},
     }
     for i, event in enumerate(EVENTS):

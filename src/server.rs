@@ -359,6 +359,7 @@ fn signaling_config(config: &Config) -> SignalingConfig {
         media_mode: config.media.mode,
         p2p_timeout_ms: config.media.p2p_timeout_ms,
         ice_servers,
+        waiting_room: config.consult.waiting_room,
     }
 }
 

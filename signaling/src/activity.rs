@@ -29,6 +29,15 @@ impl From<&Peer> for Member {
     }
 }
 
+/// Who admitted or declined a waiting patient: the appointment's doctor or an administrator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Host {
+    pub user_id: String,
+    pub name: String,
+    pub role: crate::Role,
+}
+
 /// One thing that happened. Each maps to one or two webhook events ([`Activity::webhook_events`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Activity {
@@ -65,6 +74,34 @@ pub enum Activity {
         message_id: String,
         user_id: String,
     },
+    /// A patient's socket began waiting to be admitted (`consult.waiting_room`); `replaces`:
+    /// the same user's socket that waited before this connection (its wait carried over).
+    WaitingEntered {
+        appointment_id: String,
+        member: Member,
+        replaces: Option<String>,
+    },
+    /// A host let a waiting socket in (its `room.joined` follows).
+    WaitingAdmitted {
+        appointment_id: String,
+        member: Member,
+        by: Host,
+    },
+    /// A host turned a waiting socket away. The reason given is relayed to the patient only,
+    /// never kept (like `reject-call`'s).
+    WaitingDeclined {
+        appointment_id: String,
+        member: Member,
+        by: Host,
+    },
+    /// A socket stopped waiting by itself: `reason` `left` (`leave-room`), `disconnected`,
+    /// `replaced` (the same user back on a new connection) or `joined-room` (it entered a
+    /// room instead).
+    WaitingLeft {
+        appointment_id: String,
+        member: Member,
+        reason: &'static str,
+    },
 }
 
 /// The room whose media went through the SFU.
@@ -75,7 +112,7 @@ pub enum RelayedRoom {
 }
 
 /// Every webhook event name, as documented.
-pub const WEBHOOK_EVENTS: [&str; 9] = [
+pub const WEBHOOK_EVENTS: [&str; 13] = [
     "room_started",
     "room_finished",
     "participant_joined",
@@ -85,6 +122,10 @@ pub const WEBHOOK_EVENTS: [&str; 9] = [
     "call_answered",
     "call_ended",
     "chat_message",
+    "participant_waiting",
+    "participant_admitted",
+    "participant_declined",
+    "participant_left_waiting",
 ];
 
 impl Activity {
@@ -94,6 +135,10 @@ impl Activity {
             Activity::ParticipantJoined { appointment_id, .. }
             | Activity::ParticipantLeft { appointment_id, .. }
             | Activity::ChatMessage { appointment_id, .. }
+            | Activity::WaitingEntered { appointment_id, .. }
+            | Activity::WaitingAdmitted { appointment_id, .. }
+            | Activity::WaitingDeclined { appointment_id, .. }
+            | Activity::WaitingLeft { appointment_id, .. }
             | Activity::RelayActivated {
                 room: RelayedRoom::Consult { appointment_id },
                 ..
@@ -165,6 +210,38 @@ impl Activity {
                 "chat_message",
                 json!({"appointmentId": appointment_id, "messageId": message_id, "userId": user_id}),
             )],
+            Activity::WaitingEntered {
+                appointment_id,
+                member,
+                ..
+            } => vec![(
+                "participant_waiting",
+                json!({"appointmentId": appointment_id, "participant": member}),
+            )],
+            Activity::WaitingAdmitted {
+                appointment_id,
+                member,
+                by,
+            } => vec![(
+                "participant_admitted",
+                json!({"appointmentId": appointment_id, "participant": member, "by": by}),
+            )],
+            Activity::WaitingDeclined {
+                appointment_id,
+                member,
+                by,
+            } => vec![(
+                "participant_declined",
+                json!({"appointmentId": appointment_id, "participant": member, "by": by}),
+            )],
+            Activity::WaitingLeft {
+                appointment_id,
+                member,
+                reason,
+            } => vec![(
+                "participant_left_waiting",
+                json!({"appointmentId": appointment_id, "participant": member, "reason": reason}),
+            )],
         }
     }
 }
@@ -198,6 +275,39 @@ mod tests {
             role: Role::Patient,
             socket_id: "s1".into(),
         }
+    }
+
+    fn host() -> Host {
+        Host {
+            user_id: "doc-1".into(),
+            name: "Dr Who".into(),
+            role: Role::Doctor,
+        }
+    }
+
+    #[test]
+    fn a_wait_and_its_end_name_the_patient_and_who_decided() {
+        let admitted = Activity::WaitingAdmitted {
+            appointment_id: "a1".into(),
+            member: member(),
+            by: host(),
+        };
+        assert_eq!(admitted.appointment_id(), Some("a1"));
+        let (name, data) = &admitted.webhook_events()[0];
+        assert_eq!(*name, "participant_admitted");
+        assert_eq!(data["participant"]["userId"], "pat-1");
+        assert_eq!(
+            data["by"],
+            json!({"userId": "doc-1", "name": "Dr Who", "role": "doctor"})
+        );
+        let left = Activity::WaitingLeft {
+            appointment_id: "a1".into(),
+            member: member(),
+            reason: "disconnected",
+        };
+        let (name, data) = &left.webhook_events()[0];
+        assert_eq!(*name, "participant_left_waiting");
+        assert_eq!(data["reason"], "disconnected");
     }
 
     #[test]
@@ -252,6 +362,26 @@ mod tests {
                 appointment_id: "a".into(),
                 message_id: "m".into(),
                 user_id: "u".into(),
+            },
+            Activity::WaitingEntered {
+                appointment_id: "a".into(),
+                member: member(),
+                replaces: None,
+            },
+            Activity::WaitingAdmitted {
+                appointment_id: "a".into(),
+                member: member(),
+                by: host(),
+            },
+            Activity::WaitingDeclined {
+                appointment_id: "a".into(),
+                member: member(),
+                by: host(),
+            },
+            Activity::WaitingLeft {
+                appointment_id: "a".into(),
+                member: member(),
+                reason: "left",
             },
         ];
         for activity in activities {

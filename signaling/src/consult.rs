@@ -9,8 +9,11 @@ use crate::call::MediaPath;
 use crate::payload;
 use crate::protocol::{self, EventError, EventResult, Peer};
 use crate::rooms::RelayReason;
-use crate::store::{AppointmentStatus, ChatMessage, ChatSender};
-use crate::{Budget, Outcome, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id};
+use crate::store::{AppointmentAccess, AppointmentStatus, ChatMessage, ChatSender};
+use crate::{
+    Budget, Identity, Outcome, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id,
+    waiting,
+};
 
 /// `join-room`. The relay work the join calls for (announcing a relay, subscribing the joiner)
 /// is left to [`AfterJoin`], run once the ack is sent: it can send the joiner an
@@ -82,6 +85,27 @@ async fn enter_room(
     )?;
 
     let self_id = s.id.to_string();
+    if waiting::must_wait(
+        sig,
+        &who,
+        &appointment,
+        &self_id,
+        req.previous_socket_id.as_deref(),
+    ) {
+        let fields = waiting::enter_lobby(
+            sig,
+            io,
+            s,
+            &who,
+            &appointment,
+            avatar_seed,
+            req.previous_socket_id,
+        )
+        .await?;
+        return Ok((fields, None));
+    }
+    // Waiting in a lobby (another appointment's, or this one's and admitted meanwhile): over.
+    waiting::end_wait(sig, io, &self_id, waiting::WaitEnd::JoinedRoom).await;
     let mut replaces = None;
     if let Some(previous) = req.previous_socket_id
         && end_previous_membership(sig, io, &previous, &self_id, &who.user_id, &appointment.id)
@@ -98,6 +122,27 @@ async fn enter_room(
         leave_current_room(sig, s, LeaveReason::JoinedAnother).await;
     }
 
+    let entered = enter_as_member(sig, s, &who, &appointment, avatar_seed, replaces).await?;
+    // A host sees who waits to be admitted.
+    if waiting::is_host(&who, &appointment) {
+        waiting::tell_joining_host(sig, s, &appointment.id);
+    }
+    Ok(entered)
+}
+
+/// Puts socket `s` of `who` in `appointment`'s room (a `join-room`, or an admission from the
+/// waiting room): recorded, `peer-joined` to the others, `existing-peers` to it. Returns the
+/// join ack's fields and what must follow the ack. The caller has checked that it may enter
+/// and that it is in no other room.
+pub(crate) async fn enter_as_member(
+    sig: &Signaling,
+    s: &SocketRef,
+    who: &Identity,
+    appointment: &AppointmentAccess,
+    avatar_seed: String,
+    replaces: Option<String>,
+) -> Result<(serde_json::Map<String, Value>, Option<AfterJoin>), EventError> {
+    let self_id = s.id.to_string();
     let me = Peer {
         socket_id: self_id,
         user_id: who.user_id.clone(),
@@ -281,13 +326,15 @@ pub(crate) async fn media_state(
 
 pub(crate) async fn leave_room(
     sig: &Signaling,
-    _io: &SocketIo,
+    io: &SocketIo,
     s: &SocketRef,
     data: Value,
 ) -> EventResult {
     sig.spend(s, Budget::Signal)?;
     payload::leave_room(data)?;
     leave_current_room(sig, s, LeaveReason::Left).await;
+    // Waiting to be admitted: the patient gave up.
+    waiting::end_wait(sig, io, &s.id.to_string(), waiting::WaitEnd::Left).await;
     Ok(protocol::ok_fields())
 }
 

@@ -19,6 +19,7 @@ pub mod ratelimit;
 pub mod relay;
 pub mod rooms;
 pub mod store;
+pub mod waiting;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -57,6 +58,9 @@ pub struct SignalingConfig {
     /// RTCIceServer[] handed to clients for their peer-to-peer attempt and the relay, made per
     /// user (TURN credentials of their own when a shared secret is set).
     pub ice_servers: IceServers,
+    /// `consult.waiting_room`: patients wait to be admitted by the doctor or an administrator
+    /// (see [`waiting`]).
+    pub waiting_room: bool,
 }
 
 impl SignalingConfig {
@@ -441,6 +445,11 @@ impl Signaling {
             .set(rooms.participant_count() as i64);
         self.note_change();
     }
+
+    fn refresh_waiting_gauge(&self) {
+        let waiting = self.rooms().lobby.waiting_count();
+        self.metrics.waiting_participants.set(waiting as i64);
+    }
 }
 
 fn identity(s: &SocketRef) -> Result<Identity, EventError> {
@@ -529,6 +538,8 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     route!(s, "chat-message", consult::chat_message);
     route!(s, "leave-room", consult::leave_room);
     route!(s, "media-state", consult::media_state);
+    route!(s, "admit", waiting::admit);
+    route!(s, "decline", waiting::decline);
 
     route!(s, "join", direct::join);
     route!(s, "call-user", direct::call_user);
@@ -568,6 +579,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
             let _busy = sig.busy();
             sig.metrics.sockets_connected.dec();
             consult::leave_current_room(&sig, &s, consult::LeaveReason::Disconnected).await;
+            waiting::end_wait(&sig, &io, &s.id.to_string(), waiting::WaitEnd::Disconnected).await;
             if let Ok(who) = identity(&s) {
                 direct::socket_gone(&sig, &io, &who, &s.id.to_string()).await;
             }
@@ -580,9 +592,11 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
 async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
     // Connected while the server drains: told first thing.
     sig.tell_draining(&s);
-    if let Ok(who) = identity(&s)
-        && let Err(err) = sig.store.record_user(&who).await
-    {
-        tracing::warn!(error = %err, "could not record user");
+    if let Ok(who) = identity(&s) {
+        // A doctor's new page (the appointment list, a room) sees who waits for it at once.
+        waiting::tell_on_connect(&sig, &s, &who);
+        if let Err(err) = sig.store.record_user(&who).await {
+            tracing::warn!(error = %err, "could not record user");
+        }
     }
 }

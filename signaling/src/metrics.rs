@@ -23,6 +23,8 @@ pub struct SignalingMetrics {
     pub sockets_connected: IntGauge,
     pub rooms_active: IntGauge,
     pub room_participants: IntGauge,
+    /// Sockets waiting in a consult room's lobby to be admitted.
+    pub waiting_participants: IntGauge,
     pub events: IntCounterVec,
     pub calls: IntCounterVec,
     pub chat_messages: IntCounter,
@@ -45,6 +47,10 @@ impl SignalingMetrics {
             room_participants: IntGauge::new(
                 "callrelay_room_participants",
                 "Sockets currently in a consult room",
+            )?,
+            waiting_participants: IntGauge::new(
+                "callrelay_waiting_participants",
+                "Sockets currently waiting in a consult room's waiting room to be admitted",
             )?,
             events: IntCounterVec::new(
                 Opts::new(
@@ -80,6 +86,7 @@ impl SignalingMetrics {
         registry.register(Box::new(m.sockets_connected.clone()))?;
         registry.register(Box::new(m.rooms_active.clone()))?;
         registry.register(Box::new(m.room_participants.clone()))?;
+        registry.register(Box::new(m.waiting_participants.clone()))?;
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.calls.clone()))?;
         registry.register(Box::new(m.chat_messages.clone()))?;

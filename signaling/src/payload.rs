@@ -17,6 +17,8 @@ use crate::rooms::RelayReason;
 pub const MAX_AVATAR_SEED_CHARS: usize = 64;
 /// Longest `reject-call` reason, in characters.
 pub const MAX_REJECT_REASON_CHARS: usize = 200;
+/// Longest `decline` reason, in characters.
+pub const MAX_DECLINE_REASON_CHARS: usize = 200;
 
 /// The configurable payload limits (`limits.*`); `Default` is `config/default.toml`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub const EVENTS: &[&str] = &[
     "sfu-restart-ice",
     "media-state",
     "call-media-state",
+    "admit",
+    "decline",
 ];
 
 /// Runs the payload checks the handler of `event` runs, with the default limits, and nothing
@@ -81,6 +85,8 @@ pub fn validate_event_payload(event: &str, data: Value) -> Result<(), EventError
         "sfu-restart-ice" => sfu_restart_ice(data).map(drop),
         "media-state" => media_state(data).map(drop),
         "call-media-state" => call_media_state(data).map(drop),
+        "admit" => admit(data).map(drop),
+        "decline" => decline(data).map(drop),
         _ => Err(unknown_event()),
     }
 }
@@ -445,6 +451,49 @@ fn checked_state(
     })
 }
 
+/// `admit {appointmentId, userId}`: a host lets a waiting patient (every socket of that user
+/// waiting in the appointment's lobby) into the room. Nothing else may be in the object.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admit {
+    pub appointment_id: String,
+    pub user_id: String,
+}
+
+pub fn admit(data: Value) -> Result<Admit, EventError> {
+    let req: Admit = protocol::parse(data)?;
+    check_id("appointmentId", &req.appointment_id)?;
+    check_id("userId", &req.user_id)?;
+    Ok(req)
+}
+
+/// `decline {appointmentId, userId, reason?}`: a host turns a waiting patient away; the reason
+/// (up to [`MAX_DECLINE_REASON_CHARS`], one line) goes to the patient only.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Decline {
+    pub appointment_id: String,
+    pub user_id: String,
+    /// `None` when not given or blank.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+pub fn decline(data: Value) -> Result<Decline, EventError> {
+    let mut req: Decline = protocol::parse(data)?;
+    check_id("appointmentId", &req.appointment_id)?;
+    check_id("userId", &req.user_id)?;
+    if let Some(reason) = &req.reason {
+        if reason.trim().is_empty() {
+            req.reason = None;
+        } else {
+            protocol::check_text("reason", reason, MAX_DECLINE_REASON_CHARS, false)
+                .map_err(|e| EventError::invalid(e.message))?;
+        }
+    }
+    Ok(req)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,6 +534,10 @@ mod tests {
                 json!({"roomId": "a1", "audio": false, "video": true, "screen": false})
             }
             "call-media-state" => json!({"callId": "c1", "audio": true, "video": false}),
+            "admit" => json!({"appointmentId": "a1", "userId": "pat-1"}),
+            "decline" => {
+                json!({"appointmentId": "a1", "userId": "pat-1", "reason": "Please rebook"})
+            }
             _ => unreachable!("{event}"),
         }
     }
@@ -689,6 +742,41 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn admit_and_decline_take_their_documented_shape_only() {
+        let req = decline(json!({"appointmentId": "a1", "userId": "u1", "reason": "  "})).unwrap();
+        assert_eq!(req.reason, None);
+        assert_eq!(admit(good("admit")).unwrap().user_id, "pat-1");
+        for (event, bad) in [
+            ("admit", json!({"appointmentId": "a1"})),
+            ("admit", json!({"appointmentId": "a1", "userId": "u 1"})),
+            (
+                "admit",
+                json!({"appointmentId": "a1", "userId": "u1", "socketId": "s1"}),
+            ),
+            ("decline", json!({"appointmentId": "a1", "userId": 7})),
+            (
+                "decline",
+                json!({"appointmentId": "a1", "userId": "u1", "reason": "a\u{7}"}),
+            ),
+            (
+                "decline",
+                json!({"appointmentId": "a1", "userId": "u1", "reason": "x\ny"}),
+            ),
+            (
+                "decline",
+                json!({"appointmentId": "a1", "userId": "u1", "reason": "x".repeat(201)}),
+            ),
+        ] {
+            assert_eq!(
+                code(event, bad.clone()),
+                ErrorCode::InvalidPayload,
+                "{event} {bad}"
+            );
+        }
+        decline(json!({"appointmentId": "a1", "userId": "u1", "reason": "x".repeat(200)})).unwrap();
     }
 
     /// The fuzz seeds (`fuzz/corpus/socketio_payloads/seed-<event>`, written by

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::protocol::{MediaState, Peer};
+use crate::waiting::Lobby;
 
 /// Why a room's media goes through the SFU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -76,6 +77,8 @@ pub struct Rooms {
     /// Memberships that ended with their connection, not by leaving: socket id → (room, user,
     /// when), kept [`DEPARTED_KEPT`].
     departed: HashMap<String, (String, String, Instant)>,
+    /// The waiting rooms, and who has been in each room since it last emptied (admitted).
+    pub lobby: Lobby,
 }
 
 impl Rooms {
@@ -90,6 +93,7 @@ impl Rooms {
             };
         }
         let existing = room.members.clone();
+        self.lobby.admit(room_id, &peer.user_id);
         self.room_of_socket
             .insert(peer.socket_id.clone(), room_id.to_owned());
         room.members.push(peer);
@@ -119,6 +123,7 @@ impl Rooms {
         let relayed = room.relay.is_some();
         if room_now_empty {
             self.rooms.remove(&room_id);
+            self.lobby.forget_admissions(&room_id);
         }
         Some(Left {
             relayed,

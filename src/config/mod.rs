@@ -52,6 +52,8 @@ pub struct Config {
     #[serde(deserialize_with = "values::table")]
     pub calls: CallsConfig,
     #[serde(deserialize_with = "values::table")]
+    pub consult: ConsultConfig,
+    #[serde(deserialize_with = "values::table")]
     pub limits: LimitsConfig,
     #[serde(deserialize_with = "values::table")]
     pub webhooks: WebhooksConfig,
@@ -165,6 +167,16 @@ pub use callrelay_signaling::MediaMode;
 pub struct CallsConfig {
     #[serde(deserialize_with = "values::int::<1, 3600, _, _>")]
     pub ring_timeout_secs: u64,
+}
+
+/// `[consult]`: consultation rooms.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsultConfig {
+    /// Patients wait to be admitted by the doctor (or an administrator); false: they enter at
+    /// once.
+    #[serde(deserialize_with = "values::boolean")]
+    pub waiting_room: bool,
 }
 
 /// `[webhooks]`: where room and call events are POSTed, signed with the secret.
@@ -504,6 +516,7 @@ mod tests {
         assert_eq!(c.media.ice_credential, "");
 
         assert_eq!(c.calls.ring_timeout_secs, 30);
+        assert!(c.consult.waiting_room, "on unless turned off");
 
         assert_eq!(c.limits.max_chat_chars, 2000);
         assert_eq!(c.limits.max_sdp_bytes, 65536);
@@ -532,7 +545,7 @@ mod tests {
                 keys += 1;
             }
         }
-        assert_eq!(keys, 36);
+        assert_eq!(keys, 37);
     }
 
     #[test]
@@ -612,6 +625,33 @@ mod tests {
         let c = load_env(&[("CALLRELAY_MEDIA__MODE", "p2p-only")]).unwrap();
         assert_eq!(c.media.mode, MediaMode::P2pOnly);
         assert_eq!(c.media.mode.as_str(), "p2p-only");
+    }
+
+    #[test]
+    fn the_waiting_room_is_turned_off_by_file_or_variable_and_takes_booleans_only() {
+        let file = TempToml::new("[consult]\nwaiting_room = false\n");
+        let c = Config::load_from(Some(file.path()), Vec::new()).unwrap();
+        assert!(!c.consult.waiting_room);
+        assert!(
+            !load_env(&[("CALLRELAY_CONSULT__WAITING_ROOM", "false")])
+                .unwrap()
+                .consult
+                .waiting_room
+        );
+        assert!(
+            load_env(&[("CALLRELAY_CONSULT__WAITING_ROOM", "1")])
+                .unwrap()
+                .consult
+                .waiting_room
+        );
+        let e = err_env(&[("CALLRELAY_CONSULT__WAITING_ROOM", "maybe")]);
+        assert!(e.contains("consult.waiting_room"), "{e}");
+        assert!(e.contains("CALLRELAY_CONSULT__WAITING_ROOM"), "{e}");
+        let (e, path) = err_file("[consult]\nwaiting_room = \"no\"\n");
+        assert!(
+            e.contains("consult.waiting_room") && e.contains(&path),
+            "{e}"
+        );
     }
 
     #[test]

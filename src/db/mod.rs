@@ -543,7 +543,8 @@ impl Store for Db {
 }
 
 /// The audit record of an activity, for those the trail keeps: who entered and left which
-/// consultation with which media path, and when a consultation's media went through the relay.
+/// consultation with which media path, when a consultation's media went through the relay, and
+/// who waited to be admitted and who admitted or declined them.
 fn audit_entry(at: OffsetDateTime, activity: &Activity) -> Option<AuditEntry> {
     use serde_json::json;
     let (actor_id, action, detail) = match activity {
@@ -570,6 +571,31 @@ fn audit_entry(at: OffsetDateTime, activity: &Activity) -> Option<AuditEntry> {
             SERVER_ACTOR.to_owned(),
             "room.relayed",
             json!({"reason": reason.as_str()}),
+        ),
+        Activity::WaitingEntered {
+            member, replaces, ..
+        } => (
+            member.user_id.clone(),
+            "waiting.entered",
+            json!({"socketId": member.socket_id, "name": member.name, "role": member.role,
+                   "replaces": replaces}),
+        ),
+        Activity::WaitingAdmitted { member, by, .. } => (
+            by.user_id.clone(),
+            "waiting.admitted",
+            json!({"userId": member.user_id, "name": member.name, "socketId": member.socket_id,
+                   "byRole": by.role}),
+        ),
+        Activity::WaitingDeclined { member, by, .. } => (
+            by.user_id.clone(),
+            "waiting.declined",
+            json!({"userId": member.user_id, "name": member.name, "socketId": member.socket_id,
+                   "byRole": by.role}),
+        ),
+        Activity::WaitingLeft { member, reason, .. } => (
+            member.user_id.clone(),
+            "waiting.left",
+            json!({"socketId": member.socket_id, "reason": reason}),
         ),
         _ => return None,
     };

@@ -102,6 +102,8 @@ class Server:
                 "CALLRELAY_SERVER__WEB_DIR": "",
                 # Stopped with SIGTERM at the end of each test: no drain to wait for.
                 "CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS": "0",
+                # Patients enter rooms at once (the waiting room is tested by tests/node).
+                "CALLRELAY_CONSULT__WAITING_ROOM": "false",
                 "RUST_LOG": os.environ.get("RUST_LOG", "info"),
             }
         )

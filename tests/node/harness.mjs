@@ -103,6 +103,8 @@ export async function startServer({ env = {}, dbUrl } = {}) {
     // SIGTERM ends what is left at once (the suites stop servers mid-call); a test of the
     // drain sets its own timeout.
     CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS: '0',
+    // Patients enter rooms at once; the waiting room's own tests turn it on.
+    CALLRELAY_CONSULT__WAITING_ROOM: 'false',
     RUST_LOG: process.env.RUST_LOG || 'warn',
     ...env,
   });
