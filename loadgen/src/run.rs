@@ -2,8 +2,10 @@
 //! the real contract, with a progress line per second and a summary at the end.
 //!
 //! Per room: a doctor creates and confirms an appointment (HTTP, dev token); participant 0 is
-//! that doctor, participant 1 its patient, the others admins (the roles allowed in a consult
-//! room). Every participant connects Socket.IO with `auth: {token}`, emits `join-room` and
+//! that doctor, the others admins: roles allowed in a consult room that never wait in its
+//! waiting room (`consult.waiting_room`, on by default), so joins measure the server and media,
+//! not an admission. The appointment's patient does not take part. Every participant connects
+//! Socket.IO with `auth: {token}`, emits `join-room` and
 //! `sfu-join {reason:"forced"}`, answers every `sfu-subscribe-offer`; the first `--publishers`
 //! of each room also `sfu-publish` one paced VP8-payload track at `--video-kbps`.
 //! Media peers are webrtc-rs sans-IO client peers ([`super::peer`]), one UDP socket each.
@@ -187,10 +189,7 @@ async fn make_room(
         .await?
         .error_for_status()?;
     let mut tokens = vec![doc_token];
-    if members > 1 {
-        tokens.push(dev_token(http, url, &pat, "patient").await?);
-    }
-    for j in 2..members {
+    for j in 1..members {
         tokens.push(dev_token(http, url, &format!("load-{run}-r{room}-p{j}"), "admin").await?);
     }
     Ok((id, tokens))
