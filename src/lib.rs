@@ -4,6 +4,8 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+#[cfg(test)]
+mod docs_tests;
 pub mod http;
 pub mod metrics;
 pub mod relay;

@@ -12,7 +12,7 @@ mod appointments;
 mod calls;
 mod health;
 mod ice;
-mod openapi;
+pub(crate) mod openapi;
 mod tokens;
 
 pub use admin::ADMIN_ACTIONS;

@@ -61,7 +61,7 @@ pub(super) fn routes() -> Router<AppState> {
     ),
     modifiers(&BearerAuth)
 )]
-struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The `bearer` security scheme (`Authorization: Bearer <jwt>`) the paths refer to.
 struct BearerAuth;
