@@ -1,9 +1,11 @@
 //! The browser client in headless Chromium (real libwebrtc) against the real binary: a doctor
 //! and a patient see each other's video and chat, first peer-to-peer, then with the direct path
 //! blocked so the room and a direct call fall back to the SFU (driven by `web/smoke.mjs`);
-//! three browsers in a relayed room, the third joining ten times (`web/smoke-relay3.mjs`); and
+//! three browsers in a relayed room, the third joining ten times (`web/smoke-relay3.mjs`);
 //! every page at phone and desktop width, scanned by axe-core, with calls and the call history
-//! naming people (`web/smoke-phone-a11y.mjs`, screenshots kept in `target/browser-screenshots`).
+//! naming people (`web/smoke-phone-a11y.mjs`); and the waiting room, a patient let in by the
+//! doctor (`web/smoke-waiting.mjs`). Screenshots of the last two are kept in
+//! `target/browser-screenshots`.
 
 mod support;
 
@@ -115,4 +117,30 @@ async fn every_page_fits_a_phone_and_passes_axe_and_calls_name_people() {
         .join("browser-screenshots");
     std::fs::create_dir_all(&out).expect("screenshot dir");
     run_script_into("smoke-phone-a11y.mjs", &[], &[], &out).await;
+}
+
+/// Issue 14, the waiting room: three browsers (the patient, the doctor in the room, the doctor's
+/// second device on the appointment list). The patient opens the join link first and waits
+/// ("Waiting for Dr Ada Lovelace to let you in"); the list says "Pat Smith is waiting" (tab title,
+/// chime, notification); the doctor declines from the room's banner, the patient is told and asks
+/// again, the doctor joins and admits, and both see each other's video; the trail holds the
+/// waits, the decline and the admission. Screenshots (`waiting-<step>.png`) are kept in
+/// `target/browser-screenshots/` to be looked at.
+#[tokio::test]
+async fn a_patient_waits_until_the_doctor_lets_them_in() {
+    if !browser_available() {
+        return;
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("browser-screenshots");
+    std::fs::create_dir_all(&out).expect("screenshot dir");
+    run_script_into(
+        "smoke-waiting.mjs",
+        &[("CALLRELAY_CONSULT__WAITING_ROOM", "true")],
+        &[],
+        &out,
+    )
+    .await;
 }

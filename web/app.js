@@ -5,6 +5,7 @@ import { connect } from './signaling.js';
 import { h, clear, avatar, showError, formatDateTime, toast } from './ui.js';
 import { renderConsult } from './consult.js';
 import { CallManager, callBox, renderCallHistory } from './calls.js';
+import { trackWaiting, alertHosts, waitingBadge, alertsButton } from './waiting.js';
 
 const viewRoot = document.getElementById('view');
 const userHost = document.getElementById('user');
@@ -141,6 +142,9 @@ function startSocket(token) {
   socket.on('sfu-subscribe-offer', ({ roomId, sdp } = {}) => session.relayRoutes.get(roomId)?.subscribeOffer(sdp));
   socket.on('sfu-candidate', ({ roomId, pc, candidate } = {}) => session.relayRoutes.get(roomId)?.candidate(pc, candidate));
   session.calls = new CallManager({ socket, me: session.me, relayRoutes: session.relayRoutes }, bannerHost, dockHost);
+  // The waiting room: who waits for this doctor, with a sound and a notification on any page.
+  trackWaiting(socket);
+  alertHosts(session.me);
 }
 
 function signOut(message = null) {
@@ -306,12 +310,14 @@ function renderHome(root, ctx) {
       h('div', { class: 'appt-who' }, withWhom),
       h('span', { class: `pill pill-${a.status}` }, a.status),
       h('div', { class: 'appt-actions' }, actions),
+      a.status === 'confirmed' && (isDoctor || me.role === 'admin') ? waitingBadge(a, navigate) : null,
       rowStatus);
   }
 
   const sections = [
     h('section', { class: 'card' },
       h('div', { class: 'card-head' }, h('h1', {}, 'Appointments'), h('button', { class: 'small', onclick: () => load() }, 'Refresh')),
+      me.role === 'doctor' ? alertsButton() : null,
       listStatus, listHost),
   ];
   if (canManage) sections.push(createForm(me, (a) => {

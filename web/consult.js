@@ -4,6 +4,7 @@ import { api } from './api.js';
 import { ask, tell, listen } from './signaling.js';
 import { h, clear, errorBox, showError, formatDateTime, formatTime, toast } from './ui.js';
 import { openLocalMedia, stopStream, toDescription, saveMediaSettings, p2pConfig, SfuSession, Tile, DirectPathWatch, directPathLost } from './media.js';
+import { hostBanner, awaitAdmission } from './waiting.js';
 
 /**
  * Renders the consult page into `root`. ctx: {socket, me, relayRoutes, navigate}.
@@ -31,6 +32,14 @@ class ConsultView {
     this.subEl = h('p', { class: 'muted' }, 'Loading the appointment…');
     this.pathBadge = h('span', { class: 'path-badge', dataset: { path: 'none' }, title: 'How the audio and video travel' }, 'Not joined');
     this.noticeEl = h('div', { class: 'notices' });
+    // The waiting room, for the doctor (and admins): who waits, Admit / Decline.
+    this.waiting = hostBanner({
+      socket: this.ctx.socket,
+      appointmentId: this.appointmentId,
+      join: () => this.join(),
+      isJoined: () => Boolean(this.room && this.room.joined),
+      onError: (text) => this.notice(text, 'error'),
+    });
 
     this.previewTile = new Tile({ name: `${me.name} (you)`, seed: me.name, local: true });
     this.joinBtn = h('button', { class: 'primary big', disabled: true, onclick: () => this.join() }, 'Join consultation');
@@ -56,6 +65,7 @@ class ConsultView {
         h('div', { class: 'consult-title' }, this.titleEl, this.subEl),
         this.pathBadge),
       this.noticeEl,
+      this.waiting.el,
       h('div', { class: 'consult-body' },
         h('div', { class: 'stage' }, this.lobby, this.grid, this.controls),
         this.chat.el)));
@@ -147,6 +157,7 @@ class ConsultView {
     try {
       const a = await api(`/api/appointments/${encodeURIComponent(this.appointmentId)}`);
       const me = this.ctx.me;
+      this.appointment = a;
       const other = me.id === a.doctorId ? a.patientName || a.patientId : a.doctorName || a.doctorId;
       this.titleEl.textContent = me.id === a.doctorId || me.id === a.patientId ? `Consultation with ${other}` : `${a.doctorName || a.doctorId} and ${a.patientName || a.patientId}`;
       this.subEl.textContent = `Scheduled ${formatDateTime(a.scheduledAt)} · ${a.status}`;
@@ -201,16 +212,42 @@ class ConsultView {
       onChat: (m) => this.chat.add(m),
       onNotice: (text, kind) => this.notice(text, kind),
     });
+    // The waiting room: a patient not let in yet waits here until `admitted` (or `declined`).
+    const room = this.room;
+    const leaveWaiting = new AbortController();
+    this.leaveWaiting = () => leaveWaiting.abort();
+    if (this.declinedNotice) this.declinedNotice.remove();
+    room.onWaiting = async (ack) => {
+      // Meanwhile the lobby keeps our preview, the badge says where we are.
+      this.previewHost.appendChild(this.previewTile.el);
+      this.pathBadge.dataset.path = 'waiting';
+      this.pathBadge.textContent = 'In the waiting room';
+      try {
+        return await awaitAdmission({
+          socket: this.ctx.socket,
+          ack,
+          joinPayload: { appointmentId: this.appointmentId, avatarSeed: this.ctx.me.name.slice(0, 64) },
+          host: this.lobby.parentElement,
+          hostName: this.appointment && (this.appointment.doctorName || this.appointment.doctorId),
+          reknock: !room.everJoined,
+          signal: leaveWaiting.signal,
+        });
+      } finally {
+        this.grid.prepend(this.previewTile.el);
+      }
+    };
     try {
       await this.room.join();
     } catch (err) {
       this.room.close(false);
       this.room = null;
-      this.showLobby('Try again');
-      this.noticeEl.appendChild(errorBox(err, 'Could not join the room:'));
+      this.showLobby(err.code === 'declined' ? 'Ask again' : 'Try again');
+      if (err.code === 'declined') this.declinedNotice = this.notice(err.message, 'warning');
+      else if (err.code !== 'cancelled') this.noticeEl.appendChild(errorBox(err, 'Could not join the room:'));
       return;
     }
     if (this.disposed) return;
+    this.waiting.joined();
     this.lobby.hidden = true;
     this.grid.hidden = false;
     this.controls.hidden = false;
@@ -253,6 +290,8 @@ class ConsultView {
     if (this.disposed) return;
     this.disposed = true;
     if (this.unlistenServer) this.unlistenServer();
+    this.waiting.dispose();
+    if (this.leaveWaiting) this.leaveWaiting(); // still waiting: out of the waiting room too
     if (this.room) this.room.close(true);
     stopStream(this.localStream);
     this.previewTile.remove();
@@ -329,13 +368,14 @@ class ConsultRoom {
 
   async enter() {
     this.onPath('connecting', 'Joining…');
-    const ack = await ask(this.socket, 'join-room', {
+    let ack = await ask(this.socket, 'join-room', {
       appointmentId: this.roomId,
       avatarSeed: this.me.name.slice(0, 64),
       // Back on a new connection: our old membership ends now, not at its ping timeout, so
       // the others do not see a frozen copy of us meanwhile.
       ...(this.selfId && this.selfId !== this.socket.id ? { previousSocketId: this.selfId } : {}),
     });
+    if (ack.waiting && this.onWaiting) ack = await this.onWaiting(ack);
     if (this.closed) return;
     this.selfId = ack.selfId;
     this.mode = ack.mode;
