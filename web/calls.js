@@ -3,7 +3,10 @@
 import { api } from './api.js';
 import { ask, tell, listen, SignalError } from './signaling.js';
 import { h, clear, avatar, play, toast, showError, formatDateTime, formatDuration } from './ui.js';
-import { openLocalMedia, stopStream, toDescription, mediaSettings, p2pConfig, freshIceServers, SfuSession, DirectPathWatch, directPathLost } from './media.js';
+import { toDescription, mediaSettings, p2pConfig, freshIceServers, SfuSession, DirectPathWatch, directPathLost } from './media.js';
+import { CallPicture } from './tiles.js';
+import { DevicePanel } from './devices.js';
+import { LocalMedia, MediaControls } from './localmedia.js';
 
 /**
  * One per signed-in page. ctx: {socket, me, relayRoutes}. The ringing banner and the call dock
@@ -28,6 +31,7 @@ export class CallManager {
       'call-rejected': (m) => this.route(m, 'rejected'),
       'call-ended': (m) => this.onEnded(m),
       'ice-candidate': (m) => this.onCandidate(m),
+      'call-media-state': (m) => this.call && m && this.call.callId === m.callId && this.call.onMediaState(m),
     });
   }
 
@@ -263,9 +267,14 @@ class CallSession {
     this.settings = mediaSettings();
     // For the direct attempt and, if it fails, the relay's connections.
     this.iceServers = iceServers || this.settings.iceServers || [];
+    this.local = new LocalMedia({
+      onChange: () => this.mediaChanged(),
+      onReplace: (old, track) => this.replaceTrack(old, track),
+      onScreen: (track) => this.setScreen(track),
+    });
     this.pc = new RTCPeerConnection(p2pConfig(this.iceServers));
     this.pc.onicecandidate = (e) => this.sendCandidate(e.candidate ? e.candidate.toJSON() : null);
-    this.pc.ontrack = (e) => this.showRemote(e.streams[0] || new MediaStream([e.track]));
+    this.pc.ontrack = (e) => this.onDirectTrack(e);
     this.pc.onconnectionstatechange = () => this.onPcState();
     this.pc.oniceconnectionstatechange = () => this.onPcState();
     // The direct path lost mid-call: ICE alone gives up only after 15-20 s, so after a short
@@ -277,21 +286,29 @@ class CallSession {
   }
 
   buildDock() {
-    this.remoteVideo = h('video', { autoplay: true, playsInline: true, class: 'call-remote' });
     this.localVideo = h('video', { autoplay: true, playsInline: true, muted: true, class: 'call-local mirrored' });
+    this.picture = new CallPicture({ name: this.peer.name, audioOnly: this.callType === 'audio', extra: this.localVideo });
+    this.remoteVideo = this.picture.video;
+    this.devices = new DevicePanel({ idPrefix: `call-dev-${Math.random().toString(36).slice(2, 7)}`, onSwitch: (kind, deviceId) => this.local.switchDevice(kind, deviceId) });
+    this.controls = new MediaControls(this.local, {
+      devices: this.devices,
+      screen: this.callType === 'video',
+      compact: true,
+      onError: (text) => toast(text, 'error', 8000),
+    });
+    if (this.callType === 'audio') this.controls.camBtn.hidden = true;
     this.statusEl = h('span', { class: 'call-status' }, this.direction === 'out' ? 'Calling…' : 'Connecting…');
     this.pathEl = h('span', { class: 'path-badge small', dataset: { path: 'connecting' } }, '…');
-    this.muteBtn = h('button', { class: 'control', onclick: () => this.toggleMute() }, 'Mute');
+    this.muteBtn = this.controls.micBtn;
     this.hangBtn = h('button', { class: 'control danger', onclick: () => this.hangUp() }, this.direction === 'out' ? 'Cancel' : 'Hang up');
-    this.media = h('div', { class: `call-media${this.callType === 'audio' ? ' audio-only' : ''}` },
-      avatar(this.peer.name, 'avatar-lg'), this.remoteVideo, this.localVideo);
+    this.media = this.picture.el;
     this.el = h('div', { class: 'call-dock', role: 'region', 'aria-label': 'Call', dataset: { callType: this.callType } },
       h('div', { class: 'call-head' },
         h('strong', {}, `${this.callType === 'audio' ? 'Audio' : 'Video'} call with ${this.peer.name}`),
         this.pathEl),
       this.media,
-      h('div', { class: 'call-foot' }, this.statusEl, h('div', { class: 'call-controls' }, this.muteBtn, this.hangBtn)));
-    this.remoteVideo.addEventListener('resize', () => this.media.classList.toggle('has-video', this.remoteVideo.videoWidth > 0));
+      this.controls.popover,
+      h('div', { class: 'call-foot' }, this.statusEl, h('div', { class: 'call-controls' }, this.controls.buttons, this.hangBtn)));
     this.manager.dockHost.appendChild(this.el);
   }
 
@@ -303,20 +320,104 @@ class CallSession {
     }
   }
 
+  get localStream() {
+    return this.local.stream;
+  }
+
+  /** Our camera (for a video call) and microphone, on the devices chosen in the devices panel. */
   async openMedia() {
-    const { stream, warning } = await openLocalMedia({ audio: true, video: this.callType === 'video' });
+    const { stream, warning } = await this.local.open({ audio: true, video: this.callType === 'video' });
     if (!stream) throw new Error(warning);
     if (warning) toast(warning, 'error', 8000);
-    this.localStream = stream;
     this.localVideo.srcObject = stream;
     this.localVideo.hidden = stream.getVideoTracks().length === 0;
     return stream;
+  }
+
+  /**
+   * A video call reserves a second video transceiver for a screen share, so sharing needs no
+   * renegotiation (a direct call has no event for one): the caller adds it after its camera,
+   * the callee finds it as the offer's second video section. Its track goes out only while we
+   * share (replaceTrack), and the other side shows it only while our call-media-state says so.
+   */
+  screenSlot() {
+    if (this.callType !== 'video') return null;
+    return this.pc.getTransceivers().filter((t) => t.receiver.track.kind === 'video')[1] || null;
+  }
+
+  /** A track of the direct connection: the reserved screen transceiver's, or their camera and microphone. */
+  onDirectTrack(e) {
+    if (this.relayed) return;
+    if (e.transceiver === this.screenSlot()) {
+      this.picture.setScreenSlot(e.track);
+      return;
+    }
+    if (!this.remoteStream) this.remoteStream = e.streams[0] || new MediaStream();
+    if (!this.remoteStream.getTracks().includes(e.track)) this.remoteStream.addTrack(e.track);
+    this.showRemote(this.remoteStream);
+  }
+
+  /** Their `call-media-state`: microphone, camera and screen on our call window. */
+  onMediaState(m) {
+    this.picture.setMediaState({ audio: m.audio !== false, video: m.video !== false, screen: m.screen === true, screenTrackId: m.screenTrackId });
+  }
+
+  /** Tells the other side our microphone, camera and screen (when they changed, or `force`). */
+  sendMediaState(force = false) {
+    if (this.ended || !this.callId || !this.connectedOnce) return;
+    const state = this.local.state();
+    const key = JSON.stringify(state);
+    if (!force && key === this.sentState) return;
+    this.sentState = key;
+    ask(this.socket, 'call-media-state', { callId: this.callId, ...state }).catch((err) => {
+      this.sentState = null;
+      console.warn(`[callrelay] call-media-state: ${err.code}: ${err.message}`);
+    });
+  }
+
+  mediaChanged() {
+    this.controls.update();
+    this.sendMediaState();
+  }
+
+  /** Our screen share started (`track`) or stopped (null). The other side hears of it first. */
+  setScreen(track) {
+    if (this.ended) return;
+    this.sendMediaState();
+    if (this.relayed) {
+      if (this.sfu) {
+        (track ? this.sfu.addScreen(track) : this.sfu.removeScreen())
+          .catch((err) => toast(`Could not ${track ? 'share' : 'stop sharing'} your screen through the relay: ${err.message}`, 'error', 8000));
+      }
+      return;
+    }
+    const slot = this.screenSlot();
+    if (slot) slot.sender.replaceTrack(track).catch((err) => toast(`Could not share your screen: ${err.message}`, 'error', 8000));
+  }
+
+  /** Another camera or microphone: `track` takes `old`'s place on the call's connection(s). */
+  async replaceTrack(old, track) {
+    if (this.ended) return;
+    if (track.kind === 'video') this.localVideo.srcObject = new MediaStream([track]); // our preview
+    if (this.relayed) {
+      if (this.sfu) await this.sfu.replaceTrack(old, track);
+      return;
+    }
+    for (const sender of this.pc.getSenders()) if (sender.track === old) await sender.replaceTrack(track);
+  }
+
+  /** The call is connected (either way): from now on both sides tell their media state. */
+  connected() {
+    if (this.connectedOnce) return;
+    this.connectedOnce = true;
+    this.sendMediaState(true);
   }
 
   async placeOffer(appointmentId) {
     const stream = await this.openMedia();
     for (const track of stream.getTracks()) this.pc.addTrack(track, stream);
     if (this.callType === 'video' && stream.getVideoTracks().length === 0) this.pc.addTransceiver('video', { direction: 'recvonly' });
+    if (this.callType === 'video') this.pc.addTransceiver('video', { direction: 'sendrecv' }); // the screen's (screenSlot)
     await this.pc.setLocalDescription(await this.pc.createOffer());
     const { type, sdp } = this.pc.localDescription;
     const payload = { to: this.peer.userId, callType: this.callType, offer: { type, sdp } };
@@ -339,6 +440,8 @@ class CallSession {
     const stream = await this.openMedia();
     await this.pc.setRemoteDescription(toDescription(offer, 'offer'));
     for (const track of stream.getTracks()) this.pc.addTrack(track, stream);
+    const slot = this.screenSlot();
+    if (slot) slot.direction = 'sendrecv'; // we may share our screen on it too
     await this.flushRemote();
     await this.pc.setLocalDescription(await this.pc.createAnswer());
     const { type, sdp } = this.pc.localDescription;
@@ -348,12 +451,14 @@ class CallSession {
     for (const c of this.localCandidates.splice(0)) this.sendCandidate(c);
     this.hangBtn.textContent = 'Hang up';
     this.setStatus('Connecting…', 'connecting', 'Connecting…');
+    this.connected();
     this.onPcState(); // ICE may have connected while the ack was on its way
     if (this.pc.connectionState !== 'connected') this.startTimer();
   }
 
   onAnswered(answer) {
     if (this.ended) return;
+    this.connected();
     this.hangBtn.textContent = 'Hang up';
     this.setStatus('Connecting…', 'connecting', 'Connecting…');
     this.pc
@@ -410,6 +515,7 @@ class CallSession {
     clearTimeout(this.timer);
     this.watch.stop();
     this.pc.close();
+    this.picture.setScreenSlot(null);
     this.setStatus('Connecting through the relay…', 'relay', 'Relay (SFU)');
     this.ensureSfu()
       .publish()
@@ -437,15 +543,15 @@ class CallSession {
           else if (state === 'failed') this.setStatus('The relay connection failed.', 'relay', 'Relay (SFU)');
         },
       });
+      // A screen shared before the call moved to the relay is published with the rest.
+      if (this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };
     }
     return this.sfu;
   }
 
+  /** The other party's stream (direct or relayed): the call window sorts camera and screen. */
   showRemote(stream) {
-    if (this.remoteVideo.srcObject !== stream) {
-      this.remoteVideo.srcObject = stream;
-      play(this.remoteVideo, this.media);
-    }
+    this.picture.setStream(stream);
   }
 
   sendCandidate(candidate) {
@@ -466,15 +572,6 @@ class CallSession {
     for (const c of this.remoteCandidates.splice(0)) {
       if (c && c.candidate) await this.pc.addIceCandidate(c).catch((err) => console.warn('[callrelay] call candidate', err));
     }
-  }
-
-  toggleMute() {
-    const tracks = this.localStream ? this.localStream.getAudioTracks() : [];
-    if (!tracks.length) return;
-    const enable = !tracks[0].enabled;
-    for (const t of tracks) t.enabled = enable;
-    this.muteBtn.textContent = enable ? 'Mute' : 'Unmute';
-    this.muteBtn.setAttribute('aria-pressed', String(!enable));
   }
 
   hangUp() {
@@ -519,8 +616,11 @@ class CallSession {
     this.watch.stop();
     this.pc.close();
     if (this.sfu) this.sfu.close(false);
-    stopStream(this.localStream);
-    this.remoteVideo.srcObject = null;
+    this.local.close();
+    this.devices.dispose();
+    this.picture.stop();
+    for (const button of this.controls.buttons) button.hidden = true;
+    this.controls.showDevices(false);
     if (this.callId && this.manager.ctx.relayRoutes.get(this.callId) === this) this.manager.ctx.relayRoutes.delete(this.callId);
     if (this.manager.call === this) this.manager.call = null;
     if (!this.callId) this.el.remove();

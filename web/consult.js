@@ -3,7 +3,11 @@
 import { api } from './api.js';
 import { ask, tell, listen } from './signaling.js';
 import { h, clear, errorBox, showError, formatDateTime, formatTime, toast } from './ui.js';
-import { openLocalMedia, stopStream, toDescription, saveMediaSettings, p2pConfig, SfuSession, Tile, DirectPathWatch, directPathLost } from './media.js';
+import { saveMediaSettings, SfuSession } from './media.js';
+import { P2PLink, sessionOf } from './p2p.js';
+import { Tile, ScreenTile } from './tiles.js';
+import { DevicePanel, loadPrefs } from './devices.js';
+import { LocalMedia, MediaControls } from './localmedia.js';
 import { hostBanner, awaitAdmission } from './waiting.js';
 
 /**
@@ -22,8 +26,16 @@ class ConsultView {
     this.ctx = ctx;
     this.appointmentId = appointmentId;
     this.disposed = false;
-    this.localStream = null;
     this.room = null;
+    this.local = new LocalMedia({
+      onChange: () => this.mediaChanged(),
+      onReplace: (old, track) => (this.room ? this.room.replaceTrack(old, track) : undefined),
+      onScreen: (track) => this.room && this.room.setScreen(track),
+    });
+  }
+
+  get localStream() {
+    return this.local.stream;
   }
 
   start() {
@@ -43,19 +55,31 @@ class ConsultView {
 
     this.previewTile = new Tile({ name: `${me.name} (you)`, seed: me.name, local: true });
     this.joinBtn = h('button', { class: 'primary big', disabled: true, onclick: () => this.join() }, 'Join consultation');
-    this.lobbyMsg = h('p', { class: 'muted' }, 'Starting your camera and microphone…');
+    this.lobbyMsg = h('p', { class: 'muted', role: 'status' }, 'Loading the appointment…');
+    this.lobbyTitle = h('h2', {}, 'Ready to join?');
+    this.devices = new DevicePanel({
+      lobby: true,
+      idPrefix: 'consult-dev',
+      onSwitch: (kind, deviceId) => this.local.switchDevice(kind, deviceId),
+      onToggle: ({ joinMuted, cameraOff }) => {
+        this.local.setOn('audio', !joinMuted);
+        this.local.setOn('video', !cameraOff);
+      },
+    });
+    this.devices.el.hidden = true; // until the camera and microphone are open
+    this.deviceHost = h('div', { class: 'lobby-devices' }, this.devices.el);
     this.lobby = h('div', { class: 'lobby' },
       this.previewHost = h('div', { class: 'lobby-preview' }, this.previewTile.el),
       h('div', { class: 'lobby-side' },
-        h('h2', {}, 'Ready to join?'),
+        this.lobbyTitle,
         this.lobbyMsg,
+        this.deviceHost,
         this.joinBtn));
 
     this.grid = h('div', { class: 'grid', hidden: true });
-    this.micBtn = h('button', { class: 'control', 'aria-pressed': 'false', onclick: () => this.toggle('audio') }, 'Mute');
-    this.camBtn = h('button', { class: 'control', 'aria-pressed': 'false', onclick: () => this.toggle('video') }, 'Stop video');
+    this.mediaControls = new MediaControls(this.local, { devices: this.devices, onError: (text) => this.notice(text, 'error') });
     this.hangBtn = h('button', { class: 'control danger', onclick: () => this.hangUp() }, 'Leave');
-    this.controls = h('div', { class: 'controls', hidden: true }, this.micBtn, this.camBtn, this.hangBtn);
+    this.controls = h('div', { class: 'controls', hidden: true }, this.mediaControls.buttons, this.hangBtn);
 
     this.chat = new ChatPanel(me, (text) => this.sendChat(text));
 
@@ -67,7 +91,7 @@ class ConsultView {
       this.noticeEl,
       this.waiting.el,
       h('div', { class: 'consult-body' },
-        h('div', { class: 'stage' }, this.lobby, this.grid, this.controls),
+        h('div', { class: 'stage' }, this.lobby, this.grid, this.mediaControls.popover, this.controls),
         this.chat.el)));
 
     this.chatDrawer();
@@ -76,9 +100,11 @@ class ConsultView {
       'server-draining': () => this.serverDraining(),
       'removed-from-room': (m) => this.removedFromRoom(m),
     });
-    this.loadAppointment();
     this.chat.load(this.appointmentId);
-    this.openMedia();
+    // The camera opens, and Join is offered, only for an appointment that can be joined.
+    this.loadAppointment().then((joinable) => {
+      if (joinable && !this.disposed) this.openMedia();
+    });
   }
 
   /**
@@ -143,6 +169,9 @@ class ConsultView {
   /** Back to the lobby (the preview, the Join button) after a membership ended. */
   showLobby(joinLabel) {
     this.previewHost.appendChild(this.previewTile.el); // back from the (hidden) grid
+    this.local.stopScreen();
+    this.mediaControls.showDevices(false);
+    this.deviceHost.appendChild(this.devices.el);
     this.pathBadge.dataset.path = 'none';
     this.pathBadge.textContent = 'Not joined';
     this.joinBtn.disabled = false;
@@ -153,38 +182,78 @@ class ConsultView {
     this.chat.setJoined(false);
   }
 
+  /**
+   * Loads the appointment; resolves to whether we may join its consultation. If not (cancelled,
+   * not confirmed yet, not ours, unknown), the lobby says why in words, the camera stays closed
+   * and Join stays disabled.
+   */
   async loadAppointment() {
+    const me = this.ctx.me;
+    let a;
     try {
-      const a = await api(`/api/appointments/${encodeURIComponent(this.appointmentId)}`);
-      const me = this.ctx.me;
-      this.appointment = a;
-      const other = me.id === a.doctorId ? a.patientName || a.patientId : a.doctorName || a.doctorId;
-      this.titleEl.textContent = me.id === a.doctorId || me.id === a.patientId ? `Consultation with ${other}` : `${a.doctorName || a.doctorId} and ${a.patientName || a.patientId}`;
-      this.subEl.textContent = `Scheduled ${formatDateTime(a.scheduledAt)} · ${a.status}`;
-      if (a.status !== 'confirmed') {
-        this.notice(`This appointment is ${a.status}. The room opens only for confirmed appointments.`, 'error');
-      }
+      a = await api(`/api/appointments/${encodeURIComponent(this.appointmentId)}`);
     } catch (err) {
       this.subEl.textContent = '';
-      this.noticeEl.appendChild(errorBox(err, 'Cannot load this appointment:'));
+      const why = {
+        403: 'You are not the patient or the doctor of this appointment, so you cannot join its consultation. If you think this is a mistake, ask the practice for a new link.',
+        404: 'There is no appointment at this address. Check the link you were given, or open the consultation from your appointments.',
+      }[err.status] || `The appointment could not be loaded (${err.message}). Reload the page to try again.`;
+      this.cannotJoin(why);
+      return false;
     }
+    this.appointment = a;
+    const other = me.id === a.doctorId ? a.patientName || a.patientId : a.doctorName || a.doctorId;
+    this.titleEl.textContent = me.id === a.doctorId || me.id === a.patientId ? `Consultation with ${other}` : `${a.doctorName || a.doctorId} and ${a.patientName || a.patientId}`;
+    this.subEl.textContent = `Scheduled ${formatDateTime(a.scheduledAt)} · ${a.status}`;
+    const party = me.id === a.doctorId || me.id === a.patientId || me.role === 'admin';
+    if (a.status === 'cancelled') {
+      this.cannotJoin('This appointment was cancelled, so there is no consultation to join. Book a new appointment if you still need one.');
+    } else if (a.status !== 'confirmed') {
+      this.cannotJoin(`This appointment is not confirmed yet (${a.status}). Its consultation opens once the practice confirms it; come back to this page then.`);
+    } else if (!party) {
+      this.cannotJoin('Only the patient, the doctor and administrators can join this consultation.');
+    } else {
+      return true;
+    }
+    return false;
+  }
+
+  /** The lobby says why this consultation cannot be joined; no camera, no Join. */
+  cannotJoin(why) {
+    this.lobbyTitle.textContent = 'This consultation cannot be joined';
+    this.lobbyMsg.textContent = why;
+    this.lobbyMsg.className = 'lobby-why';
+    this.lobbyMsg.setAttribute('role', 'alert');
+    this.joinBtn.disabled = true;
+    this.previewHost.hidden = true;
   }
 
   async openMedia() {
-    const { stream, warning } = await openLocalMedia({ video: true, audio: true });
-    if (this.disposed) {
-      stopStream(stream);
-      return;
-    }
-    this.localStream = stream;
+    this.lobbyMsg.textContent = 'Starting your camera and microphone…';
+    const { stream, warning } = await this.local.open({ video: true, audio: true });
+    if (this.disposed) return;
+    // "Join muted" and "Camera off", as chosen last time.
+    const prefs = loadPrefs();
+    if (prefs.joinMuted) this.local.setOn('audio', false);
+    if (prefs.cameraOff) this.local.setOn('video', false);
     this.previewTile.setStream(stream);
     this.lobbyMsg.textContent = stream
       ? 'Check your picture and sound, then join. The other side sees you once you join.'
       : 'You can join without camera and microphone: you will see and hear the others and can use the chat.';
     if (warning) this.notice(warning, 'warning');
-    this.updateControls();
+    this.devices.el.hidden = false;
+    this.devices.refresh(stream);
+    this.mediaChanged();
     this.joinBtn.disabled = false;
     this.joinBtn.focus();
+  }
+
+  /** Our microphone, camera, screen or device changed: controls, preview, the others. */
+  mediaChanged() {
+    this.mediaControls.update();
+    this.previewTile.refresh();
+    if (this.devices) this.devices.watchLevel(this.local.stream);
+    if (this.room) this.room.sendMediaState();
   }
 
   notice(text, kind = 'info') {
@@ -202,6 +271,7 @@ class ConsultView {
       ctx: this.ctx,
       appointmentId: this.appointmentId,
       localStream: this.localStream,
+      local: this.local,
       grid: this.grid,
       selfTile: this.previewTile,
       onPath: (path, text, transport) => {
@@ -254,29 +324,6 @@ class ConsultView {
     this.chat.setJoined(true);
   }
 
-  toggle(kind) {
-    if (!this.localStream) return;
-    const tracks = kind === 'audio' ? this.localStream.getAudioTracks() : this.localStream.getVideoTracks();
-    if (!tracks.length) return;
-    const enable = !tracks[0].enabled;
-    for (const t of tracks) t.enabled = enable;
-    this.updateControls();
-    this.previewTile.refresh();
-  }
-
-  updateControls() {
-    const audio = this.localStream ? this.localStream.getAudioTracks() : [];
-    const video = this.localStream ? this.localStream.getVideoTracks() : [];
-    this.micBtn.disabled = !audio.length;
-    this.camBtn.disabled = !video.length;
-    const micOff = audio.length > 0 && !audio[0].enabled;
-    const camOff = video.length > 0 && !video[0].enabled;
-    this.micBtn.textContent = micOff ? 'Unmute' : 'Mute';
-    this.micBtn.setAttribute('aria-pressed', String(micOff));
-    this.camBtn.textContent = camOff ? 'Start video' : 'Stop video';
-    this.camBtn.setAttribute('aria-pressed', String(camOff));
-  }
-
   async sendChat(text) {
     const ack = await ask(this.ctx.socket, 'chat-message', { text });
     this.chat.add(ack.message);
@@ -293,7 +340,8 @@ class ConsultView {
     this.waiting.dispose();
     if (this.leaveWaiting) this.leaveWaiting(); // still waiting: out of the waiting room too
     if (this.room) this.room.close(true);
-    stopStream(this.localStream);
+    this.local.close();
+    this.devices.dispose();
     this.previewTile.remove();
   }
 }
@@ -316,12 +364,13 @@ const RECONNECTED_NOTICE_MS = 4000;
  * through the SFU.
  */
 class ConsultRoom {
-  constructor({ ctx, appointmentId, localStream, grid, selfTile, onPath, onChat, onNotice }) {
+  constructor({ ctx, appointmentId, localStream, local, grid, selfTile, onPath, onChat, onNotice }) {
     this.socket = ctx.socket;
     this.me = ctx.me;
     this.relayRoutes = ctx.relayRoutes;
     this.roomId = appointmentId;
     this.localStream = localStream;
+    this.local = local; // LocalMedia: our microphone, camera and screen share
     this.grid = grid;
     this.selfTile = selfTile;
     this.onPath = onPath;
@@ -331,6 +380,7 @@ class ConsultRoom {
     this.peers = new Map(); // socketId -> Peer
     this.links = new Map(); // socketId -> P2PLink
     this.relayStreams = new Map(); // socketId -> MediaStream from the SFU (kept once attached)
+    this.screens = new Map(); // socketId -> ScreenTile of a member sharing its screen
     this.earlySignals = [];
     this.joined = false;
     this.relayed = false;
@@ -343,7 +393,7 @@ class ConsultRoom {
 
   async join() {
     this.grid.appendChild(this.selfTile.el);
-    this.grid.dataset.count = String(this.tiles.size + 1);
+    this.layout();
     this.selfTile.setStatus('');
     this.unlisten = listen(this.socket, {
       'existing-peers': (peers) => (peers || []).forEach((p) => this.upsertPeer(p)),
@@ -359,6 +409,7 @@ class ConsultRoom {
         else this.removePeer(socketId);
       },
       signal: (msg) => this.onSignal(msg),
+      'media-state': (m) => this.onMediaState(m),
       'chat-message': (m) => this.onChat(m),
       connect: () => this.onReconnect(),
     });
@@ -385,6 +436,7 @@ class ConsultRoom {
     for (const p of ack.peers || []) this.upsertPeer(p);
     this.joined = true;
     this.everJoined = true;
+    this.sendMediaState(true); // the others show our microphone, camera and screen as they are
     const existing = new Set((ack.peers || []).map((p) => p.socketId));
     // Direct connections kept across our reconnection to members not back yet (their
     // connections may have dropped with ours): they get the grace time to come back.
@@ -483,18 +535,91 @@ class ConsultRoom {
     this.peers.set(peer.socketId, peer);
     const tile = this.tile(peer.socketId);
     tile.setIdentity(`${peer.name}${peer.role ? ` · ${peer.role}` : ''}`, peer.avatarSeed || peer.userId);
+    if (peer.media) tile.setMediaState(peer.media);
+    const screen = this.screens.get(peer.socketId);
+    if (screen) screen.setName(peer.name);
   }
 
   tile(socketId) {
     let tile = this.tiles.get(socketId);
     if (!tile) {
-      tile = new Tile({ name: 'Connecting…', seed: socketId, socketId });
+      // Its socket id may change (rekeyPeer): the tile is looked up, not its first id kept.
+      const id = () => [...this.tiles].find(([, t]) => t === tile)?.[0] || socketId;
+      tile = new Tile({ name: 'Connecting…', seed: socketId, socketId, onScreen: (track) => this.showScreen(id(), track) });
       tile.setStatus(this.relayed ? 'waiting for video' : 'connecting…');
       this.tiles.set(socketId, tile);
       this.grid.appendChild(tile.el);
-      this.grid.dataset.count = String(this.tiles.size + 1);
+      this.layout();
     }
     return tile;
+  }
+
+  /** One tile per person; while someone shares a screen, that screen large, the people beside. */
+  layout() {
+    this.grid.dataset.count = String(this.tiles.size + 1);
+    this.grid.dataset.presenting = String(this.screens.size > 0);
+  }
+
+  /** A member's shared screen (its track, from its tile), or the share's end (null). */
+  showScreen(socketId, track) {
+    let screen = this.screens.get(socketId);
+    if (!track) {
+      if (screen) screen.remove();
+      this.screens.delete(socketId);
+      this.layout();
+      return;
+    }
+    if (!screen) {
+      screen = new ScreenTile({ name: (this.peers.get(socketId) || {}).name || 'Someone', socketId });
+      this.screens.set(socketId, screen);
+      this.grid.prepend(screen.el);
+    }
+    screen.setTrack(track);
+    this.layout();
+  }
+
+  /** `media-state` of another member: its microphone, camera and screen on its tile. */
+  onMediaState(m) {
+    if (!m || !m.socketId || m.roomId !== this.roomId || m.socketId === this.selfId) return;
+    const state = { audio: m.audio !== false, video: m.video !== false, screen: m.screen === true, screenTrackId: m.screenTrackId };
+    const peer = this.peers.get(m.socketId);
+    if (peer) peer.media = state;
+    const tile = this.tiles.get(m.socketId);
+    if (tile) tile.setMediaState(state);
+  }
+
+  /** Tells the others our microphone, camera and screen (when they changed, or `force`). */
+  sendMediaState(force = false) {
+    if (!this.joined || this.closed || !this.local) return;
+    const state = this.local.state();
+    const key = JSON.stringify(state);
+    if (!force && key === this.sentState) return;
+    this.sentState = key;
+    ask(this.socket, 'media-state', { roomId: this.roomId, ...state }).catch((err) => {
+      this.sentState = null;
+      console.warn(`[callrelay] media-state: ${err.code}: ${err.message}`);
+    });
+  }
+
+  /**
+   * Our screen share started (`track`) or stopped (null): every connection sends it as one more
+   * video track, or stops it. The others hear of it (its track id) first.
+   */
+  setScreen(track) {
+    if (this.closed) return;
+    this.sendMediaState();
+    for (const link of this.links.values()) link.setScreen(track);
+    if (this.sfu) {
+      (track ? this.sfu.addScreen(track) : this.sfu.removeScreen())
+        .catch((err) => this.onNotice(`Could not ${track ? 'share' : 'stop sharing'} your screen through the relay: ${err.message}`, 'error'));
+    }
+  }
+
+  /** Another camera or microphone: `track` takes `old`'s place on every connection. */
+  replaceTrack(old, track) {
+    const jobs = [...this.links.values()].map((link) => link.replaceTrack(old, track));
+    if (this.sfu) jobs.push(this.sfu.replaceTrack(old, track));
+    return Promise.all(jobs);
   }
 
   /** Whether we have a working direct connection with `socketId`. */
@@ -528,7 +653,8 @@ class ConsultRoom {
       this.removePeer(oldId, true);
       return;
     }
-    for (const map of [this.tiles, this.peers, this.links]) {
+    for (const map of [this.tiles, this.peers, this.links, this.screens]) {
+      if (!map.has(oldId)) continue;
       map.set(newId, map.get(oldId));
       map.delete(oldId);
     }
@@ -551,7 +677,8 @@ class ConsultRoom {
     this.tiles.delete(socketId);
     this.peers.delete(socketId);
     this.relayStreams.delete(socketId);
-    this.grid.dataset.count = String(this.tiles.size + 1);
+    this.showScreen(socketId, null);
+    this.layout();
     if (peer && !this.closed && !quiet) toast(`${peer.name} left the consultation`);
     this.updatePath();
   }
@@ -574,6 +701,10 @@ class ConsultRoom {
     if (!this.p2pAllowed()) return; // relayed: late P2P signalling is moot
     if (msg.type === 'offer') {
       let link = this.links.get(msg.from);
+      if (link && link.remoteSession && link.remoteSession === sessionOf(msg.payload)) {
+        link.onOffer(msg.payload); // a renegotiation (a screen shared or stopped)
+        return;
+      }
       if (link && (link.initiator || link.pc.remoteDescription)) {
         link.close(); // a fresh offer from that peer replaces whatever we had
         this.links.delete(msg.from);
@@ -660,6 +791,8 @@ class ConsultRoom {
         onTrack: (stream, track) => this.onRelayTrack(stream, track),
         onStateChange: () => this.updatePath(),
       });
+      // A screen shared before the room moved to the relay is published with the rest.
+      if (this.local && this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };
     }
     return this.sfu;
   }
@@ -776,127 +909,8 @@ class ConsultRoom {
     if (leave && wasJoined) tell(this.socket, 'leave-room', {});
     for (const tile of this.tiles.values()) tile.remove();
     this.tiles.clear();
-  }
-}
-
-/** A direct connection with one other member. */
-class P2PLink {
-  constructor(room, peerId, initiator) {
-    this.room = room;
-    this.peerId = peerId;
-    this.initiator = initiator;
-    this.pending = [];
-    this.chain = Promise.resolve();
-    this.closed = false;
-    const pc = new RTCPeerConnection(p2pConfig(room.iceServers));
-    this.pc = pc;
-    // this.peerId, not peerId: the peer may come back on a new connection (rekeyPeer).
-    pc.onicecandidate = (e) => room.sendSignal(this.peerId, 'ice-candidate', e.candidate ? e.candidate.toJSON() : null);
-    pc.ontrack = (e) => {
-      if (this.closed || room.relayStreams.has(this.peerId)) return; // the relay's stream stays
-      const tile = room.tile(this.peerId);
-      if (!this.stream) this.stream = e.streams[0] || new MediaStream();
-      if (!e.streams[0]) this.stream.addTrack(e.track);
-      tile.setStream(this.stream);
-    };
-    pc.onconnectionstatechange = () => this.onState();
-    pc.oniceconnectionstatechange = () => this.onState();
-    // The direct path lost mid-call (a network change, a firewall closing it): ICE alone gives
-    // up only after 15-20 s, so after a short grace the room falls back to the relay.
-    this.watch = new DirectPathWatch(pc, () => {
-      if (!this.closed) room.pairFailed(this.peerId, 'p2p-failed', true);
-    });
-    this.timer = setTimeout(() => {
-      if (!this.closed && pc.connectionState !== 'connected') room.pairFailed(this.peerId, 'p2p-timeout');
-    }, room.p2pTimeoutMs);
-    room.tile(peerId).setStatus('connecting…');
-  }
-
-  onState() {
-    if (this.closed) return;
-    const state = this.pc.connectionState;
-    const tile = this.room.tile(this.peerId);
-    const lost = directPathLost(this.pc);
-    if (state === 'failed') {
-      tile.setStatus('connection failed', 'bad');
-      this.room.pairFailed(this.peerId, 'p2p-failed');
-    } else if (lost) {
-      tile.setStatus('reconnecting…', 'bad');
-    } else if (state === 'connected') {
-      clearTimeout(this.timer);
-      tile.setStatus('direct', 'good');
-    }
-    this.room.updatePath();
-  }
-
-  step(fn) {
-    this.chain = this.chain.then(() => (this.closed ? undefined : fn())).catch((err) => {
-      console.warn('[callrelay] p2p negotiation', err);
-      if (!this.closed) this.room.pairFailed(this.peerId, 'p2p-failed');
-    });
-  }
-
-  addLocalMedia() {
-    const stream = this.room.localStream;
-    const kinds = new Set();
-    if (stream) {
-      for (const track of stream.getTracks()) {
-        kinds.add(track.kind);
-        this.pc.addTrack(track, stream);
-      }
-    }
-    return kinds;
-  }
-
-  offer() {
-    this.step(async () => {
-      const kinds = this.addLocalMedia();
-      // Without a camera or microphone we still want to see and hear the other side.
-      for (const kind of ['audio', 'video']) if (!kinds.has(kind)) this.pc.addTransceiver(kind, { direction: 'recvonly' });
-      await this.pc.setLocalDescription(await this.pc.createOffer());
-      const { type, sdp } = this.pc.localDescription;
-      this.room.sendSignal(this.peerId, 'offer', { type, sdp });
-    });
-  }
-
-  onOffer(payload) {
-    this.step(async () => {
-      await this.pc.setRemoteDescription(toDescription(payload, 'offer'));
-      await this.flush();
-      this.addLocalMedia();
-      await this.pc.setLocalDescription(await this.pc.createAnswer());
-      const { type, sdp } = this.pc.localDescription;
-      this.room.sendSignal(this.peerId, 'answer', { type, sdp });
-    });
-  }
-
-  onAnswer(payload) {
-    this.step(async () => {
-      if (this.pc.signalingState !== 'have-local-offer') return;
-      await this.pc.setRemoteDescription(toDescription(payload, 'answer'));
-      await this.flush();
-    });
-  }
-
-  onCandidate(candidate) {
-    if (!candidate || !candidate.candidate) return; // end of candidates
-    this.step(async () => {
-      if (!this.pc.remoteDescription) this.pending.push(candidate);
-      else await this.pc.addIceCandidate(candidate).catch((err) => console.warn('[callrelay] candidate', err));
-    });
-  }
-
-  async flush() {
-    for (const c of this.pending.splice(0)) await this.pc.addIceCandidate(c).catch((err) => console.warn('[callrelay] candidate', err));
-  }
-
-  close() {
-    if (this.closed) return;
-    this.closed = true;
-    clearTimeout(this.timer);
-    clearTimeout(this.returnTimer);
-    this.watch.stop();
-    this.pc.close();
+    for (const screen of this.screens.values()) screen.remove();
+    this.screens.clear();
   }
 }
 

@@ -1,8 +1,7 @@
-// Local devices, the SFU session (publish + subscribe peer connections) and a video tile.
+// Local devices, the SFU session (publish + subscribe peer connections), direct-path watching.
 
 import { api } from './api.js';
 import { ask, tell } from './signaling.js';
-import { h, avatar, play } from './ui.js';
 
 const MEDIA_KEY = 'callrelay.media';
 
@@ -132,13 +131,15 @@ export function saveMediaSettings({ mode, p2pTimeoutMs, iceServers }) {
  * could be opened; warning explains, in plain words, what is missing and how to fix it.
  */
 export async function openLocalMedia({ video = true, audio = true } = {}) {
+  // `video` and `audio` are booleans or constraints (e.g. a chosen device).
+  const extra = (c) => (typeof c === 'object' ? c : {});
   if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
     return {
       stream: null,
       warning: 'This page cannot use your camera or microphone: open it over HTTPS (or on localhost) in an up-to-date browser.',
     };
   }
-  const wanted = { audio, video: video ? { width: { ideal: 1280 }, height: { ideal: 720 } } : false };
+  const wanted = { audio, video: video ? { width: { ideal: 1280 }, height: { ideal: 720 }, ...extra(video) } : false };
   try {
     return { stream: await navigator.mediaDevices.getUserMedia(wanted), warning: null };
   } catch (err) {
@@ -146,7 +147,7 @@ export async function openLocalMedia({ video = true, audio = true } = {}) {
     // A missing or busy camera should not keep someone from talking: try the microphone alone.
     if (video && audio && err.name !== 'NotAllowedError' && err.name !== 'SecurityError') {
       try {
-        const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+        const stream = await navigator.mediaDevices.getUserMedia({ audio, video: false });
         return { stream, warning: `Your camera could not be used (${first}) — you are joining with your microphone only.` };
       } catch {
         /* report the first failure */
@@ -227,6 +228,10 @@ export class SfuSession {
     this.localQueue = [];
     this.publishSent = false;
     this.chain = Promise.resolve();
+    // Offers on the publish connection (the first, a track added or stopped, an ICE restart)
+    // go one at a time.
+    this.publishChain = Promise.resolve();
+    this.screen = null; // {track, transceiver}: a shared screen, sent as one more video track
     this.closed = false;
   }
 
@@ -243,13 +248,25 @@ export class SfuSession {
       ? this.publishPc : this.subscribePc);
   }
 
-  /** Sends our tracks to the SFU. Nothing to do without local media. */
-  async publish() {
+  /** Sends our tracks (and a shared screen) to the SFU. Nothing to do without any. */
+  publish() {
+    return this.onPublishChain(() => this.firstPublish());
+  }
+
+  /** Runs `step` after the publish connection's offers before it; a failure stops only it. */
+  onPublishChain(step) {
+    const run = this.publishChain.then(step);
+    this.publishChain = run.catch(() => {});
+    return run;
+  }
+
+  async firstPublish() {
     const tracks = this.localStream ? this.localStream.getTracks() : [];
-    if (this.publishPc || this.closed || tracks.length === 0) return;
+    if (this.publishPc || this.closed || (tracks.length === 0 && !this.screen)) return;
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
     this.publishPc = pc;
     for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [this.localStream] });
+    if (this.screen) this.screen.transceiver = pc.addTransceiver(this.screen.track, { direction: 'sendonly', streams: this.screenStreams() });
     pc.onicecandidate = (e) => {
       const candidate = e.candidate ? e.candidate.toJSON() : null;
       if (this.publishSent) this.sendCandidate('publish', candidate);
@@ -265,6 +282,49 @@ export class SfuSession {
     if (this.closed) return;
     await pc.setRemoteDescription({ type: 'answer', sdp: ack.sdp });
     await this.flushRemote('publish');
+  }
+
+  /** The stream a shared screen is announced in (the relay names it by our socket anyway). */
+  screenStreams() {
+    return this.localStream ? [this.localStream] : [new MediaStream([this.screen.track])];
+  }
+
+  /**
+   * Sends `track` (a shared screen) as one more video track: the publish connection re-offers
+   * with one more m-section and the relay forwards it to the others (under our socket id, with
+   * its track id, which our media state names).
+   */
+  addScreen(track) {
+    this.screen = { track, transceiver: null };
+    if (!this.publishPc) return this.publish();
+    this.screen.transceiver = this.publishPc.addTransceiver(track, { direction: 'sendonly', streams: this.screenStreams() });
+    return this.republish();
+  }
+
+  /** Stops sending the shared screen (its m-section stops; the relay drops the track). */
+  removeScreen() {
+    const screen = this.screen;
+    this.screen = null;
+    if (!screen || !screen.transceiver || this.closed) return Promise.resolve();
+    screen.transceiver.stop();
+    return this.republish();
+  }
+
+  /** Puts `track` in place of `old` (another camera or microphone) without renegotiating. */
+  async replaceTrack(old, track) {
+    if (!this.publishPc || this.closed) return;
+    for (const sender of this.publishPc.getSenders()) if (sender.track === old) await sender.replaceTrack(track);
+  }
+
+  /** Re-offers the publish connection (`options`: {iceRestart}); the server answers. */
+  republish(options) {
+    return this.onPublishChain(async () => {
+      const pc = this.publishPc;
+      if (!pc || this.closed || !pc.remoteDescription) return;
+      await pc.setLocalDescription(await pc.createOffer(options));
+      const ack = await ask(this.socket, 'sfu-publish', { roomId: this.roomId, sdp: pc.localDescription.sdp });
+      if (!this.closed) await pc.setRemoteDescription({ type: 'answer', sdp: ack.sdp });
+    });
   }
 
   /** The server's (re)offer for the subscribe connection; answered in arrival order. */
@@ -334,14 +394,7 @@ export class SfuSession {
         throw err;
       }));
     }
-    const pc = this.publishPc;
-    if (pc && pc.remoteDescription) {
-      tasks.push((async () => {
-        await pc.setLocalDescription(await pc.createOffer({ iceRestart: true }));
-        const ack = await ask(this.socket, 'sfu-publish', { roomId: this.roomId, sdp: pc.localDescription.sdp });
-        if (!this.closed) await pc.setRemoteDescription({ type: 'answer', sdp: ack.sdp });
-      })());
-    }
+    if (this.publishPc && this.publishPc.remoteDescription) tasks.push(this.republish({ iceRestart: true }));
     await Promise.all(tasks);
   }
 
@@ -375,128 +428,5 @@ export class SfuSession {
     clearTimeout(this.restartTimer);
     if (notify) tell(this.socket, 'sfu-leave', { roomId: this.roomId });
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
-  }
-}
-
-/** How long a remote picture may stand still before its tile says it is reconnecting. */
-export const FROZEN_AFTER_MS = 1500;
-
-/**
- * A person's tile: their video, or their initials while there is no picture. A remote tile
- * whose picture stops moving (no new frame for FROZEN_AFTER_MS: the track muted, the path lost,
- * the stream replaced while the call moves to the relay) shows "Reconnecting…" over it (a
- * status live region) until frames move again.
- */
-export class Tile {
-  constructor({ name, seed, local = false, socketId = '' }) {
-    this.local = local;
-    this.stream = null;
-    this.video = h('video', { autoplay: true, playsInline: true, muted: local, class: local ? 'mirrored' : 'remote-video' });
-    this.avatarHost = h('div', { class: 'tile-avatar' });
-    this.nameEl = h('span', { class: 'tile-name' });
-    this.statusEl = h('span', { class: 'tile-status' });
-    this.micEl = h('span', { class: 'tile-mic', title: 'Microphone off', hidden: true }, 'mic off');
-    // Always in the page (a live region must exist before its text changes); empty, it is
-    // invisible.
-    this.overlayEl = local ? null : h('div', { class: 'tile-overlay', role: 'status', 'aria-live': 'polite' });
-    this.el = h('div', { class: `tile${local ? ' tile-local' : ''}`, dataset: { socketId } },
-      this.video, this.avatarHost, this.overlayEl, this.statusEl,
-      h('div', { class: 'tile-label' }, this.nameEl, this.micEl));
-    this.onTrackChange = () => this.refresh();
-    for (const ev of ['playing', 'resize', 'emptied', 'loadedmetadata']) this.video.addEventListener(ev, this.onTrackChange);
-    this.setIdentity(name, seed);
-    if (!local) {
-      this.frames = 0;
-      this.movedAt = 0;
-      this.hadPicture = false;
-      this.frameWatch = setInterval(() => this.watchFrames(), 250);
-    }
-  }
-
-  /**
-   * Counts the frames the video element presented: once a picture has been seen, a stall of
-   * FROZEN_AFTER_MS shows the reconnecting overlay, and the next frame removes it. Not while
-   * the page is hidden or the video paused (nothing renders then), nor for a stream that has
-   * no video at all (an audio-only peer).
-   */
-  watchFrames() {
-    const now = Date.now();
-    const quality = this.video.getVideoPlaybackQuality ? this.video.getVideoPlaybackQuality() : null;
-    const n = quality ? quality.totalVideoFrames : 0;
-    if (n !== this.frames) {
-      this.frames = n;
-      if (n > 0) {
-        this.movedAt = now;
-        this.hadPicture = true;
-      }
-    }
-    const audioOnly = this.stream && this.stream.getVideoTracks().length === 0;
-    if (document.hidden || (this.stream && this.video.paused) || audioOnly) this.movedAt = now;
-    this.setReconnecting(this.hadPicture && now - this.movedAt > FROZEN_AFTER_MS);
-  }
-
-  setReconnecting(on) {
-    if (!this.overlayEl || this.el.classList.contains('reconnecting') === on) return;
-    this.el.classList.toggle('reconnecting', on);
-    this.overlayEl.textContent = on ? 'Reconnecting…' : '';
-  }
-
-  setIdentity(name, seed) {
-    this.nameEl.textContent = name;
-    this.avatarHost.replaceChildren(avatar(seed || name, 'avatar-lg'));
-  }
-
-  setStream(stream) {
-    if (stream === this.stream) {
-      this.refresh();
-      return;
-    }
-    if (this.stream) this.unwatch(this.stream);
-    this.stream = stream;
-    this.video.srcObject = stream;
-    if (stream) {
-      this.watch(stream);
-      play(this.video, this.el);
-    }
-    this.refresh();
-  }
-
-  watch(stream) {
-    stream.addEventListener('addtrack', this.onTrackChange);
-    stream.addEventListener('removetrack', this.onTrackChange);
-    for (const t of stream.getTracks()) this.watchTrack(t);
-  }
-
-  watchTrack(track) {
-    if (track.__tileWatched) return;
-    track.__tileWatched = true;
-    for (const ev of ['mute', 'unmute', 'ended']) track.addEventListener(ev, () => this.refresh());
-  }
-
-  unwatch(stream) {
-    stream.removeEventListener('addtrack', this.onTrackChange);
-    stream.removeEventListener('removetrack', this.onTrackChange);
-  }
-
-  /** Shows the picture only while a live, enabled video track is actually rendering. */
-  refresh() {
-    const tracks = this.stream ? this.stream.getVideoTracks() : [];
-    for (const t of tracks) this.watchTrack(t);
-    const live = tracks.some((t) => t.readyState === 'live' && t.enabled && !t.muted);
-    this.el.classList.toggle('has-video', live && this.video.videoWidth > 0);
-    const audio = this.stream ? this.stream.getAudioTracks() : [];
-    this.micEl.hidden = !(this.local && audio.length > 0 && audio.every((t) => !t.enabled));
-  }
-
-  setStatus(text, kind = '') {
-    this.statusEl.textContent = text;
-    this.statusEl.className = `tile-status ${kind}`;
-  }
-
-  remove() {
-    clearInterval(this.frameWatch);
-    if (this.stream) this.unwatch(this.stream);
-    this.video.srcObject = null;
-    this.el.remove();
   }
 }
