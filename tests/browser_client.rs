@@ -3,8 +3,9 @@
 //! blocked so the room and a direct call fall back to the SFU (driven by `web/smoke.mjs`);
 //! three browsers in a relayed room, the third joining ten times (`web/smoke-relay3.mjs`);
 //! every page at phone and desktop width, scanned by axe-core, with calls and the call history
-//! naming people (`web/smoke-phone-a11y.mjs`); and the waiting room, a patient let in by the
-//! doctor (`web/smoke-waiting.mjs`). Screenshots of the last two are kept in
+//! naming people (`web/smoke-phone-a11y.mjs`); the waiting room, a patient let in by the doctor
+//! (`web/smoke-waiting.mjs`); and everyone's media state, devices and shared screens
+//! (`web/smoke-consult-ux.mjs`). Screenshots of the last three are kept in
 //! `target/browser-screenshots`.
 
 mod support;
@@ -87,6 +88,27 @@ async fn three_browsers_in_a_relayed_room_see_each_other_on_every_join() {
         return;
     }
     run_script("smoke-relay3.mjs", &[], &["--rounds", "10"]).await;
+}
+
+/// Issue 14, the consultation as patients and doctors expect it (`web/smoke-consult-ux.mjs`):
+/// a cancelled appointment's page says why and opens no camera; the lobby's device selectors,
+/// moving meter and remembered "Camera off"; peer-to-peer, the patient's mute and camera-off
+/// seen by the doctor (the mark, the initials), the speaking ring, a shared screen decoded large
+/// on the other side, a microphone switched mid-call on every connection; a third browser
+/// relays the room, sees the patient's state at once and the screen through the relay; a
+/// direct call's mute and shared screen. Screenshots (`issue14-ux-<step>.png`) are kept in
+/// `target/browser-screenshots/` to be looked at.
+#[tokio::test]
+async fn the_consultation_shows_everyones_state_devices_and_shared_screens() {
+    if !browser_available() {
+        return;
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("browser-screenshots");
+    std::fs::create_dir_all(&out).expect("screenshot dir");
+    run_script_into("smoke-consult-ux.mjs", &[], &[], &out).await;
 }
 
 /// Issue 14: at 390x844 (a phone) and at 1280x800, every page (sign-in, appointments, call
