@@ -126,7 +126,8 @@ impl Signaling {
 
     /// Takes every socket of `user_id` out of the room. Each gets `removed-from-room
     /// {roomId, reason:"removed"}`; the others see `peer-left {reason:"removed"}`. Returns how
-    /// many sockets were removed. The user may join again (removal is not a ban).
+    /// many sockets were removed. The user may join again (removal is not a ban), but with the
+    /// waiting room on a patient waits to be let in again.
     pub async fn remove_participant(
         &self,
         io: &SocketIo,
@@ -137,9 +138,11 @@ impl Signaling {
         if sockets.is_empty() {
             return Err(AdminError::NotInRoom);
         }
-        Ok(self
+        let removed = self
             .remove_sockets(io, appointment_id, &sockets, false)
-            .await)
+            .await;
+        self.rooms().lobby.revoke(appointment_id, user_id);
+        Ok(removed)
     }
 
     /// Takes everyone out of the room: each gets `removed-from-room {roomId,

@@ -233,6 +233,13 @@ impl Lobby {
             .is_some_and(|users| users.contains(user_id))
     }
 
+    /// `user_id` was removed from the room by an administrator: let in again only by a host.
+    pub fn revoke(&mut self, appointment_id: &str, user_id: &str) {
+        if let Some(users) = self.admitted.get_mut(appointment_id) {
+            users.remove(user_id);
+        }
+    }
+
     /// The room of `appointment_id` emptied: the consultation is over, the next one starts
     /// with everyone waiting again.
     pub fn forget_admissions(&mut self, appointment_id: &str) {
@@ -795,6 +802,10 @@ mod tests {
         assert!(lobby.is_admitted("a1", "pat"));
         assert!(!lobby.is_admitted("a2", "pat"));
         assert!(!lobby.is_admitted("a1", "kim"));
+        lobby.admit("a1", "kim");
+        lobby.revoke("a1", "kim");
+        assert!(!lobby.is_admitted("a1", "kim"));
+        assert!(lobby.is_admitted("a1", "pat"), "others stay admitted");
         lobby.forget_admissions("a1");
         assert!(!lobby.is_admitted("a1", "pat"));
     }

@@ -256,8 +256,20 @@ describe('waiting room', () => {
     assert.equal((await h.nextEvent(sd, 'peer-joined')).socketId, tablet.id);
     await h.noEvent(sd, 'waiting-room', 200);
 
+    // Removed by an administrator: let in again only by a host (the doctor stays in the room).
+    const admin = await h.user(srv, 'admin');
+    const removed = await h.api(srv, 'DELETE', `/api/admin/rooms/${appt.id}/participants/${patient.id}`, { token: admin.token });
+    assert.equal(removed.status, 200, JSON.stringify(removed.body));
+    await h.nextEvent(back, 'removed-from-room');
+    await h.nextEvent(tablet, 'removed-from-room');
+    const [again] = await waiting(srv, patient, appt);
+    await lobby(sd, appt);
+    assert.equal((await h.ack(sd, 'admit', { appointmentId: appt.id, userId: patient.id })).ok, true);
+    await h.nextEvent(again, 'admitted');
+    await lobby(sd, appt);
+
     // Everyone leaves: the consultation is over, the next visit waits again.
-    for (const s of [back, tablet, sd]) assert.deepEqual(await h.ack(s, 'leave-room', {}), { ok: true });
+    for (const s of [again, sd]) assert.deepEqual(await h.ack(s, 'leave-room', {}), { ok: true });
     await waiting(srv, patient, appt);
   });
 
