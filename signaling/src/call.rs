@@ -114,7 +114,7 @@ pub enum EndReason {
     Busy,
     ServerRestart,
     /// An administrator ended it (`POST /api/admin/calls/{id}/end`).
-    Admin,
+    EndedByAdmin,
 }
 
 wire_names!(EndReason {
@@ -124,7 +124,7 @@ wire_names!(EndReason {
     Rejected => "rejected",
     Busy => "busy",
     ServerRestart => "server-restart",
-    Admin => "ended-by-admin",
+    EndedByAdmin => "ended-by-admin",
 });
 
 /// `media` of a stored call: whether it ever went through the SFU.
@@ -455,7 +455,7 @@ impl Call {
 
     /// An administrator ends the call: like [`Call::shut_down`], with reason `ended-by-admin`.
     pub fn end_by_admin(&mut self, now: OffsetDateTime) -> Result<Effects, CallError> {
-        self.end_for_everyone(EndReason::Admin, now)
+        self.end_for_everyone(EndReason::EndedByAdmin, now)
     }
 
     /// The call's media went through the SFU at least once.
