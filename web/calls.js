@@ -538,6 +538,7 @@ class CallSession {
         localStream: this.localStream,
         iceServers: this.iceServers,
         onTrack: (stream, track) => this.showRemote(stream || new MediaStream([track])),
+        onRelabel: () => this.picture.refresh(),
         onStateChange: (state) => {
           if (state === 'connected') this.setStatus('Connected', 'relay', 'Relay (SFU)');
           else if (state === 'failed') this.setStatus('The relay connection failed.', 'relay', 'Relay (SFU)');

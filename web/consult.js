@@ -313,6 +313,7 @@ class ConsultView {
       this.room = null;
       this.showLobby(err.code === 'declined' ? 'Ask again' : 'Try again');
       if (err.code === 'declined') this.declinedNotice = this.notice(err.message, 'warning');
+      else if (err.code === 'forbidden' || err.code === 'not_found') this.joinRefused(err);
       else if (err.code !== 'cancelled') this.noticeEl.appendChild(errorBox(err, 'Could not join the room:'));
       return;
     }
@@ -322,6 +323,21 @@ class ConsultView {
     this.grid.hidden = false;
     this.controls.hidden = false;
     this.chat.setJoined(true);
+  }
+
+  /**
+   * The server refused the join as not allowed (the appointment was cancelled while we were in
+   * the lobby, or is not ours): the lobby says why in words, as on loading, and a consultation
+   * that cannot be joined any more closes the camera; otherwise the server's words, no code.
+   */
+  async joinRefused(err) {
+    if (await this.loadAppointment()) {
+      this.notice(`Could not join the consultation: ${err.message}.`, 'error');
+      return;
+    }
+    this.local.close();
+    this.previewTile.setStream(null);
+    this.devices.el.hidden = true;
   }
 
   async sendChat(text) {
@@ -790,6 +806,9 @@ class ConsultRoom {
         localStream: this.localStream,
         onTrack: (stream, track) => this.onRelayTrack(stream, track),
         onStateChange: () => this.updatePath(),
+        onRelabel: () => {
+          for (const tile of this.tiles.values()) tile.refresh();
+        },
       });
       // A screen shared before the room moved to the relay is published with the rest.
       if (this.local && this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };

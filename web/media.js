@@ -177,6 +177,29 @@ export function stopStream(stream) {
   if (stream) for (const track of stream.getTracks()) track.stop();
 }
 
+/** The track id each m-section of `sdp` announces in its `a=msid` line, by mid. */
+export function msidTrackIds(sdp) {
+  const byMid = new Map();
+  for (const section of String(sdp || '').split(/\r?\nm=/).slice(1)) {
+    const mid = /^a=mid:(\S+)/m.exec(section);
+    const msid = /^a=msid:\S+ (\S+)/m.exec(section);
+    if (mid) byMid.set(mid[1], msid ? msid[1] : null);
+  }
+  return byMid;
+}
+
+/**
+ * Marks each track `pc` receives with the sender's track id its m-section announces now
+ * (`track.msidTrackId`): the relay, or a peer, may reuse an m-section and its receiving track for
+ * another track, whose id the receiving track does not take (a shared screen is recognised by it).
+ */
+export function labelRemoteTracks(pc) {
+  const byMid = msidTrackIds(pc.remoteDescription && pc.remoteDescription.sdp);
+  for (const t of pc.getTransceivers()) {
+    if (t.mid !== null) t.receiver.track.msidTrackId = byMid.get(t.mid) || null;
+  }
+}
+
 /** Normalises an offer/answer as it travels ({type, sdp} or a plain SDP string). */
 export function toDescription(payload, type) {
   if (typeof payload === 'string') return { type, sdp: payload };
@@ -215,13 +238,15 @@ const ICE_RESTART_AFTER_MS = 1500;
 const SIGNALING_PROBE_MS = 2000;
 
 export class SfuSession {
-  constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers }) {
+  constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers, onRelabel }) {
     this.socket = socket;
     this.roomId = roomId;
     this.iceServers = iceServers || mediaSettings().iceServers || [];
     this.localStream = localStream;
     this.onTrack = onTrack;
     this.onStateChange = onStateChange || (() => {});
+    // The relay's offer may have put another track in a receiving track's m-section.
+    this.onRelabel = onRelabel || (() => {});
     this.publishPc = null;
     this.subscribePc = null;
     this.remoteQueue = { publish: [], subscribe: [] };
@@ -343,12 +368,17 @@ export class SfuSession {
       const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
       this.subscribePc = pc;
       pc.onicecandidate = (e) => this.sendCandidate('subscribe', e.candidate ? e.candidate.toJSON() : null);
-      pc.ontrack = (e) => this.onTrack(e.streams[0] || null, e.track);
+      pc.ontrack = (e) => {
+        labelRemoteTracks(pc);
+        this.onTrack(e.streams[0] || null, e.track);
+      };
       pc.onconnectionstatechange = () => this.onStateChange(this.state);
       pc.oniceconnectionstatechange = () => this.watchIce();
     }
     const pc = this.subscribePc;
     await pc.setRemoteDescription({ type: 'offer', sdp });
+    labelRemoteTracks(pc);
+    this.onRelabel();
     await this.flushRemote('subscribe');
     await pc.setLocalDescription(await pc.createAnswer());
     await ask(this.socket, 'sfu-subscribe-answer', { roomId: this.roomId, sdp: pc.localDescription.sdp });

@@ -2,7 +2,7 @@
 // and answer, renegotiation on the same connection (a screen shared or stopped), the timer and
 // the watch that send the room to the relay when the direct path fails or is lost.
 
-import { toDescription, p2pConfig, DirectPathWatch, directPathLost } from './media.js';
+import { toDescription, p2pConfig, DirectPathWatch, directPathLost, labelRemoteTracks } from './media.js';
 
 /** The session id of an SDP's `o=` line: the same for every offer of one RTCPeerConnection. */
 export function sessionOf(payload) {
@@ -37,6 +37,7 @@ export class P2PLink {
     pc.onicecandidate = (e) => room.sendSignal(this.peerId, 'ice-candidate', e.candidate ? e.candidate.toJSON() : null);
     pc.ontrack = (e) => {
       if (this.closed || room.relayStreams.has(this.peerId)) return; // the relay's stream stays
+      labelRemoteTracks(pc);
       const tile = room.tile(this.peerId);
       if (!this.stream) this.stream = e.streams[0] || new MediaStream();
       // Camera, microphone and a shared screen all go in one stream; the tile sorts them.

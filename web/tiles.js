@@ -27,20 +27,26 @@ function micOffMark() {
   return h('span', { class: 'tile-mic', title: 'Microphone off', hidden: true }, svg, h('span', { class: 'sr-only' }, 'microphone off'));
 }
 
+/** The sender's id of a received track: what its m-section's msid says now (see
+ * labelRemoteTracks in media.js), else its own id (browsers give it the msid's at first). */
+function senderId(track) {
+  return track.msidTrackId || track.id;
+}
+
 /**
- * Which of a person's video tracks is their shared screen: the one whose id their media state
- * names (`screenTrackId`, the sender's track id, which browsers and the relay keep); without an
- * id, the newest of two. The other is their camera. Tracks that once were a screen never count
- * as a camera (a stopped share's track may linger in the stream for a moment).
+ * Which of a person's video tracks is their shared screen: the one whose sender's id their
+ * media state names (`screenTrackId`); without an id, the newest of two. The other is their
+ * camera. Tracks that once carried a screen never count as a camera (a stopped share's track
+ * may linger in the stream for a moment).
  */
 export function splitVideo(videos, state, pastScreens = new Set()) {
   let screen = null;
   if (state && state.screen) {
-    screen = videos.find((t) => t.id === state.screenTrackId) || null;
+    screen = videos.find((t) => senderId(t) === state.screenTrackId) || null;
     if (!screen && !state.screenTrackId && videos.length > 1) screen = videos[videos.length - 1];
   }
-  const camera = videos.find((t) => t !== screen && !pastScreens.has(t.id)
-    && !(state && state.screenTrackId === t.id)) || null;
+  const camera = videos.find((t) => t !== screen && !pastScreens.has(senderId(t))
+    && !(state && state.screenTrackId === senderId(t))) || null;
   return { camera, screen };
 }
 
