@@ -4,18 +4,20 @@
 //   node web/smoke-consult-ux.mjs BASE_URL [--out DIR]
 //
 // 1. A cancelled appointment's page says why it cannot be joined; Join stays disabled and the
-//    camera is never opened.
+//    camera is never opened. One cancelled while the patient is in its lobby: Join says why
+//    (no raw error code) and the camera closes.
 // 2. The lobby of a confirmed one: camera, microphone and speaker selectors, a moving
 //    microphone meter, "Join muted" / "Camera off" remembered across a reload.
 // 3. Two browsers, peer-to-peer: the patient mutes and turns the camera off, the doctor sees the
 //    microphone-off mark and the patient's initials instead of a black picture (and both back
 //    on); the speaking ring lights on the other side; the patient shares the screen and the
 //    doctor's large screen tile plays it (the shared screen's shape, frames advancing) while the
-//    patient's tile keeps the camera, until it stops; the patient switches microphone mid-call
-//    and every connection sends the new one, the doctor still receiving sound.
+//    patient's tile keeps the camera, until it stops (and again); the patient switches microphone mid-call
+//    and every connection sends the new one, the doctor still receiving sound; another speaker
+//    takes the others' sound.
 // 4. A third browser (an admin) joins: the room moves to the relay; it sees the patient's
 //    microphone off at once (remembered by the server), and the patient's screen share through
-//    the relay, decoded on both other browsers.
+//    the relay, decoded on both other browsers, and again after it stopped once.
 // 5. A direct call (peer-to-peer): the callee mutes and shares its screen; the caller's call
 //    window shows the microphone-off mark and the screen, large, playing.
 //
@@ -23,7 +25,7 @@
 // Audio Input 1" and 2), three speakers; with --use-fake-ui-for-media-stream getDisplayMedia
 // returns a fake "screen" (a moving test picture, 16:9) without a picker. Screenshots of each
 // step go to DIR (default /tmp) as issue14-ux-*.png. Needs playwright-core and Chromium like
-// web/smoke.mjs.
+// web/smoke.mjs. UX_VERBOSE=1 prints every console message of the pages.
 
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -142,10 +144,13 @@ async function screenPlays(page, sharer) {
     await page.waitForTimeout(150);
   }
   if (!first) throw new Error(`the shared screen (${JSON.stringify(size)}) is not shown: ${JSON.stringify(await page.evaluate(screenState))}`);
-  await page.waitForTimeout(1000);
-  const later = await page.evaluate(screenState);
-  if (!later || later.frames <= first.frames) throw new Error(`frames do not advance: ${JSON.stringify([first, later])}`);
-  log(`  screen shared ${size.width}x${size.height}, shown ${later.width}x${later.height}, ${later.frames - first.frames} new frames in 1 s`);
+  // Frames advance (a shared screen sends few when little moves, fewer on a busy machine).
+  const t1 = Date.now();
+  const later = await until(page, screenState, null, (s) => s && s.frames >= first.frames + 3, 8000)
+    .catch((err) => {
+      throw new Error(`frames do not advance: ${err.message}; first ${JSON.stringify(first)}`);
+    });
+  log(`  screen shared ${size.width}x${size.height}, shown ${later.width}x${later.height}, ${later.frames - first.frames} new frames in ${Date.now() - t1} ms`);
   return later;
 }
 
@@ -189,6 +194,8 @@ async function main() {
   await http('POST', `/api/appointments/${room.id}/confirm`, tokens.doctor);
   const cancelled = await appointment();
   await http('POST', `/api/appointments/${cancelled.id}/cancel`, tokens.doctor);
+  const cancelledLater = await appointment();
+  await http('POST', `/api/appointments/${cancelledLater.id}/confirm`, tokens.doctor);
 
   const browser = await launchChromium(chromium, base);
   const pages = {};
@@ -242,6 +249,20 @@ async function main() {
       if (state.rawCode) throw new Error('a raw "forbidden" code is shown');
     });
     await shot(p, '1-cancelled');
+    await p.goto(`${base}/consult/${cancelledLater.id}`);
+    await check('cancelled while in the lobby: Join says why in words and the camera closes', async () => {
+      await p.locator('.lobby .device-panel:not([hidden])').waitFor({ timeout: 10000 });
+      await http('POST', `/api/appointments/${cancelledLater.id}/cancel`, tokens.doctor);
+      await p.getByRole('button', { name: 'Join consultation' }).click();
+      await p.locator('.lobby-why', { hasText: 'cancelled' }).waitFor({ timeout: 10000 });
+      const state = await p.evaluate(() => ({
+        join: document.querySelector('.lobby button.primary').disabled,
+        preview: document.querySelector('.lobby-preview').hidden,
+        rawCode: [...document.querySelectorAll('.consult code')].map((c) => c.textContent),
+      }));
+      if (!state.join || !state.preview) throw new Error(`Join enabled or the preview still shown: ${JSON.stringify(state)}`);
+      if (state.rawCode.length) throw new Error(`a raw code is shown: ${state.rawCode}`);
+    });
 
     // --- 2. the lobby: selectors, a moving meter, remembered toggles
     await p.goto(`${base}/consult/${room.id}`);
@@ -305,6 +326,12 @@ async function main() {
     await check('a stopped share leaves the other side', async () => {
       await until(d, screenState, null, (s) => s === null);
     });
+    await p.getByRole('button', { name: 'Share screen' }).click();
+    await check('sharing again peer-to-peer plays, and stops', async () => {
+      await screenPlays(d, p);
+      await p.getByRole('button', { name: 'Stop sharing' }).click();
+      await until(d, screenState, null, (s) => s === null);
+    });
 
     await check('switching microphone mid-call: every connection sends the new one, sound still arrives', async () => {
       await p.getByRole('button', { name: 'Devices' }).click();
@@ -316,6 +343,13 @@ async function main() {
       await d.waitForTimeout(1000);
       const after = await d.evaluate(audioPacketsIn);
       if (after <= before) throw new Error(`the doctor receives no more audio (${before} -> ${after} packets)`);
+    });
+    await check('another speaker: the others\' sound plays on it', async () => {
+      const speaker = p.locator('#consult-dev-audiooutput');
+      await speaker.selectOption({ label: 'Fake Audio Output 1' });
+      const chosen = await speaker.inputValue();
+      await until(p, (id) => [...document.querySelectorAll('video.remote-video')].map((v) => v.sinkId === id), chosen,
+        (same) => same.length > 0 && same.every(Boolean), 3000);
     });
     await shot(p, '5-device-switch');
     await p.getByRole('button', { name: 'Devices' }).click();
@@ -345,6 +379,14 @@ async function main() {
     await check('the relayed share stops on both', async () => {
       await until(a, screenState, null, (s) => s === null);
       await until(d, screenState, null, (s) => s === null);
+    });
+    await p.getByRole('button', { name: 'Share screen' }).click();
+    // The relay reuses the stopped share's m-section, and the browser its receiving track (which
+    // keeps the first share's id): the new share is recognised by the m-section's msid.
+    await check('sharing again through the relay (a stopped m-section reused) plays, and stops', async () => {
+      await screenPlays(a, p);
+      await p.getByRole('button', { name: 'Stop sharing' }).click();
+      await until(a, screenState, null, (s) => s === null);
     });
     for (const page of [a, p, d]) {
       await page.getByRole('button', { name: 'Leave' }).click();
