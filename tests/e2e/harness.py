@@ -79,6 +79,21 @@ def free_port(kind: int) -> int:
         return s.getsockname()[1]
 
 
+def free_media_port() -> int:
+    """A port free for UDP and for TCP on every interface: the SFU serves ICE-TCP on its UDP port's
+    number and refuses to start when that TCP port is taken (an outgoing connection's ephemeral
+    port can be)."""
+    for _ in range(50):
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port free for both UDP and TCP after 50 tries")
+
+
 class Server:
     """One callrelay process on free ports; logs go to a file shown when a test fails."""
 
@@ -88,7 +103,7 @@ class Server:
             raise RuntimeError("CALLRELAY_BIN must name the callrelay binary (cargo build -p callrelay)")
         self.dir = tempfile.mkdtemp(prefix="callrelay-e2e-")
         self.port = free_port(socket.SOCK_STREAM)
-        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.udp_port = free_media_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(self.dir, "server.log")
         env = {k: v for k, v in os.environ.items() if not k.startswith("CALLRELAY_")}

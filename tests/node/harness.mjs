@@ -64,6 +64,28 @@ export function freeUdpPort() {
   });
 }
 
+/** Whether nobody listens on TCP `port` (all interfaces) right now. */
+function tcpPortFree(port) {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '0.0.0.0', () => srv.close(() => resolve(true)));
+  });
+}
+
+/**
+ * A port free for UDP and for TCP: the SFU serves ICE-TCP on its UDP port's number and refuses
+ * to start when that TCP port is taken (an outgoing connection's ephemeral port can be).
+ */
+export async function freeMediaPort() {
+  for (let attempt = 0; attempt < 50; attempt += 1) {
+    const port = await freeUdpPort();
+    if (await tcpPortFree(port)) return port;
+  }
+  throw new Error('no port free for both UDP and TCP after 50 tries');
+}
+
 /** A unique id with a readable prefix, so tests sharing a server never share users. */
 export function uid(prefix) {
   return `${prefix}-${randomUUID().slice(0, 8)}`;
@@ -99,7 +121,7 @@ export async function startServer({ env = {}, dbUrl } = {}) {
     CALLRELAY_DATABASE__URL: dbUrl,
     CALLRELAY_AUTH__JWT_SECRET: SECRET,
     CALLRELAY_SERVER__WEB_DIR: '',
-    CALLRELAY_MEDIA__UDP_PORT: String(await freeUdpPort()),
+    CALLRELAY_MEDIA__UDP_PORT: String(await freeMediaPort()),
     // SIGTERM ends what is left at once (the suites stop servers mid-call); a test of the
     // drain sets its own timeout.
     CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS: '0',

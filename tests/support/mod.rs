@@ -23,6 +23,16 @@ pub fn free_udp_port() -> u16 {
         .expect("a free loopback UDP port")
 }
 
+/// A port free for UDP and for TCP on every interface: the SFU serves ICE-TCP on its UDP
+/// port's number and refuses to start when that TCP port is taken (an outgoing connection's
+/// ephemeral port can be).
+pub fn free_media_port() -> u16 {
+    (0..50)
+        .map(|_| free_udp_port())
+        .find(|port| TcpListener::bind(("0.0.0.0", *port)).is_ok())
+        .expect("a port free for both UDP and TCP")
+}
+
 pub struct TestServer {
     pub base: String,
     /// The HTTP port (on 127.0.0.1, and on every interface after `start_on_all_interfaces`).
@@ -80,7 +90,7 @@ impl TestServer {
             .env("CALLRELAY_AUTH__JWT_SECRET", SECRET)
             // Never the repository's data/, whatever a test sets the secret to.
             .env("CALLRELAY_SERVER__DATA_DIR", &self.data_dir)
-            .env("CALLRELAY_MEDIA__UDP_PORT", free_udp_port().to_string())
+            .env("CALLRELAY_MEDIA__UDP_PORT", free_media_port().to_string())
             .env("CALLRELAY_SERVER__WEB_DIR", "")
             // SIGTERM ends what is left at once: tests stop servers mid-call.
             .env("CALLRELAY_SERVER__DRAIN_TIMEOUT_SECS", "0")
