@@ -10,7 +10,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::TestServer;
@@ -34,6 +34,16 @@ async fn smoke(extra_env: &[(&str, &str)], args: &[&str]) {
 async fn run_script(script: &str, extra_env: &[(&str, &str)], args: &[&str]) {
     let out = tempfile::tempdir().expect("screenshot dir");
     run_script_into(script, extra_env, args, out.path()).await;
+}
+
+/// `target/browser-screenshots`, made if missing (CARGO_TARGET_TMPDIR is `<target>/tmp`).
+fn screenshot_dir() -> PathBuf {
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("target dir")
+        .join("browser-screenshots");
+    std::fs::create_dir_all(&out).expect("screenshot dir");
+    out
 }
 
 /// Runs `web/{script}` against a fresh server, its screenshots going to `out`.
@@ -103,11 +113,7 @@ async fn the_consultation_shows_everyones_state_devices_and_shared_screens() {
     if !browser_available() {
         return;
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("browser-screenshots");
-    std::fs::create_dir_all(&out).expect("screenshot dir");
+    let out = screenshot_dir();
     run_script_into("smoke-consult-ux.mjs", &[], &[], &out).await;
 }
 
@@ -132,12 +138,7 @@ async fn every_page_fits_a_phone_and_passes_axe_and_calls_name_people() {
         );
         return;
     }
-    // CARGO_TARGET_TMPDIR is <target>/tmp: the screenshots go beside it, in <target>.
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("browser-screenshots");
-    std::fs::create_dir_all(&out).expect("screenshot dir");
+    let out = screenshot_dir();
     run_script_into("smoke-phone-a11y.mjs", &[], &[], &out).await;
 }
 
@@ -153,11 +154,7 @@ async fn a_patient_waits_until_the_doctor_lets_them_in() {
     if !browser_available() {
         return;
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .expect("target dir")
-        .join("browser-screenshots");
-    std::fs::create_dir_all(&out).expect("screenshot dir");
+    let out = screenshot_dir();
     run_script_into(
         "smoke-waiting.mjs",
         &[("CALLRELAY_CONSULT__WAITING_ROOM", "true")],
