@@ -44,6 +44,25 @@ pub(crate) struct CoreCounters {
     pub nack_out: AtomicU64,
 }
 
+/// How far back, in packets, the SFU asks a publisher for what it lost (the NACK generator's
+/// receive log).
+const NACK_WINDOW: u16 = 512;
+
+/// How many times the SFU asks a publisher for one lost packet (a NACK every 100 ms while it
+/// is missing) before giving it up, as libwebrtc's receiver does (`kMaxNackRetries`): a packet
+/// whose every resend is lost is not asked for until it leaves the window.
+const MAX_NACKS_PER_PACKET: u16 = 10;
+
+/// The SRTP replay window on what the SFU receives, in packets (libwebrtc's; webrtc-rs's
+/// default is 64). A browser without RTX answers a NACK by resending the packet with its own
+/// sequence number (the same SRTP index), one NACK interval and a round trip after it was
+/// lost: behind more than 64 newer packets at a few hundred packets a second. A window of 64
+/// refused every such resend as a replay (`srtp ... duplicated`), the NACK generator kept
+/// asking, and the subscribers' copies never came (issue 12). It must cover at least
+/// [`NACK_WINDOW`], so whatever the SFU asks for it can accept.
+const SRTP_REPLAY_WINDOW: usize = 1024;
+const _: () = assert!(SRTP_REPLAY_WINDOW >= NACK_WINDOW as usize);
+
 pub(crate) struct PcSetup<'a> {
     pub kind: PcKind,
     pub ufrag: &'a str,
@@ -154,7 +173,13 @@ fn registry(
         PcKind::Publish => {
             let r = r
                 .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
-                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(
+                    Slot::NackGenerator,
+                    NackGeneratorBuilder::new()
+                        .with_size(NACK_WINDOW)
+                        .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
+                        .build(),
+                )
                 .with(
                     Slot::from(500),
                     NackCounter {
@@ -175,6 +200,7 @@ pub(crate) fn build(setup: &PcSetup<'_>, now: Instant) -> Result<RTCPeerConnecti
         .with_lite(true)
         .with_ice_credentials(setup.ufrag.to_owned(), setup.pwd.to_owned())
         .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
         .with_ice_timeouts(
             Some(setup.ice_disconnected_timeout),
             Some(setup.ice_failed_timeout),

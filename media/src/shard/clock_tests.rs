@@ -411,3 +411,76 @@ fn mover_and_stayer_streaming(liveness_timeout: Duration) -> World {
     assert!(w.received("mover", "stayer") > 50 && w.received("stayer", "mover") > 50);
     w
 }
+
+/// Issue 12: a publisher's packet lost on its way to the SFU is NACKed by the SFU, and a
+/// browser without RTX resends it as it was (same SSRC, sequence number, SRTP index) one NACK
+/// interval and a round trip later, behind every packet sent meanwhile: at 100 packets a second
+/// and a few hundred milliseconds, more than the 64 packets of webrtc-rs's default SRTP replay
+/// window. The SFU accepts it (no `rejected_srtp` drop: the core called it `duplicated`),
+/// forwards it to the subscriber and stops asking for it.
+#[test]
+fn a_late_resend_from_the_publisher_is_accepted_forwarded_and_not_asked_for_again() {
+    let mut w = World::new(LIVENESS);
+    w.join("viewer");
+    w.publish("cam", &["cam-video"]);
+    w.stream("cam", "cam-video");
+    w.run_for(Duration::from_secs(1));
+    assert!(w.received("viewer", "cam") > 0, "viewer receives cam");
+    let rejected = |w: &World| {
+        w.counter(
+            "callrelay_media_datagrams_dropped_total",
+            &[("reason", "rejected_srtp")],
+        )
+    };
+    let nacks_out = |w: &World| w.counter("callrelay_rtcp_nack_total", &[("direction", "out")]);
+    let (rejected_before, nacks_before) = (rejected(&w), nacks_out(&w));
+
+    w.withhold("cam", "cam-video", 5);
+    // 1.5 s: 150 packets after the one held back, and the SFU's NACKs for it.
+    w.run_for(Duration::from_millis(1_500));
+    assert!(
+        nacks_out(&w) > nacks_before,
+        "the SFU NACKs the lost packet"
+    );
+    let received = w.received("viewer", "cam");
+
+    w.release("cam");
+    w.run_for(Duration::from_millis(500));
+    assert_eq!(
+        rejected(&w) - rejected_before,
+        0.0,
+        "the resend is not refused as a replay"
+    );
+    assert_eq!(
+        w.received("viewer", "cam"),
+        received + 50 + 1,
+        "the resend reaches the viewer, beside the 50 packets of the last 500 ms"
+    );
+    let nacks_after_recovery = nacks_out(&w);
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(
+        nacks_out(&w),
+        nacks_after_recovery,
+        "nothing is asked for once the packet is in"
+    );
+}
+
+/// Issue 12: a publisher's packet that never arrives is asked for a bounded number of times
+/// (libwebrtc's receiver gives up after 10 NACKs), not until it leaves the NACK window.
+#[test]
+fn a_packet_that_never_arrives_is_asked_for_a_bounded_number_of_times() {
+    let mut w = World::new(LIVENESS);
+    w.join("viewer");
+    w.publish("cam", &["cam-video"]);
+    w.stream("cam", "cam-video");
+    w.run_for(Duration::from_secs(1));
+    let nacks_out = |w: &World| w.counter("callrelay_rtcp_nack_total", &[("direction", "out")]);
+    let nacks_before = nacks_out(&w);
+    w.withhold("cam", "cam-video", 5);
+    w.run_for(Duration::from_secs(2));
+    let asked = nacks_out(&w) - nacks_before;
+    assert!((1.0..=10.0).contains(&asked), "asked {asked} times in 2 s");
+    // Still well inside the NACK window (512 packets, 5 s at 100 packets a second).
+    w.run_for(Duration::from_secs(2));
+    assert_eq!(nacks_out(&w) - nacks_before, asked, "given up");
+}

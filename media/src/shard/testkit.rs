@@ -83,6 +83,11 @@ pub(crate) struct Peer {
     last_seq: HashMap<String, u16>,
     /// Packets that did not follow the previous one of their track (lost or reordered).
     pub gaps: usize,
+    /// The sequence number of an RTP packet the publish connection sends that the link holds
+    /// back ([`World::withhold`]) until [`World::release`].
+    withhold_seq: Option<u16>,
+    /// The datagrams held back, as they were protected.
+    withheld: Vec<bytes::BytesMut>,
 }
 
 struct Client {
@@ -186,6 +191,8 @@ impl World {
                     received: HashMap::new(),
                     last_seq: HashMap::new(),
                     gaps: 0,
+                    withhold_seq: None,
+                    withheld: Vec::new(),
                 },
             );
         }
@@ -307,6 +314,31 @@ impl World {
             .get_mut(name)
             .and_then(|p| p.tracks.iter_mut().find(|t| t.id == track))
             .unwrap_or_else(|| panic!("{name} publishes no track {track}"))
+    }
+
+    /// Holds back the packet `name` sends on `track` `ahead` packets from now on its way to
+    /// the SFU (lost on the publisher's leg) until [`World::release`]; returns its sequence
+    /// number.
+    pub fn withhold(&mut self, name: &str, track: &str, ahead: u16) -> u16 {
+        let seq = self.track_mut(name, track).next_seq.wrapping_add(ahead);
+        self.peer_entry(name).withhold_seq = Some(seq);
+        seq
+    }
+
+    /// Delivers what the link held back from `name` ([`World::withhold`]) now, datagram for
+    /// datagram: what a browser without RTX resends when NACKed, the same packet under the same
+    /// SSRC, sequence number and SRTP index.
+    pub fn release(&mut self, name: &str) {
+        let now = self.now;
+        let peer = self.peer_entry(name);
+        peer.withhold_seq = None;
+        let (addr, held) = (peer.publish_addr, std::mem::take(&mut peer.withheld));
+        assert!(!held.is_empty(), "nothing of {name} was held back");
+        for datagram in held {
+            self.shard
+                .handle_receive(now, TransportProtocol::UDP, addr, SFU, &datagram);
+        }
+        self.settle();
     }
 
     /// Answers `name`'s oldest unanswered subscribe offer (for a peer that holds its offers).
@@ -534,9 +566,17 @@ impl World {
         }
         for peer in self.peers.values_mut() {
             let link_up = peer.link_up;
+            let publish_addr = peer.publish_addr;
             for client in peer.publish.iter_mut().chain(peer.subscribe.iter_mut()) {
                 while let Some(out) = client.rtc.poll_write() {
                     moved = true;
+                    if client.addr == publish_addr
+                        && peer.withhold_seq.is_some()
+                        && rtp_seq(&out.message) == peer.withhold_seq
+                    {
+                        peer.withheld.push(out.message);
+                        continue;
+                    }
                     if link_up && out.transport.peer_addr == SFU {
                         client.last_delivered = Some(now);
                         self.shard.handle_receive(
@@ -640,11 +680,17 @@ impl World {
 
 impl Client {
     /// A browser-like client connection: the SFU's codecs and header extensions, one host
-    /// candidate at `addr`, no interceptors (the tests count what arrives, nothing more).
+    /// candidate at `addr`, no interceptors (the tests count what arrives, nothing more), and
+    /// libwebrtc's SRTP replay window (1024 packets; webrtc-rs keeps 64 by default), so a
+    /// retransmission arrives here as it would in Chrome.
     fn new(addr: SocketAddr, now: Instant) -> Self {
         let mut rtc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(SettingEngineBuilder::new().build())
+            .with_setting_engine(
+                SettingEngineBuilder::new()
+                    .with_srtp_replay_protection_window(1024)
+                    .build(),
+            )
             .with_media_engine(crate::peer::media_engine().expect("media engine"))
             .with_interceptor_registry(Registry::new())
             .build(now)
@@ -720,6 +766,14 @@ impl Peer {
             }
         }
     }
+}
+
+/// The sequence number of an (S)RTP datagram, whose header travels in the clear; `None` for
+/// anything else (STUN, DTLS, RTCP).
+fn rtp_seq(datagram: &[u8]) -> Option<u16> {
+    let is_rtp =
+        datagram.len() >= 12 && datagram[0] >> 6 == 2 && !(192..=223).contains(&datagram[1]);
+    is_rtp.then(|| u16::from_be_bytes([datagram[2], datagram[3]]))
 }
 
 /// A STUN binding request as a controlling browser nominates a pair with: USERNAME, PRIORITY,
