@@ -149,6 +149,9 @@ pub async fn pump_media_events(
                 pc: signal_pc(pc),
                 candidate: serde_json::to_value(candidate).unwrap_or(Value::Null),
             },
+            MediaEvent::ActiveSpeaker { room, participant } => {
+                RelayEvent::ActiveSpeaker { room, participant }
+            }
             MediaEvent::ParticipantClosed {
                 room,
                 participant,

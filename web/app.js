@@ -141,6 +141,7 @@ function startSocket(token) {
   socket.on('relay-activated', ({ roomId, reason } = {}) => session.relayRoutes.get(roomId)?.relayActivated(reason));
   socket.on('sfu-subscribe-offer', ({ roomId, sdp } = {}) => session.relayRoutes.get(roomId)?.subscribeOffer(sdp));
   socket.on('sfu-candidate', ({ roomId, pc, candidate } = {}) => session.relayRoutes.get(roomId)?.candidate(pc, candidate));
+  socket.on('active-speaker', ({ roomId, socketId } = {}) => session.relayRoutes.get(roomId)?.activeSpeaker?.(socketId));
   session.calls = new CallManager({ socket, me: session.me, relayRoutes: session.relayRoutes }, bannerHost, dockHost);
   // The waiting room: who waits for this doctor, with a sound and a notification on any page.
   trackWaiting(socket);

@@ -498,6 +498,7 @@ class ConsultRoom {
     this.relayStreams.clear();
     this.joined = false;
     this.relayed = false;
+    this.selfTile.setActiveSpeaker(null);
     this.relayToastShown = false;
     this.pendingRelay = null;
     this.asking = false;
@@ -796,6 +797,14 @@ class ConsultRoom {
   candidate(which, candidate) {
     if (this.sfu) this.sfu.addRemoteCandidate(which, candidate);
     else if (!this.closed) this.ensureSfu().addRemoteCandidate(which, candidate);
+  }
+
+  /** The relay names the room's active speaker (`active-speaker`): its tile rings, ours
+   * included, and no other; in a P2P room each tile keeps its own level analysis. */
+  activeSpeaker(socketId) {
+    if (this.closed || !this.relayed) return;
+    this.selfTile.setActiveSpeaker(socketId === this.selfId || socketId === this.socket.id);
+    for (const [id, tile] of this.tiles) tile.setActiveSpeaker(id === socketId);
   }
 
   ensureSfu() {

@@ -206,14 +206,22 @@ export class Tile {
     if (this.voice && this.voice.track === track) return;
     if (this.voice) this.voice.stop();
     this.voice = null;
-    this.setSpeaking(false);
+    if (this.activeSpeaker == null) this.setSpeaking(false);
     if (!track) return;
     this.voice = new AudioLevel(track, (level) => {
       const now = Date.now();
       if (level >= SPEAKING_LEVEL && !this.micOff()) this.spokeAt = now;
+      if (this.activeSpeaker != null) return; // the relay says who speaks
       this.setSpeaking(this.spokeAt !== undefined && now - this.spokeAt < SPEAKING_HOLD_MS);
     });
     this.voice.track = track;
+  }
+
+  /** In a relayed room the ring shows the room's active speaker as the relay names it
+   * (`active-speaker`), instead of this tile's own level analysis; null goes back to that. */
+  setActiveSpeaker(on) {
+    this.activeSpeaker = on;
+    this.setSpeaking(Boolean(on));
   }
 
   setSpeaking(on) {

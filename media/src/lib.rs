@@ -105,6 +105,7 @@ mod room;
 pub mod route;
 mod shard;
 mod socket_drops;
+mod speaker;
 mod tcp;
 
 /// Benchmark hooks (feature `bench`): the SFU's subscribe connection and per-copy forwarding
@@ -250,6 +251,10 @@ pub enum MediaEvent {
         participant: String,
         reason: String,
     },
+    /// The room's active speaker changed (from the audio levels its publishers send, RFC 6464):
+    /// at most once a second per room, and only to someone who spoke clearly louder than the
+    /// last speaker for about a second; silence keeps the last speaker.
+    ActiveSpeaker { room: String, participant: String },
 }
 
 /// Counts of everything the SFU holds; all return to zero when every participant has left.

@@ -18,10 +18,12 @@ use std::time::Instant;
 
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
+use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 
 use crate::forward::Rewriter;
 use crate::keyframe::KeyframeThrottle;
 use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter};
+use crate::speaker::SpeakerDetector;
 use crate::{CandidateInit, MediaKind};
 
 /// Identifies one peer connection inside a shard.
@@ -62,6 +64,8 @@ pub(crate) struct Room {
     /// (publish connection, SSRC) → the publication and layer it carries: the one lookup the
     /// forwarding path makes per packet.
     pub incoming: HashMap<(PcId, u32), (PublicationId, usize)>,
+    /// The active speaker, from its audio publications' levels.
+    pub speaker: SpeakerDetector,
 }
 
 impl Room {
@@ -72,6 +76,7 @@ impl Room {
             publications: HashMap::new(),
             down_tracks: HashMap::new(),
             incoming: HashMap::new(),
+            speaker: SpeakerDetector::default(),
         }
     }
 
@@ -259,6 +264,9 @@ pub(crate) struct Publication {
     /// The publisher's negotiated codecs and header extensions (uri, id).
     pub pub_codecs: Vec<RTCRtpCodecParameters>,
     pub pub_extensions: Vec<(String, u8)>,
+    /// The id of the audio-level extension (RFC 6464) in its packets, for an audio track
+    /// whose publisher negotiated it.
+    pub audio_level_id: Option<u8>,
     /// The encodings it arrives in; one today (no simulcast).
     pub layers: Vec<Layer>,
     /// Every down-track carrying it, in the order they were added.
@@ -281,6 +289,10 @@ impl Publication {
         } else {
             64
         };
+        let audio_level_id = pub_extensions
+            .iter()
+            .find(|(uri, _)| kind == MediaKind::Audio && uri == AUDIO_LEVEL_URI)
+            .map(|(_, id)| *id);
         Self {
             publisher: publisher.to_owned(),
             pc,
@@ -289,6 +301,7 @@ impl Publication {
             kind,
             pub_codecs,
             pub_extensions,
+            audio_level_id,
             layers: vec![Layer::new(media_ssrc, codec, capacity)],
             down_tracks: Vec::new(),
         }

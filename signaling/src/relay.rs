@@ -92,6 +92,9 @@ pub enum RelayEvent {
         pc: PcKind,
         candidate: Value,
     },
+    /// The room's active speaker changed: every member of the consult room (or both parties
+    /// of the relayed call) gets `active-speaker`.
+    ActiveSpeaker { room: String, participant: String },
 }
 
 /// Where a relayed room comes from.
@@ -252,6 +255,25 @@ impl Signaling {
         }
     }
 
+    /// `active-speaker {roomId, socketId}` to the members of the relayed consult room, or to
+    /// the placing and answering sockets of the relayed call.
+    async fn announce_speaker(&self, io: &SocketIo, room: &str, participant: &str) {
+        let mut members = self.rooms().member_ids(room);
+        if members.is_empty() {
+            let book = self.calls.lock().await;
+            if let Some(call) = book.by_id(room).filter(|c| c.is_live()) {
+                members.push(call.caller_socket.clone());
+                members.extend(call.answered_socket.clone());
+            }
+        }
+        let body = json!({"roomId": room, "socketId": participant});
+        for member in &members {
+            if let Some(socket) = socket_by_id(io, member) {
+                let _ = socket.emit("active-speaker", &body);
+            }
+        }
+    }
+
     /// Forwards what the media layer says to the socket it concerns.
     pub async fn on_relay_event(&self, io: &SocketIo, event: RelayEvent) {
         let (participant, name, body) = match event {
@@ -274,6 +296,10 @@ impl Signaling {
                 "sfu-candidate",
                 json!({"roomId": room, "pc": pc, "candidate": candidate}),
             ),
+            RelayEvent::ActiveSpeaker { room, participant } => {
+                self.announce_speaker(io, &room, &participant).await;
+                return;
+            }
         };
         if let Some(socket) = socket_by_id(io, &participant) {
             let _ = socket.emit(name, &body);

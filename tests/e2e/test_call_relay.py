@@ -3,7 +3,7 @@
 import asyncio
 
 import harness as h
-from harness import PatternVideoTrack
+from harness import PatternVideoTrack, ToneAudioTrack
 
 FAKE_OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
 FAKE_ANSWER = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"
@@ -91,3 +91,23 @@ async def test_direct_call_relayed_after_p2p_failure(server):
             assert call["status"] == "ended" and call["endReason"] == "hangup", call
             assert call["callerId"] == patient.id and call["calleeId"] == doctor.id
             assert call["callType"] == "video"
+
+
+async def test_relayed_call_names_the_active_speaker(server):
+    """In a relayed direct call both parties hear who speaks (`active-speaker`, room id = call id)."""
+    async with asyncio.timeout(30), h.Session(server) as s:
+        patient, doctor = await h.user(server, "patient"), await h.user(server, "doctor")
+        await h.appointment(server, patient, doctor)
+        pc = await s.client(patient)
+        dc = await s.client(doctor)
+        placed = await pc.ok("call-user", {"to": doctor.id, "callType": "audio", "offer": FAKE_OFFER})
+        call_id = placed["callId"]
+        await dc.next_event("incoming-call")
+        await dc.ok("answer-call", {"callId": call_id, "answer": FAKE_ANSWER})
+        await pc.next_event("call-answered")
+        await pc.ok("sfu-join", {"roomId": call_id, "reason": "p2p-failed"})
+        for c in (pc, dc):
+            await c.next_event("relay-activated")
+        await s.member(pc, call_id).publish(ToneAudioTrack())
+        for c in (pc, dc):
+            assert await c.next_event("active-speaker", timeout=10) == {"roomId": call_id, "socketId": pc.sid}

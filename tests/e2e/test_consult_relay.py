@@ -231,6 +231,22 @@ async def _renegotiate(member: h.Member) -> None:
     await pub.setRemoteDescription(h.RTCSessionDescription(sdp=res["sdp"], type="answer"))
 
 
+async def test_active_speaker_from_the_audio_level(server):
+    """aiortc writes the audio level (RFC 6464) of its tone into each packet: the SFU names the
+    one who speaks to every member, the speaker included, once while it goes on speaking."""
+    async with asyncio.timeout(30), h.Session(server) as s:
+        room, a, b, ma, mb = await _relayed_pair(s, server)
+        answer = await ma.publish(ToneAudioTrack())
+        assert "urn:ietf:params:rtp-hdrext:ssrc-audio-level" in answer, answer
+        for c in (a, b):
+            assert await c.next_event("active-speaker", timeout=10) == {
+                "roomId": room,
+                "socketId": a.sid,
+            }
+        await asyncio.sleep(2)
+        assert a.count("active-speaker") == 1 and b.count("active-speaker") == 1
+
+
 async def test_publisher_adds_a_track_later(server):
     """Turning the microphone on mid-call: a second sfu-publish on the same connection."""
     async with asyncio.timeout(30), h.Session(server) as s:

@@ -25,6 +25,7 @@ impl Shard {
         else {
             return;
         };
+        let publication_id = publication;
         let Self {
             pcs,
             rooms,
@@ -37,6 +38,7 @@ impl Shard {
         let Some(Room {
             publications,
             down_tracks,
+            speaker,
             ..
         }) = rooms.get_mut(&rid)
         else {
@@ -65,6 +67,11 @@ impl Shard {
             None => l.highest_seq = Some(seq),
         }
         l.packets_received += 1;
+        if let Some(id) = publication.audio_level_id
+            && let Some(level) = crate::speaker::audio_level(&packet.header, id)
+        {
+            speaker.observe(publication_id, level, rx_at);
+        }
         l.cache.insert(&packet);
         let now_us = rx_at.duration_since(*epoch).as_micros() as u64;
         let payload_len = packet.payload.len() as u64;

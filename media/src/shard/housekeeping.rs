@@ -24,6 +24,7 @@ impl Shard {
             self.request_keyframe(rid, id, layer, now);
         }
         self.send_sender_reports(now);
+        self.detect_speakers(now);
         self.metrics.flush();
         // The summary reads the totals every shard adds to: the first shard speaks for all.
         if self.index == 0 && now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {
@@ -37,6 +38,21 @@ impl Shard {
                 .prune(now.checked_sub(EARLY_CANDIDATE_TTL).unwrap_or(now));
             self.closed_recently
                 .retain(|_, t| now.duration_since(*t) < CLOSED_MEMORY);
+        }
+    }
+
+    /// Each room's speaker detector closes its window; a new speaker is reported.
+    fn detect_speakers(&mut self, now: Instant) {
+        for room in self.rooms.values_mut() {
+            let Some(id) = room.speaker.tick(now) else {
+                continue;
+            };
+            if let Some(publication) = room.publications.get(&id) {
+                self.events.push_back(MediaEvent::ActiveSpeaker {
+                    room: room.name.clone(),
+                    participant: publication.publisher.clone(),
+                });
+            }
         }
     }
 
