@@ -30,7 +30,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import { httpClient, keepPeerConnections, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -205,15 +205,8 @@ async function main() {
       await context.grantPermissions(['camera', 'microphone'], { origin: base });
       await context.addInitScript((token) => sessionStorage.setItem('callrelay.token', token), tokens[who]);
       // Keeps every peer connection (what they send, what they receive) and counts camera opens.
+      await context.addInitScript(keepPeerConnections);
       await context.addInitScript(() => {
-        const Native = window.RTCPeerConnection;
-        window.__pcs = [];
-        window.RTCPeerConnection = function (...a) {
-          const pc = new Native(...a);
-          window.__pcs.push(pc);
-          return pc;
-        };
-        window.RTCPeerConnection.prototype = Native.prototype;
         window.__gum = 0;
         const gum = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
         navigator.mediaDevices.getUserMedia = (c) => {

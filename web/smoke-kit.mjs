@@ -67,3 +67,38 @@ export function launchChromium(chromium, base) {
     ],
   });
 }
+
+/**
+ * A walk that goes on after a failed step: `fail(text)` records and logs a failure,
+ * `expectSoon(what, fn)` waits for `fn` (a locator action or check) and records `what` as
+ * failed if it never comes; `failures` is the list to report at the end.
+ */
+export function failureLog(log) {
+  const failures = [];
+  const fail = (text) => {
+    failures.push(text);
+    log(`FAIL ${text}`);
+  };
+  async function expectSoon(what, fn) {
+    try {
+      await fn();
+      return true;
+    } catch (err) {
+      fail(`${what} (${String(err.message || err).split('\n')[0]})`);
+      return false;
+    }
+  }
+  return { failures, fail, expectSoon };
+}
+
+/** An init script (for `context.addInitScript`) keeping every RTCPeerConnection in `window.__pcs`. */
+export function keepPeerConnections() {
+  const Native = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = function (...a) {
+    const pc = new Native(...a);
+    window.__pcs.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+}

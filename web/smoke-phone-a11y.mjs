@@ -22,7 +22,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import { failureLog, httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -39,22 +39,7 @@ const log = (...m) => console.log(`[phone-a11y ${new Date().toISOString().slice(
 const http = httpClient(base);
 const axeSource = readFileSync(createRequire(import.meta.url).resolve('axe-core/axe.min.js'), 'utf8');
 
-const failures = [];
-const fail = (text) => {
-  failures.push(text);
-  log(`FAIL ${text}`);
-};
-
-/** Waits for `fn` (a locator action or check) up to `ms`, recording `what` as failed if it never comes. */
-async function expectSoon(what, fn) {
-  try {
-    await fn();
-    return true;
-  } catch (err) {
-    fail(`${what} (${String(err.message || err).split('\n')[0]})`);
-    return false;
-  }
-}
+const { failures, fail, expectSoon } = failureLog(log);
 
 /**
  * What a user would check on this page: nothing wider than the screen, no serious or critical

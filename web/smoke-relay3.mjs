@@ -15,7 +15,7 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import { httpClient, keepPeerConnections, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -125,16 +125,7 @@ async function main() {
       await context.grantPermissions(['camera', 'microphone'], { origin: base });
       await context.addInitScript((token) => sessionStorage.setItem('callrelay.token', token), tokens[who]);
       // Keeps every peer connection, for the stats of a failure's report.
-      await context.addInitScript(() => {
-        const Native = window.RTCPeerConnection;
-        window.__pcs = [];
-        window.RTCPeerConnection = function (...a) {
-          const pc = new Native(...a);
-          window.__pcs.push(pc);
-          return pc;
-        };
-        window.RTCPeerConnection.prototype = Native.prototype;
-      });
+      await context.addInitScript(keepPeerConnections);
       const page = await context.newPage();
       page.on('pageerror', (e) => {
         failures.push(`${who} page error: ${e.message}`);

@@ -22,7 +22,7 @@ import { mkdirSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import { failureLog, httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -39,22 +39,7 @@ try {
   log('axe-core not installed: no accessibility scan');
 }
 
-const failures = [];
-const fail = (text) => {
-  failures.push(text);
-  log(`FAIL ${text}`);
-};
-
-/** Waits for `fn`; a timeout is recorded as the failure `what` (the walk goes on where it can). */
-async function expectSoon(what, fn) {
-  try {
-    await fn();
-    return true;
-  } catch (err) {
-    fail(`${what} (${String(err.message || err).split('\n')[0]})`);
-    return false;
-  }
-}
+const { failures, fail, expectSoon } = failureLog(log);
 
 async function shot(page, step) {
   await page.waitForTimeout(200);

@@ -224,6 +224,17 @@ pub fn answer_call(data: Value, limits: &PayloadLimits) -> Result<AnswerCall, Ev
     Ok(req)
 }
 
+/// An optional one-line `reason`: blank is `None`, else at most `max` characters.
+fn optional_reason(reason: &mut Option<String>, max: usize) -> Result<(), EventError> {
+    match reason.as_deref() {
+        Some(text) if text.trim().is_empty() => *reason = None,
+        Some(text) => protocol::check_text("reason", text, max, false)
+            .map_err(|e| EventError::invalid(e.message))?,
+        None => {}
+    }
+    Ok(())
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RejectCall {
@@ -236,14 +247,7 @@ pub struct RejectCall {
 pub fn reject_call(data: Value) -> Result<RejectCall, EventError> {
     let mut req: RejectCall = protocol::parse(data)?;
     check_id("callId", &req.call_id)?;
-    if let Some(reason) = &req.reason {
-        if reason.trim().is_empty() {
-            req.reason = None;
-        } else {
-            protocol::check_text("reason", reason, MAX_REJECT_REASON_CHARS, false)
-                .map_err(|e| EventError::invalid(e.message))?;
-        }
-    }
+    optional_reason(&mut req.reason, MAX_REJECT_REASON_CHARS)?;
     Ok(req)
 }
 
@@ -483,14 +487,7 @@ pub fn decline(data: Value) -> Result<Decline, EventError> {
     let mut req: Decline = protocol::parse(data)?;
     check_id("appointmentId", &req.appointment_id)?;
     check_id("userId", &req.user_id)?;
-    if let Some(reason) = &req.reason {
-        if reason.trim().is_empty() {
-            req.reason = None;
-        } else {
-            protocol::check_text("reason", reason, MAX_DECLINE_REASON_CHARS, false)
-                .map_err(|e| EventError::invalid(e.message))?;
-        }
-    }
+    optional_reason(&mut req.reason, MAX_DECLINE_REASON_CHARS)?;
     Ok(req)
 }
 

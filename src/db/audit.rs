@@ -156,7 +156,7 @@ fn audit_record(row: &sqlx::any::AnyRow) -> Result<AuditRecord, DbError> {
 }
 
 /// How many records one page of `GET /api/admin/audit` holds at most.
-pub const AUDIT_PAGE: i64 = 1000;
+const AUDIT_PAGE: i64 = 1000;
 
 /// Records checked per query while verifying.
 const VERIFY_BATCH: i64 = 5000;

@@ -6,7 +6,7 @@
 mod audit;
 mod outbox;
 
-pub use audit::{AUDIT_PAGE, AuditBreak, AuditCheck, AuditEntry, AuditRecord};
+pub use audit::{AuditBreak, AuditCheck, AuditEntry, AuditRecord};
 pub use outbox::Delivery;
 
 use std::path::Path;

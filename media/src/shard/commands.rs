@@ -581,10 +581,7 @@ impl Shard {
                 PublicationStats {
                     participant: p.publisher.clone(),
                     track_id: p.track_id.clone(),
-                    kind: match p.kind {
-                        MediaKind::Audio => "audio",
-                        _ => "video",
-                    },
+                    kind: p.kind.as_str(),
                     bitrate_bps: layers
                         .clone()
                         .map(|l| l.bitrate.bytes_last_second(now_us) * 8)
