@@ -14,13 +14,14 @@
 //!
 //! `FORWARD_SUBSCRIBERS=1,10,100` picks the fan-outs.
 
+use std::collections::VecDeque;
 use std::hint::black_box;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use callrelay_load::peer::{ClientPeer, Kind, VP8_PT, codec};
-use callrelay_media::bench::{CopyScratch, forward_copy, subscribe_connection};
+use callrelay_media::bench::{CopyScratch, CopyTo, SendSide, forward_copy, subscribe_connection};
 use callrelay_media::forward::{ExtIdMap, PayloadTypeMap, Rewriter};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rtc::media_stream::MediaStreamTrack;
@@ -34,7 +35,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
-use rtc::sdp::extmap::ABS_SEND_TIME_URI;
+use rtc::sdp::extmap::{ABS_SEND_TIME_URI, TRANSPORT_CC_URI};
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use rtc::srtp::context::Context;
@@ -48,6 +49,7 @@ const PUB_ABS_SEND_TIME: u8 = 3;
 struct Sub {
     rtc: RTCPeerConnection,
     rewriter: Rewriter,
+    send_side: SendSide,
 }
 
 fn tagged(now: Instant, local: SocketAddr, peer: SocketAddr, data: &[u8]) -> TaggedBytesMut {
@@ -118,8 +120,26 @@ fn connected_subscribers(n: usize) -> Vec<Sub> {
         {
             exts.set(PUB_ABS_SEND_TIME, h.id as u8);
         }
-        let rewriter = Rewriter::new(out_ssrc, 90_000, rand::random(), rand::random(), pts, exts);
-        pairs.push((Sub { rtc, rewriter }, client, client_addr, false));
+        let mut rewriter =
+            Rewriter::new(out_ssrc, 90_000, rand::random(), rand::random(), pts, exts);
+        rewriter.transport_cc_id = params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|h| h.uri == TRANSPORT_CC_URI)
+            .map(|h| h.id as u8)
+            .expect("transport-cc negotiated");
+        let send_side = SendSide::new();
+        pairs.push((
+            Sub {
+                rtc,
+                rewriter,
+                send_side,
+            },
+            client,
+            client_addr,
+            false,
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while pairs.iter().any(|p| !p.3) {
@@ -234,28 +254,41 @@ fn bench_forwarding(c: &mut Criterion) {
         group.sample_size(30);
 
         let mut copy_scratch = CopyScratch::default();
+        let mut out = VecDeque::new();
+        let mut pacing_updated = epoch;
         for (name, udp) in [("sfu_core", false), ("sfu_core_udp", true)] {
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 b.iter(|| {
                     packet.header.sequence_number = packet.header.sequence_number.wrapping_add(1);
                     packet.header.timestamp = packet.header.timestamp.wrapping_add(3_000);
-                    let now_us = epoch.elapsed().as_micros() as u64;
+                    let now = Instant::now();
+                    let now_us = now.duration_since(epoch).as_micros() as u64;
+                    // The loop's housekeeping re-aims each pacer every 100 ms.
+                    if now.duration_since(pacing_updated) >= Duration::from_millis(100) {
+                        pacing_updated = now;
+                        for s in subs.iter_mut() {
+                            s.send_side.update_pacing_rate(now_us);
+                        }
+                    }
                     let mut sent = 0usize;
                     for s in subs.iter_mut() {
-                        sent += usize::from(forward_copy(
-                            &mut s.rewriter,
-                            &mut s.rtc,
-                            &packet,
-                            now_us,
-                            &mut copy_scratch,
-                            |d, _| {
-                                if udp {
-                                    let _ = tx.send_to(&d, sink_addr);
-                                } else {
-                                    black_box(d);
-                                }
-                            },
-                        ));
+                        let to = CopyTo {
+                            rewriter: &mut s.rewriter,
+                            rtc: &mut s.rtc,
+                            send_side: &mut s.send_side,
+                        };
+                        let paced =
+                            forward_copy(to, &packet, now, now_us, &mut copy_scratch, &mut out);
+                        sent += usize::from(paced.is_some());
+                        // What the pacer holds back leaves on a later iteration, as in the loop.
+                        s.send_side.release(now, now_us, &mut out);
+                    }
+                    for t in out.drain(..) {
+                        if udp {
+                            let _ = tx.send_to(&t.bytes, sink_addr);
+                        } else {
+                            black_box(t);
+                        }
                     }
                     assert_eq!(sent, n, "every subscriber got its copy");
                 })

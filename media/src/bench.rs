@@ -15,8 +15,10 @@ use rtc::peer_connection::RTCPeerConnection;
 /// The exact `rtc` core the SFU is built on, so a benchmark's client peers use the same version.
 pub use rtc;
 
+pub use crate::congestion::{Paced, SendSide};
 pub use crate::forward::CopyScratch;
 use crate::peer::{self, CoreCounters, PcSetup};
+pub use crate::shard::{CopyTo, Transmit};
 use crate::{Command, MediaError, PcKind, SfuHandle};
 
 /// A subscribe connection as the media loop creates one (ICE-lite with fresh credentials, the

@@ -91,6 +91,10 @@ pub struct Rewriter {
     pub clock_rate: u32,
     pub payload_types: PayloadTypeMap,
     pub extensions: ExtIdMap,
+    /// The subscriber's id of the transport-cc extension (0 = not negotiated): every copy then
+    /// carries a placeholder for its transport-wide sequence number as its first extension,
+    /// written once marshalled ([`CopyScratch::write_transport_seq`]).
+    pub transport_cc_id: u8,
     /// The source SSRC of the current segment; `None` before the first packet or after a pause.
     source_ssrc: Option<u32>,
     seq_offset: u16,
@@ -127,6 +131,7 @@ impl Rewriter {
             clock_rate: clock_rate.max(1),
             payload_types,
             extensions,
+            transport_cc_id: 0,
             source_ssrc: None,
             seq_offset: 0,
             ts_offset: 0,
@@ -286,6 +291,13 @@ impl Rewriter {
         out.extensions.clear();
         out.extensions_padding = 0;
         let mut two_byte = false;
+        if self.transport_cc_id != 0 {
+            two_byte |= self.transport_cc_id > 14;
+            out.extensions.push(Extension {
+                id: self.transport_cc_id,
+                payload: Bytes::from_static(&TRANSPORT_SEQ_PLACEHOLDER),
+            });
+        }
         for ext in &src.extensions {
             let id = self.extensions.get(ext.id);
             if id != 0 {
@@ -304,6 +316,9 @@ impl Rewriter {
         };
     }
 }
+
+/// What a copy's transport-wide sequence number is written over (a static: no allocation).
+static TRANSPORT_SEQ_PLACEHOLDER: [u8; 2] = [0, 0];
 
 /// Reused buffers for building one subscriber's copy: its header and the marshalled packet.
 #[derive(Default)]
@@ -332,6 +347,31 @@ impl CopyScratch {
             self.bytes.push(pad as u8);
         }
         true
+    }
+
+    /// Writes `seq` over the transport-cc placeholder of the marshalled copy: the header's
+    /// first extension when the rewriter put one there ([`Rewriter::transport_cc_id`]). False
+    /// if the header has no such extension.
+    pub fn write_transport_seq(&mut self, transport_cc_id: u8, seq: u16) -> bool {
+        let first = self.header.extensions.first();
+        if transport_cc_id == 0 || first.map(|e| e.id) != Some(transport_cc_id) {
+            return false;
+        }
+        // Fixed header, CSRCs, the extension block's 4-octet header, then the element's own
+        // header: 1 octet (id, length) in the one-byte profile, 2 in the two-byte one.
+        let element_header = if self.header.extension_profile == EXTENSION_PROFILE_TWO_BYTE {
+            2
+        } else {
+            1
+        };
+        let at = 12 + 4 * self.header.csrc.len() + 4 + element_header;
+        match self.bytes.get_mut(at..at + 2) {
+            Some(b) => {
+                b.copy_from_slice(&seq.to_be_bytes());
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -496,6 +536,41 @@ mod tests {
         assert_eq!(parsed.get_extension(10).unwrap().as_ref(), &[0x85]);
         assert_eq!(parsed.get_extension(2).unwrap().as_ref(), &[0x22; 3]);
         assert!(parsed.get_extension(3).is_none());
+    }
+
+    #[test]
+    fn a_copy_carries_its_transport_wide_sequence_number_first() {
+        use rtc::shared::marshal::Unmarshal;
+        let mut src = hdr(1, 96, 5, 5);
+        src.extension = true;
+        src.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
+        src.csrc = vec![77];
+        src.extensions.push(Extension {
+            id: 1,
+            payload: Bytes::from_static(&[0x85]),
+        });
+        // transport-cc as 5 (one-byte form) and as 20 (two-byte form).
+        for twcc in [5u8, 20] {
+            let mut r = vp8_rewriter(0, 0);
+            r.extensions.set(1, 10);
+            r.transport_cc_id = twcc;
+            let mut scratch = CopyScratch::default();
+            assert!(r.rewrite_into(&src, 0, &mut scratch.header));
+            assert!(scratch.marshal(&[0x5A; 40]));
+            assert!(scratch.write_transport_seq(twcc, 0xBEEF));
+            assert!(!scratch.write_transport_seq(twcc + 1, 1), "another id");
+            let parsed = Header::unmarshal(&mut scratch.bytes.as_slice()).unwrap();
+            assert_eq!(parsed.get_extension(twcc).unwrap().as_ref(), &[0xBE, 0xEF]);
+            assert_eq!(parsed.get_extension(10).unwrap().as_ref(), &[0x85]);
+            assert_eq!(parsed.csrc, vec![77]);
+            assert_eq!(&scratch.bytes[scratch.bytes.len() - 40..], &[0x5A; 40]);
+        }
+        // Not negotiated: no placeholder, nothing written.
+        let mut r = vp8_rewriter(0, 0);
+        let mut scratch = CopyScratch::default();
+        assert!(r.rewrite_into(&src, 0, &mut scratch.header));
+        assert!(scratch.marshal(&[0x5A; 40]));
+        assert!(!scratch.write_transport_seq(0, 1));
     }
 
     #[test]

@@ -97,6 +97,7 @@
 //! `callrelay_rtt_seconds` (from subscribers' receiver reports).
 
 mod batch_io;
+mod congestion;
 mod driver;
 mod error;
 mod metrics;

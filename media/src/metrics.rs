@@ -76,6 +76,10 @@ pub(crate) struct Metrics {
     /// what they were at the last log summary.
     dropped_totals: Vec<(&'static str, IntCounter, u64)>,
     pub rtt: LocalHistogram,
+    /// Each subscribe connection's bandwidth estimate, once a second (bits per second).
+    pub estimate: LocalHistogram,
+    /// Copies that waited in a subscriber's pacer before leaving.
+    pub paced: LocalIntCounter,
 }
 
 /// What the driver counts: it owns the socket, so it sees the sends that fail, the kernel's
@@ -159,6 +163,8 @@ struct Series {
     connections: IntCounterVec,
     latency: Histogram,
     rtt: Histogram,
+    estimate: Histogram,
+    paced: IntCounter,
     tcp_open: IntGauge,
     tcp_refused: IntCounterVec,
 }
@@ -281,6 +287,26 @@ impl Metrics {
                 ]),
             )?,
         )?;
+        let estimate = reg(
+            r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "callrelay_subscriber_bandwidth_estimate_bps",
+                    "Bandwidth estimate toward each subscriber (transport-cc feedback, GCC), \
+                     sampled once a second per subscribe connection",
+                )
+                .buckets(vec![
+                    50e3, 100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2.5e6, 4e6, 6e6, 10e6,
+                ]),
+            )?,
+        )?;
+        let paced = reg(
+            r,
+            IntCounter::new(
+                "callrelay_rtp_packets_paced_total",
+                "Copies to subscribers that waited in the subscriber's pacer before leaving",
+            )?,
+        )?;
         let tcp_open = reg(
             r,
             IntGauge::new(
@@ -315,6 +341,8 @@ impl Metrics {
             connections,
             latency,
             rtt,
+            estimate,
+            paced,
             tcp_open,
             tcp_refused,
         };
@@ -378,6 +406,7 @@ impl Metrics {
                 &self.pli_in,
                 &self.pli_out,
                 &self.packets_lost,
+                &self.paced,
             ])
             .chain(&self.retransmissions)
             .chain(&self.retransmissions_suppressed)
@@ -387,6 +416,7 @@ impl Metrics {
             c.flush();
         }
         self.rtt.flush();
+        self.estimate.flush();
     }
 }
 
@@ -450,6 +480,8 @@ impl Series {
                 .map(|label| (label, self.dropped.with_label_values(&[label]), 0))
                 .collect(),
             rtt: self.rtt.local(),
+            estimate: self.estimate.local(),
+            paced: self.paced.local(),
         };
         (shard, driver)
     }

@@ -26,11 +26,12 @@ use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::sdp::extmap::{ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI};
+use rtc::sdp::extmap::{ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI, TRANSPORT_CC_URI};
 
 use crate::{MediaError, PcKind};
 
@@ -144,8 +145,10 @@ pub(crate) fn media_engine() -> Result<MediaEngine, MediaError> {
     Ok(me)
 }
 
-/// The RTP header extensions the SFU negotiates (mid, abs-send-time, audio level), registered
-/// on a media engine: the SFU's own, or a client peer's on the same core (the load generator).
+/// The RTP header extensions the SFU negotiates (mid, abs-send-time, transport-cc, audio
+/// level), registered on a media engine: the SFU's own, or a client peer's on the same core
+/// (the load generator). On subscribe connections the SFU writes the transport-wide sequence
+/// numbers itself (`crate::congestion`), so subscribers send transport-cc feedback.
 pub fn register_header_extensions(me: &mut MediaEngine) -> Result<(), MediaError> {
     let ext = |uri: &str| RTCRtpHeaderExtensionCapability {
         uri: uri.to_owned(),
@@ -153,6 +156,7 @@ pub fn register_header_extensions(me: &mut MediaEngine) -> Result<(), MediaError
     for k in [RtpCodecKind::Audio, RtpCodecKind::Video] {
         me.register_header_extension(ext(SDES_MID_URI), k, None)?;
         me.register_header_extension(ext(ABS_SEND_TIME_URI), k, None)?;
+        me.register_header_extension(ext(TRANSPORT_CC_URI), k, None)?;
     }
     me.register_header_extension(ext(AUDIO_LEVEL_URI), RtpCodecKind::Audio, None)?;
     Ok(())
@@ -160,9 +164,9 @@ pub fn register_header_extensions(me: &mut MediaEngine) -> Result<(), MediaError
 
 /// Interceptor chains by role. Publish (we receive): NACK generator (asks the publisher for
 /// what we lost), receiver reports, transport-cc feedback. Subscribe (we send): none of its
-/// own — the SFU protects forwarded copies itself, past the interceptors (`protect_rtp`), and
-/// writes their sender reports from its rewriters; NACKs are answered from the SFU's per-track
-/// cache. Both: inbound keyframe requests, NACKs and receiver reports go to the application.
+/// own — the SFU protects forwarded copies itself, past the interceptors (`protect_rtp`),
+/// numbers them for transport-cc and writes their sender reports itself; NACKs are answered
+/// from the SFU's per-track cache. Both: inbound keyframe requests, NACKs and receiver reports go to the application.
 fn registry(
     kind: PcKind,
     me: &mut MediaEngine,
@@ -269,7 +273,8 @@ fn add_candidates(
 }
 
 /// Marks the inbound RTCP the SFU acts on for the application: keyframe requests and NACKs
-/// (relayed / answered per track) and receiver reports (RTT). The rest stops in the chain.
+/// (relayed / answered per track), receiver reports (RTT) and transport-cc feedback (the
+/// subscriber's bandwidth estimate). The rest stops in the chain.
 #[derive(Default)]
 struct RtcpToApplication {
     read: VecDeque<TaggedPacket>,
@@ -282,6 +287,7 @@ fn wanted_by_application(p: &dyn rtc::rtcp::Packet) -> bool {
         || a.is::<FullIntraRequest>()
         || a.is::<TransportLayerNack>()
         || a.is::<ReceiverReport>()
+        || a.is::<TransportLayerCc>()
 }
 
 impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for RtcpToApplication {

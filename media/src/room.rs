@@ -234,23 +234,7 @@ pub(crate) struct Subscriber {
     /// The next offer restarts ICE (new credentials staged on the connection): the client
     /// asked, its network having changed.
     pub ice_restart: bool,
-    /// Issue 12: the transport-wide sequence numbers (TWCC) of this subscriber's copies.
-    #[allow(dead_code)]
-    pub twcc: Option<Twcc>,
-    /// Issue 12: the bandwidth estimate built from this subscriber's feedback.
-    #[allow(dead_code)]
-    pub estimator: Option<Estimator>,
-    /// Issue 12: the pacer that spreads this subscriber's copies over time.
-    #[allow(dead_code)]
-    pub pacer: Option<Pacer>,
 }
-
-/// Empty slot for issue 12's TWCC numbering.
-pub(crate) struct Twcc;
-/// Empty slot for issue 12's bandwidth estimator.
-pub(crate) struct Estimator;
-/// Empty slot for issue 12's pacer.
-pub(crate) struct Pacer;
 
 /// A track a participant publishes into its room.
 pub(crate) struct Publication {

@@ -44,17 +44,20 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
 use rtc::sansio::Protocol;
+use rtc::sdp::extmap::TRANSPORT_CC_URI;
 use rtc::shared::marshal::MarshalSize;
 use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tracing::{debug, info, warn};
 
+use crate::congestion::{Paced, SendSide};
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::metrics::{ConnectionOutcome, Metrics, kind_index};
@@ -76,6 +79,7 @@ mod rtcp;
 mod sdp;
 mod subscribe;
 
+pub use fanout::CopyTo;
 use fanout::send_copy;
 /// The per-copy step, for the forwarding benchmark (`crate::bench::forward_copy`).
 #[cfg(feature = "bench")]
@@ -105,10 +109,13 @@ struct Pc {
     /// An offer/answer has been applied: from now on it must connect and stay alive.
     negotiated: bool,
     connected: bool,
+    /// A subscribe connection's congestion control: transport-wide sequence numbers, the
+    /// bandwidth estimate from its feedback, the pacer its copies leave through.
+    send_side: Option<SendSide>,
 }
 
 /// A datagram the shard wants sent.
-pub(crate) struct Transmit {
+pub struct Transmit {
     /// The client, over UDP or over its ICE-TCP connection.
     pub to: Remote,
     /// Already allocated by the core (SRTP ciphertext, DTLS, STUN); sent as is, then dropped.
@@ -151,6 +158,8 @@ pub(crate) struct Shard {
     scratch_reads: Vec<TaggedRTCMessage>,
     copy_scratch: CopyScratch,
     last_sender_reports: Instant,
+    /// Subscribe connections with copies waiting in their pacer (each listed once).
+    paced_pcs: Vec<PcId>,
 }
 
 fn valid_id(s: &str, what: &'static str) -> Result<(), MediaError> {
@@ -224,6 +233,7 @@ impl Shard {
             scratch_reads: Vec::new(),
             copy_scratch: CopyScratch::default(),
             last_sender_reports: now,
+            paced_pcs: Vec::new(),
         })
     }
 
@@ -269,12 +279,18 @@ impl Shard {
             .map(|Reverse((t, _))| *t)
             .unwrap_or(self.next_housekeeping)
             .min(self.next_housekeeping);
-        Some(next)
+        let paced = self
+            .paced_pcs
+            .iter()
+            .filter_map(|id| self.pcs.get(id)?.send_side.as_ref()?.next_release())
+            .min();
+        Some(paced.map_or(next, |p| p.min(next)))
     }
 
     /// Runs whatever is due at `now`: connection timeouts (RTCP, retransmissions, ICE) and, if
     /// its time has come, housekeeping.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.release_paced(now);
         self.run_timers(now);
         if now >= self.next_housekeeping {
             self.housekeeping(now);

@@ -167,6 +167,7 @@ impl Shard {
                 last_rx: None,
                 negotiated: false,
                 connected: false,
+                send_side: (kind == PcKind::Subscribe).then(SendSide::new),
             },
         );
         self.demux.add_ufrag(&ufrag, &pwd, id);

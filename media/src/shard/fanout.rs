@@ -33,6 +33,7 @@ impl Shard {
             transmits,
             epoch,
             copy_scratch,
+            paced_pcs,
             ..
         } = self;
         let Some(Room {
@@ -83,71 +84,146 @@ impl Shard {
             if !dt.ready || dt.selector.layer() != layer {
                 continue;
             }
-            let Some(sub) = pcs.get_mut(&dt.sub_pc) else {
+            let Some(Pc {
+                rtc,
+                send_side: Some(send_side),
+                ..
+            }) = pcs.get_mut(&dt.sub_pc)
+            else {
                 continue;
             };
-            let written = write_copy(
-                &mut dt.rewriter,
-                &mut sub.rtc,
-                &packet,
-                now_us,
-                copy_scratch,
-                |bytes, to| {
-                    transmits.push_back(Transmit {
-                        to,
-                        bytes,
-                        received_at: Some(rx_at),
-                    });
-                },
-            );
-            if written {
-                dt.rtx.forwarded(copy_scratch.bytes.len(), now_us);
-                metrics.packets_forwarded[kind].inc();
-                metrics.bytes_forwarded[kind].inc_by(payload_len);
+            let to = CopyTo {
+                rewriter: &mut dt.rewriter,
+                rtc,
+                send_side,
+            };
+            let Some(paced) = write_copy(to, &packet, rx_at, now_us, copy_scratch, transmits)
+            else {
+                continue;
+            };
+            match paced {
+                Paced::Sent => {}
+                Paced::Queued { first } => {
+                    metrics.paced.inc();
+                    if first {
+                        paced_pcs.push(dt.sub_pc);
+                    }
+                }
+            }
+            dt.rtx.forwarded(copy_scratch.bytes.len(), now_us);
+            metrics.packets_forwarded[kind].inc();
+            metrics.bytes_forwarded[kind].inc_by(payload_len);
+        }
+    }
+}
+
+impl Shard {
+    /// Sends what subscribers' pacers allow at `now`; a connection leaves the list once its
+    /// queue is empty.
+    pub(super) fn release_paced(&mut self, now: Instant) {
+        if self.paced_pcs.is_empty() {
+            return;
+        }
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        let Self {
+            pcs,
+            paced_pcs,
+            transmits,
+            ..
+        } = self;
+        paced_pcs.retain(|id| {
+            pcs.get_mut(id)
+                .and_then(|pc| pc.send_side.as_mut())
+                .is_some_and(|side| side.release(now, now_us, transmits))
+        });
+    }
+
+    /// Every housekeeping tick: each subscribe connection's pacing rate follows its estimate
+    /// and what it was sent; once a second (`sample`) each estimate goes into the histogram.
+    pub(super) fn update_send_sides(&mut self, now: Instant, sample: bool) {
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        for side in self.pcs.values_mut().filter_map(|pc| pc.send_side.as_mut()) {
+            side.update_pacing_rate(now_us);
+            if sample && let Some(estimate) = side.estimate() {
+                self.metrics.estimate.observe(estimate);
             }
         }
     }
 }
 
-/// One subscriber's copy of a publisher packet: rewrites the header for this subscriber into
-/// `scratch`, then protects and sends it ([`send_copy`]). Returns whether a datagram went out:
-/// not if the subscriber did not negotiate the payload type or its DTLS-SRTP is not up yet.
+/// What one subscriber's copy is made and sent with: the down-track's rewriter, and the
+/// subscribe connection's core (its SRTP context) and send side (transport-wide sequence
+/// numbers, pacer).
+pub struct CopyTo<'a> {
+    pub rewriter: &'a mut Rewriter,
+    pub rtc: &'a mut RTCPeerConnection,
+    pub send_side: &'a mut SendSide,
+}
+
+/// One subscriber's copy of a publisher packet received at `now`: rewrites the header for
+/// this subscriber into `scratch`, then protects and sends it ([`send_copy`]). `None` if
+/// nothing went out: the subscriber did not negotiate the payload type or its DTLS-SRTP is not
+/// up yet.
 ///
 /// This is the whole per-copy cost of the forwarding path; the media loop calls it once per
 /// ready down-track, and the `bench` feature exposes it to the forwarding benchmark.
 pub fn write_copy(
-    rewriter: &mut Rewriter,
-    rtc: &mut RTCPeerConnection,
+    to: CopyTo<'_>,
     packet: &Packet,
+    now: Instant,
     now_us: u64,
     scratch: &mut CopyScratch,
-    send: impl FnMut(BytesMut, Remote),
-) -> bool {
-    rewriter.rewrite_into(&packet.header, now_us, &mut scratch.header)
-        && send_copy(rewriter, rtc, &packet.payload, scratch, send)
+    out: &mut VecDeque<Transmit>,
+) -> Option<Paced> {
+    if !to
+        .rewriter
+        .rewrite_into(&packet.header, now_us, &mut scratch.header)
+    {
+        return None;
+    }
+    send_copy(to, &packet.payload, now, now_us, Some(now), scratch, out)
 }
 
-/// Marshals `scratch.header` with `payload`, protects it with the subscriber connection's
-/// SRTP context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler
-/// pipeline, no interceptors — the rewriter counts the packet for our own sender reports)
-/// and hands the datagram (the ciphertext the core allocated) to `send`.
+/// Marshals `scratch.header` with `payload`, writes its transport-wide sequence number (when
+/// the subscriber negotiated transport-cc), protects it with the subscriber connection's SRTP
+/// context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler pipeline,
+/// no interceptors — the rewriter counts the packet for our own sender reports) and hands the
+/// datagram (the ciphertext the core allocated) to the connection's pacer, which queues it or
+/// puts it on `out`. `received_at` is when its publisher packet arrived (a first copy, not a
+/// retransmission), for the forwarding latency.
 pub(super) fn send_copy(
-    rewriter: &mut Rewriter,
-    rtc: &mut RTCPeerConnection,
+    to: CopyTo<'_>,
     payload: &[u8],
+    now: Instant,
+    now_us: u64,
+    received_at: Option<Instant>,
     scratch: &mut CopyScratch,
-    mut send: impl FnMut(BytesMut, Remote),
-) -> bool {
+    out: &mut VecDeque<Transmit>,
+) -> Option<Paced> {
+    let CopyTo {
+        rewriter,
+        rtc,
+        send_side,
+    } = to;
     if !scratch.marshal(payload) {
-        return false;
+        return None;
     }
+    let stamp = (rewriter.transport_cc_id != 0).then(|| {
+        let stamp = send_side.stamp(scratch.header.ssrc, scratch.header.sequence_number);
+        scratch.write_transport_seq(rewriter.transport_cc_id, stamp.id as u16);
+        stamp
+    });
     let CopyScratch { header, bytes } = scratch;
     match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
         Ok(Some((datagram, addr, transport))) => {
-            send(datagram, Remote { transport, addr });
             rewriter.count_sent(payload.len());
-            true
+            let transmit = Transmit {
+                to: Remote { transport, addr },
+                bytes: datagram,
+                received_at,
+            };
+            Some(send_side.send(now, now_us, transmit, stamp, out))
         }
-        _ => false,
+        _ => None,
     }
 }

@@ -25,13 +25,15 @@ impl Shard {
         }
         self.send_sender_reports(now);
         self.detect_speakers(now);
+        let every_second = now.duration_since(self.last_liveness_check) >= Duration::from_secs(1);
+        self.update_send_sides(now, every_second);
         self.metrics.flush();
         // The summary reads the totals every shard adds to: the first shard speaks for all.
         if self.index == 0 && now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {
             self.last_drop_summary = now;
             self.log_drop_summary();
         }
-        if now.duration_since(self.last_liveness_check) >= Duration::from_secs(1) {
+        if every_second {
             self.last_liveness_check = now;
             self.check_liveness(now);
             self.early_candidates

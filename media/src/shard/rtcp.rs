@@ -38,6 +38,10 @@ impl Shard {
                 self.answer_nack(id, nack, now);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 self.observe_rtt(id, rr, now);
+            } else if let Some(cc) = any.downcast_ref::<TransportLayerCc>()
+                && let Some(side) = self.pcs.get_mut(&id).and_then(|pc| pc.send_side.as_mut())
+            {
+                side.on_feedback(now, cc);
             }
         }
     }
@@ -64,11 +68,24 @@ impl Shard {
     /// Answers a subscriber's NACK from the track's retransmission cache, within the
     /// down-track's limits ([`RtxLimiter`]): every sequence number named (the FCI's packet id
     /// and each bit of its bitmask) is resent at most once per NACK and per round trip, and only
-    /// while the retransmission budget lasts; what is not resent is counted by reason.
+    /// while the retransmission budget lasts; what is not resent is counted by reason. A video
+    /// packet it cannot resend (no longer cached) means the subscriber cannot recover by
+    /// retransmission: its publisher is asked for a keyframe (throttled as every request is).
     pub(super) fn answer_nack(&mut self, sub_id: PcId, nack: &TransportLayerNack, now: Instant) {
-        let Some((room, dt)) = self.down_track_of(sub_id, nack.media_ssrc) else {
-            return;
-        };
+        if let Some((room, publication, layer)) = self.answer_nack_from_cache(sub_id, nack, now) {
+            self.request_keyframe(room, publication, layer, now);
+        }
+    }
+
+    /// [`Self::answer_nack`]'s resending; returns the layer to ask a keyframe of, if a packet
+    /// named could not be resent because it is no longer cached.
+    fn answer_nack_from_cache(
+        &mut self,
+        sub_id: PcId,
+        nack: &TransportLayerNack,
+        now: Instant,
+    ) -> Option<(RoomId, PublicationId, usize)> {
+        let (room, dt) = self.down_track_of(sub_id, nack.media_ssrc)?;
         let now_us = now.duration_since(self.epoch).as_micros() as u64;
         let Self {
             pcs,
@@ -76,30 +93,28 @@ impl Shard {
             transmits,
             metrics,
             copy_scratch,
+            paced_pcs,
             ..
         } = self;
-        let Some(Room {
+        let Room {
             publications,
             down_tracks,
             ..
-        }) = rooms.get_mut(&room)
-        else {
-            return;
-        };
-        let Some(f) = down_tracks.get_mut(&dt) else {
-            return;
-        };
-        let Some(publication) = publications.get(&f.publication) else {
-            return;
-        };
+        } = rooms.get_mut(&room)?;
+        let f = down_tracks.get_mut(&dt)?;
+        let publication = publications.get(&f.publication)?;
         let kind = kind_index(publication.kind);
-        let Some(layer) = publication.layers.get(f.selector.layer()) else {
-            return;
-        };
+        let layer = publication.layers.get(f.selector.layer())?;
         let (cache, media_ssrc) = (&layer.cache, layer.ssrc);
-        let Some(sub) = pcs.get_mut(&sub_id) else {
-            return;
+        let Pc {
+            rtc,
+            send_side: Some(send_side),
+            ..
+        } = pcs.get_mut(&sub_id)?
+        else {
+            return None;
         };
+        let mut unrecoverable = false;
         f.rtx.begin_nack();
         for pair in &nack.nacks {
             let lost = std::iter::once(pair.packet_id).chain(
@@ -127,6 +142,7 @@ impl Shard {
                 }
                 let Some(original) = cache.get(media_ssrc, src_seq) else {
                     suppressed(Suppressed::NotCached);
+                    unrecoverable = true;
                     continue;
                 };
                 if !f
@@ -141,25 +157,37 @@ impl Shard {
                     suppressed(Suppressed::Budget);
                     continue;
                 }
+                let to = CopyTo {
+                    rewriter: &mut f.rewriter,
+                    rtc,
+                    send_side,
+                };
                 let sent = send_copy(
-                    &mut f.rewriter,
-                    &mut sub.rtc,
+                    to,
                     &original.payload,
+                    now,
+                    now_us,
+                    None,
                     copy_scratch,
-                    |bytes, to| {
-                        transmits.push_back(Transmit {
-                            to,
-                            bytes,
-                            received_at: None,
-                        });
-                    },
+                    transmits,
                 );
-                if sent {
+                if let Some(paced) = sent {
+                    if let Paced::Queued { first } = paced {
+                        metrics.paced.inc();
+                        if first {
+                            paced_pcs.push(sub_id);
+                        }
+                    }
                     f.rtx.sent(out_seq, octets, now_us);
                     metrics.retransmissions[kind].inc();
                 }
             }
         }
+        (unrecoverable && publication.kind == MediaKind::Video).then_some((
+            room,
+            f.publication,
+            f.selector.layer(),
+        ))
     }
 
     /// The NTP time (RFC 3550) at `now`, from the wall-clock epoch given at construction.

@@ -262,6 +262,10 @@ impl Shard {
             }
             f.rewriter.payload_types = pts;
             f.rewriter.extensions = ext_map;
+            f.rewriter.transport_cc_id = exts
+                .iter()
+                .find(|(uri, _)| uri == TRANSPORT_CC_URI)
+                .map_or(0, |(_, id)| *id);
             f.configured = true;
         }
     }

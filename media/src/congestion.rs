@@ -1,0 +1,435 @@
+//! Send-side congestion control of one subscribe connection (issue 12): transport-wide
+//! sequence numbers on the copies it is sent, a send history, the bandwidth estimate built from
+//! the subscriber's transport-cc feedback, and a pacer that spreads its copies over time.
+//!
+//! Sans-IO and plain: the shard hands in `now`, what it sends and what the subscriber reported.
+//! The estimator ([`Gcc`]: delay and loss halves) and the leaky bucket ([`Pacer`]) are
+//! rtc-interceptor's. The send history is ours: rtc-interceptor's `History` indexes every packet
+//! in three hash maps, which on the forwarding path would be three hash inserts per copy; here
+//! a copy is one write into a ring indexed by its transport-wide sequence number.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use rtc::interceptor::{BandwidthEstimator, Gcc, Pacer, PacketReport, convert_twcc};
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::{PacketStatusChunk, TransportLayerCc};
+
+use crate::room::BitrateMeter;
+use crate::shard::Transmit;
+
+/// Copies remembered for feedback, by transport-wide sequence number (a power of two: about
+/// two seconds at 1,000 copies a second; browsers report every 50-100 ms).
+const HISTORY: usize = 2048;
+/// A feedback packet naming more packets than the history holds is not believed (a hostile
+/// run length would otherwise make millions of reports).
+const MAX_REPORTED: usize = HISTORY;
+/// Where the estimate starts (bits per second), before any feedback: GCC's default.
+const INITIAL_ESTIMATE: f64 = 300_000.0;
+/// The estimate's range (bits per second).
+const MIN_ESTIMATE: f64 = 30_000.0;
+const MAX_ESTIMATE: f64 = 20_000_000.0;
+/// The pacing rate as a multiple of what it follows (libwebrtc's pacing factor).
+const PACING_FACTOR: f64 = 2.5;
+/// The pacing rate never goes below this (bits per second): audio and a low layer always flow.
+const MIN_PACING_RATE: f64 = 300_000.0;
+/// A copy never waits in the pacer longer than this: the SFU cannot make a publisher's stream
+/// smaller (one layer), so waiting longer would only add delay, not fit the stream to the link.
+pub(crate) const MAX_PACING_DELAY: Duration = Duration::from_millis(50);
+
+/// One copy sent, as the history keeps it.
+#[derive(Clone, Copy)]
+struct Sent {
+    /// Counts every stamped copy; its low 16 bits are the transport-wide sequence number.
+    id: u64,
+    ssrc: u32,
+    rtp_seq: u16,
+    size: u32,
+    departure: Instant,
+    /// Not yet reported to the estimator.
+    pending: bool,
+}
+
+/// A copy waiting in the pacer: the datagram and what the history will record when it leaves.
+struct Queued {
+    transmit: Transmit,
+    stamp: Option<Stamp>,
+    queued_at: Instant,
+}
+
+/// What a copy stamped with a transport-wide sequence number is, for the history.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    pub id: u64,
+    pub ssrc: u32,
+    pub rtp_seq: u16,
+}
+
+/// Whether a copy handed to [`SendSide::send`] left or waits.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Paced {
+    Sent,
+    /// Queued behind the pacer; `first` = the queue was empty (the connection now has copies
+    /// waiting and must be released on a timeout).
+    Queued {
+        first: bool,
+    },
+}
+
+/// A subscribe connection's send side.
+pub struct SendSide {
+    next_id: u64,
+    history: Box<[Option<Sent>]>,
+    estimator: Gcc,
+    pacer: Pacer,
+    queue: VecDeque<Queued>,
+    /// Octets sent (copies and retransmissions), for the pacing rate.
+    sent: BitrateMeter,
+    /// Feedback has been applied at least once (the estimate means something).
+    has_feedback: bool,
+}
+
+impl Default for SendSide {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SendSide {
+    pub fn new() -> Self {
+        Self {
+            next_id: 0,
+            history: vec![None; HISTORY].into_boxed_slice(),
+            estimator: Gcc::new(INITIAL_ESTIMATE, MIN_ESTIMATE, MAX_ESTIMATE),
+            pacer: Pacer::new(MIN_PACING_RATE * PACING_FACTOR),
+            queue: VecDeque::new(),
+            sent: BitrateMeter::default(),
+            has_feedback: false,
+        }
+    }
+
+    /// The transport-wide sequence number for the next copy of `ssrc` / `rtp_seq`, to write
+    /// into it before it is protected; recorded in the history when it leaves ([`Self::send`]).
+    #[inline]
+    pub fn stamp(&mut self, ssrc: u32, rtp_seq: u16) -> Stamp {
+        let id = self.next_id;
+        self.next_id += 1;
+        Stamp { id, ssrc, rtp_seq }
+    }
+
+    /// A protected copy: sent now (pushed to `out`) if the pacer allows and nothing waits
+    /// before it, else queued until [`Self::release`].
+    #[inline]
+    pub fn send(
+        &mut self,
+        now: Instant,
+        now_us: u64,
+        transmit: Transmit,
+        stamp: Option<Stamp>,
+        out: &mut VecDeque<Transmit>,
+    ) -> Paced {
+        let bits = (transmit.bytes.len() * 8) as f64;
+        self.pacer.refill(now);
+        if self.queue.is_empty() && self.pacer.can_release(bits) {
+            self.depart(now, now_us, transmit, stamp, out);
+            return Paced::Sent;
+        }
+        let first = self.queue.is_empty();
+        self.queue.push_back(Queued {
+            transmit,
+            stamp,
+            queued_at: now,
+        });
+        Paced::Queued { first }
+    }
+
+    /// Sends what the pacer allows at `now` (and whatever has waited [`MAX_PACING_DELAY`]).
+    /// True while copies still wait.
+    pub fn release(&mut self, now: Instant, now_us: u64, out: &mut VecDeque<Transmit>) -> bool {
+        self.pacer.refill(now);
+        while let Some(q) = self.queue.front() {
+            let bits = (q.transmit.bytes.len() * 8) as f64;
+            let overdue = now.saturating_duration_since(q.queued_at) >= MAX_PACING_DELAY;
+            if !overdue && !self.pacer.can_release(bits) {
+                break;
+            }
+            let Some(q) = self.queue.pop_front() else {
+                break;
+            };
+            self.depart(now, now_us, q.transmit, q.stamp, out);
+        }
+        !self.queue.is_empty()
+    }
+
+    /// When the first waiting copy may leave; `None` if none waits.
+    pub fn next_release(&self) -> Option<Instant> {
+        let q = self.queue.front()?;
+        let bits = (q.transmit.bytes.len() * 8) as f64;
+        let by_rate = self.pacer.releasable_at(bits).unwrap_or(q.queued_at);
+        Some(by_rate.min(q.queued_at + MAX_PACING_DELAY))
+    }
+
+    /// Copies waiting in the pacer.
+    #[cfg(test)]
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn depart(
+        &mut self,
+        now: Instant,
+        now_us: u64,
+        transmit: Transmit,
+        stamp: Option<Stamp>,
+        out: &mut VecDeque<Transmit>,
+    ) {
+        let size = transmit.bytes.len();
+        self.pacer.consume((size * 8) as f64);
+        self.sent.add(size, now_us);
+        if let Some(s) = stamp {
+            self.history[(s.id as usize) % HISTORY] = Some(Sent {
+                id: s.id,
+                ssrc: s.ssrc,
+                rtp_seq: s.rtp_seq,
+                size: size as u32,
+                departure: now,
+                pending: true,
+            });
+        }
+        out.push_back(transmit);
+    }
+
+    /// Transport-cc feedback from the subscriber: each packet it names that the history still
+    /// holds is reported, in sending order, to the estimator. Returns how many were.
+    pub fn on_feedback(&mut self, now: Instant, feedback: &TransportLayerCc) -> usize {
+        let named: usize = feedback
+            .packet_chunks
+            .iter()
+            .map(|c| match c {
+                PacketStatusChunk::RunLengthChunk(r) => usize::from(r.run_length),
+                PacketStatusChunk::StatusVectorChunk(v) => v.symbol_list.len(),
+            })
+            .sum();
+        if named > MAX_REPORTED || self.next_id == 0 {
+            return 0;
+        }
+        let newest = self.next_id - 1;
+        let mut reports: Vec<PacketReport> = convert_twcc(feedback)
+            .into_iter()
+            .filter_map(|ack| {
+                // The id whose low 16 bits are this sequence number, at or before the newest.
+                let back = (newest as u16).wrapping_sub(ack.sequence_number);
+                let id = newest.checked_sub(u64::from(back))?;
+                let slot = self.history[(id as usize) % HISTORY].as_mut()?;
+                if slot.id != id || !slot.pending {
+                    return None;
+                }
+                slot.pending = false;
+                Some(PacketReport {
+                    ssrc: slot.ssrc,
+                    id,
+                    rtp_sequence_number: slot.rtp_seq,
+                    is_twcc: true,
+                    twcc_sequence_number: ack.sequence_number,
+                    size: slot.size as usize,
+                    arrived: ack.arrived,
+                    departure: slot.departure,
+                    arrival: ack.arrival,
+                    ecn: ack.ecn,
+                })
+            })
+            .collect();
+        reports.sort_by_key(|r| r.id);
+        if !reports.is_empty() {
+            self.estimator.on_reports(now, &reports);
+            self.has_feedback = true;
+        }
+        reports.len()
+    }
+
+    /// The bandwidth estimate toward this subscriber (bits per second), once its feedback has
+    /// said something.
+    pub fn estimate(&self) -> Option<f64> {
+        self.has_feedback.then(|| self.estimator.target_bitrate())
+    }
+
+    /// Re-aims the pacer (every housekeeping tick): a multiple of the estimate or of what was
+    /// actually sent over the last second, whichever is higher — one layer cannot be made to
+    /// fit the estimate, so pacing smooths bursts rather than holding the stream back.
+    pub fn update_pacing_rate(&mut self, now_us: u64) {
+        let sent_bps = (self.sent.bytes_last_second(now_us) * 8) as f64;
+        let base = self
+            .estimate()
+            .unwrap_or(0.0)
+            .max(sent_bps)
+            .max(MIN_PACING_RATE);
+        self.pacer.set_target_bitrate(base * PACING_FACTOR);
+    }
+
+    /// The rate the pacer releases at (bits per second).
+    #[cfg(test)]
+    pub fn pacing_rate(&self) -> f64 {
+        self.pacer.target_bitrate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demux::Remote;
+    use bytes::BytesMut;
+    use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
+        RecvDelta, RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc,
+    };
+    use rtc::shared::TransportProtocol;
+
+    fn copy(len: usize) -> Transmit {
+        Transmit {
+            to: Remote {
+                transport: TransportProtocol::UDP,
+                addr: "127.0.0.1:9".parse().unwrap(),
+            },
+            bytes: BytesMut::zeroed(len),
+            received_at: None,
+        }
+    }
+
+    fn us(t0: Instant, t: Instant) -> u64 {
+        t.duration_since(t0).as_micros() as u64
+    }
+
+    /// Feedback for `count` packets from `base`, all received, `delta_ms` apart (after a first
+    /// arrival at `reference` × 64 ms).
+    fn feedback(base: u16, count: u16, reference: u32, delta_ms: i64) -> TransportLayerCc {
+        TransportLayerCc {
+            base_sequence_number: base,
+            packet_status_count: count,
+            reference_time: reference,
+            packet_chunks: vec![PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
+                packet_status_symbol: SymbolTypeTcc::PacketReceivedSmallDelta,
+                run_length: count,
+            })],
+            recv_deltas: (0..count)
+                .map(|i| RecvDelta {
+                    type_tcc_packet: SymbolTypeTcc::PacketReceivedSmallDelta,
+                    delta: if i == 0 { 0 } else { delta_ms * 1000 },
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_burst_beyond_the_budget_waits_and_leaves_at_the_pacing_rate() {
+        let t0 = Instant::now();
+        let mut side = SendSide::new();
+        let mut out = VecDeque::new();
+        // 40 copies of 1,200 octets at once: 384 kbit, the budget is a tenth of a second of
+        // 750 kbit/s (75 kbit), so most of them wait.
+        let results: Vec<Paced> = (0..40)
+            .map(|_| side.send(t0, 0, copy(1200), None, &mut out))
+            .collect();
+        assert_eq!(results[0], Paced::Sent);
+        let waiting = side.queued();
+        assert!(waiting > 30, "{waiting} copies wait");
+        assert!(results.contains(&Paced::Queued { first: true }));
+        assert_eq!(out.len() + waiting, 40);
+        // 20 ms later about 15 kbit more may leave: one or two copies.
+        let at = t0 + Duration::from_millis(20);
+        let before = out.len();
+        assert!(side.next_release().is_some_and(|t| t <= at));
+        side.release(at, us(t0, at), &mut out);
+        let released = out.len() - before;
+        assert!(
+            (1..=3).contains(&released),
+            "{released} released after 20 ms"
+        );
+        // Whatever has waited the longest delay leaves then, however small the budget.
+        let late = t0 + MAX_PACING_DELAY;
+        assert!(!side.release(late, us(t0, late), &mut out));
+        assert_eq!(out.len(), 40);
+        assert_eq!(side.next_release(), None);
+    }
+
+    #[test]
+    fn the_pacing_rate_follows_what_is_sent_when_it_exceeds_the_estimate() {
+        let t0 = Instant::now();
+        let mut side = SendSide::new();
+        let mut out = VecDeque::new();
+        side.update_pacing_rate(0);
+        assert_eq!(side.pacing_rate(), MIN_PACING_RATE * PACING_FACTOR);
+        // 2 Mbit/s sent for a second.
+        for i in 0..200u64 {
+            let at = t0 + Duration::from_millis(i * 5);
+            side.send(at, us(t0, at), copy(1250), None, &mut out);
+            side.release(at, us(t0, at), &mut out);
+        }
+        side.update_pacing_rate(999_000);
+        let rate = side.pacing_rate();
+        assert!(
+            (4_500_000.0..=5_100_000.0).contains(&rate),
+            "2.5 × 2 Mbit/s, got {rate}"
+        );
+    }
+
+    #[test]
+    fn feedback_reaches_the_estimator_once_per_packet_in_sending_order() {
+        let t0 = Instant::now();
+        let mut side = SendSide::new();
+        let mut out = VecDeque::new();
+        assert_eq!(side.estimate(), None);
+        for i in 0..10u16 {
+            let stamp = side.stamp(7, 100 + i);
+            assert_eq!(stamp.id, u64::from(i));
+            let at = t0 + Duration::from_millis(u64::from(i) * 10);
+            side.send(at, us(t0, at), copy(200), Some(stamp), &mut out);
+        }
+        let fb = feedback(0, 10, 1, 10);
+        assert_eq!(side.on_feedback(t0 + Duration::from_millis(150), &fb), 10);
+        assert!(side.estimate().is_some());
+        // The same feedback again reports nothing new.
+        assert_eq!(side.on_feedback(t0 + Duration::from_millis(160), &fb), 0);
+        // Unknown sequence numbers (never sent) are ignored.
+        assert_eq!(side.on_feedback(t0, &feedback(500, 5, 2, 10)), 0);
+    }
+
+    #[test]
+    fn a_feedback_naming_more_packets_than_the_history_is_refused() {
+        let t0 = Instant::now();
+        let mut side = SendSide::new();
+        let mut out = VecDeque::new();
+        let stamp = side.stamp(1, 1);
+        side.send(t0, 0, copy(100), Some(stamp), &mut out);
+        let mut hostile = feedback(0, 1, 0, 0);
+        hostile.packet_chunks = vec![
+            PacketStatusChunk::RunLengthChunk(RunLengthChunk {
+                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
+                packet_status_symbol: SymbolTypeTcc::PacketNotReceived,
+                run_length: 8191,
+            });
+            64
+        ];
+        assert_eq!(side.on_feedback(t0, &hostile), 0);
+        assert_eq!(side.estimate(), None);
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_and_still_match_their_copies() {
+        let t0 = Instant::now();
+        let mut side = SendSide::new();
+        let mut out = VecDeque::new();
+        let mut last = None;
+        for i in 0..70_000u32 {
+            let stamp = side.stamp(1, i as u16);
+            // Only the last few are kept long enough to be reported.
+            if i >= 69_990 {
+                let at = t0 + Duration::from_millis(u64::from(i - 69_990));
+                side.send(at, us(t0, at), copy(100), Some(stamp), &mut out);
+                last.get_or_insert(stamp.id as u16);
+            }
+        }
+        let base = last.expect("stamped");
+        assert_eq!(base, (69_990u32 % 65_536) as u16);
+        assert_eq!(side.on_feedback(t0, &feedback(base, 10, 0, 1)), 10);
+    }
+}
