@@ -484,3 +484,36 @@ fn a_packet_that_never_arrives_is_asked_for_a_bounded_number_of_times() {
     w.run_for(Duration::from_secs(2));
     assert_eq!(nacks_out(&w) - nacks_before, asked, "given up");
 }
+
+/// Congestion control per subscriber: every copy carries a transport-wide sequence number, the
+/// subscribers' transport-cc feedback reaches their own estimators, and a subscriber behind a
+/// narrow link gets an estimate that fits its link while one with room to spare gets more.
+#[test]
+fn each_subscriber_gets_a_bandwidth_estimate_of_its_own_link() {
+    let mut w = World::new(LIVENESS);
+    w.join("roomy");
+    w.join("narrow");
+    w.publish("camera", &["cam"]);
+    // About 850 kbit/s: 100 packets a second of 1,000 octets.
+    w.payload_len("camera", "cam", 1_000);
+    w.stream("camera", "cam");
+    w.limit_downlink("narrow", 400_000.0);
+    w.run_for(Duration::from_secs(20));
+
+    let roomy = w
+        .estimate("roomy")
+        .expect("roomy's feedback reached the SFU");
+    let narrow = w
+        .estimate("narrow")
+        .expect("narrow's feedback reached the SFU");
+    eprintln!("estimates: roomy {roomy:.0} bit/s, narrow {narrow:.0} bit/s");
+    assert!(
+        narrow <= 400_000.0,
+        "the narrow link carries 400 kbit/s, estimated {narrow:.0}"
+    );
+    assert!(
+        roomy >= 2.0 * narrow,
+        "the roomy link carries everything: {roomy:.0} against {narrow:.0}"
+    );
+    assert!(w.received("roomy", "camera") > w.received("narrow", "camera"));
+}

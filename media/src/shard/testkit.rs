@@ -12,7 +12,7 @@
 //! [`World::drain_shard_events`] only: adapt those two if the shard's construction or event
 //! output changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use rand::rngs::StdRng;
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::RTCMessage;
@@ -88,6 +89,31 @@ pub(crate) struct Peer {
     withhold_seq: Option<u16>,
     /// The datagrams held back, as they were protected.
     withheld: Vec<bytes::BytesMut>,
+    /// A bottleneck on everything the SFU sends this peer ([`World::limit_downlink`]).
+    downlink: Option<Bottleneck>,
+}
+
+/// A link of limited rate with a drop-tail queue: a datagram leaves when the ones before it
+/// have been serialised, and is dropped if it would wait longer than the queue holds.
+struct Bottleneck {
+    bits_per_second: f64,
+    max_queueing: Duration,
+    /// When the link finishes sending what it holds.
+    free_at: Instant,
+    /// Datagrams in flight with the time each reaches the peer.
+    queue: VecDeque<(Instant, SocketAddr, bytes::BytesMut)>,
+}
+
+impl Bottleneck {
+    fn enqueue(&mut self, now: Instant, to: SocketAddr, bytes: bytes::BytesMut) {
+        let start = self.free_at.max(now);
+        if start.duration_since(now) > self.max_queueing {
+            return;
+        }
+        let serialise = Duration::from_secs_f64(bytes.len() as f64 * 8.0 / self.bits_per_second);
+        self.free_at = start + serialise;
+        self.queue.push_back((self.free_at, to, bytes));
+    }
 }
 
 struct Client {
@@ -107,6 +133,8 @@ struct SendTrack {
     next_seq: u16,
     /// [`World::run_for`] sends one packet per step.
     streaming: bool,
+    /// Octets of payload per packet.
+    payload_len: usize,
 }
 
 impl World {
@@ -193,6 +221,7 @@ impl World {
                     gaps: 0,
                     withhold_seq: None,
                     withheld: Vec::new(),
+                    downlink: None,
                 },
             );
         }
@@ -261,6 +290,7 @@ impl World {
                 payload_type: codec.payload_type,
                 next_seq: 0,
                 streaming: false,
+                payload_len: 100,
             });
         }
         peer.publish = Some(client);
@@ -307,6 +337,36 @@ impl World {
     /// `name` sends one packet on `track` every [`STEP`] of [`World::run_for`] from now on.
     pub fn stream(&mut self, name: &str, track: &str) {
         self.track_mut(name, track).streaming = true;
+    }
+
+    /// From now on `name`'s packets on `track` carry `payload_len` octets (100 by default):
+    /// at one packet per [`STEP`], 1,000 octets make about 850 kbit/s on the wire.
+    pub fn payload_len(&mut self, name: &str, track: &str, payload_len: usize) {
+        self.track_mut(name, track).payload_len = payload_len;
+    }
+
+    /// Everything the SFU sends `name` from now on crosses a link of `bits_per_second` with
+    /// 200 ms of queue (drop-tail), and reaches it when the link has serialised it.
+    pub fn limit_downlink(&mut self, name: &str, bits_per_second: f64) {
+        let now = self.now;
+        self.peer_entry(name).downlink = Some(Bottleneck {
+            bits_per_second,
+            max_queueing: Duration::from_millis(200),
+            free_at: now,
+            queue: VecDeque::new(),
+        });
+    }
+
+    /// The SFU's bandwidth estimate toward `name` (its subscribe connection's send side), once
+    /// its transport-cc feedback has said something.
+    pub fn estimate(&self, name: &str) -> Option<f64> {
+        self.shard
+            .pcs
+            .values()
+            .find(|pc| pc.participant == name && pc.kind == PcKind::Subscribe)?
+            .send_side
+            .as_ref()?
+            .estimate()
     }
 
     fn track_mut(&mut self, name: &str, track: &str) -> &mut SendTrack {
@@ -544,24 +604,32 @@ impl World {
         let mut moved = false;
         while let Some(transmit) = self.shard.poll_transmit() {
             moved = true;
-            let to = self
+            let to = transmit.to.addr;
+            let Some(peer) = self
                 .peers
                 .values_mut()
                 .filter(|p| p.link_up)
-                .flat_map(Peer::clients)
-                .find(|c| c.addr == transmit.to.addr);
-            if let Some(client) = to {
-                // What the client cannot read it drops, as a browser would.
-                let _ = client.rtc.handle_read(TaggedBytesMut {
-                    now,
-                    transport: TransportContext {
-                        local_addr: client.addr,
-                        peer_addr: SFU,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: transmit.bytes,
-                });
+                .find(|p| p.publish_addr == to || p.subscribe_addr == to)
+            else {
+                continue;
+            };
+            match peer.downlink.as_mut() {
+                Some(link) => link.enqueue(now, to, transmit.bytes),
+                None => peer.receive(now, to, transmit.bytes),
+            }
+        }
+        for peer in self.peers.values_mut() {
+            while let Some(link) = peer.downlink.as_mut()
+                && let Some((at, to, bytes)) = link.queue.pop_front()
+            {
+                if at > now {
+                    link.queue.push_front((at, to, bytes));
+                    break;
+                }
+                moved = true;
+                // It reaches the client when the link delivered it (its arrival time is what
+                // the client's transport-cc feedback reports).
+                peer.receive(at, to, bytes);
             }
         }
         for peer in self.peers.values_mut() {
@@ -680,10 +748,14 @@ impl World {
 
 impl Client {
     /// A browser-like client connection: the SFU's codecs and header extensions, one host
-    /// candidate at `addr`, no interceptors (the tests count what arrives, nothing more), and
-    /// libwebrtc's SRTP replay window (1024 packets; webrtc-rs keeps 64 by default), so a
-    /// retransmission arrives here as it would in Chrome.
+    /// candidate at `addr`, transport-cc feedback on what it receives (as browsers send) and
+    /// no other interceptor (the tests count what arrives, nothing more), and libwebrtc's SRTP
+    /// replay window (1024 packets; webrtc-rs keeps 64 by default), so a retransmission
+    /// arrives here as it would in Chrome.
     fn new(addr: SocketAddr, now: Instant) -> Self {
+        let mut media_engine = crate::peer::media_engine().expect("media engine");
+        let registry = configure_twcc_receiver_only(Registry::new(), &mut media_engine)
+            .expect("transport-cc feedback");
         let mut rtc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(
@@ -691,8 +763,8 @@ impl Client {
                     .with_srtp_replay_protection_window(1024)
                     .build(),
             )
-            .with_media_engine(crate::peer::media_engine().expect("media engine"))
-            .with_interceptor_registry(Registry::new())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
             .build(now)
             .expect("client connection");
         crate::add_host_candidates(&mut rtc, &[addr]).expect("host candidate");
@@ -707,6 +779,23 @@ impl Client {
 impl Peer {
     fn clients(&mut self) -> impl Iterator<Item = &mut Client> {
         self.publish.iter_mut().chain(self.subscribe.iter_mut())
+    }
+
+    /// A datagram from the SFU reaches the client connection at `to` at `at`. What the client
+    /// cannot read it drops, as a browser would.
+    fn receive(&mut self, at: Instant, to: SocketAddr, bytes: bytes::BytesMut) {
+        if let Some(client) = self.clients().find(|c| c.addr == to) {
+            let _ = client.rtc.handle_read(TaggedBytesMut {
+                now: at,
+                transport: TransportContext {
+                    local_addr: client.addr,
+                    peer_addr: SFU,
+                    ecn: None,
+                    transport_protocol: TransportProtocol::UDP,
+                },
+                message: bytes,
+            });
+        }
     }
 
     /// One packet on `track`. Before DTLS is up the client core refuses it: it is lost, as a
@@ -728,7 +817,7 @@ impl Peer {
                 marker: true,
                 ..Default::default()
             },
-            payload: Bytes::from_static(&[0xAB; 100]),
+            payload: Bytes::from(vec![0xAB; t.payload_len]),
         };
         t.next_seq = t.next_seq.wrapping_add(1);
         if let Some(mut sender) = client.rtc.rtp_sender(t.sender) {
