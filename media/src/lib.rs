@@ -273,6 +273,19 @@ pub struct SfuStats {
     pub demux_addresses: usize,
 }
 
+/// The size a subscriber renders a video at, in device pixels (0 × 0 = not shown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VideoSize {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl VideoSize {
+    pub fn hidden(self) -> bool {
+        self.width == 0 || self.height == 0
+    }
+}
+
 /// What one published track brings in, for operators (`GET /api/admin/rooms`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -336,6 +349,13 @@ pub(crate) enum Command {
     RestartIce {
         room: String,
         participant: String,
+        reply: Reply<()>,
+    },
+    VideoSize {
+        room: String,
+        participant: String,
+        publisher: String,
+        size: VideoSize,
         reply: Reply<()>,
     },
     RoomStats {
@@ -501,6 +521,27 @@ impl SfuHandle {
         self.call(room, |reply| Command::RestartIce {
             room: room.to_owned(),
             participant: participant.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// How large `participant` renders `publisher`'s video (CSS pixels times the device pixel
+    /// ratio; 0 × 0 = not shown): the SFU forwards it the smallest simulcast layer that fills
+    /// that size, within its bandwidth estimate, and nothing while it is not shown. Until a
+    /// size is given every video is wanted at its largest.
+    pub async fn set_video_size(
+        &self,
+        room: &str,
+        participant: &str,
+        publisher: &str,
+        size: VideoSize,
+    ) -> Result<(), MediaError> {
+        self.call(room, |reply| Command::VideoSize {
+            room: room.to_owned(),
+            participant: participant.to_owned(),
+            publisher: publisher.to_owned(),
+            size,
             reply,
         })
         .await

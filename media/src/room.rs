@@ -24,7 +24,7 @@ use crate::forward::Rewriter;
 use crate::keyframe::KeyframeThrottle;
 use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter};
 use crate::speaker::SpeakerDetector;
-use crate::{CandidateInit, MediaKind};
+use crate::{CandidateInit, MediaKind, VideoSize};
 
 /// Identifies one peer connection inside a shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -234,6 +234,8 @@ pub(crate) struct Subscriber {
     /// The next offer restarts ICE (new credentials staged on the connection): the client
     /// asked, its network having changed.
     pub ice_restart: bool,
+    /// How large it renders each publisher's video (by publisher; members of the room only).
+    pub video_sizes: HashMap<String, VideoSize>,
 }
 
 /// A track a participant publishes into its room.

@@ -68,7 +68,9 @@ use crate::room::{
 };
 use crate::route::{self, AddressChange};
 use crate::rtx_cache::{RtxLimiter, Suppressed, Verdict};
-use crate::{CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind};
+use crate::{
+    CandidateInit, Command, MediaConfig, MediaError, MediaEvent, MediaKind, PcKind, VideoSize,
+};
 use crate::{PublicationStats, SfuStats};
 
 mod commands;

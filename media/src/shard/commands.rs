@@ -60,6 +60,16 @@ impl Shard {
                 let r = self.restart_ice(&room, &participant, now);
                 let _ = reply.send(r);
             }
+            Command::VideoSize {
+                room,
+                participant,
+                publisher,
+                size,
+                reply,
+            } => {
+                let r = self.set_video_size(&room, &participant, &publisher, size);
+                let _ = reply.send(r);
+            }
             Command::RoomStats { room, reply } => {
                 let _ = reply.send(Ok(self.room_stats(&room, now)));
             }
@@ -514,6 +524,9 @@ impl Shard {
         }
         if let Some(r) = self.rooms.get_mut(&room) {
             r.participants.remove(participant);
+            for other in r.participants.values_mut() {
+                other.subscriber.video_sizes.remove(participant);
+            }
         }
         self.remove_room_if_empty(room);
         self.update_track_gauges();

@@ -309,4 +309,30 @@ impl Shard {
             self.request_keyframe(room, publication, layer, now);
         }
     }
+
+    /// `participant` renders `publisher`'s video at `size` ([`crate::SfuHandle::set_video_size`]):
+    /// kept on its subscriber side, where the layer choice reads it. A publisher that is not a
+    /// member of the room is refused, so the table holds members only.
+    pub(super) fn set_video_size(
+        &mut self,
+        room: &str,
+        participant: &str,
+        publisher: &str,
+        size: VideoSize,
+    ) -> Result<(), MediaError> {
+        valid_id(publisher, "publisher")?;
+        let r = self
+            .room_id(room)
+            .and_then(|id| self.rooms.get_mut(&id))
+            .ok_or_else(|| unknown(room, participant))?;
+        if publisher == participant || !r.participants.contains_key(publisher) {
+            return Err(unknown(room, publisher));
+        }
+        let p = r
+            .participants
+            .get_mut(participant)
+            .ok_or_else(|| unknown(room, participant))?;
+        p.subscriber.video_sizes.insert(publisher.to_owned(), size);
+        Ok(())
+    }
 }
