@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use callrelay_load::peer::{ClientPeer, Kind, VP8_PT, codec};
-use callrelay_media::bench::{CopyScratch, CopyTo, SendSide, forward_copy, subscribe_connection};
+use callrelay_media::bench::{
+    CopyScratch, CopyTo, SendSide, Vp8Numbering, forward_copy, subscribe_connection,
+};
 use callrelay_media::forward::{ExtIdMap, PayloadTypeMap, Rewriter};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rtc::media_stream::MediaStreamTrack;
@@ -49,6 +51,7 @@ const PUB_ABS_SEND_TIME: u8 = 3;
 struct Sub {
     rtc: RTCPeerConnection,
     rewriter: Rewriter,
+    vp8: Vp8Numbering,
     send_side: SendSide,
 }
 
@@ -134,6 +137,7 @@ fn connected_subscribers(n: usize) -> Vec<Sub> {
             Sub {
                 rtc,
                 rewriter,
+                vp8: Vp8Numbering::default(),
                 send_side,
             },
             client,
@@ -274,6 +278,7 @@ fn bench_forwarding(c: &mut Criterion) {
                     for s in subs.iter_mut() {
                         let to = CopyTo {
                             rewriter: &mut s.rewriter,
+                            vp8: Some(&mut s.vp8),
                             rtc: &mut s.rtc,
                             send_side: &mut s.send_side,
                         };

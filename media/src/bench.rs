@@ -15,6 +15,7 @@ use rtc::peer_connection::RTCPeerConnection;
 /// The exact `rtc` core the SFU is built on, so a benchmark's client peers use the same version.
 pub use rtc;
 
+pub use crate::codec::Vp8Numbering;
 pub use crate::congestion::{Paced, SendSide};
 pub use crate::forward::CopyScratch;
 use crate::peer::{self, CoreCounters, PcSetup};

@@ -23,8 +23,10 @@ const HISTORY: usize = 2048;
 /// A feedback packet naming more packets than the history holds is not believed (a hostile
 /// run length would otherwise make millions of reports).
 const MAX_REPORTED: usize = HISTORY;
-/// Where the estimate starts (bits per second), before any feedback: GCC's default.
-const INITIAL_ESTIMATE: f64 = 300_000.0;
+/// Where the estimate starts (bits per second). Higher than GCC's default (300 kbit/s): the
+/// SFU does not probe, and growing from there to a 720p layer would take some 20 s of a good
+/// link; a link that carries less brings it down within the first feedback reports.
+const INITIAL_ESTIMATE: f64 = 2_500_000.0;
 /// The estimate's range (bits per second).
 const MIN_ESTIMATE: f64 = 30_000.0;
 const MAX_ESTIMATE: f64 = 20_000_000.0;

@@ -209,6 +209,11 @@ impl Rewriter {
             .then_some(out)
     }
 
+    /// The source SSRC of the current segment (the layer being forwarded).
+    pub fn source_ssrc(&self) -> Option<u32> {
+        self.source_ssrc
+    }
+
     /// Maps a sequence number the subscriber saw (e.g. in a NACK) back to the publisher's.
     pub fn source_seq(&self, out_seq: u16) -> Option<u16> {
         self.source_ssrc?;
@@ -325,6 +330,8 @@ static TRANSPORT_SEQ_PLACEHOLDER: [u8; 2] = [0, 0];
 pub struct CopyScratch {
     pub header: Header,
     pub bytes: Vec<u8>,
+    /// Where the payload starts in `bytes` (the marshalled header's length).
+    header_len: usize,
 }
 
 impl CopyScratch {
@@ -332,6 +339,7 @@ impl CopyScratch {
     /// (padding, when the header asks for it, back to a multiple of four octets).
     pub fn marshal(&mut self, payload: &[u8]) -> bool {
         let header_len = self.header.marshal_size();
+        self.header_len = header_len;
         self.bytes.clear();
         self.bytes.resize(header_len, 0);
         if self.header.marshal_to(&mut self.bytes).is_err() {
@@ -347,6 +355,11 @@ impl CopyScratch {
             self.bytes.push(pad as u8);
         }
         true
+    }
+
+    /// The payload of the marshalled copy (padding included), to be rewritten in place.
+    pub fn payload_mut(&mut self) -> &mut [u8] {
+        self.bytes.get_mut(self.header_len..).unwrap_or_default()
     }
 
     /// Writes `seq` over the transport-cc placeholder of the marshalled copy: the header's
@@ -634,7 +647,7 @@ mod tests {
             let payload = Bytes::from(vec![0x5A; len]);
             let mut scratch = CopyScratch {
                 header: header.clone(),
-                bytes: Vec::new(),
+                ..Default::default()
             };
             assert!(scratch.marshal(&payload));
             let expected = Packet { header, payload }.marshal().unwrap();

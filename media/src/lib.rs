@@ -96,7 +96,9 @@
 //! `callrelay_forward_latency_seconds` (socket read to each copy's socket write) and
 //! `callrelay_rtt_seconds` (from subscribers' receiver reports).
 
+mod allocate;
 mod batch_io;
+mod codec;
 mod congestion;
 mod driver;
 mod error;

@@ -80,6 +80,11 @@ pub(crate) struct Metrics {
     pub estimate: LocalHistogram,
     /// Copies that waited in a subscriber's pacer before leaving.
     pub paced: LocalIntCounter,
+    /// Down-tracks that switched simulcast layers (at the new layer's keyframe).
+    pub layer_switches: LocalIntCounter,
+    /// Down-tracks whose video the layer choice paused: the estimate could not carry even the
+    /// smallest layer.
+    pub video_pauses: LocalIntCounter,
 }
 
 /// What the driver counts: it owns the socket, so it sees the sends that fail, the kernel's
@@ -165,6 +170,8 @@ struct Series {
     rtt: Histogram,
     estimate: Histogram,
     paced: IntCounter,
+    layer_switches: IntCounter,
+    video_pauses: IntCounter,
     tcp_open: IntGauge,
     tcp_refused: IntCounterVec,
 }
@@ -307,6 +314,21 @@ impl Metrics {
                 "Copies to subscribers that waited in the subscriber's pacer before leaving",
             )?,
         )?;
+        let layer_switches = reg(
+            r,
+            IntCounter::new(
+                "callrelay_sfu_layer_switches_total",
+                "Simulcast layer switches of subscribers' video (made at the new layer's keyframe)",
+            )?,
+        )?;
+        let video_pauses = reg(
+            r,
+            IntCounter::new(
+                "callrelay_sfu_video_pauses_total",
+                "Subscribers' videos paused because their bandwidth estimate could not carry the \
+                 smallest layer (audio continues)",
+            )?,
+        )?;
         let tcp_open = reg(
             r,
             IntGauge::new(
@@ -343,6 +365,8 @@ impl Metrics {
             rtt,
             estimate,
             paced,
+            layer_switches,
+            video_pauses,
             tcp_open,
             tcp_refused,
         };
@@ -407,6 +431,8 @@ impl Metrics {
                 &self.pli_out,
                 &self.packets_lost,
                 &self.paced,
+                &self.layer_switches,
+                &self.video_pauses,
             ])
             .chain(&self.retransmissions)
             .chain(&self.retransmissions_suppressed)
@@ -482,6 +508,8 @@ impl Series {
             rtt: self.rtt.local(),
             estimate: self.estimate.local(),
             paced: self.paced.local(),
+            layer_switches: self.layer_switches.local(),
+            video_pauses: self.video_pauses.local(),
         };
         (shard, driver)
     }

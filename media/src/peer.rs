@@ -31,7 +31,10 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
-use rtc::sdp::extmap::{ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI, TRANSPORT_CC_URI};
+use rtc::sdp::extmap::{
+    ABS_SEND_TIME_URI, AUDIO_LEVEL_URI, SDES_MID_URI, SDES_REPAIR_RTP_STREAM_ID_URI,
+    SDES_RTP_STREAM_ID_URI, TRANSPORT_CC_URI,
+};
 
 use crate::{MediaError, PcKind};
 
@@ -146,7 +149,7 @@ pub(crate) fn media_engine() -> Result<MediaEngine, MediaError> {
 }
 
 /// The RTP header extensions the SFU negotiates (mid, abs-send-time, transport-cc, audio
-/// level), registered on a media engine: the SFU's own, or a client peer's on the same core
+/// level, and the simulcast rids on video), registered on a media engine: the SFU's own, or a client peer's on the same core
 /// (the load generator). On subscribe connections the SFU writes the transport-wide sequence
 /// numbers itself (`crate::congestion`), so subscribers send transport-cc feedback.
 pub fn register_header_extensions(me: &mut MediaEngine) -> Result<(), MediaError> {
@@ -159,6 +162,13 @@ pub fn register_header_extensions(me: &mut MediaEngine) -> Result<(), MediaError
         me.register_header_extension(ext(TRANSPORT_CC_URI), k, None)?;
     }
     me.register_header_extension(ext(AUDIO_LEVEL_URI), RtpCodecKind::Audio, None)?;
+    // Simulcast: which encoding (rid) a packet belongs to, and its repair stream's.
+    me.register_header_extension(ext(SDES_RTP_STREAM_ID_URI), RtpCodecKind::Video, None)?;
+    me.register_header_extension(
+        ext(SDES_REPAIR_RTP_STREAM_ID_URI),
+        RtpCodecKind::Video,
+        None,
+    )?;
     Ok(())
 }
 

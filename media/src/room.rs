@@ -20,6 +20,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 
+use crate::codec::{Codec, Vp8Numbering};
 use crate::forward::Rewriter;
 use crate::keyframe::KeyframeThrottle;
 use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter};
@@ -89,6 +90,27 @@ impl Room {
             p.publisher.publications.push(id);
         }
         self.publications.insert(id, publication);
+    }
+
+    /// A further simulcast encoding of publication `id` (its first packet opened it): a new
+    /// layer, or a rid seen before on a new SSRC (the publisher restarted that encoding).
+    /// Returns the layer's index.
+    pub fn add_layer(&mut self, id: PublicationId, layer: Layer) -> Option<usize> {
+        let p = self.publications.get_mut(&id)?;
+        let index = match p.layers.iter().position(|l| l.rid == layer.rid) {
+            Some(i) => {
+                self.incoming.remove(&(p.pc, p.layers[i].ssrc));
+                p.layers[i] = layer;
+                i
+            }
+            None => {
+                p.layers.push(layer);
+                p.layers.len() - 1
+            }
+        };
+        self.incoming
+            .insert((p.pc, p.layers[index].ssrc), (id, index));
+        Some(index)
     }
 
     /// The one removal path of a publication (unpublished by renegotiation or by the core,
@@ -212,6 +234,8 @@ pub(crate) struct TrackInfo {
     pub kind: MediaKind,
     pub codec: RTCRtpCodec,
     pub media_ssrc: u32,
+    /// The simulcast rid of the encoding it was opened with, if any.
+    pub rid: Option<String>,
     pub pub_codecs: Vec<RTCRtpCodecParameters>,
     pub pub_extensions: Vec<(String, u8)>,
 }
@@ -267,6 +291,7 @@ impl Publication {
             kind,
             codec,
             media_ssrc,
+            rid,
             pub_codecs,
             pub_extensions,
         } = info;
@@ -288,7 +313,7 @@ impl Publication {
             pub_codecs,
             pub_extensions,
             audio_level_id,
-            layers: vec![Layer::new(media_ssrc, codec, capacity)],
+            layers: vec![Layer::new(media_ssrc, rid, codec, capacity)],
             down_tracks: Vec::new(),
         }
     }
@@ -296,13 +321,14 @@ impl Publication {
     /// What it takes to publish it again (a publication stopped by renegotiation).
     pub fn into_info(self) -> TrackInfo {
         let layer = self.layers.into_iter().next();
-        let (media_ssrc, codec) = layer.map(|l| (l.ssrc, l.codec)).unwrap_or_default();
+        let (media_ssrc, rid, codec) = layer.map(|l| (l.ssrc, l.rid, l.codec)).unwrap_or_default();
         TrackInfo {
             track_id: self.track_id,
             mid: self.mid,
             kind: self.kind,
             codec,
             media_ssrc,
+            rid,
             pub_codecs: self.pub_codecs,
             pub_extensions: self.pub_extensions,
         }
@@ -312,19 +338,34 @@ impl Publication {
     pub fn base(&self) -> Option<&Layer> {
         self.layers.first()
     }
+
+    /// Its layers from the smallest to the largest: by the frame height their keyframes
+    /// announce when every layer has said, else by the bitrate each brings in.
+    pub fn layers_by_quality(&self, now_us: u64) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.layers.len()).collect();
+        if self.layers.iter().all(|l| l.size.is_some()) {
+            order.sort_by_key(|i| self.layers[*i].size.map(|(_, h)| h));
+        } else {
+            order.sort_by_key(|i| self.layers[*i].bitrate.bytes_last_second(now_us));
+        }
+        order
+    }
 }
 
 /// One encoding of a publication: its SSRCs, codec, retransmission cache, keyframe
 /// throttle and bitrate.
 pub(crate) struct Layer {
     /// The simulcast rid; `None` without simulcast.
-    #[allow(dead_code)]
     pub rid: Option<String>,
     pub ssrc: u32,
     /// The publisher's RTX SSRC; `None` today (the core handles the publisher's RTX).
     #[allow(dead_code)]
     pub rtx_ssrc: Option<u32>,
     pub codec: RTCRtpCodec,
+    /// What the SFU reads in its payloads (keyframes, VP8 picture ids).
+    pub payload: Codec,
+    /// The frame size (width, height) its last keyframe announced (VP8).
+    pub size: Option<(u16, u16)>,
     pub cache: RtxCache,
     pub keyframes: KeyframeThrottle,
     /// A keyframe request the throttle held back, sent when the interval has passed.
@@ -337,11 +378,13 @@ pub(crate) struct Layer {
 }
 
 impl Layer {
-    fn new(ssrc: u32, codec: RTCRtpCodec, cache_capacity: usize) -> Self {
+    pub fn new(ssrc: u32, rid: Option<String>, codec: RTCRtpCodec, cache_capacity: usize) -> Self {
         Self {
-            rid: None,
+            rid,
             ssrc,
             rtx_ssrc: None,
+            payload: Codec::from_mime(&codec.mime_type),
+            size: None,
             codec,
             cache: RtxCache::new(cache_capacity),
             keyframes: KeyframeThrottle::default(),
@@ -387,17 +430,72 @@ impl BitrateMeter {
     }
 }
 
-/// Which layer of its publication a down-track forwards: fixed on layer 0 until publications
-/// have several (issue 12 moves it with the subscriber's bandwidth estimate).
-#[derive(Debug, Default, Clone, Copy)]
+/// Which layer of its publication a down-track forwards, and which it switches to. A switch
+/// happens at the target layer's next keyframe (the subscriber's decoder can start there);
+/// until then the current layer keeps flowing. No target = paused: nothing is forwarded, and
+/// a resumed down-track starts at its target's keyframe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LayerSelector {
-    layer: usize,
+    current: Option<usize>,
+    target: Option<usize>,
+}
+
+impl Default for LayerSelector {
+    fn default() -> Self {
+        Self {
+            current: Some(0),
+            target: Some(0),
+        }
+    }
+}
+
+/// What a down-track does with a packet of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    Skip,
+    Forward,
+    /// The target's keyframe: the down-track now forwards this layer.
+    Switched,
 }
 
 impl LayerSelector {
+    /// The layer whose packets a NACK or keyframe request of the subscriber is about: the one
+    /// forwarded, or the one about to be.
     #[inline]
     pub fn layer(&self) -> usize {
-        self.layer
+        self.current.or(self.target).unwrap_or(0)
+    }
+
+    pub fn current(&self) -> Option<usize> {
+        self.current
+    }
+
+    pub fn target(&self) -> Option<usize> {
+        self.target
+    }
+
+    /// A packet of `layer` (`keyframe`: it starts one): forwarded, a switch, or not for this
+    /// down-track.
+    #[inline]
+    pub fn accept(&mut self, layer: usize, keyframe: bool) -> Accept {
+        if self.current == Some(layer) {
+            Accept::Forward
+        } else if self.target == Some(layer) && keyframe {
+            self.current = Some(layer);
+            Accept::Switched
+        } else {
+            Accept::Skip
+        }
+    }
+
+    /// Aims at `target` (`None` pauses at once). True if that changes the aim.
+    pub fn set_target(&mut self, target: Option<usize>) -> bool {
+        if target.is_none() {
+            self.current = None;
+        }
+        let changed = self.target != target;
+        self.target = target;
+        changed
     }
 }
 
@@ -411,9 +509,14 @@ pub(crate) struct DownTrack {
     /// The SSRC this subscriber receives it with.
     pub out_ssrc: u32,
     pub rewriter: Rewriter,
+    /// Its VP8 picture ids, continuous across layer switches.
+    pub vp8: Vp8Numbering,
     /// What this subscriber's NACKs may make the SFU resend on this down-track.
     pub rtx: RtxLimiter,
     pub selector: LayerSelector,
+    /// When the layer choice paused it because the estimate could not carry its smallest
+    /// layer (it is tried again a while later).
+    pub paused: Option<Instant>,
     /// Negotiated (answered) and connected: copies are sent.
     pub ready: bool,
     /// Its payload types and header extensions were learnt from an answer.
@@ -471,6 +574,7 @@ mod tests {
             kind: MediaKind::Video,
             codec: RTCRtpCodec::default(),
             media_ssrc: ssrc,
+            rid: None,
             pub_codecs: Vec::new(),
             pub_extensions: Vec::new(),
         }
@@ -492,7 +596,9 @@ mod tests {
                 ExtIdMap::new(),
             ),
             rtx: RtxLimiter::new(8),
+            vp8: Vp8Numbering::default(),
             selector: LayerSelector::default(),
+            paused: None,
             ready: false,
             configured: false,
         }

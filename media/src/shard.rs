@@ -57,14 +57,16 @@ use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tracing::{debug, info, warn};
 
+use crate::codec::Vp8Numbering;
 use crate::congestion::{Paced, SendSide};
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::metrics::{ConnectionOutcome, Metrics, kind_index};
 use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, HostCandidates, PcSetup};
 use crate::room::{
-    Dormant, DownTrack, DownTrackId, EarlyCandidates, LayerSelector, MAX_PENDING_CANDIDATES,
-    Negotiation, Participant, PcId, Publication, PublicationId, Room, RoomId, TrackInfo,
+    Accept, Dormant, DownTrack, DownTrackId, EarlyCandidates, Layer, LayerSelector,
+    MAX_PENDING_CANDIDATES, Negotiation, Participant, PcId, Publication, PublicationId, Room,
+    RoomId, TrackInfo,
 };
 use crate::route::{self, AddressChange};
 use crate::rtx_cache::{RtxLimiter, Suppressed, Verdict};
@@ -76,6 +78,7 @@ use crate::{PublicationStats, SfuStats};
 mod commands;
 mod fanout;
 mod housekeeping;
+mod layers;
 mod publish;
 mod rtcp;
 mod sdp;

@@ -2,6 +2,7 @@
 //! publication's ready down-tracks, and the per-copy step (rewrite, marshal, SRTP, hand-off).
 
 use super::*;
+use crate::codec::{self, Codec};
 
 impl Shard {
     /// The hot path: one publisher packet in, one rewritten copy per ready down-track of its
@@ -77,12 +78,22 @@ impl Shard {
         let now_us = rx_at.duration_since(*epoch).as_micros() as u64;
         let payload_len = packet.payload.len() as u64;
         l.bitrate.add(packet.payload.len(), now_us);
+        let keyframe = codec::starts_keyframe(l.payload, &packet.payload);
+        if keyframe && let Some(size) = codec::keyframe_size(l.payload, &packet.payload) {
+            l.size = Some(size);
+        }
+        let vp8 = l.payload == Codec::Vp8;
         for id in &publication.down_tracks {
             let Some(dt) = down_tracks.get_mut(id) else {
                 continue;
             };
-            if !dt.ready || dt.selector.layer() != layer {
+            if !dt.ready {
                 continue;
+            }
+            match dt.selector.accept(layer, keyframe) {
+                Accept::Skip => continue,
+                Accept::Forward => {}
+                Accept::Switched => metrics.layer_switches.inc(),
             }
             let Some(Pc {
                 rtc,
@@ -94,6 +105,7 @@ impl Shard {
             };
             let to = CopyTo {
                 rewriter: &mut dt.rewriter,
+                vp8: vp8.then_some(&mut dt.vp8),
                 rtc,
                 send_side,
             };
@@ -156,6 +168,8 @@ impl Shard {
 /// numbers, pacer).
 pub struct CopyTo<'a> {
     pub rewriter: &'a mut Rewriter,
+    /// The down-track's VP8 picture-id numbering, for a VP8 track.
+    pub vp8: Option<&'a mut Vp8Numbering>,
     pub rtc: &'a mut RTCPeerConnection,
     pub send_side: &'a mut SendSide,
 }
@@ -189,8 +203,9 @@ pub fn write_copy(
 /// context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler pipeline,
 /// no interceptors — the rewriter counts the packet for our own sender reports) and hands the
 /// datagram (the ciphertext the core allocated) to the connection's pacer, which queues it or
-/// puts it on `out`. `received_at` is when its publisher packet arrived (a first copy, not a
-/// retransmission), for the forwarding latency.
+/// puts it on `out`. `received_at` is when its publisher packet arrived, for the forwarding
+/// latency; `None` = a retransmission (its VP8 picture id is rewritten without moving the
+/// numbering).
 pub(super) fn send_copy(
     to: CopyTo<'_>,
     payload: &[u8],
@@ -202,18 +217,23 @@ pub(super) fn send_copy(
 ) -> Option<Paced> {
     let CopyTo {
         rewriter,
+        vp8,
         rtc,
         send_side,
     } = to;
     if !scratch.marshal(payload) {
         return None;
     }
+    if let Some(numbering) = vp8 {
+        let source = rewriter.source_ssrc().unwrap_or(0);
+        numbering.rewrite(source, scratch.payload_mut(), received_at.is_none());
+    }
     let stamp = (rewriter.transport_cc_id != 0).then(|| {
         let stamp = send_side.stamp(scratch.header.ssrc, scratch.header.sequence_number);
         scratch.write_transport_seq(rewriter.transport_cc_id, stamp.id as u16);
         stamp
     });
-    let CopyScratch { header, bytes } = scratch;
+    let CopyScratch { header, bytes, .. } = scratch;
     match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
         Ok(Some((datagram, addr, transport))) => {
             rewriter.count_sent(payload.len());

@@ -27,6 +27,7 @@ impl Shard {
         self.detect_speakers(now);
         let every_second = now.duration_since(self.last_liveness_check) >= Duration::from_secs(1);
         self.update_send_sides(now, every_second);
+        self.choose_layers(now);
         self.metrics.flush();
         // The summary reads the totals every shard adds to: the first shard speaks for all.
         if self.index == 0 && now.duration_since(self.last_drop_summary) >= DROP_SUMMARY_EVERY {

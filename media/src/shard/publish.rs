@@ -52,10 +52,49 @@ impl Shard {
             kind: media_kind(kind),
             codec,
             media_ssrc: init.ssrc,
+            rid: init.rid.map(|r| r.to_string()),
             pub_codecs,
             pub_extensions,
         };
-        self.insert_publication(pub_id, info, now);
+        if !self.add_simulcast_layer(pub_id, &info) {
+            self.insert_publication(pub_id, info, now);
+        }
+    }
+
+    /// A simulcast encoding of a track already published (same track, another rid, or the same
+    /// rid on a new SSRC) becomes a layer of its publication; true if it did. Subscribers
+    /// renegotiate nothing: a down-track switches layers under its own SSRC.
+    fn add_simulcast_layer(&mut self, pub_pc: PcId, info: &TrackInfo) -> bool {
+        if info.rid.is_none() {
+            return false;
+        }
+        let Some(id) = self.publication_of(pub_pc, &info.track_id) else {
+            return false;
+        };
+        let Some(pc) = self.pcs.get(&pub_pc) else {
+            return false;
+        };
+        let Some(room) = self.rooms.get_mut(&pc.room) else {
+            return false;
+        };
+        let Some(publication) = room.publications.get(&id) else {
+            return false;
+        };
+        if publication.layers.iter().any(|l| l.rid.is_none()) {
+            return false;
+        }
+        let capacity = publication.base().map_or(64, |l| l.cache.capacity());
+        let layer = Layer::new(
+            info.media_ssrc,
+            info.rid.clone(),
+            info.codec.clone(),
+            capacity,
+        );
+        let Some(index) = room.add_layer(id, layer) else {
+            return false;
+        };
+        debug!(room = %room.name, publisher = %pc.participant, track = %info.track_id, rid = ?info.rid, index, "simulcast layer opened");
+        true
     }
 
     /// Publishes a track of `pub_pc` into its room: every other member renegotiates.

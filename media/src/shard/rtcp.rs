@@ -3,6 +3,7 @@
 //! writes for the copies it sends.
 
 use super::*;
+use crate::codec::Codec;
 
 impl Shard {
     /// RTCP the interceptors delivered: feedback from subscribers about tracks we send them.
@@ -159,6 +160,7 @@ impl Shard {
                 }
                 let to = CopyTo {
                     rewriter: &mut f.rewriter,
+                    vp8: (layer.payload == Codec::Vp8).then_some(&mut f.vp8),
                     rtc,
                     send_side,
                 };

@@ -134,7 +134,9 @@ impl Shard {
                 ExtIdMap::new(),
             ),
             rtx: RtxLimiter::new(layer.cache.capacity()),
+            vp8: Vp8Numbering::default(),
             selector: LayerSelector::default(),
+            paused: None,
             ready: false,
             configured: false,
         };

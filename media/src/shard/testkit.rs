@@ -84,6 +84,12 @@ pub(crate) struct Peer {
     last_seq: HashMap<String, u16>,
     /// Packets that did not follow the previous one of their track (lost or reordered).
     pub gaps: usize,
+    /// The payload length of the last packet received, per publisher (which simulcast layer).
+    last_payload_len: HashMap<String, usize>,
+    /// The last VP8 picture id received per remote track, and how often the next one was not
+    /// its successor.
+    last_picture: HashMap<String, u16>,
+    pub picture_jumps: usize,
     /// The sequence number of an RTP packet the publish connection sends that the link holds
     /// back ([`World::withhold`]) until [`World::release`].
     withhold_seq: Option<u16>,
@@ -135,6 +141,46 @@ struct SendTrack {
     streaming: bool,
     /// Octets of payload per packet.
     payload_len: usize,
+    /// Simulcast encodings ([`World::publish_simulcast`]): one packet each per step, in place
+    /// of the track's own.
+    layers: Vec<SendLayer>,
+    /// The negotiated ids of the mid and rid header extensions (simulcast packets carry them,
+    /// as a browser's do).
+    mid_rid_ids: (u8, u8),
+    mid: String,
+}
+
+/// One simulcast encoding of a track: VP8 packets, one frame each, a keyframe (announcing
+/// `size`) every [`KEYFRAME_EVERY`] frames.
+struct SendLayer {
+    rid: String,
+    ssrc: u32,
+    next_seq: u16,
+    payload_len: usize,
+    size: (u16, u16),
+}
+
+/// A simulcast layer sends a keyframe every this many packets (a fifth of a second).
+const KEYFRAME_EVERY: u16 = 20;
+
+/// A VP8 packet of one frame: the descriptor with picture id `picture` (15 bits), then a frame
+/// tag, and for a keyframe the start code and `size`; `len` octets in all.
+fn vp8_frame(picture: u16, keyframe: bool, size: (u16, u16), len: usize) -> Vec<u8> {
+    let mut p = vec![
+        0x90,
+        0x80,
+        0x80 | ((picture >> 8) as u8 & 0x7f),
+        picture as u8,
+    ];
+    if keyframe {
+        p.extend_from_slice(&[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a]);
+        p.extend_from_slice(&size.0.to_le_bytes());
+        p.extend_from_slice(&size.1.to_le_bytes());
+    } else {
+        p.extend_from_slice(&[0x11, 0x02, 0x00]);
+    }
+    p.resize(len.max(p.len()), 0xAB);
+    p
 }
 
 impl World {
@@ -219,6 +265,9 @@ impl World {
                     received: HashMap::new(),
                     last_seq: HashMap::new(),
                     gaps: 0,
+                    last_payload_len: HashMap::new(),
+                    last_picture: HashMap::new(),
+                    picture_jumps: 0,
                     withhold_seq: None,
                     withheld: Vec::new(),
                     downlink: None,
@@ -291,6 +340,9 @@ impl World {
                 next_seq: 0,
                 streaming: false,
                 payload_len: 100,
+                layers: Vec::new(),
+                mid_rid_ids: (0, 0),
+                mid: String::new(),
             });
         }
         peer.publish = Some(client);
@@ -343,6 +395,130 @@ impl World {
     /// at one packet per [`STEP`], 1,000 octets make about 850 kbit/s on the wire.
     pub fn payload_len(&mut self, name: &str, track: &str, payload_len: usize) {
         self.track_mut(name, track).payload_len = payload_len;
+    }
+
+    /// `name` publishes one video track in simulcast: one encoding per `(rid, payload octets,
+    /// frame size)`, each streaming from now on ([`World::run_for`] sends a packet of each per
+    /// step).
+    pub fn publish_simulcast(
+        &mut self,
+        name: &str,
+        track: &str,
+        layers: &[(&str, usize, (u16, u16))],
+    ) {
+        let now = self.now;
+        let first_ssrc = self.next_ssrc;
+        self.next_ssrc += layers.len() as u32;
+        let peer = self.peer_entry(name);
+        assert!(peer.publish.is_none(), "{name} publishes once");
+        let mut client = Client::new(peer.publish_addr, now);
+        let (codec, _) = crate::peer::codecs()
+            .into_iter()
+            .find(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case("video/vp8"))
+            .expect("VP8");
+        let encodings = layers
+            .iter()
+            .zip(first_ssrc..)
+            .map(|((rid, _, _), ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: (*rid).into(),
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.rtp_codec.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let sender = client
+            .rtc
+            .add_track(MediaStreamTrack::new(
+                name.into(),
+                track.into(),
+                track.into(),
+                RtpCodecKind::Video,
+                encodings,
+            ))
+            .expect("add_track");
+        peer.tracks.push(SendTrack {
+            id: track.into(),
+            ssrc: first_ssrc,
+            sender,
+            payload_type: codec.payload_type,
+            next_seq: 0,
+            streaming: true,
+            payload_len: 0,
+            layers: layers
+                .iter()
+                .zip(first_ssrc..)
+                .map(|((rid, payload_len, size), ssrc)| SendLayer {
+                    rid: (*rid).into(),
+                    ssrc,
+                    next_seq: 0,
+                    payload_len: *payload_len,
+                    size: *size,
+                })
+                .collect(),
+            mid_rid_ids: (0, 0),
+            mid: String::new(),
+        });
+        peer.publish = Some(client);
+        self.offer_publish(name);
+        // What the browser learns from the answer: the ids of mid and rid, and its m-section.
+        let peer = self.peers.get_mut(name).expect("publisher");
+        let client = peer.publish.as_mut().expect("publish connection");
+        let t = peer.tracks.last_mut().expect("the track");
+        let params = client
+            .rtc
+            .rtp_sender(t.sender)
+            .expect("sender")
+            .get_parameters()
+            .clone();
+        let id = |uri: &str| {
+            params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|h| h.uri == uri)
+                .map(|h| h.id as u8)
+                .unwrap_or_else(|| panic!("{uri} negotiated"))
+        };
+        t.mid_rid_ids = (
+            id(rtc::sdp::extmap::SDES_MID_URI),
+            id(rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI),
+        );
+        let transceivers: Vec<_> = client.rtc.get_transceivers().collect();
+        t.mid = transceivers
+            .into_iter()
+            .find_map(|id| {
+                let tr = client.rtc.rtp_transceiver(id)?;
+                (tr.sender() == Some(t.sender))
+                    .then(|| tr.mid().clone())
+                    .flatten()
+            })
+            .expect("the track's m-section has a mid");
+        self.settle();
+    }
+
+    /// The payload length of the last packet `name` received from `publisher` (which
+    /// simulcast layer it gets).
+    pub fn last_payload_len(&self, name: &str, publisher: &str) -> Option<usize> {
+        self.peer(name).last_payload_len.get(publisher).copied()
+    }
+
+    /// `name` renders `publisher`'s video at `height` (16:9), or hides it (0).
+    pub fn show_video(&mut self, name: &str, publisher: &str, height: u32) {
+        let size = crate::VideoSize {
+            width: height * 16 / 9,
+            height,
+        };
+        self.command(|reply| Command::VideoSize {
+            room: ROOM.into(),
+            participant: name.into(),
+            publisher: publisher.into(),
+            size,
+            reply,
+        })
+        .unwrap_or_else(|e| panic!("{name} shows {publisher}'s video: {e}"));
     }
 
     /// Everything the SFU sends `name` from now on crosses a link of `bits_per_second` with
@@ -807,6 +983,36 @@ impl Peer {
         ) else {
             panic!("no published track {track}");
         };
+        if !t.layers.is_empty() {
+            let (mid_id, rid_id) = t.mid_rid_ids;
+            for l in &mut t.layers {
+                let picture = l.next_seq & 0x7fff;
+                let keyframe = l.next_seq % KEYFRAME_EVERY == 0;
+                let mut header = Header {
+                    version: 2,
+                    payload_type: t.payload_type,
+                    sequence_number: l.next_seq,
+                    timestamp: u32::from(l.next_seq).wrapping_mul(900),
+                    ssrc: l.ssrc,
+                    marker: true,
+                    ..Default::default()
+                };
+                let _ = header.set_extension(mid_id, Bytes::from(t.mid.clone().into_bytes()));
+                let _ = header.set_extension(rid_id, Bytes::from(l.rid.clone().into_bytes()));
+                let payload = vp8_frame(picture, keyframe, l.size, l.payload_len);
+                l.next_seq = l.next_seq.wrapping_add(1);
+                if let Some(mut sender) = client.rtc.rtp_sender(t.sender) {
+                    let _ = sender.write_rtp(
+                        now,
+                        Packet {
+                            header,
+                            payload: Bytes::from(payload),
+                        },
+                    );
+                }
+            }
+            return;
+        }
         let packet = Packet {
             header: Header {
                 version: 2,
@@ -845,7 +1051,17 @@ impl Peer {
                     .get(&track)
                     .cloned()
                     .unwrap_or_default();
-                *self.received.entry(publisher).or_default() += 1;
+                *self.received.entry(publisher.clone()).or_default() += 1;
+                self.last_payload_len
+                    .insert(publisher, packet.payload.len());
+                if let [0x90, 0x80, hi, lo, ..] = packet.payload[..] {
+                    let picture = u16::from_be_bytes([hi & 0x7f, lo]);
+                    if let Some(last) = self.last_picture.insert(track.clone(), picture)
+                        && picture != last.wrapping_add(1) & 0x7fff
+                    {
+                        self.picture_jumps += 1;
+                    }
+                }
                 let seq = packet.header.sequence_number;
                 if let Some(last) = self.last_seq.insert(track, seq)
                     && seq != last.wrapping_add(1)

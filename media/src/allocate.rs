@@ -1,0 +1,208 @@
+//! Which simulcast layer a subscriber gets of each video it receives: the largest that fits its
+//! share of the bandwidth estimate and is no larger than the size it renders the video at; a
+//! video it does not show, or whose smallest layer does not fit, is paused (audio is never
+//! touched). Plain decisions over numbers, unit-tested; the shard applies them every 100 ms
+//! (`shard/layers.rs`).
+
+use crate::VideoSize;
+
+/// A layer larger than the one aimed at must fit this many times over before the choice moves
+/// up (a smaller one is taken as soon as the larger does not fit): no flapping at the edge.
+const UPGRADE_HEADROOM: f64 = 1.15;
+
+/// One layer of a publication as the choice sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LayerInfo {
+    /// Its index in the publication.
+    pub index: usize,
+    /// What it brought in over the last second.
+    pub bits_per_second: f64,
+    /// The frame height its keyframes announce, if known.
+    pub height: Option<u16>,
+}
+
+/// The choice for one down-track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choice {
+    Layer(usize),
+    /// The subscriber does not show this video.
+    NotShown,
+    /// Even the smallest layer does not fit its share of the estimate.
+    TooLittleBandwidth,
+    /// Nothing arrives on any layer: keep what is aimed at.
+    Unchanged,
+}
+
+/// Chooses among `layers` (smallest first) for a down-track aimed at `aimed` (an index), shown
+/// at `size` (`None`: no hint, as large as possible), within `share` bits per second (`None`:
+/// no estimate yet, no limit).
+pub(crate) fn choose(
+    layers: &[LayerInfo],
+    aimed: Option<usize>,
+    size: Option<VideoSize>,
+    share: Option<f64>,
+) -> Choice {
+    if size.is_some_and(VideoSize::hidden) {
+        return Choice::NotShown;
+    }
+    let available: Vec<&LayerInfo> = layers.iter().filter(|l| l.bits_per_second > 0.0).collect();
+    if available.is_empty() {
+        return Choice::Unchanged;
+    }
+    // The smallest layer at least as tall as the video is shown; all of them without a hint
+    // or without known heights.
+    let by_size = match size {
+        Some(size) if available.iter().all(|l| l.height.is_some()) => available
+            .iter()
+            .position(|l| l.height.is_some_and(|h| u32::from(h) >= size.height))
+            .unwrap_or(available.len() - 1),
+        _ => available.len() - 1,
+    };
+    let candidates = &available[..=by_size];
+    let Some(share) = share else {
+        return Choice::Layer(candidates[by_size].index);
+    };
+    let aimed_rank = aimed.and_then(|a| available.iter().position(|l| l.index == a));
+    let fits = |rank: usize, l: &LayerInfo| {
+        let upgrade = aimed_rank.is_none_or(|aimed| rank > aimed);
+        let needed = if upgrade {
+            l.bits_per_second * UPGRADE_HEADROOM
+        } else {
+            l.bits_per_second
+        };
+        needed <= share
+    };
+    match candidates
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(rank, l)| fits(*rank, l))
+    {
+        Some((_, l)) => Choice::Layer(l.index),
+        None => Choice::TooLittleBandwidth,
+    }
+}
+
+/// A subscriber's estimate shared among the videos it shows, after its audio.
+pub(crate) fn video_share(estimate: Option<f64>, audio_bps: f64, videos: usize) -> Option<f64> {
+    estimate.map(|e| (e - audio_bps).max(0.0) / videos.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// q, h, f: 150 kbit/s at 180 p, 500 at 360 p, 1,500 at 720 p (indices in arrival order).
+    fn simulcast() -> Vec<LayerInfo> {
+        vec![
+            LayerInfo {
+                index: 2,
+                bits_per_second: 150e3,
+                height: Some(180),
+            },
+            LayerInfo {
+                index: 0,
+                bits_per_second: 500e3,
+                height: Some(360),
+            },
+            LayerInfo {
+                index: 1,
+                bits_per_second: 1_500e3,
+                height: Some(720),
+            },
+        ]
+    }
+
+    fn shown(height: u32) -> Option<VideoSize> {
+        Some(VideoSize {
+            width: height * 16 / 9,
+            height,
+        })
+    }
+
+    #[test]
+    fn the_largest_layer_that_fits_the_estimate() {
+        let l = simulcast();
+        assert_eq!(
+            choose(&l, None, None, None),
+            Choice::Layer(1),
+            "no estimate"
+        );
+        assert_eq!(choose(&l, None, None, Some(5e6)), Choice::Layer(1));
+        assert_eq!(choose(&l, None, None, Some(700e3)), Choice::Layer(0));
+        assert_eq!(choose(&l, None, None, Some(200e3)), Choice::Layer(2));
+        assert_eq!(
+            choose(&l, None, None, Some(100e3)),
+            Choice::TooLittleBandwidth
+        );
+    }
+
+    #[test]
+    fn no_larger_than_the_video_is_shown() {
+        let l = simulcast();
+        assert_eq!(choose(&l, None, shown(360), Some(5e6)), Choice::Layer(0));
+        assert_eq!(choose(&l, None, shown(200), Some(5e6)), Choice::Layer(0));
+        assert_eq!(choose(&l, None, shown(120), Some(5e6)), Choice::Layer(2));
+        assert_eq!(choose(&l, None, shown(1080), None), Choice::Layer(1));
+        // Shown large, but the estimate decides.
+        assert_eq!(choose(&l, None, shown(1080), Some(300e3)), Choice::Layer(2));
+        assert_eq!(
+            choose(
+                &l,
+                None,
+                Some(VideoSize {
+                    width: 0,
+                    height: 0
+                }),
+                None
+            ),
+            Choice::NotShown
+        );
+    }
+
+    #[test]
+    fn moving_up_needs_headroom_moving_down_does_not() {
+        let l = simulcast();
+        // Aimed at h (index 0): f needs 1.15 × 1.5 Mbit/s.
+        assert_eq!(choose(&l, Some(0), None, Some(1.6e6)), Choice::Layer(0));
+        assert_eq!(choose(&l, Some(0), None, Some(1.8e6)), Choice::Layer(1));
+        // Aimed at f: it stays while it fits at all.
+        assert_eq!(choose(&l, Some(1), None, Some(1.5e6)), Choice::Layer(1));
+        assert_eq!(choose(&l, Some(1), None, Some(1.4e6)), Choice::Layer(0));
+        // Paused (nothing aimed at): resuming needs headroom too.
+        assert_eq!(
+            choose(&l, None, None, Some(160e3)),
+            Choice::TooLittleBandwidth
+        );
+    }
+
+    #[test]
+    fn layers_that_bring_nothing_are_not_chosen() {
+        let mut l = simulcast();
+        // The publisher stopped sending f (its own estimate is low).
+        l[2].bits_per_second = 0.0;
+        assert_eq!(choose(&l, Some(1), None, Some(5e6)), Choice::Layer(0));
+        for layer in &mut l {
+            layer.bits_per_second = 0.0;
+        }
+        assert_eq!(choose(&l, Some(1), None, Some(5e6)), Choice::Unchanged);
+        // One layer (no simulcast) that does not fit: paused.
+        let one = [LayerInfo {
+            index: 0,
+            bits_per_second: 800e3,
+            height: None,
+        }];
+        assert_eq!(choose(&one, Some(0), None, Some(900e3)), Choice::Layer(0));
+        assert_eq!(
+            choose(&one, Some(0), None, Some(300e3)),
+            Choice::TooLittleBandwidth
+        );
+    }
+
+    #[test]
+    fn audio_comes_first_and_videos_share_the_rest() {
+        assert_eq!(video_share(None, 50e3, 2), None);
+        assert_eq!(video_share(Some(1_050e3), 50e3, 2), Some(500e3));
+        assert_eq!(video_share(Some(30e3), 50e3, 1), Some(0.0));
+    }
+}

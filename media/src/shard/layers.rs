@@ -1,0 +1,115 @@
+//! The layer choice applied (every housekeeping tick): for each subscriber, its estimate is
+//! shared among the videos it receives and each video down-track is aimed at the layer
+//! [`crate::allocate::choose`] picks, paused, or resumed. A new aim asks the publisher for a
+//! keyframe of that layer; the down-track switches when it arrives (`fanout.rs`).
+
+use super::*;
+use crate::allocate::{self, Choice, LayerInfo};
+
+/// A video the estimate paused is tried again this long after, whatever the estimate says:
+/// with nothing else sent to the subscriber, no feedback would ever say the link recovered.
+const RETRY_PAUSED: Duration = Duration::from_secs(8);
+
+impl Shard {
+    pub(super) fn choose_layers(&mut self, now: Instant) {
+        let now_us = now.duration_since(self.epoch).as_micros() as u64;
+        let mut keyframes = Vec::new();
+        let Self {
+            rooms,
+            pcs,
+            metrics,
+            ..
+        } = self;
+        for (rid, room) in rooms.iter_mut() {
+            let Room {
+                participants,
+                publications,
+                down_tracks,
+                ..
+            } = room;
+            for p in participants.values() {
+                let s = &p.subscriber;
+                let estimate =
+                    s.pc.and_then(|id| pcs.get(&id)?.send_side.as_ref()?.estimate());
+                let mut audio_bps = 0.0;
+                let mut videos = Vec::new();
+                for (publication_id, dt_id) in &s.down_tracks {
+                    let Some(publication) = publications.get(publication_id) else {
+                        continue;
+                    };
+                    match publication.kind {
+                        MediaKind::Audio => {
+                            audio_bps += publication
+                                .base()
+                                .map_or(0.0, |l| (l.bitrate.bytes_last_second(now_us) * 8) as f64);
+                        }
+                        MediaKind::Video => videos.push((*dt_id, publication)),
+                    }
+                }
+                let shown = videos
+                    .iter()
+                    .filter(|(_, publication)| {
+                        !s.video_sizes
+                            .get(&publication.publisher)
+                            .is_some_and(|size| size.hidden())
+                    })
+                    .count();
+                let share = allocate::video_share(estimate, audio_bps, shown);
+                for (dt_id, publication) in videos {
+                    let Some(dt) = down_tracks.get_mut(&dt_id) else {
+                        continue;
+                    };
+                    if !dt.ready {
+                        continue;
+                    }
+                    let layers: Vec<LayerInfo> = publication
+                        .layers_by_quality(now_us)
+                        .into_iter()
+                        .map(|index| {
+                            let l = &publication.layers[index];
+                            LayerInfo {
+                                index,
+                                bits_per_second: (l.bitrate.bytes_last_second(now_us) * 8) as f64,
+                                height: l.size.map(|(_, h)| h),
+                            }
+                        })
+                        .collect();
+                    let size = s.video_sizes.get(&publication.publisher).copied();
+                    let choice = allocate::choose(&layers, dt.selector.target(), size, share);
+                    let target = match choice {
+                        Choice::Unchanged => continue,
+                        Choice::Layer(layer) => {
+                            dt.paused = None;
+                            Some(layer)
+                        }
+                        Choice::NotShown => None,
+                        Choice::TooLittleBandwidth => match dt.paused {
+                            // Tried again: the smallest layer, until the estimate speaks.
+                            Some(since) if now.duration_since(since) >= RETRY_PAUSED => {
+                                dt.paused = None;
+                                layers.first().map(|l| l.index)
+                            }
+                            _ => None,
+                        },
+                    };
+                    if target.is_none() && dt.selector.target().is_some() {
+                        dt.rewriter.pause();
+                        if choice == Choice::TooLittleBandwidth {
+                            metrics.video_pauses.inc();
+                            dt.paused = Some(now);
+                        }
+                    }
+                    if dt.selector.set_target(target)
+                        && let Some(layer) = target
+                        && dt.selector.current() != Some(layer)
+                    {
+                        keyframes.push((*rid, dt.publication, layer));
+                    }
+                }
+            }
+        }
+        for (rid, publication, layer) in keyframes {
+            self.request_keyframe(rid, publication, layer, now);
+        }
+    }
+}
