@@ -46,7 +46,7 @@ EVENTS = [
     "join-room", "signal", "chat-message", "leave-room", "join", "call-user", "answer-call",
     "reject-call", "end-call", "ice-candidate", "sfu-join", "sfu-publish",
     "sfu-subscribe-answer", "sfu-candidate", "sfu-leave", "sfu-restart-ice", "media-state",
-    "call-media-state", "admit", "decline", "no-such-event",
+    "call-media-state", "admit", "decline", "sfu-video-size", "no-such-event",
 ]
 
 
@@ -168,6 +168,8 @@ def main():
         "call-media-state": {"callId": "c1", "audio": True, "video": False, "screen": True},
         "admit": {"appointmentId": "a1", "userId": "pat-1"},
         "decline": {"appointmentId": "a1", "userId": "pat-1", "reason": "Please book another time"},
+        "sfu-video-size": {"roomId": "r1", "publisherId": "Xk3pQ9vLmN2rT8wZ", "width": 640,
+                           "height": 360},
         "no-such-event": {"roomId": "r1"},
     }
     for i, event in enumerate(EVENTS):

@@ -8,7 +8,7 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use callrelay_media::{CandidateInit, MediaError, MediaEvent, PcKind, SfuHandle};
+use callrelay_media::{CandidateInit, MediaError, MediaEvent, PcKind, SfuHandle, VideoSize};
 use callrelay_signaling::protocol::ErrorCode;
 use callrelay_signaling::relay::PcKind as SignalPc;
 use callrelay_signaling::{Relay, RelayError, RelayEvent, Signaling};
@@ -113,6 +113,20 @@ impl Relay for SfuRelay {
 
     async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError> {
         self.0.restart_ice(room, participant).await.map_err(refusal)
+    }
+
+    async fn set_video_size(
+        &self,
+        room: &str,
+        participant: &str,
+        publisher: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), RelayError> {
+        self.0
+            .set_video_size(room, participant, publisher, VideoSize { width, height })
+            .await
+            .map_err(refusal)
     }
 
     async fn room_stats(&self, room: &str) -> Result<Value, RelayError> {

@@ -537,7 +537,11 @@ class CallSession {
         roomId: this.callId,
         localStream: this.localStream,
         iceServers: this.iceServers,
-        onTrack: (stream, track) => this.showRemote(stream || new MediaStream([track])),
+        onTrack: (stream, track) => {
+          this.showRemote(stream || new MediaStream([track]));
+          // The relay sends their camera in the layer that fills our call window.
+          if (stream && track.kind === 'video') this.sfu.videoSizes.watch(stream.id, this.picture.video);
+        },
         onRelabel: () => this.picture.refresh(),
         onStateChange: (state) => {
           if (state === 'connected') this.setStatus('Connected', 'relay', 'Relay (SFU)');

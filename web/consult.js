@@ -694,6 +694,7 @@ class ConsultRoom {
     this.tiles.delete(socketId);
     this.peers.delete(socketId);
     this.relayStreams.delete(socketId);
+    if (this.sfu) this.sfu.videoSizes.unwatch(socketId);
     this.showScreen(socketId, null);
     this.layout();
     if (peer && !this.closed && !quiet) toast(`${peer.name} left the consultation`);
@@ -878,6 +879,8 @@ class ConsultRoom {
     const tile = this.tile(socketId);
     tile.setStream(stream);
     tile.setStatus('relay', 'good');
+    // The relay sends this member's camera in the layer that fills the tile (`sfu-video-size`).
+    if (this.sfu && track.kind === 'video') this.sfu.videoSizes.watch(socketId, tile.video);
     track.addEventListener('unmute', () => this.updatePath());
     this.updatePath();
   }

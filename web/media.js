@@ -237,6 +237,129 @@ const ICE_RESTART_AFTER_MS = 1500;
  * taken for dead (it answers in milliseconds). */
 const SIGNALING_PROBE_MS = 2000;
 
+/**
+ * The camera's simulcast encodings on the relay's publish connection (`rid` q, h, f: a quarter,
+ * half and the full size, lowest first as the SFU expects). The SFU forwards each subscriber
+ * one of them, the smallest that fills the size its tile shows the picture at
+ * (`sfu-video-size`, see VideoSizeHints), within what its link carries.
+ */
+export const SIMULCAST_ENCODINGS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150000 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500000 },
+  { rid: 'f', maxBitrate: 1500000 },
+];
+
+/** How one of our tracks goes on the publish connection: the camera in three encodings,
+ * the microphone (and, apart, a shared screen) once. */
+function publishInit(track, stream) {
+  const init = { direction: 'sendonly', streams: [stream] };
+  if (track.kind === 'video') init.sendEncodings = SIMULCAST_ENCODINGS.map((e) => ({ ...e }));
+  return init;
+}
+
+/** Quiet time after the last change of a tile's size before it is told (a window dragged,
+ * the grid rearranged: one hint, not one per frame). */
+export const VIDEO_SIZE_DEBOUNCE_MS = 300;
+/** Largest width or height `sfu-video-size` takes. */
+const MAX_VIDEO_SIZE = 16384;
+
+/**
+ * Tells the relay at what size we show each publisher's video (`sfu-video-size {roomId,
+ * publisherId, width, height}`, device pixels), so it sends the smallest simulcast layer that
+ * fills it, and nothing (0 × 0) while the tile is not shown or the page is hidden. Each
+ * watched element is measured with a ResizeObserver; changes are sent VIDEO_SIZE_DEBOUNCE_MS
+ * after the last one, and only what differs from what the relay was last told.
+ */
+export class VideoSizeHints {
+  constructor(socket, roomId) {
+    this.socket = socket;
+    this.roomId = roomId;
+    this.watched = new Map(); // publisherId -> {el, width, height (CSS px), sent: 'w×h' | null}
+    this.byElement = new Map(); // element -> publisherId
+    this.timer = null;
+    this.closed = false;
+    this.observer = typeof ResizeObserver === 'function' ? new ResizeObserver((entries) => {
+      for (const entry of entries) {
+        const entryOf = this.watched.get(this.byElement.get(entry.target));
+        if (!entryOf) continue;
+        entryOf.width = entry.contentRect.width;
+        entryOf.height = entry.contentRect.height;
+      }
+      this.schedule();
+    }) : null;
+    this.onVisibility = () => this.schedule();
+    document.addEventListener('visibilitychange', this.onVisibility);
+  }
+
+  /** Measures `el` (the element `publisherId`'s video renders in) from now on; watching it
+   * again only sends again what the relay was not told yet. */
+  watch(publisherId, el) {
+    if (this.closed || !this.observer || !publisherId || !el) return;
+    const known = this.watched.get(publisherId);
+    if (known && known.el === el) {
+      this.schedule();
+      return;
+    }
+    if (known) this.unwatch(publisherId);
+    const rect = el.getBoundingClientRect();
+    this.watched.set(publisherId, { el, width: rect.width, height: rect.height, sent: null });
+    this.byElement.set(el, publisherId);
+    this.observer.observe(el);
+    this.schedule();
+  }
+
+  /** That publisher left: nothing more to tell of it. */
+  unwatch(publisherId) {
+    const known = this.watched.get(publisherId);
+    if (!known) return;
+    this.observer.unobserve(known.el);
+    this.byElement.delete(known.el);
+    this.watched.delete(publisherId);
+  }
+
+  schedule() {
+    if (this.closed) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.flush(), VIDEO_SIZE_DEBOUNCE_MS);
+  }
+
+  /** The size to tell for one watched element, in whole device pixels. */
+  size(entry) {
+    if (document.hidden || !entry.el.isConnected) return { width: 0, height: 0 };
+    const ratio = window.devicePixelRatio || 1;
+    const px = (css) => Math.min(MAX_VIDEO_SIZE, Math.max(0, Math.round(css * ratio)));
+    const width = px(entry.width);
+    const height = px(entry.height);
+    // A tile squeezed to nothing in one direction is not shown either.
+    return width === 0 || height === 0 ? { width: 0, height: 0 } : { width, height };
+  }
+
+  flush() {
+    this.timer = null;
+    if (this.closed) return;
+    for (const [publisherId, entry] of this.watched) {
+      const { width, height } = this.size(entry);
+      const key = `${width}x${height}`;
+      if (entry.sent === key) continue;
+      entry.sent = key;
+      ask(this.socket, 'sfu-video-size', { roomId: this.roomId, publisherId, width, height }).catch((err) => {
+        // Told again on the next change or the publisher's next track (`watch`).
+        if (this.watched.get(publisherId) === entry && entry.sent === key) entry.sent = null;
+        if (!this.closed) console.debug(`[callrelay] sfu-video-size: ${err.code}: ${err.message}`);
+      });
+    }
+  }
+
+  close() {
+    this.closed = true;
+    clearTimeout(this.timer);
+    if (this.observer) this.observer.disconnect();
+    document.removeEventListener('visibilitychange', this.onVisibility);
+    this.watched.clear();
+    this.byElement.clear();
+  }
+}
+
 export class SfuSession {
   constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers, onRelabel }) {
     this.socket = socket;
@@ -257,6 +380,8 @@ export class SfuSession {
     // go one at a time.
     this.publishChain = Promise.resolve();
     this.screen = null; // {track, transceiver}: a shared screen, sent as one more video track
+    // The size we show each publisher's video at, for the relay's choice of simulcast layer.
+    this.videoSizes = new VideoSizeHints(socket, roomId);
     this.closed = false;
   }
 
@@ -290,7 +415,7 @@ export class SfuSession {
     if (this.publishPc || this.closed || (tracks.length === 0 && !this.screen)) return;
     const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: this.iceServers });
     this.publishPc = pc;
-    for (const track of tracks) pc.addTransceiver(track, { direction: 'sendonly', streams: [this.localStream] });
+    for (const track of tracks) pc.addTransceiver(track, publishInit(track, this.localStream));
     if (this.screen) this.screen.transceiver = pc.addTransceiver(this.screen.track, { direction: 'sendonly', streams: this.screenStreams() });
     pc.onicecandidate = (e) => {
       const candidate = e.candidate ? e.candidate.toJSON() : null;
@@ -456,6 +581,7 @@ export class SfuSession {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.restartTimer);
+    this.videoSizes.close();
     if (notify) tell(this.socket, 'sfu-leave', { roomId: this.roomId });
     for (const pc of [this.publishPc, this.subscribePc]) if (pc) pc.close();
   }

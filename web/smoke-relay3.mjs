@@ -10,6 +10,10 @@
 // over the relay. Prints the time from the admin's click on "Join consultation" to both of
 // its remote videos playing, per round and as min/median/max.
 //
+// Then simulcast (issue 12): every browser's publish connection to the relay offers its camera
+// in simulcast layers (`a=simulcast:send`; the direct connections before the relay did not),
+// and the server has counted `sfu-video-size` hints the browsers sent for their remote tiles.
+//
 // Needs playwright-core and Chromium, like web/smoke.mjs (which explains the set-up).
 
 import { mkdirSync } from 'node:fs';
@@ -89,6 +93,49 @@ async function inboundVideo() {
   return out;
 }
 
+/** In the page: the offers this page made, on open and closed connections (P2P ones closed
+ * when the room moved to the relay), and whether each announces simulcast. */
+function offersMade() {
+  return (window.__pcs || [])
+    .filter((pc) => pc.localDescription && pc.localDescription.type === 'offer')
+    .map((pc) => ({
+      open: pc.connectionState !== 'closed' && pc.signalingState !== 'closed',
+      simulcast: /^a=simulcast:send /m.test(pc.localDescription.sdp),
+    }));
+}
+
+/** The server's count of `sfu-video-size` hints it acknowledged. */
+async function videoSizeHints() {
+  const res = await fetch(`${base}/metrics`);
+  const text = await res.text();
+  const m = /^callrelay_signaling_events_total\{event="sfu-video-size",outcome="ok"\} (\d+)$/m.exec(text);
+  return m ? Number(m[1]) : 0;
+}
+
+/** Simulcast on the relay's publish connections, never on direct ones; the hints counted. */
+async function checkSimulcast(failures) {
+  for (const [who, page] of Object.entries(pages)) {
+    const offers = await page.evaluate(offersMade);
+    const open = offers.filter((o) => o.open);
+    if (open.length !== 1 || !open[0].simulcast) {
+      failures.push(`${who}: the relay's publish offer does not announce simulcast: ${JSON.stringify(offers)}`);
+    }
+    if (offers.some((o) => !o.open && o.simulcast)) {
+      failures.push(`${who}: a direct (P2P) offer announced simulcast: ${JSON.stringify(offers)}`);
+    }
+  }
+  // The hints go 300 ms after a tile's size settles.
+  let hints = 0;
+  for (let i = 0; i < 20 && hints === 0; i++) {
+    hints = await videoSizeHints();
+    if (hints === 0) await new Promise((r) => setTimeout(r, 250));
+  }
+  if (hints === 0) failures.push('no sfu-video-size hint was acknowledged (callrelay_signaling_events_total{event="sfu-video-size",outcome="ok"})');
+  else log(`simulcast: every publish offer announces it; ${hints} sfu-video-size hints acknowledged`);
+}
+
+const pages = {};
+
 async function join(page) {
   const button = page.getByRole('button', { name: 'Join consultation' });
   await button.waitFor();
@@ -118,7 +165,6 @@ async function main() {
   const browser = await launchChromium(chromium, base);
   const failures = [];
   const times = [];
-  const pages = {};
   try {
     for (const who of Object.keys(people)) {
       const context = await browser.newContext({ viewport: { width: 960, height: 640 } });
@@ -165,6 +211,7 @@ async function main() {
         }
       }
     }
+    if (!failures.length) await checkSimulcast(failures);
   } finally {
     await browser.close();
   }

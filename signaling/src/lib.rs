@@ -555,6 +555,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
     route!(s, "sfu-candidate", relay::sfu_candidate);
     route!(s, "sfu-leave", relay::sfu_leave);
     route!(s, "sfu-restart-ice", relay::sfu_restart_ice);
+    route!(s, "sfu-video-size", relay::sfu_video_size);
 
     // Any other event: `not_found`, counted under one label (the name is the client's choice,
     // unbounded). It spends the signal budget so that it is no free way to flood the server.

@@ -60,6 +60,7 @@ pub const EVENTS: &[&str] = &[
     "call-media-state",
     "admit",
     "decline",
+    "sfu-video-size",
 ];
 
 /// Runs the payload checks the handler of `event` runs, with the default limits, and nothing
@@ -87,6 +88,7 @@ pub fn validate_event_payload(event: &str, data: Value) -> Result<(), EventError
         "call-media-state" => call_media_state(data).map(drop),
         "admit" => admit(data).map(drop),
         "decline" => decline(data).map(drop),
+        "sfu-video-size" => sfu_video_size(data).map(drop),
         _ => Err(unknown_event()),
     }
 }
@@ -360,6 +362,35 @@ pub fn sfu_restart_ice(data: Value) -> Result<SfuLeave, EventError> {
     sfu_leave(data)
 }
 
+/// Largest `width` and `height` of `sfu-video-size`, in device pixels (16K).
+pub const MAX_VIDEO_DIMENSION: u32 = 16384;
+
+/// `sfu-video-size {roomId, publisherId, width, height}`: the size, in device pixels, at which
+/// the sender renders the video of `publisherId` (that publisher's socket id, the msid stream id
+/// of its forwarded tracks) in a relayed room; `0 × 0`: not shown. The SFU forwards the
+/// smallest simulcast layer that fills it. Nothing else may be in the object.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SfuVideoSize {
+    pub room_id: String,
+    pub publisher_id: String,
+    /// Integers only: serde refuses `1.5`, `-1` and anything past `u32` as a `u32`.
+    pub width: u32,
+    pub height: u32,
+}
+
+pub fn sfu_video_size(data: Value) -> Result<SfuVideoSize, EventError> {
+    let req: SfuVideoSize = protocol::parse(data)?;
+    check_id("roomId", &req.room_id)?;
+    check_id("publisherId", &req.publisher_id)?;
+    if req.width > MAX_VIDEO_DIMENSION || req.height > MAX_VIDEO_DIMENSION {
+        return Err(EventError::invalid(format!(
+            "width and height are 0 to {MAX_VIDEO_DIMENSION} device pixels"
+        )));
+    }
+    Ok(req)
+}
+
 /// Longest `screenTrackId` of `media-state` and `call-media-state`, in bytes.
 pub const MAX_TRACK_ID_BYTES: usize = 128;
 
@@ -527,6 +558,9 @@ mod tests {
             "sfu-publish" | "sfu-subscribe-answer" => json!({"roomId": "r1", "sdp": sdp()}),
             "sfu-candidate" => json!({"roomId": "r1", "pc": "publish", "candidate": candidate()}),
             "sfu-leave" | "sfu-restart-ice" => json!({"roomId": "r1"}),
+            "sfu-video-size" => {
+                json!({"roomId": "r1", "publisherId": "s2", "width": 640, "height": 360})
+            }
             "media-state" => {
                 json!({"roomId": "a1", "audio": false, "video": true, "screen": false})
             }
@@ -774,6 +808,37 @@ mod tests {
             );
         }
         decline(json!({"appointmentId": "a1", "userId": "u1", "reason": "x".repeat(200)})).unwrap();
+    }
+
+    #[test]
+    fn video_sizes_are_whole_device_pixels_up_to_16k() {
+        let req = sfu_video_size(good("sfu-video-size")).unwrap();
+        assert_eq!((req.width, req.height), (640, 360));
+        assert_eq!(req.publisher_id, "s2");
+        let hidden = json!({"roomId": "r1", "publisherId": "s2", "width": 0, "height": 0});
+        sfu_video_size(hidden).unwrap();
+        let largest = json!({"roomId": "r1", "publisherId": "s2", "width": 16384, "height": 16384});
+        sfu_video_size(largest).unwrap();
+        for bad in [
+            json!({"roomId": "r1", "publisherId": "s2", "width": 640}),
+            json!({"roomId": "r1", "width": 640, "height": 360}),
+            json!({"publisherId": "s2", "width": 640, "height": 360}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": -1, "height": 360}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": 640, "height": 16385}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": 4294967296u64, "height": 1}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": 640.5, "height": 360}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": "640", "height": 360}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": null, "height": 360}),
+            json!({"roomId": "r1", "publisherId": "s 2", "width": 640, "height": 360}),
+            json!({"roomId": "", "publisherId": "s2", "width": 640, "height": 360}),
+            json!({"roomId": "r1", "publisherId": "s2", "width": 640, "height": 360, "dpr": 2}),
+        ] {
+            assert_eq!(
+                code("sfu-video-size", bad.clone()),
+                ErrorCode::InvalidPayload,
+                "{bad}"
+            );
+        }
     }
 
     /// The fuzz seeds (`fuzz/corpus/socketio_payloads/seed-<event>`, written by

@@ -70,6 +70,16 @@ pub trait Relay: Send + Sync + 'static {
     /// Restarts ICE on the participant's subscribe connection (a new subscribe offer with new
     /// credentials): its network changed.
     async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError>;
+    /// The participant renders `publisher`'s video at `width × height` device pixels (`0 × 0`:
+    /// not shown), so the SFU can forward it the simulcast layer that fills that size.
+    async fn set_video_size(
+        &self,
+        room: &str,
+        participant: &str,
+        publisher: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), RelayError>;
 
     /// What the tracks published in `room` bring in, for operators: a JSON array (the SFU's
     /// per-track bitrate and loss). Empty by default.
@@ -435,6 +445,33 @@ pub(crate) async fn sfu_restart_ice(
     let relay = relay_of(sig)?;
     sig.relay_membership(s, &req.room_id).await?;
     relay.restart_ice(&req.room_id, s.id.as_str()).await?;
+    Ok(protocol::ok_fields())
+}
+
+/// `sfu-video-size {roomId, publisherId, width, height}`: the size at which the client renders
+/// one publisher's video (`0 × 0`: hidden); the SFU picks that subscriber's layer from it. The
+/// same checks as `sfu-leave` (member of the room, signal budget); a publisher the SFU does not
+/// know in the room is `not_found`.
+pub(crate) async fn sfu_video_size(
+    sig: &Arc<Signaling>,
+    _io: &SocketIo,
+    s: &SocketRef,
+    data: Value,
+) -> EventResult {
+    identity(s)?;
+    sig.spend(s, Budget::Signal)?;
+    let req = payload::sfu_video_size(data)?;
+    let relay = relay_of(sig)?;
+    sig.relay_membership(s, &req.room_id).await?;
+    relay
+        .set_video_size(
+            &req.room_id,
+            s.id.as_str(),
+            &req.publisher_id,
+            req.width,
+            req.height,
+        )
+        .await?;
     Ok(protocol::ok_fields())
 }
 
