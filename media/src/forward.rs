@@ -338,6 +338,12 @@ impl CopyScratch {
     /// Marshals `self.header` and `payload` into `self.bytes` the way `rtp::Packet` does
     /// (padding, when the header asks for it, back to a multiple of four octets).
     pub fn marshal(&mut self, payload: &[u8]) -> bool {
+        self.marshal_parts(&[], payload)
+    }
+
+    /// [`Self::marshal`] of a payload in two parts: `prefix` (an RTX packet's original
+    /// sequence number), then `payload`.
+    pub fn marshal_parts(&mut self, prefix: &[u8], payload: &[u8]) -> bool {
         let header_len = self.header.marshal_size();
         self.header_len = header_len;
         self.bytes.clear();
@@ -345,9 +351,10 @@ impl CopyScratch {
         if self.header.marshal_to(&mut self.bytes).is_err() {
             return false;
         }
+        self.bytes.extend_from_slice(prefix);
         self.bytes.extend_from_slice(payload);
         if self.header.padding {
-            let pad = match payload.len() % 4 {
+            let pad = match (prefix.len() + payload.len()) % 4 {
                 0 => 4,
                 r => 4 - r,
             };

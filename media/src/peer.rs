@@ -16,7 +16,7 @@ use rtc::interceptor::{
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::interceptor_registry::configure_twcc_receiver_only;
 use rtc::peer_connection::configuration::media_engine::{
-    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_RTX, MIME_TYPE_VP8, MIME_TYPE_VP9, MediaEngine,
 };
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::transport::{
@@ -139,6 +139,26 @@ pub(crate) fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
     ]
 }
 
+/// The payload type of the RTX codec (RFC 4588) paired with each video codec of [`codecs`], and
+/// that video codec's: offered on subscribe connections only. A publisher's retransmissions
+/// stay on its media SSRC (the core's NACK generator asks for them there), while a subscriber
+/// that negotiates RTX gets the SFU's on a stream of their own.
+pub(crate) fn rtx_codecs() -> Vec<RTCRtpCodecParameters> {
+    [(96, 97), (98, 99), (102, 103), (125, 107)]
+        .into_iter()
+        .map(|(apt, payload_type)| RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_RTX.to_owned(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: format!("apt={apt}"),
+                rtcp_feedback: Vec::new(),
+            },
+            payload_type,
+        })
+        .collect()
+}
+
 pub(crate) fn media_engine() -> Result<MediaEngine, MediaError> {
     let mut me = MediaEngine::default();
     for (codec, kind) in codecs() {
@@ -203,7 +223,12 @@ fn registry(
                 );
             configure_twcc_receiver_only(r, me)?
         }
-        PcKind::Subscribe => r,
+        PcKind::Subscribe => {
+            for codec in rtx_codecs() {
+                me.register_codec(codec, RtpCodecKind::Video)?;
+            }
+            r
+        }
     })
 }
 

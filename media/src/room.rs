@@ -21,7 +21,7 @@ use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 
 use crate::codec::{Codec, Vp8Numbering};
-use crate::forward::Rewriter;
+use crate::forward::{PayloadTypeMap, Rewriter};
 use crate::keyframe::KeyframeThrottle;
 use crate::rtx_cache::{DEFAULT_CAPACITY, RtxCache, RtxLimiter};
 use crate::speaker::SpeakerDetector;
@@ -508,6 +508,12 @@ pub(crate) struct DownTrack {
     pub sender_id: RTCRtpSenderId,
     /// The SSRC this subscriber receives it with.
     pub out_ssrc: u32,
+    /// Its RTX stream (RFC 4588), for video: the SSRC, and the RTX payload type paired with
+    /// each payload type the subscriber negotiated (learnt from the answer; empty if it did
+    /// not negotiate RTX, and its retransmissions then go on `out_ssrc`).
+    pub rtx_ssrc: Option<u32>,
+    pub rtx_payload_types: PayloadTypeMap,
+    pub rtx_seq: u16,
     pub rewriter: Rewriter,
     /// Its VP8 picture ids, continuous across layer switches.
     pub vp8: Vp8Numbering,
@@ -565,7 +571,7 @@ impl EarlyCandidates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forward::{ExtIdMap, PayloadTypeMap};
+    use crate::forward::ExtIdMap;
 
     fn info(track_id: &str, ssrc: u32) -> TrackInfo {
         TrackInfo {
@@ -587,6 +593,9 @@ mod tests {
             sub_pc: PcId(100),
             sender_id: RTCRtpSenderId::default(),
             out_ssrc,
+            rtx_ssrc: None,
+            rtx_payload_types: PayloadTypeMap::new(),
+            rtx_seq: 0,
             rewriter: Rewriter::new(
                 out_ssrc,
                 90_000,

@@ -36,6 +36,7 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -48,7 +49,8 @@ use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp::packet::Packet;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::sansio::Protocol;
 use rtc::sdp::extmap::TRANSPORT_CC_URI;
@@ -85,10 +87,10 @@ mod sdp;
 mod subscribe;
 
 pub use fanout::CopyTo;
-use fanout::send_copy;
 /// The per-copy step, for the forwarding benchmark (`crate::bench::forward_copy`).
 #[cfg(feature = "bench")]
 pub use fanout::write_copy;
+use fanout::{Body, send_copy};
 use sdp::{offered_sections, still_sent};
 
 const MAX_ID_LEN: usize = 256;

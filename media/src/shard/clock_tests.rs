@@ -592,3 +592,54 @@ fn each_subscriber_gets_the_simulcast_layer_that_fits_its_link_and_its_screen() 
     assert_eq!(w.peer("small").gaps, 0);
     assert!(w.counter("callrelay_sfu_layer_switches_total", &[]) >= 3.0);
 }
+
+/// A subscriber that negotiated RTX (as browsers do) gets the SFU's retransmissions on its RTX
+/// stream: the SFU's offer pairs each video SSRC with an RTX SSRC (`a=ssrc-group:FID`), and a
+/// NACK is answered there with the RTX payload type and a sequence number of that stream, not
+/// under the media SSRC.
+#[test]
+fn a_nack_is_answered_on_the_rtx_stream_the_subscriber_negotiated() {
+    let mut w = World::new(LIVENESS);
+    w.join("viewer");
+    w.publish("camera", &["cam"]);
+    w.stream("camera", "cam");
+    w.run_for(Duration::from_secs(1));
+    assert!(w.received("viewer", "camera") > 50);
+
+    let offer = w.peer("viewer").offers.last().expect("an offer").clone();
+    let fid = offer
+        .lines()
+        .find_map(|l| l.strip_prefix("a=ssrc-group:FID "))
+        .expect("the video SSRC is paired with an RTX SSRC");
+    let ssrcs: Vec<u32> = fid.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    let (media_ssrc, rtx_ssrc) = (ssrcs[0], ssrcs[1]);
+    assert!(offer.contains("rtx/90000"), "RTX offered");
+
+    let sent_before = w.peer("viewer").rtp_sent.len();
+    let asked = w.nack("viewer", "camera", 10);
+    // (Long enough for the metrics' 100 ms flush.)
+    w.run_for(Duration::from_millis(150));
+    let after = &w.peer("viewer").rtp_sent[sent_before..];
+    let on_rtx: Vec<_> = after
+        .iter()
+        .filter(|(ssrc, _, _)| *ssrc == rtx_ssrc)
+        .collect();
+    assert_eq!(on_rtx.len(), 1, "one retransmission, on the RTX stream");
+    assert_eq!(
+        on_rtx[0].1, 97,
+        "with the RTX payload type paired with VP8 (96)"
+    );
+    let media_seqs: Vec<u16> = after
+        .iter()
+        .filter(|(ssrc, _, _)| *ssrc == media_ssrc)
+        .map(|(_, _, seq)| *seq)
+        .collect();
+    assert!(
+        !media_seqs.contains(&asked),
+        "not resent under the media SSRC: {media_seqs:?}"
+    );
+    assert_eq!(
+        w.counter("callrelay_rtp_retransmissions_total", &[("kind", "video")]),
+        1.0
+    );
+}

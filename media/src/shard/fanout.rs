@@ -195,23 +195,41 @@ pub fn write_copy(
     {
         return None;
     }
-    send_copy(to, &packet.payload, now, now_us, Some(now), scratch, out)
+    let body = Body::First {
+        payload: &packet.payload,
+        received_at: now,
+    };
+    send_copy(to, body, now, now_us, scratch, out)
 }
 
-/// Marshals `scratch.header` with `payload`, writes its transport-wide sequence number (when
-/// the subscriber negotiated transport-cc), protects it with the subscriber connection's SRTP
-/// context directly (`RTCPeerConnection::protect_rtp`, our patch of rtc: no handler pipeline,
-/// no interceptors — the rewriter counts the packet for our own sender reports) and hands the
-/// datagram (the ciphertext the core allocated) to the connection's pacer, which queues it or
-/// puts it on `out`. `received_at` is when its publisher packet arrived, for the forwarding
-/// latency; `None` = a retransmission (its VP8 picture id is rewritten without moving the
-/// numbering).
+/// What a copy carries.
+pub(super) enum Body<'p> {
+    /// A publisher packet forwarded for the first time, received at `received_at`.
+    First {
+        payload: &'p [u8],
+        received_at: Instant,
+    },
+    /// A retransmission on the media SSRC (the subscriber did not negotiate RTX).
+    Resend { payload: &'p [u8] },
+    /// A retransmission on the RTX stream: its payload starts with the original sequence
+    /// number (RFC 4588).
+    Rtx {
+        payload: &'p [u8],
+        original_seq: u16,
+    },
+}
+
+/// Marshals `scratch.header` with the body, rewrites its VP8 picture id, writes its
+/// transport-wide sequence number (when the subscriber negotiated transport-cc), protects it
+/// with the subscriber connection's SRTP context directly (`RTCPeerConnection::protect_rtp`,
+/// our patch of rtc: no handler pipeline, no interceptors — the rewriter counts media-SSRC
+/// packets for our own sender reports) and hands the datagram (the ciphertext the core
+/// allocated) to the connection's pacer, which queues it or puts it on `out`.
 pub(super) fn send_copy(
     to: CopyTo<'_>,
-    payload: &[u8],
+    body: Body<'_>,
     now: Instant,
     now_us: u64,
-    received_at: Option<Instant>,
     scratch: &mut CopyScratch,
     out: &mut VecDeque<Transmit>,
 ) -> Option<Paced> {
@@ -221,12 +239,26 @@ pub(super) fn send_copy(
         rtc,
         send_side,
     } = to;
-    if !scratch.marshal(payload) {
+    let (payload, original_seq, received_at) = match body {
+        Body::First {
+            payload,
+            received_at,
+        } => (payload, None, Some(received_at)),
+        Body::Resend { payload } => (payload, None, None),
+        Body::Rtx {
+            payload,
+            original_seq,
+        } => (payload, Some(original_seq.to_be_bytes()), None),
+    };
+    let prefix = original_seq.as_ref().map_or(&[][..], |p| &p[..]);
+    if !scratch.marshal_parts(prefix, payload) {
         return None;
     }
-    if let Some(numbering) = vp8 {
+    if let Some(numbering) = vp8
+        && let Some(vp8_payload) = scratch.payload_mut().get_mut(prefix.len()..)
+    {
         let source = rewriter.source_ssrc().unwrap_or(0);
-        numbering.rewrite(source, scratch.payload_mut(), received_at.is_none());
+        numbering.rewrite(source, vp8_payload, received_at.is_none());
     }
     let stamp = (rewriter.transport_cc_id != 0).then(|| {
         let stamp = send_side.stamp(scratch.header.ssrc, scratch.header.sequence_number);
@@ -236,7 +268,9 @@ pub(super) fn send_copy(
     let CopyScratch { header, bytes, .. } = scratch;
     match guarded(|| rtc.protect_rtp(bytes, header).map_err(MediaError::from)) {
         Ok(Some((datagram, addr, transport))) => {
-            rewriter.count_sent(payload.len());
+            if original_seq.is_none() {
+                rewriter.count_sent(payload.len());
+            }
             let transmit = Transmit {
                 to: Remote { transport, addr },
                 bytes: datagram,

@@ -158,21 +158,35 @@ impl Shard {
                     suppressed(Suppressed::Budget);
                     continue;
                 }
+                // On the RTX stream where the subscriber negotiated one: the same header but
+                // the RTX payload type, SSRC and its own sequence numbers.
+                let rtx = f
+                    .rtx_ssrc
+                    .zip(f.rtx_payload_types.get(copy_scratch.header.payload_type));
+                let body = match rtx {
+                    Some((rtx_ssrc, rtx_pt)) => {
+                        let h = &mut copy_scratch.header;
+                        let original_seq = h.sequence_number;
+                        h.payload_type = rtx_pt;
+                        h.ssrc = rtx_ssrc;
+                        h.sequence_number = f.rtx_seq;
+                        f.rtx_seq = f.rtx_seq.wrapping_add(1);
+                        Body::Rtx {
+                            payload: &original.payload,
+                            original_seq,
+                        }
+                    }
+                    None => Body::Resend {
+                        payload: &original.payload,
+                    },
+                };
                 let to = CopyTo {
                     rewriter: &mut f.rewriter,
                     vp8: (layer.payload == Codec::Vp8).then_some(&mut f.vp8),
                     rtc,
                     send_side,
                 };
-                let sent = send_copy(
-                    to,
-                    &original.payload,
-                    now,
-                    now_us,
-                    None,
-                    copy_scratch,
-                    transmits,
-                );
+                let sent = send_copy(to, body, now, now_us, copy_scratch, transmits);
                 if let Some(paced) = sent {
                     if let Paced::Queued { first } = paced {
                         metrics.paced.inc();

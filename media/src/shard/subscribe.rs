@@ -91,12 +91,14 @@ impl Shard {
         let (Some(layer), Some(pc)) = (publication.base(), pcs.get_mut(&sub_id)) else {
             return;
         };
-        let out_ssrc = loop {
+        let mut fresh_ssrc = |taken: Option<u32>| loop {
             let s = rng.random::<u32>();
-            if s != 0 && !p.subscriber.out_ssrcs.contains_key(&s) {
+            if s != 0 && Some(s) != taken && !p.subscriber.out_ssrcs.contains_key(&s) {
                 break s;
             }
         };
+        let out_ssrc = fresh_ssrc(None);
+        let rtx_ssrc = (publication.kind == MediaKind::Video).then(|| fresh_ssrc(Some(out_ssrc)));
         let media_track = MediaStreamTrack::new(
             publication.publisher.clone(),
             publication.track_id.clone(),
@@ -105,6 +107,7 @@ impl Shard {
             vec![RTCRtpEncodingParameters {
                 rtp_coding_parameters: RTCRtpCodingParameters {
                     ssrc: Some(out_ssrc),
+                    rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                     ..Default::default()
                 },
                 codec: layer.codec.clone(),
@@ -125,6 +128,9 @@ impl Shard {
             sub_pc: sub_id,
             sender_id,
             out_ssrc,
+            rtx_ssrc,
+            rtx_payload_types: PayloadTypeMap::new(),
+            rtx_seq: rng.random(),
             rewriter: Rewriter::new(
                 out_ssrc,
                 layer.codec.clock_rate,
@@ -262,8 +268,24 @@ impl Shard {
                     ext_map.set(*from, *to);
                 }
             }
+            let mut rtx_pts = PayloadTypeMap::new();
+            for rtx in codecs
+                .iter()
+                .filter(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(MIME_TYPE_RTX))
+            {
+                let apt = rtx
+                    .rtp_codec
+                    .sdp_fmtp_line
+                    .split(';')
+                    .find_map(|kv| kv.trim().strip_prefix("apt="))
+                    .and_then(|v| v.parse::<u8>().ok());
+                if let Some(apt) = apt {
+                    rtx_pts.set(apt, rtx.payload_type);
+                }
+            }
             f.rewriter.payload_types = pts;
             f.rewriter.extensions = ext_map;
+            f.rtx_payload_types = rtx_pts;
             f.rewriter.transport_cc_id = exts
                 .iter()
                 .find(|(uri, _)| uri == TRANSPORT_CC_URI)

@@ -97,6 +97,11 @@ pub(crate) struct Peer {
     withheld: Vec<bytes::BytesMut>,
     /// A bottleneck on everything the SFU sends this peer ([`World::limit_downlink`]).
     downlink: Option<Bottleneck>,
+    /// Every RTP datagram the SFU sent this peer: (SSRC, payload type, sequence number), read
+    /// from the header SRTP leaves in the clear.
+    pub rtp_sent: Vec<(u32, u8, u16)>,
+    /// The SSRC of the last RTP packet received, per publisher.
+    last_ssrc: HashMap<String, u32>,
 }
 
 /// A link of limited rate with a drop-tail queue: a datagram leaves when the ones before it
@@ -271,6 +276,8 @@ impl World {
                     withhold_seq: None,
                     withheld: Vec::new(),
                     downlink: None,
+                    rtp_sent: Vec::new(),
+                    last_ssrc: HashMap::new(),
                 },
             );
         }
@@ -497,6 +504,40 @@ impl World {
             })
             .expect("the track's m-section has a mid");
         self.settle();
+    }
+
+    /// `name` asks the SFU again for the packet `back` packets before the last it received
+    /// from `publisher` (a NACK on its subscribe connection); returns the sequence number asked.
+    pub fn nack(&mut self, name: &str, publisher: &str, back: u16) -> u16 {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+        let now = self.now;
+        let peer = self.peers.get_mut(name).expect("peer");
+        let track = peer
+            .remote_publishers
+            .iter()
+            .find(|(_, p)| *p == publisher)
+            .map(|(t, _)| t.clone())
+            .expect("a track of the publisher");
+        let seq = peer.last_seq[&track].wrapping_sub(back);
+        let media_ssrc = peer.last_ssrc[publisher];
+        let nack = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc,
+            nacks: vec![NackPair {
+                packet_id: seq,
+                lost_packets: 0,
+            }],
+        };
+        let client = peer.subscribe.as_mut().expect("subscribe connection");
+        client
+            .rtc
+            .handle_write(rtc::peer_connection::message::TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), vec![Box::new(nack)]),
+            })
+            .expect("NACK written");
+        self.settle();
+        seq
     }
 
     /// The payload length of the last packet `name` received from `publisher` (which
@@ -789,6 +830,11 @@ impl World {
             else {
                 continue;
             };
+            if let Some(seq) = rtp_seq(&transmit.bytes) {
+                let b = &transmit.bytes;
+                let ssrc = u32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+                peer.rtp_sent.push((ssrc, b[1] & 0x7f, seq));
+            }
             match peer.downlink.as_mut() {
                 Some(link) => link.enqueue(now, to, transmit.bytes),
                 None => peer.receive(now, to, transmit.bytes),
@@ -930,6 +976,11 @@ impl Client {
     /// arrives here as it would in Chrome.
     fn new(addr: SocketAddr, now: Instant) -> Self {
         let mut media_engine = crate::peer::media_engine().expect("media engine");
+        for codec in crate::peer::rtx_codecs() {
+            media_engine
+                .register_codec(codec, RtpCodecKind::Video)
+                .expect("RTX codec");
+        }
         let registry = configure_twcc_receiver_only(Registry::new(), &mut media_engine)
             .expect("transport-cc feedback");
         let mut rtc = RTCPeerConnectionBuilder::new()
@@ -1052,6 +1103,7 @@ impl Peer {
                     .cloned()
                     .unwrap_or_default();
                 *self.received.entry(publisher.clone()).or_default() += 1;
+                self.last_ssrc.insert(publisher.clone(), packet.header.ssrc);
                 self.last_payload_len
                     .insert(publisher, packet.payload.len());
                 if let [0x90, 0x80, hi, lo, ..] = packet.payload[..] {
