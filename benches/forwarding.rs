@@ -278,6 +278,7 @@ fn bench_forwarding(c: &mut Criterion) {
                     for s in subs.iter_mut() {
                         let to = CopyTo {
                             rewriter: &mut s.rewriter,
+                            strip_red: None,
                             vp8: Some(&mut s.vp8),
                             rtc: &mut s.rtc,
                             send_side: &mut s.send_side,

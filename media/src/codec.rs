@@ -144,6 +144,24 @@ fn h264_keyframe(p: &[u8]) -> bool {
     }
 }
 
+/// The primary encoding of a RED payload (RFC 2198): its payload type and data, after the
+/// redundant blocks. For a subscriber that did not negotiate RED.
+pub(crate) fn red_primary(payload: &[u8]) -> Option<(u8, &[u8])> {
+    let mut at = 0;
+    let mut redundant = 0usize;
+    loop {
+        let b = *payload.get(at)?;
+        if b & 0x80 == 0 {
+            // The last header: F = 0 and the primary's payload type.
+            let data = payload.get(at + 1 + redundant..)?;
+            return Some((b & 0x7f, data));
+        }
+        let len = payload.get(at + 2..at + 4)?;
+        redundant += usize::from(u16::from_be_bytes([len[0], len[1]]) & 0x3ff);
+        at += 4;
+    }
+}
+
 /// One subscriber's VP8 picture-id and TL0PICIDX numbering of one down-track: continuous
 /// across the source changes a layer switch makes (the first frame of a new source follows
 /// the last one sent), as the rewriter keeps sequence numbers continuous.
@@ -266,6 +284,20 @@ mod tests {
         assert!(!starts_keyframe(Codec::Vp9, &[0x00]), "not the start");
         assert_eq!(Codec::from_mime("video/VP8"), Codec::Vp8);
         assert_eq!(Codec::from_mime("audio/opus"), Codec::Other);
+    }
+
+    #[test]
+    fn the_primary_of_a_red_payload() {
+        // One redundant block of 3 octets (pt 111), then the primary (pt 111): 2 octets.
+        // Block header: F, pt 111, timestamp offset 15 (0x03 << 2 | 0xC0 >> 6), length 3.
+        let red = [0x80 | 111, 0x03, 0xC0, 0x03, 111, 1, 2, 3, 9, 9];
+        assert_eq!(red_primary(&red), Some((111, &[9u8, 9][..])));
+        // No redundancy: one header byte, then the primary.
+        assert_eq!(red_primary(&[111, 7, 7]), Some((111, &[7u8, 7][..])));
+        // A block longer than the payload, a truncated header, nothing at all.
+        assert_eq!(red_primary(&[0x80 | 111, 0, 0x03, 0xFF, 111, 1]), None);
+        assert_eq!(red_primary(&[0x80 | 111, 0]), None);
+        assert_eq!(red_primary(&[]), None);
     }
 
     #[test]

@@ -38,6 +38,9 @@ use rtc::sdp::extmap::{
 
 use crate::{MediaError, PcKind};
 
+/// Redundant audio (RFC 2198).
+pub(crate) const MIME_TYPE_RED: &str = "audio/red";
+
 /// Header extensions whose values mean the same thing end to end and are therefore forwarded
 /// (with the id remapped). mid, rid and transport-cc are hop-by-hop and are not.
 pub(crate) const FORWARDED_EXTENSIONS: [&str; 2] = [AUDIO_LEVEL_URI, ABS_SEND_TIME_URI];
@@ -121,6 +124,21 @@ pub(crate) fn codecs() -> Vec<(RTCRtpCodecParameters, RtpCodecKind)> {
                     }],
                 },
                 payload_type: 111,
+            },
+            RtpCodecKind::Audio,
+        ),
+        // RED (RFC 2198) around Opus: forwarded as it comes to subscribers that negotiated it,
+        // and as its primary Opus packet to those that did not.
+        (
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: MIME_TYPE_RED.to_owned(),
+                    clock_rate: 48_000,
+                    channels: 2,
+                    sdp_fmtp_line: "111/111".to_owned(),
+                    rtcp_feedback: Vec::new(),
+                },
+                payload_type: 63,
             },
             RtpCodecKind::Audio,
         ),

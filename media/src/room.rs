@@ -514,6 +514,9 @@ pub(crate) struct DownTrack {
     pub rtx_ssrc: Option<u32>,
     pub rtx_payload_types: PayloadTypeMap,
     pub rtx_seq: u16,
+    /// The publisher's RED payload type, when the subscriber did not negotiate RED: its
+    /// packets are sent as their primary encoding (Opus).
+    pub strip_red: Option<u8>,
     pub rewriter: Rewriter,
     /// Its VP8 picture ids, continuous across layer switches.
     pub vp8: Vp8Numbering,
@@ -596,6 +599,7 @@ mod tests {
             rtx_ssrc: None,
             rtx_payload_types: PayloadTypeMap::new(),
             rtx_seq: 0,
+            strip_red: None,
             rewriter: Rewriter::new(
                 out_ssrc,
                 90_000,

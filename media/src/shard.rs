@@ -36,7 +36,7 @@ use rand::RngExt;
 use rand::rngs::StdRng;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_RTX;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_RTX};
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -64,7 +64,9 @@ use crate::congestion::{Paced, SendSide};
 use crate::demux::{Demux, DropReason, Remote};
 use crate::forward::{CopyScratch, ExtIdMap, PayloadTypeMap, Rewriter, seq_newer};
 use crate::metrics::{ConnectionOutcome, Metrics, kind_index};
-use crate::peer::{self, CoreCounters, FORWARDED_EXTENSIONS, HostCandidates, PcSetup};
+use crate::peer::{
+    self, CoreCounters, FORWARDED_EXTENSIONS, HostCandidates, MIME_TYPE_RED, PcSetup,
+};
 use crate::room::{
     Accept, Dormant, DownTrack, DownTrackId, EarlyCandidates, Layer, LayerSelector,
     MAX_PENDING_CANDIDATES, Negotiation, Participant, PcId, Publication, PublicationId, Room,
@@ -90,7 +92,7 @@ pub use fanout::CopyTo;
 /// The per-copy step, for the forwarding benchmark (`crate::bench::forward_copy`).
 #[cfg(feature = "bench")]
 pub use fanout::write_copy;
-use fanout::{Body, send_copy};
+use fanout::{Body, forwarded_payload, send_copy};
 use sdp::{offered_sections, still_sent};
 
 const MAX_ID_LEN: usize = 256;

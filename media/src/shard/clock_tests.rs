@@ -643,3 +643,24 @@ fn a_nack_is_answered_on_the_rtx_stream_the_subscriber_negotiated() {
         1.0
     );
 }
+
+/// RED (RFC 2198): a publisher's redundant audio reaches a subscriber that negotiated RED as
+/// it came, and one that did not as its primary Opus frame, under Opus's payload type.
+#[test]
+fn red_audio_is_forwarded_as_it_comes_or_as_its_primary() {
+    const FRAME: usize = 40;
+    let mut w = World::new(LIVENESS);
+    w.join("chrome");
+    w.without_red("plain");
+    w.join("plain");
+    w.publish_red_audio("talker", "mic", FRAME);
+    w.run_for(Duration::from_secs(1));
+    // The RED packet: a 4-octet block header, a 1-octet primary header, both frames.
+    assert_eq!(
+        w.last_payload("chrome", "talker"),
+        Some((63, 5 + 2 * FRAME))
+    );
+    assert_eq!(w.last_payload("plain", "talker"), Some((111, FRAME)));
+    assert!(w.received("plain", "talker") > 50);
+    assert_eq!(w.peer("plain").gaps, 0);
+}

@@ -105,6 +105,7 @@ impl Shard {
             };
             let to = CopyTo {
                 rewriter: &mut dt.rewriter,
+                strip_red: dt.strip_red,
                 vp8: vp8.then_some(&mut dt.vp8),
                 rtc,
                 send_side,
@@ -168,6 +169,8 @@ impl Shard {
 /// numbers, pacer).
 pub struct CopyTo<'a> {
     pub rewriter: &'a mut Rewriter,
+    /// The publisher's RED payload type, for a subscriber that did not negotiate RED.
+    pub strip_red: Option<u8>,
     /// The down-track's VP8 picture-id numbering, for a VP8 track.
     pub vp8: Option<&'a mut Vp8Numbering>,
     pub rtc: &'a mut RTCPeerConnection,
@@ -189,6 +192,7 @@ pub fn write_copy(
     scratch: &mut CopyScratch,
     out: &mut VecDeque<Transmit>,
 ) -> Option<Paced> {
+    let payload = forwarded_payload(to.strip_red, &packet.header, &packet.payload)?;
     if !to
         .rewriter
         .rewrite_into(&packet.header, now_us, &mut scratch.header)
@@ -196,10 +200,23 @@ pub fn write_copy(
         return None;
     }
     let body = Body::First {
-        payload: &packet.payload,
+        payload,
         received_at: now,
     };
     send_copy(to, body, now, now_us, scratch, out)
+}
+
+/// The payload a subscriber gets of a publisher packet: as it came, or the primary encoding
+/// of a RED packet for a subscriber without RED (`None`: a RED payload that does not parse).
+pub(super) fn forwarded_payload<'p>(
+    strip_red: Option<u8>,
+    header: &rtc::rtp::header::Header,
+    payload: &'p [u8],
+) -> Option<&'p [u8]> {
+    match strip_red {
+        Some(red) if header.payload_type == red => codec::red_primary(payload).map(|(_, p)| p),
+        _ => Some(payload),
+    }
 }
 
 /// What a copy carries.
@@ -238,6 +255,7 @@ pub(super) fn send_copy(
         vp8,
         rtc,
         send_side,
+        ..
     } = to;
     let (payload, original_seq, received_at) = match body {
         Body::First {

@@ -153,7 +153,12 @@ impl Shard {
                     suppressed(Suppressed::NotCached);
                     continue;
                 }
-                let octets = copy_scratch.header.marshal_size() + original.payload.len();
+                let Some(payload) =
+                    forwarded_payload(f.strip_red, &original.header, &original.payload)
+                else {
+                    continue;
+                };
+                let octets = copy_scratch.header.marshal_size() + payload.len();
                 if !f.rtx.affordable(octets) {
                     suppressed(Suppressed::Budget);
                     continue;
@@ -172,16 +177,15 @@ impl Shard {
                         h.sequence_number = f.rtx_seq;
                         f.rtx_seq = f.rtx_seq.wrapping_add(1);
                         Body::Rtx {
-                            payload: &original.payload,
+                            payload,
                             original_seq,
                         }
                     }
-                    None => Body::Resend {
-                        payload: &original.payload,
-                    },
+                    None => Body::Resend { payload },
                 };
                 let to = CopyTo {
                     rewriter: &mut f.rewriter,
+                    strip_red: f.strip_red,
                     vp8: (layer.payload == Codec::Vp8).then_some(&mut f.vp8),
                     rtc,
                     send_side,

@@ -99,6 +99,31 @@ impl Shard {
         };
         let out_ssrc = fresh_ssrc(None);
         let rtx_ssrc = (publication.kind == MediaKind::Video).then(|| fresh_ssrc(Some(out_ssrc)));
+        // A publisher that negotiated RED: offer RED and its primary, Opus, so that a
+        // subscriber can take either (a track whose first packet was RED reports RED as its
+        // codec, and an m-section of RED alone is refused by clients without it).
+        let is = |c: &RTCRtpCodecParameters, mime: &str| {
+            c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+        };
+        let red_and_opus = publication
+            .pub_codecs
+            .iter()
+            .any(|c| is(c, MIME_TYPE_RED))
+            .then(|| {
+                let ours: Vec<RTCRtpCodecParameters> = peer::codecs()
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .filter(|c| is(c, MIME_TYPE_RED) || is(c, MIME_TYPE_OPUS))
+                    .collect();
+                ours
+            });
+        let codec = match &red_and_opus {
+            Some(ours) => ours
+                .iter()
+                .find(|c| is(c, MIME_TYPE_OPUS))
+                .map_or_else(|| layer.codec.clone(), |c| c.rtp_codec.clone()),
+            None => layer.codec.clone(),
+        };
         let media_track = MediaStreamTrack::new(
             publication.publisher.clone(),
             publication.track_id.clone(),
@@ -110,12 +135,25 @@ impl Shard {
                     rtx: rtx_ssrc.map(|ssrc| RTCRtpRtxParameters { ssrc }),
                     ..Default::default()
                 },
-                codec: layer.codec.clone(),
+                codec,
                 ..Default::default()
             }],
         );
         let rtc = &mut pc.rtc;
-        let sender_id = match guarded(|| rtc.add_track(media_track).map_err(MediaError::from)) {
+        let sender_id = match guarded(|| {
+            let sender = rtc.add_track(media_track)?;
+            if let Some(codecs) = red_and_opus {
+                let transceivers: Vec<_> = rtc.get_transceivers().collect();
+                for t in transceivers {
+                    if let Some(mut t) = rtc.rtp_transceiver(t)
+                        && t.sender() == Some(sender)
+                    {
+                        t.set_codec_preferences(codecs.clone())?;
+                    }
+                }
+            }
+            Ok(sender)
+        }) {
             Ok(s) => s,
             Err(e) => {
                 warn!(room = %r.name, %participant, "add_track: {e}");
@@ -131,6 +169,7 @@ impl Shard {
             rtx_ssrc,
             rtx_payload_types: PayloadTypeMap::new(),
             rtx_seq: rng.random(),
+            strip_red: None,
             rewriter: Rewriter::new(
                 out_ssrc,
                 layer.codec.clock_rate,
@@ -267,6 +306,18 @@ impl Shard {
                 if let (Some((_, from)), Some((_, to))) = (from, to) {
                     ext_map.set(*from, *to);
                 }
+            }
+            // RED the subscriber did not negotiate: its primary (Opus) goes out instead.
+            let is = |c: &RTCRtpCodecParameters, mime: &str| {
+                c.rtp_codec.mime_type.eq_ignore_ascii_case(mime)
+            };
+            f.strip_red = None;
+            if let Some(red) = t.pub_codecs.iter().find(|c| is(c, MIME_TYPE_RED))
+                && pts.get(red.payload_type).is_none()
+                && let Some(opus) = codecs.iter().find(|c| is(c, MIME_TYPE_OPUS))
+            {
+                pts.set(red.payload_type, opus.payload_type);
+                f.strip_red = Some(red.payload_type);
             }
             let mut rtx_pts = PayloadTypeMap::new();
             for rtx in codecs

@@ -102,6 +102,10 @@ pub(crate) struct Peer {
     pub rtp_sent: Vec<(u32, u8, u16)>,
     /// The SSRC of the last RTP packet received, per publisher.
     last_ssrc: HashMap<String, u32>,
+    /// The payload type and length of the last RTP packet received, per publisher.
+    last_payload: HashMap<String, (u8, usize)>,
+    /// Its subscribe connection negotiates RED (as Chrome does; true unless [`World::without_red`]).
+    red: bool,
 }
 
 /// A link of limited rate with a drop-tail queue: a datagram leaves when the ones before it
@@ -153,6 +157,8 @@ struct SendTrack {
     /// as a browser's do).
     mid_rid_ids: (u8, u8),
     mid: String,
+    /// An audio track sending RED packets: one redundant copy of the previous frame.
+    red: bool,
 }
 
 /// One simulcast encoding of a track: VP8 packets, one frame each, a keyframe (announcing
@@ -278,6 +284,8 @@ impl World {
                     downlink: None,
                     rtp_sent: Vec::new(),
                     last_ssrc: HashMap::new(),
+                    last_payload: HashMap::new(),
+                    red: true,
                 },
             );
         }
@@ -350,6 +358,7 @@ impl World {
                 layers: Vec::new(),
                 mid_rid_ids: (0, 0),
                 mid: String::new(),
+                red: false,
             });
         }
         peer.publish = Some(client);
@@ -467,6 +476,7 @@ impl World {
                 .collect(),
             mid_rid_ids: (0, 0),
             mid: String::new(),
+            red: false,
         });
         peer.publish = Some(client);
         self.offer_publish(name);
@@ -538,6 +548,78 @@ impl World {
             .expect("NACK written");
         self.settle();
         seq
+    }
+
+    /// `name`'s subscribe connection will not negotiate RED (call before it joins).
+    pub fn without_red(&mut self, name: &str) {
+        self.peer_entry(name).red = false;
+    }
+
+    /// `name` publishes an Opus track in RED packets (RFC 2198: each carries the previous
+    /// frame again, then its own; `frame_len` octets each), streaming from now on.
+    pub fn publish_red_audio(&mut self, name: &str, track: &str, frame_len: usize) {
+        let now = self.now;
+        let ssrc = self.next_ssrc;
+        self.next_ssrc += 1;
+        let peer = self.peer_entry(name);
+        assert!(peer.publish.is_none(), "{name} publishes once");
+        let mut client = Client::new(peer.publish_addr, now);
+        let codec = |mime: &str| {
+            crate::peer::codecs()
+                .into_iter()
+                .find(|(c, _)| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+                .map(|(c, _)| c)
+                .expect("codec")
+        };
+        let (opus, red) = (codec("audio/opus"), codec(crate::peer::MIME_TYPE_RED));
+        let sender = client
+            .rtc
+            .add_track(MediaStreamTrack::new(
+                name.into(),
+                track.into(),
+                track.into(),
+                RtpCodecKind::Audio,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec: opus.rtp_codec.clone(),
+                    ..Default::default()
+                }],
+            ))
+            .expect("add_track");
+        // As Chrome offers it: Opus, and RED around Opus.
+        let transceivers: Vec<_> = client.rtc.get_transceivers().collect();
+        for t in transceivers {
+            if let Some(mut t) = client.rtc.rtp_transceiver(t)
+                && t.sender() == Some(sender)
+            {
+                t.set_codec_preferences(vec![opus.clone(), red.clone()])
+                    .expect("Opus and RED");
+            }
+        }
+        peer.tracks.push(SendTrack {
+            id: track.into(),
+            ssrc,
+            sender,
+            payload_type: red.payload_type,
+            next_seq: 0,
+            streaming: true,
+            payload_len: frame_len,
+            layers: Vec::new(),
+            mid_rid_ids: (0, 0),
+            mid: String::new(),
+            red: true,
+        });
+        peer.publish = Some(client);
+        self.offer_publish(name);
+        self.settle();
+    }
+
+    /// The payload type and length of the last packet `name` received from `publisher`.
+    pub fn last_payload(&self, name: &str, publisher: &str) -> Option<(u8, usize)> {
+        self.peer(name).last_payload.get(publisher).copied()
     }
 
     /// The payload length of the last packet `name` received from `publisher` (which
@@ -635,7 +717,10 @@ impl World {
             .ok_or(MediaError::InvalidState("no offer to answer"))?;
         peer.answered += 1;
         let addr = peer.subscribe_addr;
-        let client = peer.subscribe.get_or_insert_with(|| Client::new(addr, now));
+        let red = peer.red;
+        let client = peer
+            .subscribe
+            .get_or_insert_with(|| Client::with_red(addr, now, red));
         let offer = RTCSessionDescription::offer(offer).expect("offer SDP");
         client
             .rtc
@@ -975,7 +1060,24 @@ impl Client {
     /// replay window (1024 packets; webrtc-rs keeps 64 by default), so a retransmission
     /// arrives here as it would in Chrome.
     fn new(addr: SocketAddr, now: Instant) -> Self {
-        let mut media_engine = crate::peer::media_engine().expect("media engine");
+        Self::with_red(addr, now, true)
+    }
+
+    /// [`Client::new`], negotiating RED (RFC 2198) or not.
+    fn with_red(addr: SocketAddr, now: Instant, red: bool) -> Self {
+        let mut media_engine =
+            rtc::peer_connection::configuration::media_engine::MediaEngine::default();
+        for (codec, kind) in crate::peer::codecs() {
+            if red
+                || !codec
+                    .rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(crate::peer::MIME_TYPE_RED)
+            {
+                media_engine.register_codec(codec, kind).expect("codec");
+            }
+        }
+        crate::peer::register_header_extensions(&mut media_engine).expect("header extensions");
         for codec in crate::peer::rtx_codecs() {
             media_engine
                 .register_codec(codec, RtpCodecKind::Video)
@@ -1064,6 +1166,18 @@ impl Peer {
             }
             return;
         }
+        let payload = if t.red {
+            // A redundant block (the previous 20 ms frame, 960 ticks earlier), then the primary.
+            let mut p = vec![0x80 | 111, (960 >> 6) as u8, ((960 & 0x3f) << 2) as u8, 0];
+            p[3] = t.payload_len as u8;
+            p[2] |= ((t.payload_len >> 8) & 0x03) as u8;
+            p.push(111);
+            p.extend(std::iter::repeat_n(0xEE, t.payload_len));
+            p.extend(std::iter::repeat_n(0xCD, t.payload_len));
+            p
+        } else {
+            vec![0xAB; t.payload_len]
+        };
         let packet = Packet {
             header: Header {
                 version: 2,
@@ -1074,7 +1188,7 @@ impl Peer {
                 marker: true,
                 ..Default::default()
             },
-            payload: Bytes::from(vec![0xAB; t.payload_len]),
+            payload: Bytes::from(payload),
         };
         t.next_seq = t.next_seq.wrapping_add(1);
         if let Some(mut sender) = client.rtc.rtp_sender(t.sender) {
@@ -1104,6 +1218,10 @@ impl Peer {
                     .unwrap_or_default();
                 *self.received.entry(publisher.clone()).or_default() += 1;
                 self.last_ssrc.insert(publisher.clone(), packet.header.ssrc);
+                self.last_payload.insert(
+                    publisher.clone(),
+                    (packet.header.payload_type, packet.payload.len()),
+                );
                 self.last_payload_len
                     .insert(publisher, packet.payload.len());
                 if let [0x90, 0x80, hi, lo, ..] = packet.payload[..] {
