@@ -37,13 +37,17 @@
 //!   a 100 ms housekeeping tick (metrics flush, held-back keyframe requests, liveness).
 //!
 //! A decoded RTP packet from a publisher goes to `forward_rtp`: it is stored in its layer's
-//! [`rtx_cache`], then for every ready down-track of its publication the [`forward::Rewriter`]
+//! [`rtx_cache`] (a simulcast publication has a layer per rid), then for every ready
+//! down-track of its publication that forwards that layer (a down-track switches layers at the
+//! new layer's keyframe; which layer it wants is chosen every 100 ms from the subscriber's
+//! bandwidth estimate and the size it renders the video at) the [`forward::Rewriter`]
 //! builds that subscriber's header (SSRC, payload type, sequence number, timestamp,
 //! header-extension ids) into a reused buffer; the copy is marshalled there, protected with the
 //! subscriber connection's SRTP context (`RTCPeerConnection::protect_rtp`, past the core's
 //! handler pipeline and interceptors, which cost several times the encryption per copy); the
-//! ciphertext is queued as is and the driver sends the queue in `sendmmsg` batches as soon as
-//! the input is handled. Because no interceptor sees those packets, the rewriters count them
+//! ciphertext goes through the subscriber's pacer (with its transport-wide sequence number,
+//! for the estimate built from its transport-cc feedback) to the queue, and the driver sends
+//! the queue in `sendmmsg` batches as soon as the input is handled. Because no interceptor sees those packets, the rewriters count them
 //! and the shard writes each subscriber's RTCP sender reports itself, once a second
 //! (housekeeping).
 //!
@@ -64,9 +68,11 @@
 //!   coalesced into one more offer after the answer.
 //! * A track becomes visible to others when its first RTP packet arrives (that is when the
 //!   core reports it with its SSRC and codec).
-//! * Keyframe requests reach a publisher at most once per track per 500 ms ([`keyframe`]);
-//!   one is sent whenever a subscriber starts receiving a track. NACKs from subscribers are
-//!   answered from the SFU's per-track cache, within per-subscriber limits
+//! * Keyframe requests reach a publisher at most once per layer per 500 ms ([`keyframe`]);
+//!   one is sent whenever a subscriber starts receiving a track or is aimed at another layer,
+//!   and when a subscriber NACKs a video packet no longer cached. NACKs from subscribers are
+//!   answered from the SFU's per-track cache (on the subscriber's RTX stream where it
+//!   negotiated one), within per-subscriber limits
 //!   ([`rtx_cache::RtxLimiter`]: each packet once per NACK and per round trip, resent octets at
 //!   most half of the forwarded ones over about a second plus a small burst); the SFU's own
 //!   NACKs to publishers and receiver
@@ -91,6 +97,8 @@
 //! and `callrelay_rtp_retransmissions_suppressed_total{reason}` (named in a NACK but not resent:
 //! `budget`, `too_recent` — resent less than a round trip ago —, `not_cached`),
 //! `callrelay_rtp_packets_lost_total` (gaps in publishers' sequence numbers),
+//! `callrelay_subscriber_bandwidth_estimate_bps` (histogram), `callrelay_rtp_packets_paced_total`,
+//! `callrelay_sfu_layer_switches_total`, `callrelay_sfu_video_pauses_total`,
 //! `callrelay_media_datagrams_dropped_total{reason}` (`queue_full`: dropped by the kernel, the
 //! socket's receive queue full — the loop is saturated), and the histograms
 //! `callrelay_forward_latency_seconds` (socket read to each copy's socket write) and
