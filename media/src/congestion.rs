@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rtc::interceptor::{BandwidthEstimator, Gcc, Pacer, PacketReport, convert_twcc};
 use rtc::rtcp::transport_feedbacks::transport_layer_cc::{PacketStatusChunk, TransportLayerCc};
 
+use crate::demux::Remote;
 use crate::room::BitrateMeter;
 use crate::shard::Transmit;
 
@@ -88,7 +89,23 @@ pub struct SendSide {
     sent: BitrateMeter,
     /// Feedback has been applied at least once (the estimate means something).
     has_feedback: bool,
+    /// The client address the copies go to, when last looked at ([`Self::follow_route`]).
+    route: Option<Remote>,
+    probe: Option<Probe>,
 }
+
+/// What the feedback said since a paused video was tried again.
+struct Probe {
+    since: Instant,
+    delivered_bits: f64,
+    reported: usize,
+    lost: usize,
+}
+
+/// A probe whose feedback named fewer packets says nothing.
+const PROBE_MIN_REPORTS: usize = 50;
+/// A probe that lost more than this fraction of its packets found the path still too narrow.
+const PROBE_MAX_LOSS: f64 = 0.02;
 
 impl Default for SendSide {
     fn default() -> Self {
@@ -106,7 +123,29 @@ impl SendSide {
             queue: VecDeque::new(),
             sent: BitrateMeter::default(),
             has_feedback: false,
+            route: None,
+            probe: None,
         }
+    }
+
+    /// Follows the client's selected route (ICE nominated another pair: an ICE restart, a move
+    /// from UDP to TCP, a new network). When it changes, what was learnt of the old path says
+    /// nothing of the new one — and an outage before the move has driven the estimate to its
+    /// floor, from which it would climb for tens of seconds — so the estimator starts over, as
+    /// libwebrtc's does on a network route change. Returns whether it did.
+    pub fn follow_route(&mut self, route: Option<Remote>) -> bool {
+        let changed = self.route.is_some() && route.is_some() && route != self.route;
+        if route.is_some() {
+            self.route = route;
+        }
+        if changed {
+            self.estimator = Gcc::new(INITIAL_ESTIMATE, MIN_ESTIMATE, MAX_ESTIMATE);
+            self.has_feedback = false;
+            self.probe = None;
+            // Copies sent on the old path, lost with it, are no news about the new one.
+            self.history.fill(None);
+        }
+        changed
     }
 
     /// The transport-wide sequence number for the next copy of `ssrc` / `rtp_seq`, to write
@@ -245,7 +284,53 @@ impl SendSide {
             self.estimator.on_reports(now, &reports);
             self.has_feedback = true;
         }
+        if let Some(probe) = self.probe.as_mut() {
+            for r in &reports {
+                probe.reported += 1;
+                if r.arrived {
+                    probe.delivered_bits += (r.size * 8) as f64;
+                } else {
+                    probe.lost += 1;
+                }
+            }
+        }
         reports.len()
+    }
+
+    /// A paused video is being tried again (see `shard/layers.rs`): from now on the feedback
+    /// is also read as the result of a probe of the path.
+    pub fn start_probe(&mut self, now: Instant) {
+        if self.probe.is_none() {
+            self.probe = Some(Probe {
+                since: now,
+                delivered_bits: 0.0,
+                reported: 0,
+                lost: 0,
+            });
+        }
+    }
+
+    /// Ends the probe [`Self::start_probe`] began. If what it carried arrived (enough reports,
+    /// under [`PROBE_MAX_LOSS`] lost), the path carries at least that rate, which the estimate
+    /// — driven down by the collapse, climbing a few percent per step, and over a probe that
+    /// sends no more than the video needs — may be far below: it restarts from twice the rate
+    /// delivered, as libwebrtc's does from a probe's result. A failed probe changes nothing.
+    /// Returns the new estimate, if it changed.
+    pub fn finish_probe(&mut self, now: Instant) -> Option<f64> {
+        let probe = self.probe.take()?;
+        let seconds = now.saturating_duration_since(probe.since).as_secs_f64();
+        if probe.reported < PROBE_MIN_REPORTS
+            || probe.lost as f64 > probe.reported as f64 * PROBE_MAX_LOSS
+            || seconds <= 0.0
+        {
+            return None;
+        }
+        let restart_at = (2.0 * probe.delivered_bits / seconds).min(INITIAL_ESTIMATE);
+        if self.estimate().is_some_and(|e| e >= restart_at) {
+            return None;
+        }
+        self.estimator = Gcc::new(restart_at, MIN_ESTIMATE, MAX_ESTIMATE);
+        Some(restart_at)
     }
 
     /// The bandwidth estimate toward this subscriber (bits per second), once its feedback has

@@ -526,6 +526,9 @@ pub(crate) struct DownTrack {
     /// When the layer choice paused it because the estimate could not carry its smallest
     /// layer (it is tried again a while later).
     pub paused: Option<Instant>,
+    /// A paused video tried again keeps its smallest layer until then, whatever the estimate
+    /// says, so that the estimate can learn from what it carries.
+    pub probing_until: Option<Instant>,
     /// Negotiated (answered) and connected: copies are sent.
     pub ready: bool,
     /// Its payload types and header extensions were learnt from an answer.
@@ -612,6 +615,7 @@ mod tests {
             vp8: Vp8Numbering::default(),
             selector: LayerSelector::default(),
             paused: None,
+            probing_until: None,
             ready: false,
             configured: false,
         }

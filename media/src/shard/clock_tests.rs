@@ -518,20 +518,22 @@ fn each_subscriber_gets_a_bandwidth_estimate_of_its_own_link() {
     assert!(w.received("roomy", "camera") > w.received("narrow", "camera"));
 }
 
+/// Payload sizes of the test publishers' simulcast layers q, h and f: about 150, 500 and 950
+/// kbit/s at 100 packets a second.
+const Q: usize = 150;
+const H: usize = 550;
+const F: usize = 1_150;
+
 /// Simulcast: a publisher sends three layers (q, h, f). A subscriber with room to spare gets
 /// the largest; one behind a narrow link gets the layer that fits it; one that shows the video
 /// small gets the small layer; one that hides it gets nothing. Each sees one continuous
 /// stream: no sequence gap and no VP8 picture-id jump where the layer changed.
 #[test]
 fn each_subscriber_gets_the_simulcast_layer_that_fits_its_link_and_its_screen() {
-    const Q: usize = 150;
-    const H: usize = 550;
-    const F: usize = 1_150;
     let mut w = World::new(LIVENESS);
     for name in ["roomy", "narrow", "small", "hidden"] {
         w.join(name);
     }
-    // About 150, 500 and 950 kbit/s at 100 packets a second.
     w.publish_simulcast(
         "camera",
         "cam",
@@ -591,6 +593,90 @@ fn each_subscriber_gets_the_simulcast_layer_that_fits_its_link_and_its_screen() 
     assert_eq!(w.peer("small").picture_jumps, 0);
     assert_eq!(w.peer("small").gaps, 0);
     assert!(w.counter("callrelay_sfu_layer_switches_total", &[]) >= 3.0);
+}
+
+/// A subscriber whose link collapsed — the estimate fell to its floor and paused the video —
+/// and whose browser then moved to another path (a new network, or from UDP to ICE-TCP,
+/// nominating the new pair without an ICE restart) gets its full picture back within seconds:
+/// a new route's estimate starts over instead of climbing from the old path's floor.
+#[test]
+fn a_video_paused_by_a_dying_path_resumes_in_full_on_the_path_the_browser_moves_to() {
+    let mut w = World::new(Duration::from_secs(60));
+    w.join("viewer");
+    w.publish_simulcast(
+        "camera",
+        "cam",
+        &[
+            ("q", Q, (320, 180)),
+            ("h", H, (640, 360)),
+            ("f", F, (1280, 720)),
+        ],
+    );
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(w.last_payload_len("viewer", "camera"), Some(F));
+
+    w.limit_downlink("viewer", 20_000.0);
+    w.run_for(Duration::from_secs(6));
+    assert!(
+        w.counter("callrelay_sfu_video_pauses_total", &[]) >= 1.0,
+        "the collapsed link paused the video (estimate {:?})",
+        w.estimate("viewer")
+    );
+
+    w.unlimit_downlink("viewer");
+    w.change_network("viewer");
+    w.renominate("viewer", PcKind::Subscribe);
+    let before = w.received("viewer", "camera");
+    w.run_for(Duration::from_secs(3));
+    assert!(
+        w.received("viewer", "camera") > before + 100,
+        "video flows on the new path"
+    );
+    assert_eq!(
+        w.last_payload_len("viewer", "camera"),
+        Some(F),
+        "the full layer, not the old path's floor (estimate {:?})",
+        w.estimate("viewer")
+    );
+}
+
+/// A video paused because its subscriber's link collapsed comes back once the link recovers
+/// on the same path: with nothing else sent, only the paused video tried again can tell the
+/// estimate so, and it is kept flowing long enough for the estimate to learn from it.
+#[test]
+fn a_video_paused_by_a_collapsed_link_resumes_when_the_link_recovers() {
+    let mut w = World::new(Duration::from_secs(120));
+    w.join("viewer");
+    w.publish_simulcast(
+        "camera",
+        "cam",
+        &[("q", Q, (320, 180)), ("h", H, (640, 360))],
+    );
+    w.run_for(Duration::from_secs(3));
+    w.limit_downlink("viewer", 20_000.0);
+    w.run_for(Duration::from_secs(6));
+    assert!(w.counter("callrelay_sfu_video_pauses_total", &[]) >= 1.0);
+
+    w.unlimit_downlink("viewer");
+    let mut resumed_after = None;
+    for second in 1..=40 {
+        let before = w.received("viewer", "camera");
+        w.run_for(Duration::from_secs(1));
+        // A whole second of video (about 100 packets), not a probe's few packets.
+        if w.received("viewer", "camera") > before + 90 {
+            resumed_after = Some(second);
+            break;
+        }
+    }
+    println!("video back {resumed_after:?} s after the link recovered");
+    let resumed_after = resumed_after.expect("the video came back within 40 s");
+    let before = w.received("viewer", "camera");
+    w.run_for(Duration::from_secs(10));
+    assert!(
+        w.received("viewer", "camera") > before + 900,
+        "and keeps flowing (estimate {:?}, back after {resumed_after} s)",
+        w.estimate("viewer")
+    );
 }
 
 /// A subscriber that negotiated RTX (as browsers do) gets the SFU's retransmissions on its RTX

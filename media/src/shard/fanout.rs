@@ -155,7 +155,13 @@ impl Shard {
     /// and what it was sent; once a second (`sample`) each estimate goes into the histogram.
     pub(super) fn update_send_sides(&mut self, now: Instant, sample: bool) {
         let now_us = now.duration_since(self.epoch).as_micros() as u64;
-        for side in self.pcs.values_mut().filter_map(|pc| pc.send_side.as_mut()) {
+        for (id, pc) in self.pcs.iter_mut() {
+            let Some(side) = pc.send_side.as_mut() else {
+                continue;
+            };
+            // A video paused for the old path's estimate resumes at the next layer choice: a
+            // new path's estimate starts over.
+            side.follow_route(self.demux.selected(*id));
             side.update_pacing_rate(now_us);
             if sample && let Some(estimate) = side.estimate() {
                 self.metrics.estimate.observe(estimate);

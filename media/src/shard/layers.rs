@@ -5,10 +5,16 @@
 
 use super::*;
 use crate::allocate::{self, Choice, LayerInfo};
+use crate::congestion::SendSide;
 
 /// A video the estimate paused is tried again this long after, whatever the estimate says:
 /// with nothing else sent to the subscriber, no feedback would ever say the link recovered.
 const RETRY_PAUSED: Duration = Duration::from_secs(8);
+
+/// How long a video tried again keeps its smallest layer before the estimate may pause it
+/// again: its keyframe must arrive, and the feedback on what it carries must reach the
+/// estimator, which then climbs from its floor by a few percent per step.
+const PROBE_FOR: Duration = Duration::from_secs(5);
 
 impl Shard {
     pub(super) fn choose_layers(&mut self, now: Instant) {
@@ -29,8 +35,22 @@ impl Shard {
             } = room;
             for p in participants.values() {
                 let s = &p.subscriber;
-                let estimate =
-                    s.pc.and_then(|id| pcs.get(&id)?.send_side.as_ref()?.estimate());
+                let mut send_side = s.pc.and_then(|id| pcs.get_mut(&id)?.send_side.as_mut());
+                // A video tried again has flowed for its while: what the feedback said of it
+                // may restart the estimate before this choice.
+                let mut probe_over = false;
+                for dt_id in s.down_tracks.values() {
+                    if let Some(dt) = down_tracks.get_mut(dt_id)
+                        && dt.probing_until.is_some_and(|until| now >= until)
+                    {
+                        dt.probing_until = None;
+                        probe_over = true;
+                    }
+                }
+                if probe_over && let Some(side) = send_side.as_deref_mut() {
+                    side.finish_probe(now);
+                }
+                let estimate = send_side.as_deref().and_then(SendSide::estimate);
                 let mut audio_bps = 0.0;
                 let mut videos = Vec::new();
                 for (publication_id, dt_id) in &s.down_tracks {
@@ -80,15 +100,22 @@ impl Shard {
                         Choice::Unchanged => continue,
                         Choice::Layer(layer) => {
                             dt.paused = None;
+                            dt.probing_until = None;
                             Some(layer)
                         }
                         Choice::NotShown => None,
                         Choice::TooLittleBandwidth => match dt.paused {
-                            // Tried again: the smallest layer, until the estimate speaks.
+                            // Tried again: the smallest layer, for a while whatever the
+                            // estimate says.
                             Some(since) if now.duration_since(since) >= RETRY_PAUSED => {
                                 dt.paused = None;
+                                dt.probing_until = Some(now + PROBE_FOR);
+                                if let Some(side) = send_side.as_deref_mut() {
+                                    side.start_probe(now);
+                                }
                                 layers.first().map(|l| l.index)
                             }
+                            None if dt.probing_until.is_some_and(|until| now < until) => continue,
                             _ => None,
                         },
                     };

@@ -182,6 +182,7 @@ impl Shard {
             vp8: Vp8Numbering::default(),
             selector: LayerSelector::default(),
             paused: None,
+            probing_until: None,
             ready: false,
             configured: false,
         };

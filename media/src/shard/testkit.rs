@@ -656,6 +656,11 @@ impl World {
         });
     }
 
+    /// Lifts [`Self::limit_downlink`]: `name`'s link carries whatever it is sent again.
+    pub fn unlimit_downlink(&mut self, name: &str) {
+        self.peer_entry(name).downlink = None;
+    }
+
     /// The SFU's bandwidth estimate toward `name` (its subscribe connection's send side), once
     /// its transport-cc feedback has said something.
     pub fn estimate(&self, name: &str) -> Option<f64> {
