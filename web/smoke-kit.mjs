@@ -41,10 +41,13 @@ export function httpClient(base) {
   };
 }
 
-/** Headless Chromium (CHROMIUM, else /usr/bin/chromium) with fake camera and microphone. */
-export function launchChromium(chromium, base) {
+/**
+ * Headless Chromium (`executable`, else CHROMIUM, else /usr/bin/chromium) with fake camera and
+ * microphone; `fakeDevice` is the fake camera's setting (e.g. `fps=30`; without, it runs at 20 fps).
+ */
+export function launchChromium(chromium, base, { executable, fakeDevice } = {}) {
   return chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    executablePath: executable || process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     chromiumSandbox: false,
     args: [
@@ -56,7 +59,7 @@ export function launchChromium(chromium, base) {
       '--disable-component-update',
       '--disable-sync',
       '--use-fake-ui-for-media-stream',
-      '--use-fake-device-for-media-stream',
+      fakeDevice ? `--use-fake-device-for-media-stream=${fakeDevice}` : '--use-fake-device-for-media-stream',
       '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required',
       // A server reached on another address than loopback (a browser in a network namespace)
