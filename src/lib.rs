@@ -2,6 +2,7 @@
 //! The Socket.IO protocol lives in `callrelay-signaling`.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod db;
 #[cfg(test)]

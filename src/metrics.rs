@@ -18,6 +18,9 @@ pub struct Metrics {
     pub draining: IntGauge,
     /// `callrelay_admin_actions_total{action}`: admin API actions carried out.
     pub admin_actions: IntCounterVec,
+    /// `callrelay_cluster_nodes`: live nodes in the cluster registry at the last heartbeat (1 on
+    /// a single node).
+    pub cluster_nodes: IntGauge,
 }
 
 impl Metrics {
@@ -75,6 +78,12 @@ impl Metrics {
         for action in crate::http::ADMIN_ACTIONS {
             admin_actions.with_label_values(&[action]);
         }
+        let cluster_nodes = IntGauge::new(
+            "callrelay_cluster_nodes",
+            "Live nodes in the cluster registry at this node's last heartbeat (1 on a single node)",
+        )?;
+        cluster_nodes.set(1);
+        registry.register(Box::new(cluster_nodes.clone()))?;
         // Every refusal reason exists at zero from the start (alerts use rate()).
         for failure in callrelay_signaling::AuthFailure::ALL {
             auth_failures.with_label_values(&[failure.label()]);
@@ -87,6 +96,7 @@ impl Metrics {
             database_up,
             draining,
             admin_actions,
+            cluster_nodes,
         })
     }
 

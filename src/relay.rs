@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use callrelay_signaling::SocketIo;
 use serde_json::Value;
-use socketioxide::SocketIo;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use callrelay_media::{CandidateInit, MediaError, MediaEvent, PcKind, SfuHandle, VideoSize};

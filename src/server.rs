@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tower_http::services::{ServeDir, ServeFile};
 use tower_http::trace::TraceLayer;
 
 use callrelay_media::{MediaConfig, MediaError, Sfu};
+use callrelay_signaling::adapter::{self, AttachError, NodeAdapter};
 use callrelay_signaling::{
     IceAuth, IceServers, Relay, Signaling, SignalingConfig, SignalingMetrics,
 };
 
 use crate::auth::JwtAuth;
+use crate::cluster::{self, ClusterError, NodeInfo, Registry};
 use crate::config::{Config, LogFormat, MediaMode};
 use crate::db::{Db, DbError};
 use crate::http::{self, AppState};
@@ -43,6 +44,10 @@ pub enum ServeError {
     WebhookClient(reqwest::Error),
     #[error("{0}")]
     Secret(#[from] SecretFileError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    SocketIo(#[from] AttachError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -159,12 +164,21 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     };
     metrics.database_up.set(1);
     let database_watch = tokio::spawn(watch_database(db.clone(), metrics.database_up.clone()));
-    let closed = db.close_interrupted_calls().await?;
-    if closed > 0 {
-        tracing::info!(
-            calls = closed,
-            "closed calls left open by the previous run (server-restart)"
-        );
+    let cluster = join_cluster(&config, metrics.cluster_nodes.clone()).await?;
+    // Calls left open by an earlier run are closed, unless other nodes are running: those may be
+    // theirs.
+    let alone = match &cluster {
+        Some((registry, _)) => registry.live_nodes().await?.len() <= 1,
+        None => true,
+    };
+    if alone {
+        let closed = db.close_interrupted_calls().await?;
+        if closed > 0 {
+            tracing::info!(
+                calls = closed,
+                "closed calls left open by the previous run (server-restart)"
+            );
+        }
     }
 
     // p2p-only servers never relay, so they do not hold the UDP port either.
@@ -196,8 +210,15 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         SignalingMetrics::register(&metrics.registry)?,
     );
     let message_limit = config.limits.max_socket_message_bytes;
-    let (socketio_layer, io) = SocketIo::builder()
+    let adapter = match &cluster {
+        Some(_) => adapter::over_redis(&config.cluster.redis_url)
+            .await
+            .map_err(ClusterError::from)?,
+        None => adapter::alone(),
+    };
+    let (socketio_layer, io) = socketioxide::SocketIo::builder()
         .with_state(signaling.clone())
+        .with_adapter::<NodeAdapter>(adapter)
         // A client whose network vanished (a phone leaving Wi-Fi) is noticed within 20 s, not
         // the engine.io default of 45 s: its room and relay connections are released sooner,
         // and its browser, which applies the same numbers, reconnects sooner.
@@ -207,7 +228,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .ws_max_message_size(message_limit)
         .ws_max_frame_size(message_limit)
         .build_layer();
-    Signaling::attach(&io);
+    Signaling::attach(&io).await?;
     let (sfu, media_pump) = match sfu {
         Some((handle, events)) => {
             let pump = tokio::spawn(pump_media_events(events, signaling.clone(), io.clone()));
@@ -229,6 +250,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         ice_servers: Arc::new(ice_servers(&config)),
         signaling: signaling.clone(),
         io: io.clone(),
+        cluster: cluster.as_ref().map(|(registry, _)| registry.clone()),
     };
 
     let mut app = http::router(state.clone());
@@ -319,9 +341,43 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     if let Some(sender) = webhook_sender {
         sender.abort();
     }
+    if let Some((registry, keep_alive)) = cluster {
+        keep_alive.abort();
+        match registry.leave().await {
+            Ok(()) => tracing::info!(node = registry.node_id(), "left the cluster"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not leave the cluster: its lease runs out")
+            }
+        }
+    }
     db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// With `cluster.redis_url` set: registers this node in the cluster and keeps it registered.
+async fn join_cluster(
+    config: &Config,
+    live_nodes: prometheus::IntGauge,
+) -> Result<Option<(Arc<Registry>, tokio::task::JoinHandle<()>)>, ClusterError> {
+    if !config.cluster.is_on() {
+        return Ok(None);
+    }
+    let info = NodeInfo {
+        id: cluster::node_id(&config.cluster.node_id),
+        started_at: time::OffsetDateTime::now_utc().unix_timestamp() * 1000,
+    };
+    let lease = Duration::from_secs(config.cluster.lease_secs);
+    let registry = Registry::join(&config.cluster.redis_url, info, lease).await?;
+    let nodes = registry.live_nodes().await?.len();
+    tracing::info!(
+        node = registry.node_id(),
+        nodes,
+        "joined the cluster (Redis): Socket.IO events reach every node's sockets"
+    );
+    live_nodes.set(nodes as i64);
+    let keep_alive = registry.keep_alive(live_nodes);
+    Ok(Some((registry, keep_alive)))
 }
 
 /// The ICE servers of `media.ice_*`: credentials minted per user when `media.ice_secret` is

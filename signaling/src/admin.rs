@@ -2,9 +2,9 @@
 //! remove a participant, close a room, end a call. Each action ends things the way the
 //! protocol's own events do, so clients, records, the audit trail and webhooks follow.
 
+use crate::adapter::SocketIo;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
-use socketioxide::SocketIo;
 
 use crate::call::MediaPath;
 use crate::consult::{LeaveReason, leave_current_room};

@@ -1,8 +1,8 @@
 //! Consult rooms: join, relay of offers/answers/candidates between members, chat, leave.
 
+use crate::adapter::SocketIo;
+use crate::adapter::SocketRef;
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::SocketRef;
 
 use crate::activity::{Activity, Member};
 use crate::call::MediaPath;

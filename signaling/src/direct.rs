@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use crate::adapter::SocketIo;
+use crate::adapter::SocketRef;
 use serde_json::{Map, Value, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::SocketRef;
 
 use crate::activity::Activity;
 use crate::call::{Call, CallError, CallEvent, CallStatus, Effects, Recipient};

@@ -5,6 +5,7 @@
 //! through [`Store`], token checks through [`Authenticator`].
 
 pub mod activity;
+pub mod adapter;
 pub mod admin;
 pub mod call;
 mod consult;
@@ -26,10 +27,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use socketioxide::SocketIo;
-use socketioxide::extract::{AckSender, SocketRef, State, TryData};
+use socketioxide::extract::{State, TryData};
 use socketioxide::handler::ConnectHandler;
 
+pub use adapter::{SocketIo, SocketRef};
 pub use ice::{IceAuth, IceServers};
 pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
@@ -37,7 +38,10 @@ pub use payload::{PayloadLimits, validate_event_payload};
 pub use relay::{Relay, RelayError, RelayEvent};
 pub use store::{Store, StoreError};
 
+use adapter::NodeAdapter;
 use order::{InOrder, OrderGate};
+
+type AckSender = socketioxide::extract::AckSender<NodeAdapter>;
 use protocol::{ErrorCode, EventError, EventResult};
 use ratelimit::TokenBucket;
 
@@ -250,9 +254,13 @@ impl Signaling {
     }
 
     /// Registers the contract's namespace "/" on `io`. `io` must have been built with this
-    /// `Arc<Signaling>` as state (`SocketIo::builder().with_state(signaling.clone())`).
-    pub fn attach(io: &SocketIo) {
-        io.ns("/", on_connect.with(authenticate));
+    /// `Arc<Signaling>` as state (`SocketIo::builder().with_state(signaling.clone())`) and
+    /// the adapter of [`adapter`]. Fails when the adapter cannot subscribe to the cluster's
+    /// channels.
+    pub async fn attach(io: &SocketIo) -> Result<(), adapter::AttachError> {
+        io.ns("/", on_connect.with(authenticate))
+            .await
+            .map_err(|e| adapter::AttachError(format!("{e:?}")))
     }
 
     /// Ends every live call as `server-restart` before the server stops.

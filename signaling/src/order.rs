@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use socketioxide::adapter::LocalAdapter;
+use crate::adapter::NodeAdapter;
 use socketioxide::handler::FromMessageParts;
 use socketioxide::socket::Socket;
 use tokio::sync::watch;
@@ -72,11 +72,11 @@ impl Drop for Turn {
     }
 }
 
-impl FromMessageParts<LocalAdapter> for InOrder {
+impl FromMessageParts<NodeAdapter> for InOrder {
     type Error = std::convert::Infallible;
 
     fn from_message_parts(
-        s: &Arc<Socket<LocalAdapter>>,
+        s: &Arc<Socket<NodeAdapter>>,
         _: &mut socketioxide_core::Value,
         _: &Option<i64>,
     ) -> Result<Self, Self::Error> {

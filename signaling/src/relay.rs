@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
+use crate::adapter::SocketIo;
+use crate::adapter::SocketRef;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::SocketRef;
 
 use crate::activity::{Activity, RelayedRoom};
 use crate::payload;

@@ -13,10 +13,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
+use crate::adapter::SocketIo;
+use crate::adapter::SocketRef;
 use serde::Serialize;
 use serde_json::{Value, json};
-use socketioxide::SocketIo;
-use socketioxide::extract::SocketRef;
 use time::OffsetDateTime;
 
 use crate::activity::{Activity, Host, Member};

@@ -274,6 +274,54 @@ fn validate(config: &Config, figment: &Figment) -> Result<(), ConfigError> {
         ));
     }
 
+    let cluster = &config.cluster;
+    if cluster.is_on() {
+        if !["redis://", "rediss://"]
+            .iter()
+            .any(|scheme| cluster.redis_url.starts_with(scheme))
+        {
+            return Err(invalid(
+                "cluster.redis_url",
+                format!("{:?}", redact_url(&cluster.redis_url)),
+                "a URL starting with redis:// or rediss://, or \"\" for a single node",
+            ));
+        }
+        if url.starts_with("sqlite:") {
+            return Err(invalid(
+                "database.url",
+                format!("{:?}", redact_url(url)),
+                &format!(
+                    "a postgres:// URL shared by every node, since cluster.redis_url is set (in \
+                     {}): an SQLite file belongs to one node",
+                    origin("cluster.redis_url")
+                ),
+            ));
+        }
+        if config.auth.jwt_secret.is_empty() {
+            return Err(invalid(
+                "auth.jwt_secret",
+                "\"\"".to_owned(),
+                &format!(
+                    "the signing secret shared by every node, since cluster.redis_url is set (in \
+                     {}): a generated one would differ from node to node",
+                    origin("cluster.redis_url")
+                ),
+            ));
+        }
+    }
+    let node_id_ok = cluster.node_id.len() <= 64
+        && cluster
+            .node_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !node_id_ok {
+        return Err(invalid(
+            "cluster.node_id",
+            format!("{:?}", cluster.node_id),
+            "at most 64 letters, digits, '-', '_' or '.'",
+        ));
+    }
+
     let server = &config.server;
     if let Some(metrics) = server.metrics_bind
         && metrics == server.bind

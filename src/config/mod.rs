@@ -57,6 +57,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(deserialize_with = "values::table")]
     pub webhooks: WebhooksConfig,
+    #[serde(deserialize_with = "values::table")]
+    pub cluster: ClusterConfig,
 }
 
 /// `[server]`: listeners, logging, shutdown, static files.
@@ -191,6 +193,29 @@ pub struct WebhooksConfig {
     /// HMAC-SHA256 key of the signature header; required when `urls` is not empty.
     #[serde(deserialize_with = "values::secret")]
     pub secret: String,
+}
+
+/// `[cluster]`: several nodes sharing a Redis and a PostgreSQL database.
+///
+/// `Debug` redacts the password of the Redis URL.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://` or `rediss://`; empty = a single node, no Redis.
+    #[serde(deserialize_with = "values::url")]
+    pub redis_url: String,
+    /// This node's name in the cluster; empty = the host name and the process id.
+    #[serde(deserialize_with = "values::string")]
+    pub node_id: String,
+    /// How long a node, and the rooms pinned to it, stay registered without a heartbeat.
+    #[serde(deserialize_with = "values::int::<2, 300, _, _>")]
+    pub lease_secs: u64,
+}
+
+impl ClusterConfig {
+    pub fn is_on(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
 }
 
 /// `[limits]`: sizes in bytes are 1 to 1 GiB, rates and bursts 1 to a million.
@@ -387,6 +412,16 @@ impl fmt::Debug for MediaConfig {
     }
 }
 
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("node_id", &self.node_id)
+            .field("lease_secs", &self.lease_secs)
+            .finish()
+    }
+}
+
 impl fmt::Debug for WebhooksConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WebhooksConfig")
@@ -527,6 +562,10 @@ mod tests {
         assert_eq!(c.limits.signal_burst, 200);
         assert_eq!(c.limits.chat_rate_per_sec, 5);
         assert_eq!(c.limits.chat_burst, 10);
+
+        assert!(!c.cluster.is_on(), "a single node unless a Redis is named");
+        assert_eq!(c.cluster.node_id, "");
+        assert_eq!(c.cluster.lease_secs, 10);
     }
 
     #[test]
@@ -545,7 +584,7 @@ mod tests {
                 keys += 1;
             }
         }
-        assert_eq!(keys, 37);
+        assert_eq!(keys, 40);
     }
 
     #[test]
@@ -934,6 +973,51 @@ mod tests {
             let c = load_env(&[("CALLRELAY_DATABASE__URL", url)]).unwrap();
             assert_eq!(c.database.url, url);
         }
+    }
+
+    #[test]
+    fn a_cluster_needs_redis_postgresql_and_one_signing_secret() {
+        let cluster = [
+            (
+                "CALLRELAY_CLUSTER__REDIS_URL",
+                "redis://:hunter2@127.0.0.1:6379/0",
+            ),
+            ("CALLRELAY_DATABASE__URL", "postgres://db/callrelay"),
+            ("CALLRELAY_AUTH__JWT_SECRET", "shared by every node"),
+            ("CALLRELAY_CLUSTER__NODE_ID", "node-1.eu_west"),
+        ];
+        let c = load_env(&cluster).unwrap();
+        assert!(c.cluster.is_on());
+        assert_eq!(c.cluster.node_id, "node-1.eu_west");
+        assert!(!format!("{:?}", c.cluster).contains("hunter2"));
+
+        // The embedded SQLite belongs to one node.
+        let msg = err_env(&cluster[..1]);
+        assert!(msg.starts_with("database.url: invalid value"), "{msg}");
+        assert!(
+            msg.contains(
+                "since cluster.redis_url is set (in environment variable \
+                 CALLRELAY_CLUSTER__REDIS_URL)"
+            ),
+            "{msg}"
+        );
+        // A secret generated per node would make every other node's tokens invalid.
+        let msg = err_env(&cluster[..2]);
+        assert!(msg.starts_with("auth.jwt_secret: invalid value"), "{msg}");
+
+        let mut bad = cluster;
+        bad[0].1 = "http://127.0.0.1:6379";
+        let msg = err_env(&bad);
+        assert!(msg.starts_with("cluster.redis_url: invalid value"), "{msg}");
+        let mut bad = cluster;
+        bad[3].1 = "node 1";
+        let msg = err_env(&bad);
+        assert!(msg.starts_with("cluster.node_id: invalid value"), "{msg}");
+        let msg = err_env(&[("CALLRELAY_CLUSTER__LEASE_SECS", "1")]);
+        assert!(
+            msg.starts_with("cluster.lease_secs: invalid value"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use callrelay_signaling::{Identity, Role};
 
 use super::openapi::{BadRequest, Forbidden, Id, Internal, Unauthorized};
 use super::{ApiError, AppState, AuthUser, ErrorCode};
+use crate::cluster::LiveNode;
 use crate::db::{AuditEntry, AuditRecord};
 
 /// The `action` of every admin record (and label of `callrelay_admin_actions_total`).
@@ -39,6 +40,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/admin/calls", get(list_calls))
         .route("/admin/calls/{call_id}/end", post(end_call))
         .route("/admin/audit", get(audit_trail))
+        .route("/admin/cluster", get(cluster_nodes))
 }
 
 /// The caller, who must be an administrator.
@@ -147,6 +149,47 @@ pub(super) async fn list_calls(State(state): State<AppState>, _: Admin) -> Json<
     Json(CallList {
         calls: state.signaling.live_calls().await,
     })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// The node that answered (`cluster.node_id`); `null` on a single node.
+    node: Option<String>,
+    /// The live nodes, least loaded first, each with `id`, `started_at` (Unix ms) and `rooms`
+    /// (rooms pinned to it); empty on a single node.
+    #[schema(value_type = Vec<Object>)]
+    nodes: Vec<LiveNode>,
+}
+
+/// The nodes of the cluster (`cluster.redis_url`) that are live now, as the shared Redis
+/// knows them.
+#[utoipa::path(get, path = "/api/admin/cluster", operation_id = "admin_cluster", responses(
+    (status = 200, body = ClusterView, description = "Live nodes"),
+    (status = 401, response = Unauthorized),
+    (status = 403, response = Forbidden),
+    (status = 500, response = Internal)), security(("bearer" = [])))]
+pub(super) async fn cluster_nodes(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<ClusterView>, ApiError> {
+    let Some(registry) = &state.cluster else {
+        return Ok(Json(ClusterView {
+            node: None,
+            nodes: Vec::new(),
+        }));
+    };
+    let nodes = registry.live_nodes().await.map_err(|err| {
+        tracing::error!(error = %err, "cluster registry unreachable");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            "the cluster registry does not answer",
+        )
+    })?;
+    Ok(Json(ClusterView {
+        node: Some(registry.node_id().to_owned()),
+        nodes,
+    }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -31,8 +31,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use callrelay_signaling::SocketIo;
 use callrelay_signaling::{Authenticator, IceServers, Identity, Signaling};
-use socketioxide::SocketIo;
 
 use crate::auth::JwtAuth;
 use crate::db::Db;
@@ -56,6 +56,8 @@ pub struct AppState {
     /// Live rooms and calls, for the admin API.
     pub signaling: Arc<Signaling>,
     pub io: SocketIo,
+    /// This node's handle on the cluster registry; `None` on a single node.
+    pub cluster: Option<Arc<crate::cluster::Registry>>,
 }
 
 /// An API error, rendered as `{"error":{"code","message"}}` with the matching status.

@@ -54,6 +54,7 @@ pub(super) fn routes() -> Router<AppState> {
         admin::close_room,
         admin::end_call,
         admin::audit_trail,
+        admin::cluster_nodes,
     ),
     components(
         schemas(ErrorBody, ErrorDetail, ErrorCode),
