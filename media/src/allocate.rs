@@ -4,6 +4,8 @@
 //! touched). Plain decisions over numbers, unit-tested; the shard applies them every 100 ms
 //! (`shard/layers.rs`).
 
+use std::time::{Duration, Instant};
+
 use crate::VideoSize;
 
 /// A layer larger than the one aimed at must fit this many times over before the choice moves
@@ -83,6 +85,72 @@ pub(crate) fn choose(
     }
 }
 
+/// An upgrade undone this soon (the larger layer did not fit after all) failed.
+const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
+/// The wait after a first failed upgrade before the next; it doubles with each failure...
+const FIRST_UPGRADE_WAIT: Duration = Duration::from_secs(15);
+/// ...up to this.
+const MAX_UPGRADE_WAIT: Duration = Duration::from_secs(120);
+/// A layer held this long without a failure clears the wait.
+const UPGRADE_WAIT_FORGOTTEN: Duration = Duration::from_secs(60);
+
+/// When a down-track may move up again. Without probing, the estimate can only find out that a
+/// larger layer does not fit by sending it: on a link that drops what exceeds its rate (a
+/// policer, a mobile operator's shaper) the estimate climbs while nothing is lost, the larger
+/// layer is taken, loss follows, the estimate falls, and the subscriber's picture flips between
+/// sizes with a freeze each time. Each upgrade undone within [`UPGRADE_TRIAL`] makes the next
+/// wait, twice as long as the last.
+#[derive(Debug, Default)]
+pub(crate) struct UpgradeGate {
+    upgraded_at: Option<Instant>,
+    wait: Duration,
+    closed_until: Option<Instant>,
+    /// When the current layer was taken (for [`UPGRADE_WAIT_FORGOTTEN`]).
+    steady_since: Option<Instant>,
+}
+
+impl UpgradeGate {
+    /// Whether an upgrade may be tried now.
+    pub fn allows(&self, now: Instant) -> bool {
+        self.closed_until.is_none_or(|until| now >= until)
+    }
+
+    /// Whether the last move up is still on trial: loss now means it failed.
+    pub fn on_trial(&self, now: Instant) -> bool {
+        self.upgraded_at
+            .is_some_and(|at| now.duration_since(at) < UPGRADE_TRIAL)
+    }
+
+    pub fn upgraded(&mut self, now: Instant) {
+        self.upgraded_at = Some(now);
+        self.steady_since = Some(now);
+    }
+
+    /// Moved down (or paused).
+    pub fn downgraded(&mut self, now: Instant) {
+        if self
+            .upgraded_at
+            .take()
+            .is_some_and(|at| now.duration_since(at) < UPGRADE_TRIAL)
+        {
+            self.wait = (self.wait * 2).clamp(FIRST_UPGRADE_WAIT, MAX_UPGRADE_WAIT);
+            self.closed_until = Some(now + self.wait);
+        }
+        self.steady_since = Some(now);
+    }
+
+    /// Every choice that changes nothing: a layer held long enough clears the wait.
+    pub fn held(&mut self, now: Instant) {
+        if self
+            .steady_since
+            .is_some_and(|since| now.duration_since(since) >= UPGRADE_WAIT_FORGOTTEN)
+        {
+            self.wait = Duration::ZERO;
+            self.upgraded_at = None;
+        }
+    }
+}
+
 /// A subscriber's estimate shared among the videos it shows, after its audio.
 pub(crate) fn video_share(estimate: Option<f64>, audio_bps: f64, videos: usize) -> Option<f64> {
     estimate.map(|e| (e - audio_bps).max(0.0) / videos.max(1) as f64)
@@ -91,6 +159,32 @@ pub(crate) fn video_share(estimate: Option<f64>, audio_bps: f64, videos: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_upgrades_wait_longer_each_time_and_a_steady_layer_forgets() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut gate = UpgradeGate::default();
+        assert!(gate.allows(t0));
+        // Up, and down 2 s later: 15 s before the next try.
+        gate.upgraded(at(0));
+        gate.downgraded(at(2));
+        assert!(!gate.allows(at(16)) && gate.allows(at(17)));
+        // Again: 30 s.
+        gate.upgraded(at(17));
+        gate.downgraded(at(18));
+        assert!(!gate.allows(at(47)) && gate.allows(at(48)));
+        // An upgrade that holds past the trial is no failure; held for a minute, the wait is
+        // forgotten: the next failure waits 15 s again.
+        gate.upgraded(at(48));
+        gate.held(at(60));
+        gate.downgraded(at(70));
+        assert!(gate.allows(at(70)));
+        gate.held(at(131));
+        gate.upgraded(at(131));
+        gate.downgraded(at(132));
+        assert!(!gate.allows(at(146)) && gate.allows(at(147)));
+    }
 
     /// q, h, f: 150 kbit/s at 180 p, 500 at 360 p, 1,500 at 720 p (indices in arrival order).
     fn simulcast() -> Vec<LayerInfo> {

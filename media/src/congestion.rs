@@ -92,7 +92,14 @@ pub struct SendSide {
     /// The client address the copies go to, when last looked at ([`Self::follow_route`]).
     route: Option<Remote>,
     probe: Option<Probe>,
+    /// The fraction of copies reported lost, averaged over the last few hundred (GCC's own
+    /// average follows each feedback's sample, and a tenth lost at random swings it past a
+    /// fifth).
+    loss: f64,
 }
+
+/// The weight of one report in [`SendSide::loss`]: about the last 200 copies count.
+const LOSS_WEIGHT: f64 = 1.0 / 200.0;
 
 /// What the feedback said since a paused video was tried again.
 struct Probe {
@@ -101,6 +108,12 @@ struct Probe {
     reported: usize,
     lost: usize,
 }
+
+/// Loss above this fraction pauses video like congestion does (see
+/// [`SendSide::congestion_estimate`]): a link that drops nearly a third of what it is sent is
+/// too narrow, not noisy (10 % lost at random each way reads as 15-20 % here: retransmissions
+/// are lost too).
+const HEAVY_LOSS: f64 = 0.3;
 
 /// A probe whose feedback named fewer packets says nothing.
 const PROBE_MIN_REPORTS: usize = 50;
@@ -125,6 +138,7 @@ impl SendSide {
             has_feedback: false,
             route: None,
             probe: None,
+            loss: 0.0,
         }
     }
 
@@ -142,6 +156,7 @@ impl SendSide {
             self.estimator = Gcc::new(INITIAL_ESTIMATE, MIN_ESTIMATE, MAX_ESTIMATE);
             self.has_feedback = false;
             self.probe = None;
+            self.loss = 0.0;
             // Copies sent on the old path, lost with it, are no news about the new one.
             self.history.fill(None);
         }
@@ -284,6 +299,10 @@ impl SendSide {
             self.estimator.on_reports(now, &reports);
             self.has_feedback = true;
         }
+        for r in &reports {
+            let lost = if r.arrived { 0.0 } else { 1.0 };
+            self.loss += (lost - self.loss) * LOSS_WEIGHT;
+        }
         if let Some(probe) = self.probe.as_mut() {
             for r in &reports {
                 probe.reported += 1;
@@ -337,6 +356,28 @@ impl SendSide {
     /// said something.
     pub fn estimate(&self) -> Option<f64> {
         self.has_feedback.then(|| self.estimator.target_bitrate())
+    }
+
+    /// The fraction of recent copies reported lost (about the last 200).
+    pub fn loss(&self) -> f64 {
+        self.loss
+    }
+
+    /// What a pause is decided on: whether the path can carry even a smallest layer. Random
+    /// loss (a radio link) drives GCC's loss-based half down although sending less cures
+    /// nothing, and a paused picture is worse than a small one that NACKs repair; so below
+    /// [`HEAVY_LOSS`] only the delay-based half (queues growing: real congestion) counts.
+    pub fn congestion_estimate(&self) -> Option<f64> {
+        if !self.has_feedback {
+            return None;
+        }
+        if self.loss > HEAVY_LOSS {
+            return self.estimate();
+        }
+        self.estimator
+            .stats()
+            .delay_based_bitrate
+            .or_else(|| self.estimate())
     }
 
     /// Re-aims the pacer (every housekeeping tick): a multiple of the estimate or of what was

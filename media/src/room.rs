@@ -20,6 +20,7 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
 
+use crate::allocate::UpgradeGate;
 use crate::codec::{Codec, Vp8Numbering};
 use crate::forward::{PayloadTypeMap, Rewriter};
 use crate::keyframe::KeyframeThrottle;
@@ -529,6 +530,10 @@ pub(crate) struct DownTrack {
     /// A paused video tried again keeps its smallest layer until then, whatever the estimate
     /// says, so that the estimate can learn from what it carries.
     pub probing_until: Option<Instant>,
+    /// When a move up may be tried again after a failed one.
+    pub upgrades: UpgradeGate,
+    /// When the keyframe of the layer it is switching to was last asked for.
+    pub keyframe_asked: Option<Instant>,
     /// Negotiated (answered) and connected: copies are sent.
     pub ready: bool,
     /// Its payload types and header extensions were learnt from an answer.
@@ -616,6 +621,8 @@ mod tests {
             selector: LayerSelector::default(),
             paused: None,
             probing_until: None,
+            upgrades: UpgradeGate::default(),
+            keyframe_asked: None,
             ready: false,
             configured: false,
         }

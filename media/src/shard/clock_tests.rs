@@ -679,6 +679,72 @@ fn a_video_paused_by_a_collapsed_link_resumes_when_the_link_recovers() {
     );
 }
 
+/// Random loss (a radio link) drives the estimate down, since GCC's loss-based half cannot tell
+/// it from congestion; the subscriber may get a smaller layer, but its picture is never
+/// paused: the path is not congested (no queue grows), and NACKs repair what is lost.
+#[test]
+fn random_loss_shrinks_the_picture_but_never_pauses_it() {
+    let mut w = World::new(Duration::from_secs(120));
+    w.join("viewer");
+    w.publish_simulcast(
+        "camera",
+        "cam",
+        &[
+            ("q", Q, (320, 180)),
+            ("h", H, (640, 360)),
+            ("f", F, (1280, 720)),
+        ],
+    );
+    w.run_for(Duration::from_secs(3));
+    w.lose_downlink("viewer", 0.12);
+    for second in 0..30 {
+        let before = w.received("viewer", "camera");
+        w.run_for(Duration::from_secs(1));
+        assert!(
+            w.received("viewer", "camera") > before + 50,
+            "second {second}: the picture stopped (estimate {:?}, pauses {}, last {:?})",
+            w.estimate("viewer"),
+            w.counter("callrelay_sfu_video_pauses_total", &[]),
+            w.last_payload_len("viewer", "camera")
+        );
+    }
+    assert_eq!(w.counter("callrelay_sfu_video_pauses_total", &[]), 0.0);
+}
+
+/// A link that drops what exceeds its rate without queueing it (a policer) gives the estimate
+/// no warning: it climbs while nothing is lost, takes the larger layer, loses, falls. The
+/// subscriber must not have its picture flip between sizes all call long: each failed move up
+/// makes the next wait twice as long.
+#[test]
+fn a_policed_link_does_not_make_the_picture_flip_between_sizes() {
+    let mut w = World::new(Duration::from_secs(120));
+    w.join("viewer");
+    w.publish_simulcast(
+        "camera",
+        "cam",
+        &[("q", Q, (320, 180)), ("h", H, (640, 360))],
+    );
+    w.run_for(Duration::from_secs(2));
+    w.police_downlink("viewer", 350_000.0);
+    w.run_for(Duration::from_secs(5));
+    let switches_before = w.counter("callrelay_sfu_layer_switches_total", &[]);
+    let (mut small, mut samples) = (0, 0);
+    for _ in 0..600 {
+        w.run_for(Duration::from_millis(100));
+        samples += 1;
+        if w.last_payload_len("viewer", "camera") == Some(Q) {
+            small += 1;
+        }
+    }
+    let switches = w.counter("callrelay_sfu_layer_switches_total", &[]) - switches_before;
+    println!("60 s on a 350 kbit/s policer: {switches} switches, {small}/{samples} samples at q");
+    assert!(
+        small * 10 >= samples * 9,
+        "q for {small} of {samples} samples ({switches} switches)"
+    );
+    assert!(switches <= 6.0, "{switches} layer switches in 60 s");
+}
+
 /// A subscriber that negotiated RTX (as browsers do) gets the SFU's retransmissions on its RTX
 /// stream: the SFU's offer pairs each video SSRC with an RTX SSRC (`a=ssrc-group:FID`), and a
 /// NACK is answered there with the RTX payload type and a sequence number of that stream, not

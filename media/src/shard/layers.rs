@@ -5,11 +5,19 @@
 
 use super::*;
 use crate::allocate::{self, Choice, LayerInfo};
+use std::cmp::Ordering;
+
 use crate::congestion::SendSide;
 
 /// A video the estimate paused is tried again this long after, whatever the estimate says:
 /// with nothing else sent to the subscriber, no feedback would ever say the link recovered.
 const RETRY_PAUSED: Duration = Duration::from_secs(8);
+
+/// A move up whose copies lose more than this fraction while on trial failed.
+const TRIAL_MAX_LOSS: f64 = 0.1;
+
+/// A layer switch whose keyframe has not come this long after it was asked for asks again.
+const ASK_KEYFRAME_AGAIN: Duration = Duration::from_secs(1);
 
 /// How long a video tried again keeps its smallest layer before the estimate may pause it
 /// again: its keyframe must arrive, and the feedback on what it carries must reach the
@@ -75,6 +83,14 @@ impl Shard {
                     })
                     .count();
                 let share = allocate::video_share(estimate, audio_bps, shown);
+                let lossy = send_side
+                    .as_deref()
+                    .is_some_and(|side| side.loss() > TRIAL_MAX_LOSS);
+                let congestion_share = allocate::video_share(
+                    send_side.as_deref().and_then(SendSide::congestion_estimate),
+                    audio_bps,
+                    shown,
+                );
                 for (dt_id, publication) in videos {
                     let Some(dt) = down_tracks.get_mut(&dt_id) else {
                         continue;
@@ -95,15 +111,49 @@ impl Shard {
                         })
                         .collect();
                     let size = s.video_sizes.get(&publication.publisher).copied();
-                    let choice = allocate::choose(&layers, dt.selector.target(), size, share);
+                    let aimed = dt.selector.target();
+                    let rank = |layer: Option<usize>| {
+                        layer.and_then(|l| layers.iter().position(|x| x.index == l))
+                    };
+                    let mut choice = allocate::choose(&layers, aimed, size, share);
+                    // A move up that loses copies failed: back down now, not once the
+                    // estimate, which climbed far above the link while nothing was lost, has
+                    // come down again (seconds of a broken picture on a policed link).
+                    if lossy
+                        && dt.upgrades.on_trial(now)
+                        && let Some(lower) = rank(aimed)
+                            .and_then(|r| r.checked_sub(1))
+                            .map(|r| layers[r].index)
+                        && matches!(choice, Choice::Layer(_) | Choice::Unchanged)
+                    {
+                        choice = Choice::Layer(lower);
+                    }
                     let target = match choice {
-                        Choice::Unchanged => continue,
+                        Choice::Unchanged => aimed,
+                        // Moving up again too soon after a failed upgrade: held.
+                        Choice::Layer(layer)
+                            if aimed.is_some()
+                                && rank(Some(layer)) > rank(aimed)
+                                && !dt.upgrades.allows(now) =>
+                        {
+                            aimed
+                        }
                         Choice::Layer(layer) => {
                             dt.paused = None;
                             dt.probing_until = None;
                             Some(layer)
                         }
                         Choice::NotShown => None,
+                        // The estimate is down, but the path is not congested (random loss):
+                        // the smallest layer rather than no picture.
+                        Choice::TooLittleBandwidth
+                            if layers.first().is_some_and(|smallest| {
+                                congestion_share.is_none_or(|c| c >= smallest.bits_per_second)
+                            }) =>
+                        {
+                            dt.paused = None;
+                            layers.first().map(|l| l.index)
+                        }
                         Choice::TooLittleBandwidth => match dt.paused {
                             // Tried again: the smallest layer, for a while whatever the
                             // estimate says.
@@ -115,21 +165,33 @@ impl Shard {
                                 }
                                 layers.first().map(|l| l.index)
                             }
-                            None if dt.probing_until.is_some_and(|until| now < until) => continue,
+                            None if dt.probing_until.is_some_and(|until| now < until) => aimed,
                             _ => None,
                         },
                     };
-                    if target.is_none() && dt.selector.target().is_some() {
+                    match rank(target).cmp(&rank(aimed)) {
+                        Ordering::Greater if aimed.is_some() => dt.upgrades.upgraded(now),
+                        Ordering::Less => dt.upgrades.downgraded(now),
+                        _ => dt.upgrades.held(now),
+                    }
+                    if target.is_none() && aimed.is_some() {
                         dt.rewriter.pause();
                         if choice == Choice::TooLittleBandwidth {
                             metrics.video_pauses.inc();
                             dt.paused = Some(now);
                         }
                     }
-                    if dt.selector.set_target(target)
-                        && let Some(layer) = target
+                    // A switch waits for the new layer's keyframe: asked for when aimed, and
+                    // again while it has not come (the request or the keyframe was lost).
+                    let changed = dt.selector.set_target(target);
+                    if let Some(layer) = target
                         && dt.selector.current() != Some(layer)
+                        && (changed
+                            || dt
+                                .keyframe_asked
+                                .is_none_or(|at| now.duration_since(at) >= ASK_KEYFRAME_AGAIN))
                     {
+                        dt.keyframe_asked = Some(now);
                         keyframes.push((*rid, dt.publication, layer));
                     }
                 }

@@ -183,6 +183,8 @@ impl Shard {
             selector: LayerSelector::default(),
             paused: None,
             probing_until: None,
+            upgrades: Default::default(),
+            keyframe_asked: None,
             ready: false,
             configured: false,
         };

@@ -117,10 +117,28 @@ struct Bottleneck {
     free_at: Instant,
     /// Datagrams in flight with the time each reaches the peer.
     queue: VecDeque<(Instant, SocketAddr, bytes::BytesMut)>,
+    /// Drops this fraction of the datagrams at random (a radio link), whatever the rate.
+    loss: f64,
+    rng: StdRng,
 }
 
 impl Bottleneck {
+    fn new(now: Instant, bits_per_second: f64, max_queueing: Duration, loss: f64) -> Self {
+        Self {
+            bits_per_second,
+            max_queueing,
+            free_at: now,
+            queue: VecDeque::new(),
+            loss,
+            rng: StdRng::seed_from_u64(12),
+        }
+    }
+
     fn enqueue(&mut self, now: Instant, to: SocketAddr, bytes: bytes::BytesMut) {
+        use rand::RngExt;
+        if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+            return;
+        }
         let start = self.free_at.max(now);
         if start.duration_since(now) > self.max_queueing {
             return;
@@ -648,12 +666,36 @@ impl World {
     /// 200 ms of queue (drop-tail), and reaches it when the link has serialised it.
     pub fn limit_downlink(&mut self, name: &str, bits_per_second: f64) {
         let now = self.now;
-        self.peer_entry(name).downlink = Some(Bottleneck {
+        self.peer_entry(name).downlink = Some(Bottleneck::new(
+            now,
             bits_per_second,
-            max_queueing: Duration::from_millis(200),
-            free_at: now,
-            queue: VecDeque::new(),
-        });
+            Duration::from_millis(200),
+            0.0,
+        ));
+    }
+
+    /// Everything the SFU sends `name` from now on crosses a policer of `bits_per_second`
+    /// (nftables `limit rate ... drop`, an operator's shaper): what exceeds the rate is dropped
+    /// at once, almost nothing queues, so no delay grows before the loss.
+    pub fn police_downlink(&mut self, name: &str, bits_per_second: f64) {
+        let now = self.now;
+        self.peer_entry(name).downlink = Some(Bottleneck::new(
+            now,
+            bits_per_second,
+            Duration::from_millis(10),
+            0.0,
+        ));
+    }
+
+    /// `name` loses `fraction` of what the SFU sends it, at random (a radio link), at any rate.
+    pub fn lose_downlink(&mut self, name: &str, fraction: f64) {
+        let now = self.now;
+        self.peer_entry(name).downlink = Some(Bottleneck::new(
+            now,
+            1e9,
+            Duration::from_millis(200),
+            fraction,
+        ));
     }
 
     /// Lifts [`Self::limit_downlink`]: `name`'s link carries whatever it is sent again.
