@@ -694,19 +694,11 @@ fn two_namespaces(tags: (char, char), what: &str) -> Option<(Namespace, Namespac
 /// least 360 p: the 720 p one only while Chromium's own uplink estimate carries it, which on a
 /// busy 2-core machine it often does not; "sending" in the output says what it sends).
 ///
-/// Ignored while it fails for a reason in the server (6 runs of 7 here): on a link that drops
-/// what exceeds its rate (a policer, no queue) the estimate climbs while loss stays under 2 %
-/// (rtc-interceptor's GCC loss half: 5 % every 200 ms, with no bound by what the subscriber
-/// actually received), so within seconds of settling on the low layer the narrow subscriber is
-/// moved up to 360 p again; the policer drops, the estimate falls, and so on: 5-12 layer
-/// switches in 30 s, the narrow side at 360 p for up to half the time and frozen for seconds.
-/// The keyframe requests of those switches, and of the other side's (the narrow side
-/// publishes too, and its keyframe requests come down the narrow link), are asked for once: one
-/// lost, the down-track stays on its old layer (once the good side got the 180 p layer for the
-/// whole window).
+/// On this policer (no queue: the estimate gets no warning before the loss) the SFU's
+/// estimate climbs while nothing is lost; a move up that then loses is undone at once and the
+/// next one waits longer (`allocate::UpgradeGate`), and a switch whose keyframe request was
+/// lost asks again.
 #[tokio::test]
-#[ignore = "the SFU's estimate overshoots a policed 300 kbit/s downlink: the narrow side keeps \
-            being moved up to 360p and freezes"]
 async fn a_subscriber_on_a_narrow_downlink_gets_the_low_layer_and_the_other_keeps_the_high_one() {
     if !prerequisites() {
         return;
@@ -781,16 +773,10 @@ async fn under_loss(percent: u32, nack: bool) -> Option<[Received; 2]> {
 /// sides, and freezes less than the same call without NACK/RTX (the issue measured the old
 /// server at 2.6-5.4 decoded frames per second and 11 freezes in 20 s on one side).
 ///
-/// Ignored while it fails for a reason in the server: 10 % loss is at the loss threshold of
-/// the estimator (rtc-interceptor's GCC loss half: above 10 % it cuts the estimate by half the
-/// loss every 200 ms, below 2 % only it grows again), so random loss, which sending less does
-/// not cure, ratchets a subscriber's estimate down to the floor; below the smallest layer
-/// (150 kbit/s) the SFU pauses the video, for seconds at a time (5 runs here: 0.2-26.6 decoded
-/// frames per second, stalls of 1.9-9.7 s, `callrelay_sfu_video_pauses_total` 2-6 per run;
-/// without NACK/RTX 0-5.8 frames per second). A layer switch also waits for a keyframe asked
-/// for once: a keyframe request lost on the way to the publisher is not asked again.
+/// 10 % is GCC's loss threshold: random loss, which sending less does not cure, drives the
+/// loss-based estimate to its floor, below the smallest layer; the SFU keeps that layer rather
+/// than pausing, since no queue grows (`SendSide::congestion_estimate`).
 #[tokio::test]
-#[ignore = "the SFU pauses video under 10 % random loss (its estimate sinks below the smallest layer)"]
 async fn video_keeps_decoding_under_10_percent_loss_and_freezes_less_than_without_nack() {
     if !prerequisites() {
         return;

@@ -87,8 +87,9 @@ pub(crate) fn choose(
 
 /// An upgrade undone this soon (the larger layer did not fit after all) failed.
 const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
-/// The wait after a first failed upgrade before the next; it doubles with each failure...
-const FIRST_UPGRADE_WAIT: Duration = Duration::from_secs(15);
+/// The wait after a move down for lack of bandwidth, and after a first failed upgrade, before
+/// the next move up; it doubles with each failure...
+const FIRST_UPGRADE_WAIT: Duration = Duration::from_secs(20);
 /// ...up to this.
 const MAX_UPGRADE_WAIT: Duration = Duration::from_secs(120);
 /// A layer held this long without a failure clears the wait.
@@ -126,8 +127,9 @@ impl UpgradeGate {
         self.steady_since = Some(now);
     }
 
-    /// Moved down (or paused).
-    pub fn downgraded(&mut self, now: Instant) {
+    /// Moved down (or paused); `for_bandwidth`: because the estimate did not carry the layer
+    /// (not because the video is shown smaller).
+    pub fn downgraded(&mut self, now: Instant, for_bandwidth: bool) {
         if self
             .upgraded_at
             .take()
@@ -135,6 +137,9 @@ impl UpgradeGate {
         {
             self.wait = (self.wait * 2).clamp(FIRST_UPGRADE_WAIT, MAX_UPGRADE_WAIT);
             self.closed_until = Some(now + self.wait);
+        } else if for_bandwidth {
+            let until = now + self.wait.max(FIRST_UPGRADE_WAIT);
+            self.closed_until = self.closed_until.max(Some(until));
         }
         self.steady_since = Some(now);
     }
@@ -166,24 +171,24 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut gate = UpgradeGate::default();
         assert!(gate.allows(t0));
-        // Up, and down 2 s later: 15 s before the next try.
+        // Up, and down 2 s later: 20 s before the next try.
         gate.upgraded(at(0));
-        gate.downgraded(at(2));
-        assert!(!gate.allows(at(16)) && gate.allows(at(17)));
-        // Again: 30 s.
-        gate.upgraded(at(17));
-        gate.downgraded(at(18));
-        assert!(!gate.allows(at(47)) && gate.allows(at(48)));
-        // An upgrade that holds past the trial is no failure; held for a minute, the wait is
-        // forgotten: the next failure waits 15 s again.
-        gate.upgraded(at(48));
-        gate.held(at(60));
-        gate.downgraded(at(70));
-        assert!(gate.allows(at(70)));
-        gate.held(at(131));
-        gate.upgraded(at(131));
-        gate.downgraded(at(132));
-        assert!(!gate.allows(at(146)) && gate.allows(at(147)));
+        gate.downgraded(at(2), true);
+        assert!(!gate.allows(at(21)) && gate.allows(at(22)));
+        // Again: 40 s.
+        gate.upgraded(at(22));
+        gate.downgraded(at(23), true);
+        assert!(!gate.allows(at(62)) && gate.allows(at(63)));
+        // An upgrade that holds past the trial is no failure, and a move down because the
+        // video is shown smaller closes nothing; held for a minute, the wait is forgotten.
+        gate.upgraded(at(63));
+        gate.held(at(75));
+        gate.downgraded(at(85), false);
+        assert!(gate.allows(at(85)));
+        gate.held(at(146));
+        // A move down for lack of bandwidth: 20 s before trying up again.
+        gate.downgraded(at(146), true);
+        assert!(!gate.allows(at(165)) && gate.allows(at(166)));
     }
 
     /// q, h, f: 150 kbit/s at 180 p, 500 at 360 p, 1,500 at 720 p (indices in arrival order).

@@ -141,7 +141,13 @@ impl Shard {
                         Choice::Layer(layer) => {
                             dt.paused = None;
                             dt.probing_until = None;
-                            Some(layer)
+                            // Up one layer at a time: a failed move up costs less.
+                            match rank(aimed) {
+                                Some(r) if rank(Some(layer)) > Some(r + 1) => {
+                                    Some(layers[r + 1].index)
+                                }
+                                _ => Some(layer),
+                            }
                         }
                         Choice::NotShown => None,
                         // The estimate is down, but the path is not congested (random loss):
@@ -171,7 +177,18 @@ impl Shard {
                     };
                     match rank(target).cmp(&rank(aimed)) {
                         Ordering::Greater if aimed.is_some() => dt.upgrades.upgraded(now),
-                        Ordering::Less => dt.upgrades.downgraded(now),
+                        Ordering::Less => {
+                            // Would the size alone have kept a larger layer?
+                            let for_bandwidth = target.is_some_and(|_| {
+                                match allocate::choose(&layers, aimed, size, None) {
+                                    Choice::Layer(unlimited) => {
+                                        rank(Some(unlimited)) > rank(target)
+                                    }
+                                    _ => false,
+                                }
+                            }) || choice == Choice::TooLittleBandwidth;
+                            dt.upgrades.downgraded(now, for_bandwidth);
+                        }
                         _ => dt.upgrades.held(now),
                     }
                     if target.is_none() && aimed.is_some() {
