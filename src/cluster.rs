@@ -8,6 +8,7 @@
 //!   ones can be listed without a `KEYS` scan; a dead one is dropped from it when found dead.
 //! - `room:{room}`: the node a room is pinned to; `node:{id}:rooms`, the set of rooms pinned to a
 //!   node (its load). The node's heartbeat renews the pins that are still its own.
+//! - `duty:{name}`: the node that does a task for all ([`Duty`]), renewed by that node.
 //!
 //! A pin is taken by a Lua script, so two nodes placing the same new room at once agree on one
 //! node, and a pin to a dead node is replaced only by the first to see it dead. The scripts touch
@@ -107,6 +108,47 @@ end
 redis.call('SREM', KEYS[2], KEYS[1])
 return 0
 ";
+
+/// KEYS[1] a duty's lease. ARGV: the node, the lease (ms). Takes the duty if nobody holds it,
+/// renews it if this node does. Returns 1 when this node holds it.
+const LEAD: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// KEYS[1] a duty's lease. ARGV: the node. Gives the duty up if this node holds it.
+const RESIGN: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// A task one node of the cluster does for all, under a lease ([`Registry::lead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duty {
+    /// Delivering the webhook outbox (every node writes to it; one delivers).
+    Webhooks,
+}
+
+impl Duty {
+    const ALL: [Duty; 1] = [Duty::Webhooks];
+
+    fn key(self) -> String {
+        let name = match self {
+            Duty::Webhooks => "webhooks",
+        };
+        format!("{PREFIX}duty:{name}")
+    }
+}
 
 /// This node's handle on the cluster registry.
 pub struct Registry {
@@ -245,10 +287,34 @@ impl Registry {
         Ok(())
     }
 
-    /// Leaves the cluster (a clean shutdown): the node and its pins go at once, not a lease
-    /// later.
+    /// Whether this node does `duty` now: it takes it if no live node holds it, and keeps it
+    /// (for a lease) by asking again before the lease runs out.
+    pub async fn lead(&self, duty: Duty) -> Result<bool, ClusterError> {
+        let held: i64 = Script::new(LEAD)
+            .key(duty.key())
+            .arg(&self.info.id)
+            .arg(self.lease_ms())
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// How often a duty's holder must renew it ([`Self::lead`]).
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+
+    /// Leaves the cluster (a clean shutdown): the node, its pins and its duties go at once, not
+    /// a lease later.
     pub async fn leave(&self) -> Result<(), ClusterError> {
         let mut redis = self.redis.clone();
+        for duty in Duty::ALL {
+            let _: i64 = Script::new(RESIGN)
+                .key(duty.key())
+                .arg(&self.info.id)
+                .invoke_async(&mut redis)
+                .await?;
+        }
         let rooms: Vec<String> = redis.smembers(node_rooms_key(&self.info.id)).await?;
         for room in rooms {
             let _: i64 = Script::new(RELEASE)

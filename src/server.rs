@@ -152,19 +152,22 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let db = Db::connect(&config.database.url, config.database.max_connections)
         .await?
         .with_webhooks(&config.webhooks.urls);
+    let cluster = join_cluster(&config, metrics.cluster_nodes.clone()).await?;
     // Registered with or without receivers, so dashboards and alerts find them at zero.
     let webhook_metrics = WebhookMetrics::register(&metrics.registry)?;
     let webhook_sender = if config.webhooks.urls.is_empty() {
         None
     } else {
-        let sender = WebhookSender::new(db.clone(), &config.webhooks.secret, webhook_metrics)
+        let mut sender = WebhookSender::new(db.clone(), &config.webhooks.secret, webhook_metrics)
             .map_err(ServeError::WebhookClient)?;
+        if let Some((registry, _)) = &cluster {
+            sender = sender.in_cluster(registry.clone());
+        }
         tracing::info!(receivers = config.webhooks.urls.len(), "webhooks on");
         Some(tokio::spawn(sender.run()))
     };
     metrics.database_up.set(1);
     let database_watch = tokio::spawn(watch_database(db.clone(), metrics.database_up.clone()));
-    let cluster = join_cluster(&config, metrics.cluster_nodes.clone()).await?;
     // Calls left open by an earlier run are closed, unless other nodes are running: those may be
     // theirs.
     let alone = match &cluster {

@@ -5,13 +5,15 @@
 //! receiver dedupes by the body's `id`.
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
+use crate::cluster::{self, Duty};
 use crate::db::{Db, Delivery};
 
 /// The signature header: `sha256=` and the hex HMAC-SHA256 of the raw body with
@@ -30,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(300);
 const BATCH: i64 = 200;
 /// The longest sleep with nothing due (the outbox is re-read then, in case another node queued).
 const IDLE_POLL: Duration = Duration::from_secs(30);
+/// How often the node delivering a cluster's webhooks looks at the outbox when idle.
+const CLUSTER_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct WebhookMetrics {
@@ -88,6 +92,8 @@ pub struct WebhookSender {
     secret: Vec<u8>,
     client: reqwest::Client,
     metrics: WebhookMetrics,
+    /// Set on a node of a cluster: deliveries only while this node holds the duty.
+    cluster: Option<Arc<cluster::Registry>>,
 }
 
 impl WebhookSender {
@@ -103,12 +109,34 @@ impl WebhookSender {
             secret: secret.as_bytes().to_vec(),
             client,
             metrics,
+            cluster: None,
         })
+    }
+
+    /// On a node of a cluster: only while this node holds the webhook duty (every node writes
+    /// to the shared outbox; one delivers, so a delivery is not made once per node).
+    pub fn in_cluster(mut self, registry: Arc<cluster::Registry>) -> Self {
+        self.cluster = Some(registry);
+        self
     }
 
     /// Delivers until the task is aborted.
     pub async fn run(self) {
         loop {
+            if let Some(registry) = &self.cluster {
+                match registry.lead(Duty::Webhooks).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tokio::time::sleep(registry.renew_every()).await;
+                        continue;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "cluster registry unreachable: webhooks wait");
+                        tokio::time::sleep(registry.renew_every()).await;
+                        continue;
+                    }
+                }
+            }
             let wait = match self.pass().await {
                 Ok(wait) => wait,
                 Err(err) => {
@@ -119,6 +147,11 @@ impl WebhookSender {
             if wait.is_zero() {
                 continue;
             }
+            // Other nodes' events wake no one here: poll, and renew the duty in time.
+            let wait = match &self.cluster {
+                Some(registry) => wait.min(CLUSTER_POLL).min(registry.renew_every()),
+                None => wait,
+            };
             tokio::select! {
                 _ = self.db.outbox_queued() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -129,6 +162,7 @@ impl WebhookSender {
     /// Sends what is due, oldest first. A receiver that fails holds back its later deliveries
     /// (they keep their order); the others go on. Returns how long to wait before the next pass.
     async fn pass(&self) -> Result<Duration, crate::db::DbError> {
+        let mut renewed = Instant::now();
         let pending = self.db.pending_deliveries(BATCH).await?;
         self.metrics.pending.set(self.db.outbox_len().await?);
         let now = OffsetDateTime::now_utc();
@@ -138,6 +172,10 @@ impl WebhookSender {
         for delivery in &pending {
             if held.contains(delivery.url.as_str()) {
                 continue;
+            }
+            if !self.still_on_duty(&mut renewed).await {
+                // Another node delivers from now on: what is left is its.
+                return Ok(Duration::ZERO);
             }
             let due = if delivery.next_attempt_at <= now {
                 match self.post(delivery).await {
@@ -190,6 +228,26 @@ impl WebhookSender {
             })
             .unwrap_or(IDLE_POLL);
         Ok(wait.clamp(Duration::from_millis(10), IDLE_POLL))
+    }
+
+    /// Within a pass, on a node of a cluster: renews the webhook duty when a third of its lease
+    /// has gone since `renewed` (a pass of slow receivers outlasts a lease); false once another
+    /// node holds it. Always true on a single node.
+    async fn still_on_duty(&self, renewed: &mut Instant) -> bool {
+        let Some(registry) = &self.cluster else {
+            return true;
+        };
+        if renewed.elapsed() < registry.renew_every() {
+            return true;
+        }
+        *renewed = Instant::now();
+        match registry.lead(Duty::Webhooks).await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(error = %err, "cluster registry unreachable: webhooks wait");
+                false
+            }
+        }
     }
 
     /// One POST; `Err` says why it does not count as delivered.

@@ -10,7 +10,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use callrelay::cluster::{NodeInfo, Registry};
+use callrelay::cluster::{Duty, NodeInfo, Registry};
 use support::TestServer;
 
 /// The test Redis, database `db` (emptied), or None after saying it skipped.
@@ -121,6 +121,40 @@ async fn rooms_go_to_the_least_loaded_live_node_and_leave_a_dead_one() {
         .await
         .expect("c joins");
     assert_eq!(live_ids(&c).await, [("c".to_owned(), 0)]);
+}
+
+#[tokio::test]
+async fn one_live_node_at_a_time_does_a_duty() {
+    let Some(url) = redis_database(14).await else {
+        return;
+    };
+    let lease = Duration::from_secs(2);
+    let a = Registry::join(&url, node("a"), lease)
+        .await
+        .expect("a joins");
+    let b = Registry::join(&url, node("b"), lease)
+        .await
+        .expect("b joins");
+    assert!(a.lead(Duty::Webhooks).await.unwrap());
+    assert!(!b.lead(Duty::Webhooks).await.unwrap());
+    // Renewed by its holder before the lease runs out: still a's.
+    tokio::time::sleep(a.renew_every()).await;
+    assert!(a.lead(Duty::Webhooks).await.unwrap());
+    assert!(!b.lead(Duty::Webhooks).await.unwrap());
+    // A holder that dies keeps it only until its lease runs out...
+    drop(a);
+    let deadline = Instant::now() + lease * 2;
+    while !b.lead(Duty::Webhooks).await.unwrap() {
+        assert!(Instant::now() < deadline, "a dead node kept its duty");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // ...one that leaves hands it over at once.
+    let c = Registry::join(&url, node("c"), lease)
+        .await
+        .expect("c joins");
+    assert!(!c.lead(Duty::Webhooks).await.unwrap());
+    b.leave().await.unwrap();
+    assert!(c.lead(Duty::Webhooks).await.unwrap());
 }
 
 #[tokio::test]

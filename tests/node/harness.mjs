@@ -2,9 +2,11 @@
 // on free ports with a throw-away database, hands out tokens, appointments and connected sockets,
 // and records every event a socket receives so tests can wait for (or rule out) one without races.
 
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import dgram from 'node:dgram';
+import http from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -451,3 +453,39 @@ export function candidate(n = 1) {
 }
 
 export const RFC3339_MS_UTC = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
+
+/** The webhook secret of the suite's servers that deliver webhooks. */
+export const HOOK_SECRET = 'webhook-secret-for-the-node-suite';
+
+/** A webhook receiver on `port` (webhooks signed with HOOK_SECRET): answers 503 to the first
+ * `refuse` requests, then 200, each after `delayMs`. */
+export function webhookReceiver(port, { refuse = 0, delayMs = 0 } = {}) {
+  const requests = [];
+  const server = http.createServer((req, res) => {
+    let body = '';
+    req.on('data', (c) => {
+      body += c;
+    });
+    req.on('end', () => {
+      const accepted = requests.length >= refuse;
+      requests.push({ headers: req.headers, body, accepted });
+      setTimeout(() => res.writeHead(accepted ? 200 : 503).end(), delayMs);
+    });
+  });
+  return new Promise((resolve) => {
+    server.listen(port, '127.0.0.1', () => resolve({
+      requests,
+      /** Accepted events in delivery order, each checked for its signature. */
+      delivered() {
+        return requests.filter((r) => r.accepted).map((r) => {
+          const expected = `sha256=${createHmac('sha256', HOOK_SECRET).update(r.body).digest('hex')}`;
+          assert.equal(r.headers['x-callrelay-signature'], expected, 'signed with the secret over the raw body');
+          const event = JSON.parse(r.body);
+          assert.equal(r.headers['x-callrelay-event'], event.event);
+          return event;
+        });
+      },
+      close: () => new Promise((done) => server.close(done)),
+    }));
+  });
+}

@@ -6,8 +6,6 @@
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { createHmac } from 'node:crypto';
-import http from 'node:http';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,7 +14,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import * as h from './harness.mjs';
 
 const T = { timeout: 60000 };
-const HOOK_SECRET = 'webhook-secret-for-the-node-suite';
+const HOOK_SECRET = h.HOOK_SECRET;
 
 let srv;
 
@@ -210,38 +208,6 @@ describe('admin API', () => {
   });
 });
 
-/** A webhook receiver on `port`: answers 503 to the first `refuse` requests, then 200. */
-function receiver(port, { refuse = 0 } = {}) {
-  const requests = [];
-  const server = http.createServer((req, res) => {
-    let body = '';
-    req.on('data', (c) => {
-      body += c;
-    });
-    req.on('end', () => {
-      const accepted = requests.length >= refuse;
-      requests.push({ headers: req.headers, body, accepted });
-      res.writeHead(accepted ? 200 : 503).end();
-    });
-  });
-  return new Promise((resolve) => {
-    server.listen(port, '127.0.0.1', () => resolve({
-      requests,
-      /** Accepted events in delivery order, each checked for its signature. */
-      delivered() {
-        return requests.filter((r) => r.accepted).map((r) => {
-          const expected = `sha256=${createHmac('sha256', HOOK_SECRET).update(r.body).digest('hex')}`;
-          assert.equal(r.headers['x-callrelay-signature'], expected, 'signed with the secret over the raw body');
-          const event = JSON.parse(r.body);
-          assert.equal(r.headers['x-callrelay-event'], event.event);
-          return event;
-        });
-      },
-      close: () => new Promise((done) => server.close(done)),
-    }));
-  });
-}
-
 async function until(what, check, ms = 20000) {
   const deadline = Date.now() + ms;
   for (;;) {
@@ -255,7 +221,7 @@ async function until(what, check, ms = 20000) {
 describe('webhooks', () => {
   test('signed, in order, retried while the receiver refuses', T, async () => {
     const port = await h.freeTcpPort();
-    const hooks = await receiver(port, { refuse: 3 });
+    const hooks = await h.webhookReceiver(port, { refuse: 3 });
     const server = await h.startServer({
       env: {
         CALLRELAY_WEBHOOKS__URLS: `http://127.0.0.1:${port}/hook`,
@@ -329,7 +295,7 @@ describe('webhooks', () => {
         .test((await h.api(first, 'GET', '/metrics')).body));
       await first.stop();
 
-      hooks = await receiver(port);
+      hooks = await h.webhookReceiver(port);
       second = await h.startServer({ env, dbUrl });
       const events = await until('the queued events', () => {
         const got = hooks.delivered();
