@@ -15,27 +15,14 @@ use support::TestServer;
 
 /// The test Redis, database `db` (emptied), or None after saying it skipped.
 async fn redis_database(db: u8) -> Option<String> {
-    let base = match std::env::var("CALLRELAY_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            support::skip(
-                "the cluster tests",
-                "CALLRELAY_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)",
-            );
-            return None;
-        }
-    };
-    let url = format!("{}/{db}", base.trim_end_matches('/'));
-    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test Redis");
-    let _: () = redis::cmd("FLUSHDB")
-        .query_async(&mut conn)
-        .await
-        .expect("FLUSHDB");
-    Some(url)
+    let url = support::redis_database(db).await;
+    if url.is_none() {
+        support::skip(
+            "the cluster tests",
+            "CALLRELAY_TEST_REDIS_URL is not set (e.g. redis://127.0.0.1:6379)",
+        );
+    }
+    url
 }
 
 fn node(id: &str) -> NodeInfo {

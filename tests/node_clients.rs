@@ -34,7 +34,7 @@ async fn official_socketio_client_suite() {
     if let Some(url) = &pg_url {
         cmd.env("CALLRELAY_NODE_PG_URL", url);
     }
-    if let Some(url) = redis_database(15).await {
+    if let Some(url) = support::redis_database(15).await {
         cmd.env("CALLRELAY_NODE_REDIS_URL", url);
     }
     let status = cmd.status().expect("run node (is Node.js 20+ installed?)");
@@ -42,23 +42,4 @@ async fn official_socketio_client_suite() {
         support::drop_database(admin, url).await;
     }
     assert!(status.success(), "the socket.io-client suite failed");
-}
-
-/// Database `db` of the test Redis (`CALLRELAY_TEST_REDIS_URL`), emptied, for the cluster tests;
-/// None (the suite's cluster tests then say they skipped) when it is not set.
-async fn redis_database(db: u8) -> Option<String> {
-    let base = std::env::var("CALLRELAY_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())?;
-    let url = format!("{}/{db}", base.trim_end_matches('/'));
-    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to the test Redis");
-    let _: () = redis::cmd("FLUSHDB")
-        .query_async(&mut conn)
-        .await
-        .expect("FLUSHDB");
-    Some(url)
 }

@@ -247,6 +247,25 @@ fn uuid_suffix() -> String {
     format!("{nanos}_{}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Database `db` of the test Redis (`CALLRELAY_TEST_REDIS_URL`, e.g. redis://127.0.0.1:6379),
+/// emptied; None when the variable is not set (the caller says it skipped).
+pub async fn redis_database(db: u8) -> Option<String> {
+    let base = std::env::var("CALLRELAY_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let url = format!("{}/{db}", base.trim_end_matches('/'));
+    let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test Redis");
+    let _: () = redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .expect("FLUSHDB");
+    Some(url)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -524,6 +524,19 @@ const Q: usize = 150;
 const H: usize = 550;
 const F: usize = 1_150;
 
+/// "camera" publishes q, h and f (a 720 p camera's three simulcast layers).
+fn publish_three_layers(w: &mut World) {
+    w.publish_simulcast(
+        "camera",
+        "cam",
+        &[
+            ("q", Q, (320, 180)),
+            ("h", H, (640, 360)),
+            ("f", F, (1280, 720)),
+        ],
+    );
+}
+
 /// Simulcast: a publisher sends three layers (q, h, f). A subscriber with room to spare gets
 /// the largest; one behind a narrow link gets the layer that fits it; one that shows the video
 /// small gets the small layer; one that hides it gets nothing. Each sees one continuous
@@ -534,15 +547,7 @@ fn each_subscriber_gets_the_simulcast_layer_that_fits_its_link_and_its_screen() 
     for name in ["roomy", "narrow", "small", "hidden"] {
         w.join(name);
     }
-    w.publish_simulcast(
-        "camera",
-        "cam",
-        &[
-            ("q", Q, (320, 180)),
-            ("h", H, (640, 360)),
-            ("f", F, (1280, 720)),
-        ],
-    );
+    publish_three_layers(&mut w);
     w.limit_downlink("narrow", 750_000.0);
     w.show_video("small", "camera", 180);
     w.show_video("hidden", "camera", 0);
@@ -603,15 +608,7 @@ fn each_subscriber_gets_the_simulcast_layer_that_fits_its_link_and_its_screen() 
 fn a_video_paused_by_a_dying_path_resumes_in_full_on_the_path_the_browser_moves_to() {
     let mut w = World::new(Duration::from_secs(60));
     w.join("viewer");
-    w.publish_simulcast(
-        "camera",
-        "cam",
-        &[
-            ("q", Q, (320, 180)),
-            ("h", H, (640, 360)),
-            ("f", F, (1280, 720)),
-        ],
-    );
+    publish_three_layers(&mut w);
     w.run_for(Duration::from_secs(3));
     assert_eq!(w.last_payload_len("viewer", "camera"), Some(F));
 
@@ -686,15 +683,7 @@ fn a_video_paused_by_a_collapsed_link_resumes_when_the_link_recovers() {
 fn random_loss_shrinks_the_picture_but_never_pauses_it() {
     let mut w = World::new(Duration::from_secs(120));
     w.join("viewer");
-    w.publish_simulcast(
-        "camera",
-        "cam",
-        &[
-            ("q", Q, (320, 180)),
-            ("h", H, (640, 360)),
-            ("f", F, (1280, 720)),
-        ],
-    );
+    publish_three_layers(&mut w);
     w.run_for(Duration::from_secs(3));
     w.lose_downlink("viewer", 0.12);
     for second in 0..30 {
