@@ -6,6 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use smallvec::SmallVec;
+
 use crate::VideoSize;
 
 /// A layer larger than the one aimed at must fit this many times over before the choice moves
@@ -47,7 +49,8 @@ pub(crate) fn choose(
     if size.is_some_and(VideoSize::hidden) {
         return Choice::NotShown;
     }
-    let available: Vec<&LayerInfo> = layers.iter().filter(|l| l.bits_per_second > 0.0).collect();
+    let available: SmallVec<[&LayerInfo; 4]> =
+        layers.iter().filter(|l| l.bits_per_second > 0.0).collect();
     if available.is_empty() {
         return Choice::Unchanged;
     }
@@ -87,8 +90,9 @@ pub(crate) fn choose(
 
 /// An upgrade undone this soon (the larger layer did not fit after all) failed.
 const UPGRADE_TRIAL: Duration = Duration::from_secs(10);
-/// The wait after a move down for lack of bandwidth, and after a first failed upgrade, before
-/// the next move up; it doubles with each failure...
+/// The wait after a move down for lack of bandwidth before the next move up.
+const WAIT_AFTER_DOWNGRADE: Duration = Duration::from_secs(10);
+/// The wait after a first failed upgrade before the next; it doubles with each failure...
 const FIRST_UPGRADE_WAIT: Duration = Duration::from_secs(20);
 /// ...up to this.
 const MAX_UPGRADE_WAIT: Duration = Duration::from_secs(120);
@@ -138,7 +142,7 @@ impl UpgradeGate {
             self.wait = (self.wait * 2).clamp(FIRST_UPGRADE_WAIT, MAX_UPGRADE_WAIT);
             self.closed_until = Some(now + self.wait);
         } else if for_bandwidth {
-            let until = now + self.wait.max(FIRST_UPGRADE_WAIT);
+            let until = now + self.wait.max(WAIT_AFTER_DOWNGRADE);
             self.closed_until = self.closed_until.max(Some(until));
         }
         self.steady_since = Some(now);
@@ -186,9 +190,9 @@ mod tests {
         gate.downgraded(at(85), false);
         assert!(gate.allows(at(85)));
         gate.held(at(146));
-        // A move down for lack of bandwidth: 20 s before trying up again.
+        // A move down for lack of bandwidth: 10 s before trying up again.
         gate.downgraded(at(146), true);
-        assert!(!gate.allows(at(165)) && gate.allows(at(166)));
+        assert!(!gate.allows(at(155)) && gate.allows(at(156)));
     }
 
     /// q, h, f: 150 kbit/s at 180 p, 500 at 360 p, 1,500 at 720 p (indices in arrival order).

@@ -132,7 +132,7 @@ impl SendSide {
             next_id: 0,
             history: vec![None; HISTORY].into_boxed_slice(),
             estimator: Gcc::new(INITIAL_ESTIMATE, MIN_ESTIMATE, MAX_ESTIMATE),
-            pacer: Pacer::new(MIN_PACING_RATE * PACING_FACTOR),
+            pacer: Pacer::new(INITIAL_ESTIMATE * PACING_FACTOR),
             queue: VecDeque::new(),
             sent: BitrateMeter::default(),
             has_feedback: false,
@@ -385,9 +385,12 @@ impl SendSide {
     /// fit the estimate, so pacing smooths bursts rather than holding the stream back.
     pub fn update_pacing_rate(&mut self, now_us: u64) {
         let sent_bps = (self.sent.bytes_last_second(now_us) * 8) as f64;
+        // Before any feedback (or from a subscriber that sends none), the initial estimate, as
+        // libwebrtc paces at its start bitrate: the minimum would hold back a call's first
+        // second (and its keyframe) by up to the longest wait.
         let base = self
             .estimate()
-            .unwrap_or(0.0)
+            .unwrap_or(INITIAL_ESTIMATE)
             .max(sent_bps)
             .max(MIN_PACING_RATE);
         self.pacer.set_target_bitrate(base * PACING_FACTOR);
@@ -452,30 +455,31 @@ mod tests {
         let t0 = Instant::now();
         let mut side = SendSide::new();
         let mut out = VecDeque::new();
-        // 40 copies of 1,200 octets at once: 384 kbit, the budget is a tenth of a second of
-        // 750 kbit/s (75 kbit), so most of them wait.
-        let results: Vec<Paced> = (0..40)
+        // 100 copies of 1,200 octets at once: 960 kbit; before any feedback the pacer runs at
+        // 2.5 × the initial estimate (6.25 Mbit/s) with a tenth of a second of it as budget
+        // (625 kbit), so about a third of them wait.
+        let results: Vec<Paced> = (0..100)
             .map(|_| side.send(t0, 0, copy(1200), None, &mut out))
             .collect();
         assert_eq!(results[0], Paced::Sent);
         let waiting = side.queued();
-        assert!(waiting > 30, "{waiting} copies wait");
+        assert!((30..=40).contains(&waiting), "{waiting} copies wait");
         assert!(results.contains(&Paced::Queued { first: true }));
-        assert_eq!(out.len() + waiting, 40);
-        // 20 ms later about 15 kbit more may leave: one or two copies.
+        assert_eq!(out.len() + waiting, 100);
+        // 20 ms later 125 kbit more may leave: about 13 copies.
         let at = t0 + Duration::from_millis(20);
         let before = out.len();
         assert!(side.next_release().is_some_and(|t| t <= at));
         side.release(at, us(t0, at), &mut out);
         let released = out.len() - before;
         assert!(
-            (1..=3).contains(&released),
+            (11..=15).contains(&released),
             "{released} released after 20 ms"
         );
         // Whatever has waited the longest delay leaves then, however small the budget.
         let late = t0 + MAX_PACING_DELAY;
         assert!(!side.release(late, us(t0, late), &mut out));
-        assert_eq!(out.len(), 40);
+        assert_eq!(out.len(), 100);
         assert_eq!(side.next_release(), None);
     }
 
@@ -485,18 +489,18 @@ mod tests {
         let mut side = SendSide::new();
         let mut out = VecDeque::new();
         side.update_pacing_rate(0);
-        assert_eq!(side.pacing_rate(), MIN_PACING_RATE * PACING_FACTOR);
-        // 2 Mbit/s sent for a second.
+        assert_eq!(side.pacing_rate(), INITIAL_ESTIMATE * PACING_FACTOR);
+        // 4 Mbit/s sent for a second, above the initial estimate.
         for i in 0..200u64 {
             let at = t0 + Duration::from_millis(i * 5);
-            side.send(at, us(t0, at), copy(1250), None, &mut out);
+            side.send(at, us(t0, at), copy(2500), None, &mut out);
             side.release(at, us(t0, at), &mut out);
         }
         side.update_pacing_rate(999_000);
         let rate = side.pacing_rate();
         assert!(
-            (4_500_000.0..=5_100_000.0).contains(&rate),
-            "2.5 × 2 Mbit/s, got {rate}"
+            (9_000_000.0..=10_200_000.0).contains(&rate),
+            "2.5 × 4 Mbit/s, got {rate}"
         );
     }
 

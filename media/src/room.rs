@@ -16,6 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+use smallvec::SmallVec;
+
 use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
 use rtc::sdp::extmap::AUDIO_LEVEL_URI;
@@ -342,8 +344,8 @@ impl Publication {
 
     /// Its layers from the smallest to the largest: by the frame height their keyframes
     /// announce when every layer has said, else by the bitrate each brings in.
-    pub fn layers_by_quality(&self, now_us: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.layers.len()).collect();
+    pub fn layers_by_quality(&self, now_us: u64) -> SmallVec<[usize; 4]> {
+        let mut order: SmallVec<[usize; 4]> = (0..self.layers.len()).collect();
         if self.layers.iter().all(|l| l.size.is_some()) {
             order.sort_by_key(|i| self.layers[*i].size.map(|(_, h)| h));
         } else {

@@ -7,6 +7,8 @@ use super::*;
 use crate::allocate::{self, Choice, LayerInfo};
 use std::cmp::Ordering;
 
+use smallvec::SmallVec;
+
 use crate::congestion::SendSide;
 
 /// A video the estimate paused is tried again this long after, whatever the estimate says:
@@ -60,7 +62,7 @@ impl Shard {
                 }
                 let estimate = send_side.as_deref().and_then(SendSide::estimate);
                 let mut audio_bps = 0.0;
-                let mut videos = Vec::new();
+                let mut videos: SmallVec<[_; 8]> = SmallVec::new();
                 for (publication_id, dt_id) in &s.down_tracks {
                     let Some(publication) = publications.get(publication_id) else {
                         continue;
@@ -98,7 +100,7 @@ impl Shard {
                     if !dt.ready {
                         continue;
                     }
-                    let layers: Vec<LayerInfo> = publication
+                    let layers: SmallVec<[LayerInfo; 4]> = publication
                         .layers_by_quality(now_us)
                         .into_iter()
                         .map(|index| {
