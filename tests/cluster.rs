@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use callrelay::cluster::{Duty, NodeInfo, Registry};
@@ -32,6 +33,17 @@ fn node(id: &str) -> NodeInfo {
     }
 }
 
+/// Nodes "a" and "b" joined to the cluster of `url`, neither sending heartbeats on its own.
+async fn nodes_a_and_b(url: &str, lease: Duration) -> (Arc<Registry>, Arc<Registry>) {
+    let a = Registry::join(url, node("a"), lease)
+        .await
+        .expect("a joins");
+    let b = Registry::join(url, node("b"), lease)
+        .await
+        .expect("b joins");
+    (a, b)
+}
+
 async fn live_ids(registry: &Registry) -> Vec<(String, u64)> {
     registry
         .live_nodes()
@@ -48,12 +60,7 @@ async fn rooms_go_to_the_least_loaded_live_node_and_leave_a_dead_one() {
         return;
     };
     let lease = Duration::from_secs(2);
-    let a = Registry::join(&url, node("a"), lease)
-        .await
-        .expect("a joins");
-    let b = Registry::join(&url, node("b"), lease)
-        .await
-        .expect("b joins");
+    let (a, b) = nodes_a_and_b(&url, lease).await;
     assert_eq!(
         live_ids(&b).await,
         [("a".to_owned(), 0), ("b".to_owned(), 0)]
@@ -116,12 +123,7 @@ async fn one_live_node_at_a_time_does_a_duty() {
         return;
     };
     let lease = Duration::from_secs(2);
-    let a = Registry::join(&url, node("a"), lease)
-        .await
-        .expect("a joins");
-    let b = Registry::join(&url, node("b"), lease)
-        .await
-        .expect("b joins");
+    let (a, b) = nodes_a_and_b(&url, lease).await;
     assert!(a.lead(Duty::Webhooks).await.unwrap());
     assert!(!b.lead(Duty::Webhooks).await.unwrap());
     // Renewed by its holder before the lease runs out: still a's.

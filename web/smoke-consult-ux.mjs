@@ -30,7 +30,9 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-import { httpClient, keepPeerConnections, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import {
+  appointment, devTokens, httpClient, keepPeerConnections, launchChromium, loadPlaywright, options,
+} from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -181,21 +183,11 @@ async function audioPacketsIn() {
 async function main() {
   const { chromium } = await loadPlaywright();
   mkdirSync(outDir, { recursive: true });
-  const tokens = {};
-  for (const [who, p] of Object.entries(people)) tokens[who] = (await http('POST', '/api/dev/token', null, p)).token;
-  const appointment = async () => http('POST', '/api/appointments', tokens.doctor, {
-    patientId: people.patient.sub,
-    doctorId: people.doctor.sub,
-    scheduledAt: new Date(Date.now() + 15 * 60 * 1000).toISOString(),
-    patientName: people.patient.name,
-    doctorName: people.doctor.name,
-  });
-  const room = await appointment();
-  await http('POST', `/api/appointments/${room.id}/confirm`, tokens.doctor);
-  const cancelled = await appointment();
+  const tokens = await devTokens(http, people);
+  const room = await appointment(http, tokens, people);
+  const cancelled = await appointment(http, tokens, people, { confirm: false });
   await http('POST', `/api/appointments/${cancelled.id}/cancel`, tokens.doctor);
-  const cancelledLater = await appointment();
-  await http('POST', `/api/appointments/${cancelledLater.id}/confirm`, tokens.doctor);
+  const cancelledLater = await appointment(http, tokens, people);
 
   const browser = await launchChromium(chromium, base);
   const pages = {};

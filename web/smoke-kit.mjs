@@ -105,3 +105,24 @@ export function keepPeerConnections() {
   };
   window.RTCPeerConnection.prototype = Native.prototype;
 }
+
+/** A dev token for each of `people` ({who: {sub, name, role}}), by the same keys. */
+export async function devTokens(http, people) {
+  const tokens = {};
+  for (const [who, p] of Object.entries(people)) tokens[who] = (await http('POST', '/api/dev/token', null, p)).token;
+  return tokens;
+}
+
+/** An appointment of `people.patient` with `people.doctor` in 15 minutes, made by the doctor
+ * (`confirm`: and confirmed). Returns it as created. */
+export async function appointment(http, tokens, people, { confirm = true } = {}) {
+  const created = await http('POST', '/api/appointments', tokens.doctor, {
+    patientId: people.patient.sub,
+    doctorId: people.doctor.sub,
+    scheduledAt: new Date(Date.now() + 15 * 60 * 1000).toISOString(),
+    patientName: people.patient.name,
+    doctorName: people.doctor.name,
+  });
+  if (confirm) await http('POST', `/api/appointments/${created.id}/confirm`, tokens.doctor);
+  return created;
+}

@@ -19,7 +19,9 @@
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
-import { httpClient, keepPeerConnections, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import {
+  appointment, devTokens, httpClient, keepPeerConnections, launchChromium, loadPlaywright, options,
+} from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -149,16 +151,8 @@ async function join(page) {
 async function main() {
   const { chromium } = await loadPlaywright();
   mkdirSync(outDir, { recursive: true });
-  const tokens = {};
-  for (const [who, p] of Object.entries(people)) tokens[who] = (await http('POST', '/api/dev/token', null, p)).token;
-  const created = await http('POST', '/api/appointments', tokens.doctor, {
-    patientId: people.patient.sub,
-    doctorId: people.doctor.sub,
-    scheduledAt: new Date(Date.now() + 15 * 60 * 1000).toISOString(),
-    patientName: people.patient.name,
-    doctorName: people.doctor.name,
-  });
-  await http('POST', `/api/appointments/${created.id}/confirm`, tokens.doctor);
+  const tokens = await devTokens(http, people);
+  const created = await appointment(http, tokens, people);
   const room = `${base}/consult/${created.id}`;
   log(`appointment ${created.id} confirmed`);
 

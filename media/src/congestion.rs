@@ -146,8 +146,8 @@ impl SendSide {
     /// from UDP to TCP, a new network). When it changes, what was learnt of the old path says
     /// nothing of the new one — and an outage before the move has driven the estimate to its
     /// floor, from which it would climb for tens of seconds — so the estimator starts over, as
-    /// libwebrtc's does on a network route change. Returns whether it did.
-    pub fn follow_route(&mut self, route: Option<Remote>) -> bool {
+    /// libwebrtc's does on a network route change.
+    pub fn follow_route(&mut self, route: Option<Remote>) {
         let changed = self.route.is_some() && route.is_some() && route != self.route;
         if route.is_some() {
             self.route = route;
@@ -160,7 +160,6 @@ impl SendSide {
             // Copies sent on the old path, lost with it, are no news about the new one.
             self.history.fill(None);
         }
-        changed
     }
 
     /// The transport-wide sequence number for the next copy of `ssrc` / `rtp_seq`, to write

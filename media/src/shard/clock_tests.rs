@@ -637,11 +637,8 @@ fn a_video_paused_by_a_dying_path_resumes_in_full_on_the_path_the_browser_moves_
     );
 }
 
-/// A video paused because its subscriber's link collapsed comes back once the link recovers
-/// on the same path: with nothing else sent, only the paused video tried again can tell the
-/// estimate so, and it is kept flowing long enough for the estimate to learn from it.
-#[test]
-fn a_video_paused_by_a_collapsed_link_resumes_when_the_link_recovers() {
+/// "viewer" receives "camera", which publishes q and h.
+fn viewer_of_two_layers() -> World {
     let mut w = World::new(Duration::from_secs(120));
     w.join("viewer");
     w.publish_simulcast(
@@ -649,6 +646,15 @@ fn a_video_paused_by_a_collapsed_link_resumes_when_the_link_recovers() {
         "cam",
         &[("q", Q, (320, 180)), ("h", H, (640, 360))],
     );
+    w
+}
+
+/// A video paused because its subscriber's link collapsed comes back once the link recovers
+/// on the same path: with nothing else sent, only the paused video tried again can tell the
+/// estimate so, and it is kept flowing long enough for the estimate to learn from it.
+#[test]
+fn a_video_paused_by_a_collapsed_link_resumes_when_the_link_recovers() {
+    let mut w = viewer_of_two_layers();
     w.run_for(Duration::from_secs(3));
     w.limit_downlink("viewer", 20_000.0);
     w.run_for(Duration::from_secs(6));
@@ -706,13 +712,7 @@ fn random_loss_shrinks_the_picture_but_never_pauses_it() {
 /// makes the next wait twice as long.
 #[test]
 fn a_policed_link_does_not_make_the_picture_flip_between_sizes() {
-    let mut w = World::new(Duration::from_secs(120));
-    w.join("viewer");
-    w.publish_simulcast(
-        "camera",
-        "cam",
-        &[("q", Q, (320, 180)), ("h", H, (640, 360))],
-    );
+    let mut w = viewer_of_two_layers();
     w.run_for(Duration::from_secs(2));
     w.police_downlink("viewer", 350_000.0);
     w.run_for(Duration::from_secs(5));
