@@ -14,6 +14,8 @@
 //! node, and a pin to a dead node is replaced only by the first to see it dead. The scripts touch
 //! keys they do not declare: they need one Redis, not a Redis Cluster.
 
+pub mod shared_rooms;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -175,6 +177,16 @@ impl Registry {
 
     pub fn node_id(&self) -> &str {
         &self.info.id
+    }
+
+    /// The consult rooms and lobbies this node shares with the others.
+    pub fn shared_rooms(&self) -> shared_rooms::SharedRooms {
+        shared_rooms::SharedRooms::new(self.redis.clone(), &self.info.id)
+    }
+
+    /// The lease of a node's registration.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     fn lease_ms(&self) -> u64 {

@@ -211,6 +211,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         auth.clone(),
         relay,
         SignalingMetrics::register(&metrics.registry)?,
+        cluster.as_ref().map(|(registry, _)| {
+            Arc::new(registry.shared_rooms()) as Arc<dyn callrelay_signaling::SharedStore>
+        }),
     );
     let message_limit = config.limits.max_socket_message_bytes;
     let adapter = match &cluster {
@@ -232,6 +235,10 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .ws_max_frame_size(message_limit)
         .build_layer();
     Signaling::attach(&io).await?;
+    // Members and waiters of a node that died leave their rooms once its lease runs out.
+    let sweeper = cluster
+        .as_ref()
+        .and_then(|(registry, _)| signaling.keep_sweeping(io.clone(), registry.lease() / 2));
     let (sfu, media_pump) = match sfu {
         Some((handle, events)) => {
             let pump = tokio::spawn(pump_media_events(events, signaling.clone(), io.clone()));
@@ -343,6 +350,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     // What it had not delivered stays in the outbox for the next start.
     if let Some(sender) = webhook_sender {
         sender.abort();
+    }
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
     }
     if let Some((registry, keep_alive)) = cluster {
         keep_alive.abort();

@@ -7,9 +7,9 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::call::MediaPath;
-use crate::consult::{LeaveReason, leave_current_room};
+use crate::consult::{LeaveReason, remove_from_room};
 use crate::protocol::{ErrorCode, Peer, rfc3339_millis};
-use crate::{Signaling, direct, socket_by_id};
+use crate::{Signaling, direct, emit_to_socket};
 
 /// A consult room with members.
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +56,12 @@ pub enum AdminError {
     Failed(String),
 }
 
+impl From<crate::SharedError> for AdminError {
+    fn from(err: crate::SharedError) -> Self {
+        AdminError::Failed(err.to_string())
+    }
+}
+
 impl Signaling {
     /// The per-track figures of a relayed room, or `[]`.
     async fn tracks_of(&self, room_id: &str, relayed: bool) -> Value {
@@ -69,29 +75,33 @@ impl Signaling {
     }
 
     /// Every consult room with members, oldest appointment id first.
-    pub async fn active_rooms(&self) -> Vec<RoomView> {
-        let mut rooms: Vec<RoomView> = self
-            .rooms()
-            .iter()
-            .map(|(id, room)| RoomView {
-                appointment_id: id.to_owned(),
-                participants: room.members.clone(),
-                media: if room.relay.is_some() {
-                    MediaPath::Sfu
-                } else {
-                    MediaPath::P2p
-                },
-                relay_reason: room.relay.map(|r| r.as_str()),
-                tracks: Value::Null,
-            })
-            .collect();
+    pub async fn active_rooms(&self) -> Result<Vec<RoomView>, AdminError> {
+        let mut rooms = Vec::new();
+        for id in self.appointments().await? {
+            let view = self
+                .view(&id, |registry| {
+                    registry.get(&id).map(|room| RoomView {
+                        appointment_id: id.clone(),
+                        participants: room.members.clone(),
+                        media: if room.relay.is_some() {
+                            MediaPath::Sfu
+                        } else {
+                            MediaPath::P2p
+                        },
+                        relay_reason: room.relay.map(|r| r.as_str()),
+                        tracks: Value::Null,
+                    })
+                })
+                .await?;
+            rooms.extend(view);
+        }
         rooms.sort_by(|a, b| a.appointment_id.cmp(&b.appointment_id));
         for room in &mut rooms {
             room.tracks = self
                 .tracks_of(&room.appointment_id, room.media == MediaPath::Sfu)
                 .await;
         }
-        rooms
+        Ok(rooms)
     }
 
     /// Every ringing or active direct call, oldest first.
@@ -134,14 +144,19 @@ impl Signaling {
         appointment_id: &str,
         user_id: &str,
     ) -> Result<usize, AdminError> {
-        let sockets = self.member_sockets(appointment_id, |m| m.user_id == user_id)?;
+        let sockets = self
+            .member_sockets(appointment_id, |m| m.user_id == user_id)
+            .await?;
         if sockets.is_empty() {
             return Err(AdminError::NotInRoom);
         }
         let removed = self
             .remove_sockets(io, appointment_id, &sockets, false)
             .await;
-        self.rooms().lobby.revoke(appointment_id, user_id);
+        self.change(appointment_id, |rooms| {
+            rooms.lobby.revoke(appointment_id, user_id)
+        })
+        .await?;
         Ok(removed)
     }
 
@@ -152,7 +167,7 @@ impl Signaling {
         io: &SocketIo,
         appointment_id: &str,
     ) -> Result<usize, AdminError> {
-        let sockets = self.member_sockets(appointment_id, |_| true)?;
+        let sockets = self.member_sockets(appointment_id, |_| true).await?;
         Ok(self
             .remove_sockets(io, appointment_id, &sockets, true)
             .await)
@@ -172,19 +187,23 @@ impl Signaling {
         })
     }
 
-    fn member_sockets(
+    async fn member_sockets(
         &self,
         appointment_id: &str,
         wanted: impl Fn(&Peer) -> bool,
     ) -> Result<Vec<String>, AdminError> {
-        let rooms = self.rooms();
-        let room = rooms.get(appointment_id).ok_or(AdminError::NoSuchRoom)?;
-        Ok(room
-            .members
-            .iter()
-            .filter(|m| wanted(m))
-            .map(|m| m.socket_id.clone())
-            .collect())
+        let sockets = self
+            .view(appointment_id, |rooms| {
+                rooms.get(appointment_id).map(|room| {
+                    room.members
+                        .iter()
+                        .filter(|m| wanted(m))
+                        .map(|m| m.socket_id.clone())
+                        .collect()
+                })
+            })
+            .await?;
+        sockets.ok_or(AdminError::NoSuchRoom)
     }
 
     async fn remove_sockets(
@@ -201,14 +220,18 @@ impl Signaling {
         };
         let mut removed = 0;
         for socket_id in sockets {
-            let Some(socket) = socket_by_id(io, socket_id) else {
+            let reason_left = LeaveReason::Removed { room_closed };
+            if !remove_from_room(self, io, socket_id, appointment_id, reason_left).await {
                 continue;
-            };
-            leave_current_room(self, &socket, LeaveReason::Removed { room_closed }).await;
-            let _ = socket.emit(
+            }
+            emit_to_socket(
+                self,
+                io,
+                socket_id,
                 "removed-from-room",
                 &json!({"roomId": appointment_id, "reason": reason}),
-            );
+            )
+            .await;
             removed += 1;
         }
         removed

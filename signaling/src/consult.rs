@@ -8,12 +8,29 @@ use crate::activity::{Activity, Member};
 use crate::call::MediaPath;
 use crate::payload;
 use crate::protocol::{self, EventError, EventResult, Peer};
+use crate::rooms::Left;
 use crate::rooms::RelayReason;
 use crate::store::{AppointmentAccess, AppointmentStatus, ChatMessage, ChatSender};
 use crate::{
-    Budget, Identity, Outcome, Role, Signaling, consult_room, emit_to_room, identity, socket_by_id,
-    waiting,
+    Budget, Identity, Outcome, Role, Signaling, consult_room, emit_to_room, emit_to_socket,
+    identity, socket_by_id, socket_room, waiting,
 };
+
+/// A socket entering a consult room: on this node, or (admitted from the waiting room by a host
+/// on this node) on another node of the cluster.
+pub(crate) enum Joiner<'a> {
+    Here(&'a SocketRef),
+    Elsewhere(String),
+}
+
+impl Joiner<'_> {
+    pub(crate) fn id(&self) -> String {
+        match self {
+            Joiner::Here(s) => s.id.to_string(),
+            Joiner::Elsewhere(id) => id.clone(),
+        }
+    }
+}
 
 /// `join-room`. The relay work the join calls for (announcing a relay, subscribing the joiner)
 /// is left to [`AfterJoin`], run once the ack is sent: it can send the joiner an
@@ -82,7 +99,8 @@ async fn enter_room(
         &appointment.id,
         req.previous_socket_id.as_deref(),
         &who.user_id,
-    )?;
+    )
+    .await?;
 
     let self_id = s.id.to_string();
     if waiting::must_wait(
@@ -91,7 +109,9 @@ async fn enter_room(
         &appointment,
         &self_id,
         req.previous_socket_id.as_deref(),
-    ) {
+    )
+    .await?
+    {
         let fields = waiting::enter_lobby(
             sig,
             io,
@@ -115,17 +135,26 @@ async fn enter_room(
     }
     // One consult room per socket: joining another one leaves the current one first.
     if sig
-        .rooms()
-        .room_of(&self_id)
+        .room_of_socket(&self_id)
+        .await?
         .is_some_and(|r| r != appointment.id)
     {
-        leave_current_room(sig, s, LeaveReason::JoinedAnother).await;
+        leave_current_room(sig, io, &self_id, LeaveReason::JoinedAnother).await;
     }
 
-    let entered = enter_as_member(sig, s, &who, &appointment, avatar_seed, replaces).await?;
+    let entered = enter_as_member(
+        sig,
+        io,
+        &Joiner::Here(s),
+        &who,
+        &appointment,
+        avatar_seed,
+        replaces,
+    )
+    .await?;
     // A host sees who waits to be admitted.
     if waiting::is_host(&who, &appointment) {
-        waiting::tell_joining_host(sig, s, &appointment.id);
+        waiting::tell_joining_host(sig, s, &appointment.id).await;
     }
     Ok(entered)
 }
@@ -136,13 +165,14 @@ async fn enter_room(
 /// and that it is in no other room.
 pub(crate) async fn enter_as_member(
     sig: &Signaling,
-    s: &SocketRef,
+    io: &SocketIo,
+    joiner: &Joiner<'_>,
     who: &Identity,
     appointment: &AppointmentAccess,
     avatar_seed: String,
     replaces: Option<String>,
 ) -> Result<(serde_json::Map<String, Value>, Option<AfterJoin>), EventError> {
-    let self_id = s.id.to_string();
+    let self_id = joiner.id();
     let me = Peer {
         socket_id: self_id,
         user_id: who.user_id.clone(),
@@ -153,21 +183,25 @@ pub(crate) async fn enter_as_member(
         media: None,
     };
     let room = consult_room(&appointment.id);
-    let joined = {
-        let mut rooms = sig.rooms();
-        let joined = rooms.join(&appointment.id, me.clone());
-        // Into the broadcast room under the registry's lock: a member joining right after us
-        // lists us in its existing-peers, so its peer-joined must find us in the room.
-        if joined.is_new {
-            s.join(room.clone());
-        }
-        sig.refresh_room_gauges(&rooms);
-        let relayed = rooms
-            .get(&appointment.id)
-            .is_some_and(|r| r.relay.is_some());
-        (joined, relayed)
-    };
-    let (joined, relayed) = joined;
+    if let Joiner::Elsewhere(id) = joiner {
+        // Into the broadcast room before the registry (its node does it; no lock spans that):
+        // a peer-joined may come twice, none is missed.
+        let _ = io.to(socket_room(id)).join(room.clone()).await;
+    }
+    let (joined, relayed) = sig
+        .change(&appointment.id, |rooms| {
+            let joined = rooms.join(&appointment.id, me.clone());
+            // Into the broadcast room under the registry's lock: a member joining right after
+            // us lists us in its existing-peers, so its peer-joined must find us in the room.
+            if let (true, Joiner::Here(s)) = (joined.is_new, joiner) {
+                s.join(room.clone());
+            }
+            let relayed = rooms
+                .get(&appointment.id)
+                .is_some_and(|r| r.relay.is_some());
+            (joined, relayed)
+        })
+        .await?;
     if joined.is_new {
         let activity = Activity::ParticipantJoined {
             appointment_id: appointment.id.clone(),
@@ -178,12 +212,10 @@ pub(crate) async fn enter_as_member(
         if let Err(err) = sig.record(activity).await {
             // A join the audit trail does not hold did not happen: undone before anyone
             // but this socket heard of it.
-            {
-                let mut rooms = sig.rooms();
-                rooms.leave(&me.socket_id);
-                sig.refresh_room_gauges(&rooms);
-            }
-            s.leave(room);
+            let _ = sig
+                .change(&appointment.id, |rooms| rooms.leave(&me.socket_id))
+                .await;
+            leave_broadcast_room(io, &me.socket_id, room).await;
             return Err(err.into());
         }
         tracing::info!(
@@ -194,9 +226,13 @@ pub(crate) async fn enter_as_member(
             peers = joined.existing.len(),
             "joined consult room"
         );
-        let _ = s.to(room.clone()).emit("peer-joined", &me).await;
+        let _ = io
+            .to(room.clone())
+            .except(socket_room(&me.socket_id))
+            .emit("peer-joined", &me)
+            .await;
     }
-    let _ = s.emit("existing-peers", &joined.existing);
+    emit_to_socket(sig, io, &me.socket_id, "existing-peers", &joined.existing).await;
     let then = joined.is_new.then(|| AfterJoin {
         room_id: appointment.id.clone(),
         socket_id: me.socket_id.clone(),
@@ -225,19 +261,20 @@ pub(crate) async fn signal(
     sig.spend(s, Budget::Signal)?;
     let req = payload::signal(data, &sig.config.payload_limits())?;
     let from = s.id.to_string();
-    if req.to == from || !sig.rooms().share_room(&from, &req.to) {
-        return Err(EventError::forbidden(
-            "the target is not in your consult room",
-        ));
+    let not_in_room = || EventError::forbidden("the target is not in your consult room");
+    let room_id = sig.room_of_socket(&from).await?.ok_or_else(not_in_room)?;
+    if req.to == from
+        || !sig
+            .view(&room_id, |rooms| rooms.share_room(&from, &req.to))
+            .await?
+    {
+        return Err(not_in_room());
     }
-    let target = socket_by_id(io, &req.to)
-        .ok_or_else(|| EventError::not_found("the target socket is gone"))?;
-    target
-        .emit(
-            "signal",
-            &json!({"from": from, "fromUserId": who.user_id, "type": req.kind, "payload": req.payload}),
-        )
-        .map_err(|_| EventError::not_found("the target socket is gone"))?;
+    let body =
+        json!({"from": from, "fromUserId": who.user_id, "type": req.kind, "payload": req.payload});
+    if !emit_to_socket(sig, io, &req.to, "signal", &body).await {
+        return Err(EventError::not_found("the target socket is gone"));
+    }
     Ok(protocol::ok_fields())
 }
 
@@ -250,11 +287,12 @@ pub(crate) async fn chat_message(
     let who = identity(s)?;
     sig.spend(s, Budget::Chat)?;
     let req = payload::chat_message(data, &sig.config.payload_limits())?;
+    let socket_id = s.id.to_string();
+    let not_in_room = || EventError::forbidden("join a consult room before chatting");
     let appointment_id = sig
-        .rooms()
-        .room_of(&s.id.to_string())
-        .map(str::to_owned)
-        .ok_or_else(|| EventError::forbidden("join a consult room before chatting"))?;
+        .room_of_socket(&socket_id)
+        .await?
+        .ok_or_else(not_in_room)?;
 
     let message = ChatMessage {
         id: uuid::Uuid::new_v4().to_string(),
@@ -296,23 +334,26 @@ pub(crate) async fn media_state(
     sig.spend(s, Budget::Signal)?;
     let req = payload::media_state(data)?;
     let socket_id = s.id.to_string();
-    let room_id = {
-        let mut rooms = sig.rooms();
-        let current = rooms.room_of(&socket_id).map(str::to_owned);
-        match (&current, &req.room_id) {
-            (None, _) => {
-                return Err(EventError::forbidden(
-                    "join a consult room before sending your media state",
-                ));
-            }
-            (Some(current), Some(named)) if current != named => {
-                return Err(EventError::forbidden("you are not in that consult room"));
-            }
-            _ => {}
+    let current = sig.room_of_socket(&socket_id).await?;
+    let room_id = match (current, &req.room_id) {
+        (None, _) => {
+            return Err(EventError::forbidden(
+                "join a consult room before sending your media state",
+            ));
         }
-        rooms.set_media(&socket_id, req.state.clone());
-        current.unwrap_or_default()
+        (Some(current), Some(named)) if current != *named => {
+            return Err(EventError::forbidden("you are not in that consult room"));
+        }
+        (Some(current), _) => current,
     };
+    let member = sig
+        .change(&room_id, |rooms| {
+            rooms.set_media(&socket_id, req.state.clone()).is_some()
+        })
+        .await?;
+    if !member {
+        return Err(EventError::forbidden("you are not in that consult room"));
+    }
     let mut body = json!(req.state);
     body["roomId"] = json!(room_id);
     body["socketId"] = json!(socket_id);
@@ -332,7 +373,7 @@ pub(crate) async fn leave_room(
 ) -> EventResult {
     sig.spend(s, Budget::Signal)?;
     payload::leave_room(data)?;
-    leave_current_room(sig, s, LeaveReason::Left).await;
+    leave_current_room(sig, io, &s.id.to_string(), LeaveReason::Left).await;
     // Waiting to be admitted: the patient gave up.
     waiting::end_wait(sig, io, &s.id.to_string(), waiting::WaitEnd::Left).await;
     Ok(protocol::ok_fields())
@@ -382,10 +423,10 @@ impl LeaveReason<'_> {
 
 /// A client back on a new signaling connection names the socket it had in the room: if that
 /// socket is the same user's and still in this room (its dead connection not yet timed out),
-/// its membership ends now, as if it had left, and it is disconnected. The others see it go
-/// (`peer-left`) and the newcomer join, instead of a frozen ghost for up to the ping timeout.
-/// Anything else named (another user's socket, another room, unknown) is ignored. Returns
-/// whether a membership ended.
+/// its membership ends now, as if it had left, and it is disconnected (on whichever node it
+/// is). The others see it go (`peer-left`) and the newcomer join, instead of a frozen ghost for
+/// up to the ping timeout. Anything else named (another user's socket, another room, unknown)
+/// is ignored. Returns whether a membership ended.
 async fn end_previous_membership(
     sig: &Signaling,
     io: &SocketIo,
@@ -397,72 +438,149 @@ async fn end_previous_membership(
     if previous == self_id {
         return false;
     }
-    // Its connection already ended (the server noticed first): nothing to end, but the
-    // others are still told whom the newcomer replaces.
-    if sig
-        .rooms()
-        .departed_from(previous, room_id, user_id, std::time::Instant::now())
-    {
-        return true;
+    let found = sig
+        .view(room_id, |rooms| {
+            // Its connection already ended (the server noticed first): nothing to end, but
+            // the others are still told whom the newcomer replaces.
+            let departed =
+                rooms.departed_from(previous, room_id, user_id, std::time::Instant::now());
+            let here = rooms.get(room_id).is_some_and(|room| {
+                room.members
+                    .iter()
+                    .any(|m| m.socket_id == previous && m.user_id == user_id)
+            });
+            (departed, here)
+        })
+        .await;
+    match found {
+        Ok((true, _)) => true,
+        Ok((false, true)) => {
+            let local = socket_by_id(io, previous);
+            if local.is_none() && sig.shared.is_none() {
+                return false;
+            }
+            remove_from_room(
+                sig,
+                io,
+                previous,
+                room_id,
+                LeaveReason::Replaced { by: self_id },
+            )
+            .await;
+            match local {
+                Some(old) => {
+                    let _ = old.disconnect();
+                }
+                None => {
+                    let _ = io.to(socket_room(previous)).disconnect().await;
+                }
+            }
+            true
+        }
+        Ok((false, false)) => false,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not look up the membership a client came back from");
+            false
+        }
     }
-    let same_user_here = sig.rooms().get(room_id).is_some_and(|room| {
-        room.members
-            .iter()
-            .any(|m| m.socket_id == previous && m.user_id == user_id)
-    });
-    if !same_user_here {
-        return false;
+}
+
+/// Takes this node's socket `socket_id` out of its consult room, if any, and tells the others.
+pub(crate) async fn leave_current_room(
+    sig: &Signaling,
+    io: &SocketIo,
+    socket_id: &str,
+    reason: LeaveReason<'_>,
+) {
+    match sig.room_of_socket(socket_id).await {
+        Ok(Some(room_id)) => {
+            remove_from_room(sig, io, socket_id, &room_id, reason).await;
+        }
+        Ok(None) => {}
+        Err(err) => tracing::error!(error = %err, "could not find a socket's consult room"),
     }
-    let Some(old) = socket_by_id(io, previous) else {
-        return false;
+}
+
+/// Takes socket `socket_id` (of any node) out of consult room `room_id`, if it is in it, and
+/// tells the others. Returns whether it was in it.
+pub(crate) async fn remove_from_room(
+    sig: &Signaling,
+    io: &SocketIo,
+    socket_id: &str,
+    room_id: &str,
+    reason: LeaveReason<'_>,
+) -> bool {
+    let left = sig
+        .change(room_id, |rooms| {
+            let left = rooms.leave(socket_id);
+            if let (Some(left), LeaveReason::Disconnected) = (&left, reason) {
+                rooms.note_departed(left, std::time::Instant::now());
+            }
+            left
+        })
+        .await;
+    let left = match left {
+        Ok(Some(left)) => left,
+        Ok(None) => return false,
+        Err(err) => {
+            tracing::error!(error = %err, appointment_id = room_id, "could not leave a consult room");
+            return false;
+        }
     };
-    leave_current_room(sig, &old, LeaveReason::Replaced { by: self_id }).await;
-    let _ = old.disconnect();
+    leave_broadcast_room(io, socket_id, consult_room(room_id)).await;
+    announce_left(sig, io, &left, reason).await;
     true
 }
 
-/// Takes the socket out of its consult room, if any, and tells the others.
-pub(crate) async fn leave_current_room(sig: &Signaling, s: &SocketRef, reason: LeaveReason<'_>) {
-    let left = {
-        let mut rooms = sig.rooms();
-        let left = rooms.leave(&s.id.to_string());
-        if let (Some(left), LeaveReason::Disconnected) = (&left, reason) {
-            rooms.note_departed(left, std::time::Instant::now());
+/// Takes socket `socket_id` out of Socket.IO room `room`, on whichever node it is.
+async fn leave_broadcast_room(io: &SocketIo, socket_id: &str, room: String) {
+    match socket_by_id(io, socket_id) {
+        Some(s) => s.leave(room),
+        None => {
+            let _ = io.to(socket_room(socket_id)).leave(room).await;
         }
-        sig.refresh_room_gauges(&rooms);
-        left
-    };
-    if let Some(left) = left {
-        tracing::info!(
-            appointment_id = %left.room_id,
-            socket_id = %left.peer.socket_id,
-            user_id = %left.peer.user_id,
-            reason = reason.as_str(),
-            "left consult room"
-        );
-        sig.record_or_log(Activity::ParticipantLeft {
-            appointment_id: left.room_id.clone(),
-            member: Member::from(&left.peer),
-            reason: reason.announced(),
-            media: media_path(left.relayed),
-            room_finished: left.room_now_empty,
-        })
-        .await;
-        sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
-        let room = consult_room(&left.room_id);
-        s.leave(room.clone());
-        let mut gone = json!({
-            "socketId": left.peer.socket_id,
-            "userId": left.peer.user_id,
-            "reason": reason.announced(),
-        });
-        if let LeaveReason::Replaced { by } = reason {
-            // The others may keep what they had with it (a working peer-to-peer connection)
-            // under its new id.
-            gone["replacedBy"] = json!(by);
-        }
-        let _ = s.to(room).emit("peer-left", &gone).await;
     }
+}
+
+/// Records a membership that ended, ends its relay connections and tells the others
+/// (`peer-left`).
+pub(crate) async fn announce_left(
+    sig: &Signaling,
+    io: &SocketIo,
+    left: &Left,
+    reason: LeaveReason<'_>,
+) {
+    tracing::info!(
+        appointment_id = %left.room_id,
+        socket_id = %left.peer.socket_id,
+        user_id = %left.peer.user_id,
+        reason = reason.as_str(),
+        "left consult room"
+    );
+    sig.record_or_log(Activity::ParticipantLeft {
+        appointment_id: left.room_id.clone(),
+        member: Member::from(&left.peer),
+        reason: reason.announced(),
+        media: media_path(left.relayed),
+        room_finished: left.room_now_empty,
+    })
+    .await;
+    sig.leave_relay(&left.room_id, &left.peer.socket_id).await;
+    let mut gone = json!({
+        "socketId": left.peer.socket_id,
+        "userId": left.peer.user_id,
+        "reason": reason.announced(),
+    });
+    if let LeaveReason::Replaced { by } = reason {
+        // The others may keep what they had with it (a working peer-to-peer connection)
+        // under its new id.
+        gone["replacedBy"] = json!(by);
+    }
+    let _ = io
+        .to(consult_room(&left.room_id))
+        .except(socket_room(&left.peer.socket_id))
+        .emit("peer-left", &gone)
+        .await;
 }
 
 /// A consult member's media path: `sfu` once the room is relayed.

@@ -19,6 +19,7 @@ pub mod protocol;
 pub mod ratelimit;
 pub mod relay;
 pub mod rooms;
+pub mod shared;
 pub mod store;
 pub mod waiting;
 
@@ -36,6 +37,7 @@ pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
 pub use payload::{PayloadLimits, validate_event_payload};
 pub use relay::{Relay, RelayError, RelayEvent};
+pub use shared::{Place, SharedError, SharedLock, SharedStore, SocketMove};
 pub use store::{Store, StoreError};
 
 use adapter::NodeAdapter;
@@ -127,7 +129,11 @@ pub struct Signaling {
     /// The SFU; `None` runs signaling without relay (every `sfu-*` event is refused).
     relay: Option<Arc<dyn Relay>>,
     metrics: SignalingMetrics,
+    /// This node's room registry: the truth on a single node; in a cluster, only which room and
+    /// lobby this node's sockets are in (see [`shared`]).
     rooms: Mutex<rooms::Rooms>,
+    /// The cluster's shared store; `None` on a single node.
+    shared: Option<Arc<dyn SharedStore>>,
     /// Held across the store write of a transition so records are written in transition order.
     calls: tokio::sync::Mutex<call::CallBook>,
     /// Set by [`Signaling::start_draining`]: when the drain is to end.
@@ -221,9 +227,33 @@ async fn emit_to_room<T: serde::Serialize + ?Sized>(
     }
 }
 
-/// A connected socket by its id (as carried in payloads and records).
+/// A socket of this node by its id (as carried in payloads and records).
 fn socket_by_id(io: &SocketIo, id: &str) -> Option<SocketRef> {
     id.parse().ok().and_then(|sid| io.get_socket(sid))
+}
+
+/// The Socket.IO room holding just socket `id`, so that other nodes can reach it.
+fn socket_room(id: &str) -> String {
+    format!("socket:{id}")
+}
+
+/// Emits to socket `id` wherever it is connected: on this node directly, on another node of
+/// the cluster through the adapter. False when it is not on this node and there is no other.
+async fn emit_to_socket<T: serde::Serialize + ?Sized>(
+    sig: &Signaling,
+    io: &SocketIo,
+    id: &str,
+    event: &str,
+    data: &T,
+) -> bool {
+    if let Some(socket) = socket_by_id(io, id) {
+        return socket.emit(event, data).is_ok();
+    }
+    if sig.shared.is_none() {
+        return false;
+    }
+    emit_to_room(io, socket_room(id), event, data).await;
+    true
 }
 
 /// The Socket.IO room of a consult (an appointment).
@@ -238,14 +268,17 @@ impl Signaling {
         auth: Arc<dyn Authenticator>,
         relay: Option<Arc<dyn Relay>>,
         metrics: SignalingMetrics,
+        shared: Option<Arc<dyn SharedStore>>,
     ) -> Arc<Self> {
+        let node = shared.as_ref().map_or("", |s| s.node_id());
         Arc::new(Self {
             config,
             store,
             auth,
             relay,
             metrics,
-            rooms: Mutex::new(rooms::Rooms::default()),
+            rooms: Mutex::new(rooms::Rooms::on_node(node)),
+            shared,
             calls: tokio::sync::Mutex::new(call::CallBook::default()),
             drain_deadline: OnceLock::new(),
             changed: tokio::sync::Notify::new(),
@@ -376,7 +409,7 @@ impl Signaling {
     /// While draining, a consult room may still be joined only if it is in progress: it has
     /// members, or the joiner names (`previousSocketId`) its own membership of it that ended
     /// with its connection.
-    fn check_join_while_draining(
+    async fn check_join_while_draining(
         &self,
         room_id: &str,
         previous_socket_id: Option<&str>,
@@ -384,8 +417,10 @@ impl Signaling {
     ) -> Result<(), EventError> {
         if !self.is_draining()
             || self
-                .rooms()
-                .in_progress_for(room_id, previous_socket_id, user_id, Instant::now())
+                .view(room_id, |rooms| {
+                    rooms.in_progress_for(room_id, previous_socket_id, user_id, Instant::now())
+                })
+                .await?
         {
             return Ok(());
         }
@@ -446,17 +481,17 @@ impl Signaling {
         }
     }
 
-    fn refresh_room_gauges(&self, rooms: &rooms::Rooms) {
+    /// Sets the room, participant and waiting gauges from this node's registry (its own
+    /// sockets), and wakes [`Signaling::settled`].
+    fn refresh_gauges(&self, rooms: &rooms::Rooms) {
         self.metrics.rooms_active.set(rooms.room_count() as i64);
         self.metrics
             .room_participants
             .set(rooms.participant_count() as i64);
+        self.metrics
+            .waiting_participants
+            .set(rooms.lobby.waiting_count() as i64);
         self.note_change();
-    }
-
-    fn refresh_waiting_gauge(&self) {
-        let waiting = self.rooms().lobby.waiting_count();
-        self.metrics.waiting_participants.set(waiting as i64);
     }
 }
 
@@ -539,7 +574,7 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
             signal: TokenBucket::new(sig.config.signal_rate_per_sec, sig.config.signal_burst),
             chat: TokenBucket::new(sig.config.chat_rate_per_sec, sig.config.chat_burst),
         }))));
-    s.join(user_room(&who.user_id));
+    s.join([user_room(&who.user_id), socket_room(&s.id.to_string())]);
 
     route!(s, "join-room", consult::join_room);
     route!(s, "signal", consult::signal);
@@ -587,7 +622,9 @@ fn set_up_socket(s: &SocketRef, sig: &Signaling, who: &Identity) {
             };
             let _busy = sig.busy();
             sig.metrics.sockets_connected.dec();
-            consult::leave_current_room(&sig, &s, consult::LeaveReason::Disconnected).await;
+            let socket_id = s.id.to_string();
+            consult::leave_current_room(&sig, &io, &socket_id, consult::LeaveReason::Disconnected)
+                .await;
             waiting::end_wait(&sig, &io, &s.id.to_string(), waiting::WaitEnd::Disconnected).await;
             if let Ok(who) = identity(&s) {
                 direct::socket_gone(&sig, &io, &who, &s.id.to_string()).await;
@@ -603,7 +640,7 @@ async fn on_connect(s: SocketRef, State(sig): State<Arc<Signaling>>) {
     sig.tell_draining(&s);
     if let Ok(who) = identity(&s) {
         // A doctor's new page (the appointment list, a room) sees who waits for it at once.
-        waiting::tell_on_connect(&sig, &s, &who);
+        waiting::tell_on_connect(&sig, &s, &who).await;
         if let Err(err) = sig.store.record_user(&who).await {
             tracing::warn!(error = %err, "could not record user");
         }

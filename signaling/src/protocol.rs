@@ -391,7 +391,7 @@ pub fn now_millis() -> OffsetDateTime {
 }
 
 /// A participant of a consult room, as seen by the others.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Peer {
     pub socket_id: String,
@@ -411,7 +411,7 @@ pub struct Peer {
 
 /// What a member sends and the others show on its tile: its microphone (`audio`) and camera
 /// (`video`) on or off, and whether it shares its screen.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaState {
     pub audio: bool,

@@ -14,7 +14,7 @@ use crate::activity::{Activity, RelayedRoom};
 use crate::payload;
 use crate::protocol::{self, ErrorCode, EventError, EventResult};
 use crate::rooms::RelayReason;
-use crate::{Budget, MediaMode, Signaling, identity, socket_by_id};
+use crate::{Budget, MediaMode, Signaling, emit_to_socket, identity};
 
 /// Which of a participant's two peer connections (`publish`: the client offers; `subscribe`:
 /// the server offers).
@@ -127,12 +127,13 @@ impl Signaling {
         room_id: &str,
     ) -> Result<(RoomKind, bool), EventError> {
         let socket_id = s.id.to_string();
-        {
-            let rooms = self.rooms();
-            if rooms.room_of(&socket_id) == Some(room_id) {
-                let relayed = rooms.get(room_id).is_some_and(|r| r.relay.is_some());
-                return Ok((RoomKind::Consult, relayed));
-            }
+        if self.room_of_socket(&socket_id).await?.as_deref() == Some(room_id) {
+            let relayed = self
+                .view(room_id, |rooms| {
+                    rooms.get(room_id).is_some_and(|r| r.relay.is_some())
+                })
+                .await?;
+            return Ok((RoomKind::Consult, relayed));
         }
         let book = self.calls.lock().await;
         if let Some(call) = book.by_id(room_id)
@@ -153,12 +154,20 @@ impl Signaling {
         room_id: &str,
         reason: RelayReason,
     ) -> bool {
-        let members: Vec<String> = {
-            let mut rooms = self.rooms();
-            if !rooms.activate_relay(room_id, reason) {
+        let activated = self
+            .change(room_id, |rooms| {
+                rooms
+                    .activate_relay(room_id, reason)
+                    .then(|| rooms.member_ids(room_id))
+            })
+            .await;
+        let members = match activated {
+            Ok(Some(members)) => members,
+            Ok(None) => return false,
+            Err(err) => {
+                tracing::error!(error = %err, room_id, "could not relay a consult room");
                 return false;
             }
-            rooms.member_ids(room_id)
         };
         self.announce_relay(io, RoomKind::Consult, room_id, reason, &members)
             .await;
@@ -198,9 +207,7 @@ impl Signaling {
         }
         let body = json!({"roomId": room_id, "reason": reason.as_str()});
         for member in members {
-            if let Some(socket) = socket_by_id(io, member) {
-                let _ = socket.emit("relay-activated", &body);
-            }
+            emit_to_socket(self, io, member, "relay-activated", &body).await;
         }
     }
 
@@ -218,7 +225,10 @@ impl Signaling {
             return;
         }
         if let Some(reason) = reached_relay_size {
-            let members = self.rooms().member_ids(room_id);
+            let members = self
+                .view(room_id, |rooms| rooms.member_ids(room_id))
+                .await
+                .unwrap_or_default();
             self.announce_relay(io, RoomKind::Consult, room_id, reason, &members)
                 .await;
             return;
@@ -230,19 +240,21 @@ impl Signaling {
         {
             return; // the newcomer was among the members told
         }
-        let relayed = {
-            let rooms = self.rooms();
-            rooms.get(room_id).and_then(|r| r.relay)
-        };
+        let relayed = self
+            .view(room_id, |rooms| rooms.get(room_id).and_then(|r| r.relay))
+            .await
+            .unwrap_or_default();
         // A newcomer to a relayed room is subscribed and told, like the members were.
         if let Some(reason) = relayed {
             self.subscribe_member(room_id, socket_id).await;
-            if let Some(socket) = socket_by_id(io, socket_id) {
-                let _ = socket.emit(
-                    "relay-activated",
-                    &json!({"roomId": room_id, "reason": reason.as_str()}),
-                );
-            }
+            emit_to_socket(
+                self,
+                io,
+                socket_id,
+                "relay-activated",
+                &json!({"roomId": room_id, "reason": reason.as_str()}),
+            )
+            .await;
         }
     }
 
@@ -268,7 +280,10 @@ impl Signaling {
     /// `active-speaker {roomId, socketId}` to the members of the relayed consult room, or to
     /// the placing and answering sockets of the relayed call.
     async fn announce_speaker(&self, io: &SocketIo, room: &str, participant: &str) {
-        let mut members = self.rooms().member_ids(room);
+        let mut members = self
+            .view(room, |rooms| rooms.member_ids(room))
+            .await
+            .unwrap_or_default();
         if members.is_empty() {
             let book = self.calls.lock().await;
             if let Some(call) = book.by_id(room).filter(|c| c.is_live()) {
@@ -278,9 +293,7 @@ impl Signaling {
         }
         let body = json!({"roomId": room, "socketId": participant});
         for member in &members {
-            if let Some(socket) = socket_by_id(io, member) {
-                let _ = socket.emit("active-speaker", &body);
-            }
+            emit_to_socket(self, io, member, "active-speaker", &body).await;
         }
     }
 
@@ -311,9 +324,7 @@ impl Signaling {
                 return;
             }
         };
-        if let Some(socket) = socket_by_id(io, &participant) {
-            let _ = socket.emit(name, &body);
-        }
+        emit_to_socket(self, io, &participant, name, &body).await;
     }
 }
 

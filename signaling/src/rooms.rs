@@ -1,11 +1,17 @@
 //! Consult-room membership: a plain registry with no I/O, owned by the signaling layer behind one
 //! short-lived lock. Socket.IO rooms carry the broadcasts; this is the source of truth for who is in.
+//!
+//! In a cluster each appointment's part of the registry lives in Redis ([`SharedConsult`], see
+//! [`crate::shared`]): it is taken into a registry of its own for each change, and this node's
+//! registry keeps only which room and lobby its own sockets are in.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::protocol::{MediaState, Peer};
-use crate::waiting::Lobby;
+use crate::waiting::{Gone, Lobby, SharedLobby};
 
 /// Why a room's media goes through the SFU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,6 +49,15 @@ pub struct Room {
     /// In join order.
     pub members: Vec<Peer>,
     pub relay: Option<RelayReason>,
+    /// Member socket → the node it is connected to.
+    homes: HashMap<String, String>,
+}
+
+impl Room {
+    /// The node member `socket_id` is connected to.
+    pub fn home_of(&self, socket_id: &str) -> Option<&str> {
+        self.homes.get(socket_id).map(String::as_str)
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -72,6 +87,8 @@ pub const DEPARTED_KEPT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct Rooms {
+    /// The node whose sockets join through this registry ("" for a single node).
+    node: String,
     rooms: HashMap<String, Room>,
     room_of_socket: HashMap<String, String>,
     /// Memberships that ended with their connection, not by leaving: socket id → (room, user,
@@ -82,6 +99,15 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    /// An empty registry for the sockets of `node`.
+    pub fn on_node(node: &str) -> Rooms {
+        Rooms {
+            node: node.to_owned(),
+            lobby: Lobby::on_node(node),
+            ..Rooms::default()
+        }
+    }
+
     /// Adds `peer` to `room_id`. The caller has already made it leave any other room.
     pub fn join(&mut self, room_id: &str, peer: Peer) -> Joined {
         let room = self.rooms.entry(room_id.to_owned()).or_default();
@@ -96,6 +122,7 @@ impl Rooms {
         self.lobby.admit(room_id, &peer.user_id);
         self.room_of_socket
             .insert(peer.socket_id.clone(), room_id.to_owned());
+        room.homes.insert(peer.socket_id.clone(), self.node.clone());
         room.members.push(peer);
         // From the relay size on the room is relayed because of its size, whatever relayed it
         // before (a failed or slow direct path, `sfu-only`): every member is told so once.
@@ -119,6 +146,7 @@ impl Rooms {
         let room = self.rooms.get_mut(&room_id)?;
         let index = room.members.iter().position(|m| m.socket_id == socket_id)?;
         let peer = room.members.remove(index);
+        room.homes.remove(socket_id);
         let room_now_empty = room.members.is_empty();
         let relayed = room.relay.is_some();
         if room_now_empty {
@@ -228,12 +256,190 @@ impl Rooms {
             .unwrap_or_default()
     }
 
+    /// Rooms with a member on this node.
     pub fn room_count(&self) -> usize {
-        self.rooms.len()
+        self.room_of_socket.values().collect::<HashSet<_>>().len()
     }
 
     pub fn participant_count(&self) -> usize {
         self.room_of_socket.len()
+    }
+}
+
+/// One appointment's room and lobby as the nodes of a cluster share them (JSON in Redis).
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SharedConsult {
+    #[serde(default)]
+    members: Vec<Homed<Peer>>,
+    #[serde(default)]
+    relay: Option<RelayReason>,
+    #[serde(default)]
+    lobby: Option<SharedLobby>,
+    /// See [`Lobby::is_admitted`].
+    #[serde(default)]
+    admitted: Vec<String>,
+    /// See [`Rooms::departed_from`].
+    #[serde(default)]
+    departed: Vec<Departure>,
+}
+
+impl SharedConsult {
+    /// Nothing left to share: no member, nobody waiting, no departure to remember.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.lobby.is_none() && self.departed.is_empty()
+    }
+
+    /// Whether someone is in the room or waits in its lobby.
+    pub fn has_people(&self) -> bool {
+        !self.members.is_empty() || self.lobby.is_some()
+    }
+
+    /// The sockets in the room, and the sockets waiting in its lobby.
+    pub fn sockets(&self) -> (HashSet<&str>, HashSet<&str>) {
+        let members = self.members.iter().map(|m| m.item.socket_id.as_str());
+        let waiters = self.lobby.iter().flat_map(|l| l.socket_ids());
+        (members.collect(), waiters.collect())
+    }
+
+    /// The nodes its members and waiters are connected to.
+    pub fn nodes(&self) -> HashSet<&str> {
+        let waiters = self.lobby.iter().flat_map(|l| l.homes());
+        self.members
+            .iter()
+            .map(|m| m.node.as_str())
+            .chain(waiters)
+            .collect()
+    }
+}
+
+/// Something of a socket, and the node the socket is connected to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Homed<T> {
+    #[serde(flatten)]
+    pub item: T,
+    pub node: String,
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Departure {
+    socket_id: String,
+    user_id: String,
+    /// How long ago, when written (instants do not cross processes).
+    age_ms: u64,
+}
+
+impl Rooms {
+    /// Takes everything of `room_id` out of this registry (its room, lobby, admissions and
+    /// departures), as the cluster shares it.
+    pub fn take_shared(&mut self, room_id: &str, now: Instant) -> SharedConsult {
+        let room = self.rooms.remove(room_id).unwrap_or_default();
+        for member in &room.members {
+            self.room_of_socket.remove(&member.socket_id);
+        }
+        let mut departed = Vec::new();
+        self.departed.retain(|socket_id, (room, user_id, at)| {
+            if room != room_id {
+                return true;
+            }
+            let age = now.saturating_duration_since(*at);
+            if age < DEPARTED_KEPT {
+                departed.push(Departure {
+                    socket_id: socket_id.clone(),
+                    user_id: user_id.clone(),
+                    age_ms: age.as_millis() as u64,
+                });
+            }
+            false
+        });
+        let (lobby, admitted) = self.lobby.take_shared(room_id);
+        let mut homes = room.homes;
+        SharedConsult {
+            members: room
+                .members
+                .into_iter()
+                .map(|peer| Homed {
+                    node: homes.remove(&peer.socket_id).unwrap_or_default(),
+                    item: peer,
+                })
+                .collect(),
+            relay: room.relay,
+            lobby,
+            admitted,
+            departed,
+        }
+    }
+
+    /// Puts `room_id` as the cluster shares it into this registry (which holds nothing of it).
+    pub fn put_shared(&mut self, room_id: &str, shared: SharedConsult, now: Instant) {
+        if !shared.members.is_empty() {
+            let mut room = Room {
+                relay: shared.relay,
+                ..Room::default()
+            };
+            for Homed { item: peer, node } in shared.members {
+                self.room_of_socket
+                    .insert(peer.socket_id.clone(), room_id.to_owned());
+                room.homes.insert(peer.socket_id.clone(), node);
+                room.members.push(peer);
+            }
+            self.rooms.insert(room_id.to_owned(), room);
+        }
+        for d in shared.departed {
+            let at = now
+                .checked_sub(Duration::from_millis(d.age_ms))
+                .unwrap_or(now);
+            self.departed
+                .insert(d.socket_id, (room_id.to_owned(), d.user_id, at));
+        }
+        self.lobby
+            .put_shared(room_id, shared.lobby, shared.admitted);
+    }
+
+    /// Makes this node's index of its own sockets (which room, which lobby) agree with
+    /// `shared`, the state of `room_id` just written.
+    pub fn index_own_sockets(&mut self, room_id: &str, shared: &SharedConsult) {
+        self.room_of_socket.retain(|_, room| room != room_id);
+        for member in shared.members.iter().filter(|m| m.node == self.node) {
+            self.room_of_socket
+                .insert(member.item.socket_id.clone(), room_id.to_owned());
+        }
+        self.lobby.index_own_sockets(room_id, shared.lobby.as_ref());
+    }
+
+    /// Takes the members and waiters of `room_id` connected to a node `dead` says is gone out
+    /// of the room and lobby: their memberships ended with their connections.
+    pub fn evict(
+        &mut self,
+        room_id: &str,
+        dead: impl Fn(&str) -> bool,
+        now: Instant,
+    ) -> (Vec<Left>, Vec<Gone>) {
+        let members: Vec<String> = self
+            .rooms
+            .get(room_id)
+            .map(|room| {
+                room.members
+                    .iter()
+                    .filter(|m| room.home_of(&m.socket_id).is_some_and(&dead))
+                    .map(|m| m.socket_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut left = Vec::new();
+        for socket_id in members {
+            if let Some(l) = self.leave(&socket_id) {
+                self.note_departed(&l, now);
+                left.push(l);
+            }
+        }
+        let gone = self
+            .lobby
+            .waiters_on(room_id, &dead)
+            .into_iter()
+            .filter_map(|socket_id| self.lobby.leave(&socket_id))
+            .collect();
+        (left, gone)
     }
 }
 

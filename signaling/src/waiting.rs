@@ -15,17 +15,18 @@ use std::time::Instant;
 
 use crate::adapter::SocketIo;
 use crate::adapter::SocketRef;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::activity::{Activity, Host, Member};
 use crate::order::OrderGate;
 use crate::protocol::{self, EventError, EventResult};
+use crate::rooms::Homed;
 use crate::store::{AppointmentAccess, AppointmentStatus};
 use crate::{
-    Budget, Identity, Role, Signaling, consult, identity, payload, room_sockets, socket_by_id,
-    user_room,
+    Budget, Identity, Role, Signaling, consult, emit_to_socket, identity, payload, socket_by_id,
+    socket_room, user_room,
 };
 
 /// A socket waiting to be admitted.
@@ -80,6 +81,18 @@ struct Queue {
     doctor_id: String,
     /// In arrival order.
     waiters: Vec<Waiter>,
+    /// Waiting socket → the node it is connected to.
+    homes: HashMap<String, String>,
+}
+
+impl Queue {
+    fn new(doctor_id: String) -> Queue {
+        Queue {
+            doctor_id,
+            waiters: Vec::new(),
+            homes: HashMap::new(),
+        }
+    }
 }
 
 /// A waiter taken out of its lobby.
@@ -88,11 +101,74 @@ pub struct Gone {
     pub appointment_id: String,
     pub doctor_id: String,
     pub waiter: Waiter,
+    /// The node the waiter is connected to.
+    pub home: String,
+}
+
+/// One appointment's lobby as the nodes of a cluster share it (see
+/// [`SharedConsult`](crate::rooms::SharedConsult)).
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedLobby {
+    doctor_id: String,
+    waiters: Vec<Homed<SharedWaiter>>,
+}
+
+impl SharedLobby {
+    /// The nodes its waiters are connected to.
+    pub(crate) fn homes(&self) -> impl Iterator<Item = &str> {
+        self.waiters.iter().map(|w| w.node.as_str())
+    }
+
+    pub(crate) fn socket_ids(&self) -> impl Iterator<Item = &str> {
+        self.waiters.iter().map(|w| w.item.socket_id.as_str())
+    }
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SharedWaiter {
+    socket_id: String,
+    user_id: String,
+    name: String,
+    role: Role,
+    avatar_seed: String,
+    /// Unix milliseconds.
+    since_ms: i64,
+}
+
+impl From<Waiter> for SharedWaiter {
+    fn from(w: Waiter) -> Self {
+        SharedWaiter {
+            socket_id: w.socket_id,
+            user_id: w.user_id,
+            name: w.name,
+            role: w.role,
+            avatar_seed: w.avatar_seed,
+            since_ms: (w.since.unix_timestamp_nanos() / 1_000_000) as i64,
+        }
+    }
+}
+
+impl From<SharedWaiter> for Waiter {
+    fn from(w: SharedWaiter) -> Self {
+        Waiter {
+            socket_id: w.socket_id,
+            user_id: w.user_id,
+            name: w.name,
+            role: w.role,
+            avatar_seed: w.avatar_seed,
+            since: OffsetDateTime::from_unix_timestamp_nanos(i128::from(w.since_ms) * 1_000_000)
+                .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        }
+    }
 }
 
 /// Every lobby, and who was admitted to the consultations in progress.
 #[derive(Debug, Default)]
 pub struct Lobby {
+    /// The node whose sockets wait through this lobby ("" for a single node).
+    node: String,
     queues: HashMap<String, Queue>,
     queue_of_socket: HashMap<String, String>,
     /// Appointment → the users who have been in its room since it last emptied.
@@ -100,6 +176,13 @@ pub struct Lobby {
 }
 
 impl Lobby {
+    pub(crate) fn on_node(node: &str) -> Lobby {
+        Lobby {
+            node: node.to_owned(),
+            ..Lobby::default()
+        }
+    }
+
     /// Puts `waiter` last in the lobby of `appointment_id`, whose doctor is `doctor_id`. False,
     /// and nothing changes, when that socket waits already (here or elsewhere).
     pub fn wait(&mut self, appointment_id: &str, doctor_id: &str, waiter: Waiter) -> bool {
@@ -108,14 +191,14 @@ impl Lobby {
         }
         self.queue_of_socket
             .insert(waiter.socket_id.clone(), appointment_id.to_owned());
-        self.queues
+        let queue = self
+            .queues
             .entry(appointment_id.to_owned())
-            .or_insert_with(|| Queue {
-                doctor_id: doctor_id.to_owned(),
-                waiters: Vec::new(),
-            })
-            .waiters
-            .push(waiter);
+            .or_insert_with(|| Queue::new(doctor_id.to_owned()));
+        queue
+            .homes
+            .insert(waiter.socket_id.clone(), self.node.clone());
+        queue.waiters.push(waiter);
         true
     }
 
@@ -129,10 +212,8 @@ impl Lobby {
         let queue = self
             .queues
             .entry(gone.appointment_id)
-            .or_insert_with(|| Queue {
-                doctor_id: gone.doctor_id,
-                waiters: Vec::new(),
-            });
+            .or_insert_with(|| Queue::new(gone.doctor_id));
+        queue.homes.insert(gone.waiter.socket_id.clone(), gone.home);
         let at = queue
             .waiters
             .iter()
@@ -150,6 +231,7 @@ impl Lobby {
             .iter()
             .position(|w| w.socket_id == socket_id)?;
         let waiter = queue.waiters.remove(index);
+        let home = queue.homes.remove(socket_id).unwrap_or_default();
         let doctor_id = if queue.waiters.is_empty() {
             self.queues
                 .remove(&appointment_id)
@@ -162,6 +244,7 @@ impl Lobby {
             appointment_id,
             doctor_id,
             waiter,
+            home,
         })
     }
 
@@ -246,9 +329,106 @@ impl Lobby {
         self.admitted.remove(appointment_id);
     }
 
-    /// How many sockets wait, in all lobbies.
+    /// How many sockets of this node wait, in all lobbies.
     pub fn waiting_count(&self) -> usize {
         self.queue_of_socket.len()
+    }
+
+    /// Takes `appointment_id`'s lobby and admissions out, as the cluster shares them.
+    pub(crate) fn take_shared(
+        &mut self,
+        appointment_id: &str,
+    ) -> (Option<SharedLobby>, Vec<String>) {
+        let lobby = self.queues.remove(appointment_id).map(|mut queue| {
+            for w in &queue.waiters {
+                self.queue_of_socket.remove(&w.socket_id);
+            }
+            SharedLobby {
+                waiters: queue
+                    .waiters
+                    .into_iter()
+                    .map(|w| Homed {
+                        node: queue.homes.remove(&w.socket_id).unwrap_or_default(),
+                        item: SharedWaiter::from(w),
+                    })
+                    .collect(),
+                doctor_id: queue.doctor_id,
+            }
+        });
+        let mut admitted: Vec<String> = self
+            .admitted
+            .remove(appointment_id)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        admitted.sort();
+        (lobby, admitted)
+    }
+
+    /// Puts `appointment_id`'s lobby and admissions as the cluster shares them in.
+    pub(crate) fn put_shared(
+        &mut self,
+        appointment_id: &str,
+        lobby: Option<SharedLobby>,
+        admitted: Vec<String>,
+    ) {
+        if let Some(lobby) = lobby.filter(|l| !l.waiters.is_empty()) {
+            let mut queue = Queue::new(lobby.doctor_id);
+            for Homed { item, node } in lobby.waiters {
+                self.queue_of_socket
+                    .insert(item.socket_id.clone(), appointment_id.to_owned());
+                queue.homes.insert(item.socket_id.clone(), node);
+                queue.waiters.push(Waiter::from(item));
+            }
+            self.queues.insert(appointment_id.to_owned(), queue);
+        }
+        if !admitted.is_empty() {
+            self.admitted
+                .insert(appointment_id.to_owned(), admitted.into_iter().collect());
+        }
+    }
+
+    /// See [`Rooms::index_own_sockets`](crate::rooms::Rooms::index_own_sockets).
+    pub(crate) fn index_own_sockets(&mut self, appointment_id: &str, lobby: Option<&SharedLobby>) {
+        self.queue_of_socket.retain(|_, a| a != appointment_id);
+        for w in lobby
+            .iter()
+            .flat_map(|l| &l.waiters)
+            .filter(|w| w.node == self.node)
+        {
+            self.queue_of_socket
+                .insert(w.item.socket_id.clone(), appointment_id.to_owned());
+        }
+    }
+
+    /// The sockets waiting in `appointment_id`'s lobby from a node `dead` says is gone.
+    pub(crate) fn waiters_on(
+        &self,
+        appointment_id: &str,
+        dead: impl Fn(&str) -> bool,
+    ) -> Vec<String> {
+        self.queues
+            .get(appointment_id)
+            .map(|q| {
+                q.waiters
+                    .iter()
+                    .filter(|w| q.homes.get(&w.socket_id).is_some_and(|n| dead(n)))
+                    .map(|w| w.socket_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The appointments with someone waiting.
+    pub(crate) fn lobby_ids(&self) -> impl Iterator<Item = String> + '_ {
+        self.queues.keys().cloned()
+    }
+
+    /// The doctor of `appointment_id`'s lobby, while someone waits in it.
+    pub fn doctor_of(&self, appointment_id: &str) -> Option<&str> {
+        self.queues
+            .get(appointment_id)
+            .map(|q| q.doctor_id.as_str())
     }
 }
 
@@ -283,23 +463,26 @@ pub(crate) fn is_host(who: &Identity, appointment: &AppointmentAccess) -> bool {
 /// Whether `who`'s socket `socket_id` must wait before entering `appointment`'s room: the
 /// waiting room is on, it is not a host, it has not been in the room since it last emptied,
 /// and it does not come back (`previous`) from a membership of it that its connection ended.
-pub(crate) fn must_wait(
+pub(crate) async fn must_wait(
     sig: &Signaling,
     who: &Identity,
     appointment: &AppointmentAccess,
     socket_id: &str,
     previous: Option<&str>,
-) -> bool {
+) -> Result<bool, EventError> {
     if !sig.config.waiting_room || is_host(who, appointment) {
-        return false;
+        return Ok(false);
     }
-    let rooms = sig.rooms();
-    let admitted = rooms.lobby.is_admitted(&appointment.id, &who.user_id)
-        || rooms.room_of(socket_id) == Some(appointment.id.as_str())
-        || previous.is_some_and(|previous| {
-            rooms.departed_from(previous, &appointment.id, &who.user_id, Instant::now())
-        });
-    !admitted
+    let admitted = sig
+        .view(&appointment.id, |rooms| {
+            rooms.lobby.is_admitted(&appointment.id, &who.user_id)
+                || rooms.room_of(socket_id) == Some(appointment.id.as_str())
+                || previous.is_some_and(|previous| {
+                    rooms.departed_from(previous, &appointment.id, &who.user_id, Instant::now())
+                })
+        })
+        .await?;
+    Ok(!admitted)
 }
 
 /// `join-room` of a patient who must wait: into the appointment's lobby (leaving any room or
@@ -317,45 +500,47 @@ pub(crate) async fn enter_lobby(
     previous: Option<String>,
 ) -> EventResult {
     let self_id = s.id.to_string();
-    if sig.rooms().room_of(&self_id).is_some() {
-        consult::leave_current_room(sig, s, consult::LeaveReason::JoinedAnother).await;
+    if sig.room_of_socket(&self_id).await?.is_some() {
+        consult::leave_current_room(sig, io, &self_id, consult::LeaveReason::JoinedAnother).await;
     }
     if sig
-        .rooms()
-        .lobby
-        .lobby_of(&self_id)
+        .lobby_of_socket(&self_id)
+        .await?
         .is_some_and(|a| a != appointment.id)
     {
         end_wait(sig, io, &self_id, WaitEnd::JoinedRoom).await;
     }
-    let replaced = previous.filter(|p| *p != self_id).and_then(|p| {
-        let rooms = sig.rooms();
-        let since = rooms
-            .lobby
-            .waiter(&appointment.id, &p)
-            .filter(|w| w.user_id == who.user_id)?
-            .since;
-        Some((p, since))
-    });
-    let waiter = Waiter {
-        socket_id: self_id.clone(),
-        user_id: who.user_id.clone(),
-        name: who.name.clone(),
-        role: who.role,
-        avatar_seed,
-        since: replaced
-            .as_ref()
-            .map_or_else(protocol::now_millis, |(_, since)| *since),
-    };
-    let is_new = sig
-        .rooms()
-        .lobby
-        .wait(&appointment.id, &appointment.doctor_id, waiter.clone());
-    let since = sig
-        .rooms()
-        .lobby
-        .waiter(&appointment.id, &self_id)
-        .map_or(waiter.since, |w| w.since);
+    let previous = previous.filter(|p| *p != self_id);
+    let (replaced, waiter, is_new, since) = sig
+        .change(&appointment.id, |rooms| {
+            let replaced = previous.and_then(|p| {
+                let since = rooms
+                    .lobby
+                    .waiter(&appointment.id, &p)
+                    .filter(|w| w.user_id == who.user_id)?
+                    .since;
+                Some((p, since))
+            });
+            let waiter = Waiter {
+                socket_id: self_id.clone(),
+                user_id: who.user_id.clone(),
+                name: who.name.clone(),
+                role: who.role,
+                avatar_seed,
+                since: replaced
+                    .as_ref()
+                    .map_or_else(protocol::now_millis, |(_, since)| *since),
+            };
+            let is_new = rooms
+                .lobby
+                .wait(&appointment.id, &appointment.doctor_id, waiter.clone());
+            let since = rooms
+                .lobby
+                .waiter(&appointment.id, &self_id)
+                .map_or(waiter.since, |w| w.since);
+            (replaced, waiter, is_new, since)
+        })
+        .await?;
     if is_new {
         let activity = Activity::WaitingEntered {
             appointment_id: appointment.id.clone(),
@@ -364,10 +549,11 @@ pub(crate) async fn enter_lobby(
         };
         if let Err(err) = sig.record(activity).await {
             // A wait the audit trail does not hold did not happen.
-            sig.rooms().lobby.leave(&self_id);
+            let _ = sig
+                .change(&appointment.id, |rooms| rooms.lobby.leave(&self_id))
+                .await;
             return Err(err.into());
         }
-        sig.refresh_waiting_gauge();
         tracing::info!(
             appointment_id = %appointment.id,
             socket_id = %self_id,
@@ -376,9 +562,14 @@ pub(crate) async fn enter_lobby(
             "waiting to be admitted"
         );
         if let Some((old, _)) = &replaced {
-            end_wait(sig, io, old, WaitEnd::Replaced).await;
-            if let Some(old) = socket_by_id(io, old) {
-                let _ = old.disconnect();
+            end_wait_in(sig, io, old, &appointment.id, WaitEnd::Replaced).await;
+            match socket_by_id(io, old) {
+                Some(old) => {
+                    let _ = old.disconnect();
+                }
+                None => {
+                    let _ = io.to(socket_room(old)).disconnect().await;
+                }
             }
         }
         tell_hosts(sig, io, &appointment.id, &appointment.doctor_id).await;
@@ -399,10 +590,36 @@ pub(crate) async fn end_wait(
     socket_id: &str,
     reason: WaitEnd,
 ) -> bool {
-    let Some(gone) = sig.rooms().lobby.leave(socket_id) else {
-        return false;
+    match sig.lobby_of_socket(socket_id).await {
+        Ok(Some(appointment_id)) => end_wait_in(sig, io, socket_id, &appointment_id, reason).await,
+        Ok(None) => false,
+        Err(err) => {
+            tracing::error!(error = %err, "could not find a socket's waiting room");
+            false
+        }
+    }
+}
+
+/// Ends the wait of socket `socket_id` (of any node) in `appointment_id`'s lobby, if it waits
+/// there: recorded, the hosts told. Returns whether it waited.
+async fn end_wait_in(
+    sig: &Signaling,
+    io: &SocketIo,
+    socket_id: &str,
+    appointment_id: &str,
+    reason: WaitEnd,
+) -> bool {
+    let gone = sig
+        .change(appointment_id, |rooms| rooms.lobby.leave(socket_id))
+        .await;
+    let gone = match gone {
+        Ok(Some(gone)) => gone,
+        Ok(None) => return false,
+        Err(err) => {
+            tracing::error!(error = %err, appointment_id, "could not end a wait");
+            return false;
+        }
     };
-    sig.refresh_waiting_gauge();
     tracing::info!(
         appointment_id = %gone.appointment_id,
         socket_id,
@@ -428,35 +645,46 @@ pub(crate) async fn tell_hosts(
     appointment_id: &str,
     doctor_id: &str,
 ) {
-    let (waiting, admins) = {
-        let rooms = sig.rooms();
-        let admins: Vec<String> = rooms
-            .get(appointment_id)
-            .map(|room| {
-                room.members
-                    .iter()
-                    .filter(|m| m.role == Role::Admin)
-                    .map(|m| m.socket_id.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (rooms.lobby.entries(appointment_id), admins)
+    let seen = sig
+        .view(appointment_id, |rooms| {
+            let admins: Vec<String> = rooms
+                .get(appointment_id)
+                .map(|room| {
+                    room.members
+                        .iter()
+                        .filter(|m| m.role == Role::Admin)
+                        .map(|m| socket_room(&m.socket_id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (rooms.lobby.entries(appointment_id), admins)
+        })
+        .await;
+    let (waiting, mut hosts) = match seen {
+        Ok(seen) => seen,
+        Err(err) => {
+            tracing::error!(error = %err, appointment_id, "could not tell the hosts who waits");
+            return;
+        }
     };
     let update = json!({"appointmentId": appointment_id, "waiting": waiting});
-    let mut told = HashSet::new();
-    let doctor = room_sockets(io, user_room(doctor_id));
-    let admins = admins.iter().filter_map(|id| socket_by_id(io, id));
-    for s in doctor.into_iter().chain(admins) {
-        if told.insert(s.id) {
-            let _ = s.emit("waiting-room", &update);
-        }
+    // One broadcast to several rooms reaches each socket once, on every node.
+    hosts.push(user_room(doctor_id));
+    if let Some(ns) = io.of("/") {
+        let _ = ns.to(hosts).emit("waiting-room", &update).await;
     }
 }
 
 /// A newly connected socket of a doctor learns who waits for it (one `waiting-room` per
 /// appointment with someone waiting), so a page that was not open sees them at once.
-pub(crate) fn tell_on_connect(sig: &Signaling, s: &SocketRef, who: &Identity) {
-    let lobbies = sig.rooms().lobby.lobbies_of_doctor(&who.user_id);
+pub(crate) async fn tell_on_connect(sig: &Signaling, s: &SocketRef, who: &Identity) {
+    let lobbies = match lobbies_of_doctor(sig, &who.user_id).await {
+        Ok(lobbies) => lobbies,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not list a doctor's waiting rooms");
+            return;
+        }
+    };
     for (appointment_id, waiting) in lobbies {
         let _ = s.emit(
             "waiting-room",
@@ -465,9 +693,33 @@ pub(crate) fn tell_on_connect(sig: &Signaling, s: &SocketRef, who: &Identity) {
     }
 }
 
+/// The lobbies with someone in them of `doctor_id`'s appointments (in a cluster, every node's).
+async fn lobbies_of_doctor(
+    sig: &Signaling,
+    doctor_id: &str,
+) -> Result<Vec<(String, Vec<WaitingEntry>)>, crate::SharedError> {
+    if sig.shared.is_none() {
+        return Ok(sig.rooms().lobby.lobbies_of_doctor(doctor_id));
+    }
+    let mut lobbies = Vec::new();
+    for id in sig.appointments().await? {
+        let waiting = sig
+            .view(&id, |rooms| {
+                (rooms.lobby.doctor_of(&id) == Some(doctor_id)).then(|| rooms.lobby.entries(&id))
+            })
+            .await?;
+        lobbies.extend(waiting.map(|w| (id, w)));
+    }
+    lobbies.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(lobbies)
+}
+
 /// A host joined the room: it sees who waits (when someone does).
-pub(crate) fn tell_joining_host(sig: &Signaling, s: &SocketRef, appointment_id: &str) {
-    let waiting = sig.rooms().lobby.entries(appointment_id);
+pub(crate) async fn tell_joining_host(sig: &Signaling, s: &SocketRef, appointment_id: &str) {
+    let waiting = sig
+        .view(appointment_id, |rooms| rooms.lobby.entries(appointment_id))
+        .await
+        .unwrap_or_default();
     if !waiting.is_empty() {
         let _ = s.emit(
             "waiting-room",
@@ -484,7 +736,7 @@ async fn host_of(
     who: &Identity,
     appointment_id: &str,
 ) -> Result<AppointmentAccess, EventError> {
-    if sig.rooms().lobby.lobby_of(&s.id.to_string()).is_some() {
+    if sig.lobby_of_socket(&s.id.to_string()).await?.is_some() {
         return Err(EventError::forbidden(
             "you are waiting to be admitted yourself",
         ));
@@ -535,12 +787,17 @@ pub(crate) async fn admit(
     sig.spend(s, Budget::Signal)?;
     let req = payload::admit(data)?;
     let appointment = host_of(sig, s, &who, &req.appointment_id).await?;
-    let sockets = sig.rooms().lobby.sockets_of(&appointment.id, &req.user_id);
+    let sockets = sig
+        .view(&appointment.id, |rooms| {
+            rooms.lobby.sockets_of(&appointment.id, &req.user_id)
+        })
+        .await?;
     if sockets.is_empty() {
         return Err(nobody_waiting());
     }
     // While draining only a consultation in progress takes anyone in.
-    sig.check_join_while_draining(&appointment.id, None, &req.user_id)?;
+    sig.check_join_while_draining(&appointment.id, None, &req.user_id)
+        .await?;
     let mut admitted = 0;
     for socket_id in sockets {
         if admit_socket(sig, io, &who, &appointment, &socket_id).await? {
@@ -558,7 +815,9 @@ pub(crate) async fn admit(
 
 /// Moves one waiting socket into the room, in that socket's turn (after the events it sent
 /// before, and before its disconnect clean-up), so that a socket gone meanwhile is never put
-/// in a room. Returns whether it was still waiting. A store failure puts it back and refuses.
+/// in a room. A socket of another node of the cluster is moved from here; a disconnect racing
+/// the admission is cleaned up by its node's leave. Returns whether it was still waiting. A
+/// store failure puts it back and refuses.
 async fn admit_socket(
     sig: &Signaling,
     io: &SocketIo,
@@ -566,30 +825,27 @@ async fn admit_socket(
     appointment: &AppointmentAccess,
     socket_id: &str,
 ) -> Result<bool, EventError> {
-    let Some(patient) = socket_by_id(io, socket_id) else {
+    let patient = socket_by_id(io, socket_id);
+    if patient.is_none() && sig.shared.is_none() {
         return Ok(false);
-    };
-    let _turn = match patient.extensions.get::<OrderGate>() {
+    }
+    let _turn = match patient
+        .as_ref()
+        .and_then(|p| p.extensions.get::<OrderGate>())
+    {
         Some(gate) => Some(gate.enqueue().turn().await),
         None => None,
     };
-    let Ok(patient_who) = identity(&patient) else {
-        return Ok(false);
-    };
-    let gone = {
-        let mut rooms = sig.rooms();
-        if rooms.lobby.lobby_of(socket_id) != Some(appointment.id.as_str()) {
-            return Ok(false);
-        }
-        rooms.lobby.leave(socket_id)
-    };
+    let gone = sig
+        .change(&appointment.id, |rooms| {
+            if rooms.lobby.lobby_of(socket_id) != Some(appointment.id.as_str()) {
+                return None;
+            }
+            rooms.lobby.leave(socket_id)
+        })
+        .await?;
     let Some(gone) = gone else {
         return Ok(false);
-    };
-    sig.refresh_waiting_gauge();
-    let put_back = |gone: Gone| {
-        sig.rooms().lobby.put_back(gone);
-        sig.refresh_waiting_gauge();
     };
     let admission = Activity::WaitingAdmitted {
         appointment_id: appointment.id.clone(),
@@ -597,12 +853,22 @@ async fn admit_socket(
         by: host(by),
     };
     if let Err(err) = sig.record(admission).await {
-        put_back(gone);
+        put_back(sig, gone).await;
         return Err(err.into());
     }
+    let patient_who = Identity {
+        user_id: gone.waiter.user_id.clone(),
+        name: gone.waiter.name.clone(),
+        role: gone.waiter.role,
+    };
+    let joiner = match &patient {
+        Some(p) => consult::Joiner::Here(p),
+        None => consult::Joiner::Elsewhere(socket_id.to_owned()),
+    };
     let entered = consult::enter_as_member(
         sig,
-        &patient,
+        io,
+        &joiner,
         &patient_who,
         appointment,
         gone.waiter.avatar_seed.clone(),
@@ -612,7 +878,7 @@ async fn admit_socket(
     let (mut fields, then) = match entered {
         Ok(entered) => entered,
         Err(err) => {
-            put_back(gone);
+            put_back(sig, gone).await;
             return Err(err);
         }
     };
@@ -624,11 +890,22 @@ async fn admit_socket(
         "admitted from the waiting room"
     );
     fields.insert("appointmentId".into(), json!(appointment.id));
-    let _ = patient.emit("admitted", &fields);
+    emit_to_socket(sig, io, socket_id, "admitted", &fields).await;
     if let Some(then) = then {
         then.run(sig, io).await;
     }
     Ok(true)
+}
+
+/// Puts a waiter whose admission or decline could not be completed back in its lobby.
+async fn put_back(sig: &Signaling, gone: Gone) {
+    let appointment_id = gone.appointment_id.clone();
+    if let Err(err) = sig
+        .change(&appointment_id, |rooms| rooms.lobby.put_back(gone))
+        .await
+    {
+        tracing::error!(error = %err, appointment_id, "could not put a waiter back");
+    }
 }
 
 /// `decline {appointmentId, userId, reason?}`: every socket of that user waiting in the lobby
@@ -645,18 +922,18 @@ pub(crate) async fn decline(
     sig.spend(s, Budget::Signal)?;
     let req = payload::decline(data)?;
     let appointment = host_of(sig, s, &who, &req.appointment_id).await?;
-    let gone: Vec<Gone> = {
-        let mut rooms = sig.rooms();
-        let sockets = rooms.lobby.sockets_of(&appointment.id, &req.user_id);
-        sockets
-            .iter()
-            .filter_map(|id| rooms.lobby.leave(id))
-            .collect()
-    };
+    let gone: Vec<Gone> = sig
+        .change(&appointment.id, |rooms| {
+            let sockets = rooms.lobby.sockets_of(&appointment.id, &req.user_id);
+            sockets
+                .iter()
+                .filter_map(|id| rooms.lobby.leave(id))
+                .collect()
+        })
+        .await?;
     if gone.is_empty() {
         return Err(nobody_waiting());
     }
-    sig.refresh_waiting_gauge();
     // Recorded one by one; a store failure leaves that socket and the rest waiting.
     let mut declined = Vec::with_capacity(gone.len());
     let mut failure = None;
@@ -671,15 +948,14 @@ pub(crate) async fn decline(
             Ok(()) => declined.push(g),
             Err(err) => {
                 failure = Some(err);
-                sig.rooms().lobby.put_back(g);
+                put_back(sig, g).await;
                 break;
             }
         }
     }
     for g in gone {
-        sig.rooms().lobby.put_back(g);
+        put_back(sig, g).await;
     }
-    sig.refresh_waiting_gauge();
     for g in &declined {
         tracing::info!(
             appointment_id = %appointment.id,
@@ -688,12 +964,14 @@ pub(crate) async fn decline(
             by = %who.user_id,
             "declined from the waiting room"
         );
-        if let Some(patient) = socket_by_id(io, &g.waiter.socket_id) {
-            let _ = patient.emit(
-                "declined",
-                &json!({"appointmentId": appointment.id, "reason": req.reason}),
-            );
-        }
+        emit_to_socket(
+            sig,
+            io,
+            &g.waiter.socket_id,
+            "declined",
+            &json!({"appointmentId": appointment.id, "reason": req.reason}),
+        )
+        .await;
     }
     tell_hosts(sig, io, &appointment.id, &appointment.doctor_id).await;
     if let Some(err) = failure {

@@ -127,10 +127,13 @@ pub struct RoomList {
     (status = 200, body = RoomList, description = "Active consult rooms"),
     (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden)), security(("bearer" = [])))]
-pub(super) async fn list_rooms(State(state): State<AppState>, _: Admin) -> Json<RoomList> {
-    Json(RoomList {
-        rooms: state.signaling.active_rooms().await,
-    })
+pub(super) async fn list_rooms(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<RoomList>, ApiError> {
+    Ok(Json(RoomList {
+        rooms: state.signaling.active_rooms().await?,
+    }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

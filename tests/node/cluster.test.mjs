@@ -1,5 +1,5 @@
-// Several nodes (cluster.redis_url) sharing a PostgreSQL database and a Redis: what is shared so
-// far (docs/cluster.md). Needs CALLRELAY_NODE_PG_URL and CALLRELAY_NODE_REDIS_URL (an emptied
+// Several nodes (cluster.redis_url) sharing a PostgreSQL database and a Redis: consult rooms and
+// waiting rooms across nodes, a dead node's members, the webhook outbox (docs/cluster.md). Needs CALLRELAY_NODE_PG_URL and CALLRELAY_NODE_REDIS_URL (an emptied
 // Redis database), which tests/node_clients.rs hands over; without them it says it skipped.
 
 import assert from 'node:assert/strict';
@@ -36,7 +36,141 @@ async function consultation(server) {
   return appt.id;
 }
 
+/** A node of the test cluster, its lease 3 s (`env` added). */
+function clusterNode(id, env = {}) {
+  return h.startServer({
+    dbUrl: h.PG_URL,
+    env: {
+      CALLRELAY_CLUSTER__REDIS_URL: REDIS_URL,
+      CALLRELAY_CLUSTER__NODE_ID: id,
+      CALLRELAY_CLUSTER__LEASE_SECS: '3',
+      ...env,
+    },
+  });
+}
+
+/** A patient and a doctor (users of `server`) and their confirmed appointment. */
+async function patientAndDoctor(server) {
+  const patient = await h.user(server, 'patient');
+  const doctor = await h.user(server, 'doctor');
+  const appt = await h.appointment(server, patient, doctor);
+  return { patient, doctor, appt };
+}
+
 describe('cluster', () => {
+  test('members connected to different nodes share one consult room', T, async (t) => {
+    if (skipWithout(t)) return;
+    const [one, two] = [await clusterNode('room-one'), await clusterNode('room-two')];
+    const { patient, doctor, appt } = await patientAndDoctor(one);
+    const p = await h.connect(one, patient.token);
+    const d = await h.connect(two, doctor.token);
+
+    const pJoin = await h.ack(p, 'join-room', { appointmentId: appt.id });
+    assert.deepEqual(pJoin.peers, []);
+    const dJoin = await h.ack(d, 'join-room', { appointmentId: appt.id });
+    assert.deepEqual(dJoin.peers.map((x) => [x.socketId, x.userId]), [[p.id, patient.id]]);
+    const joined = await h.nextEvent(p, 'peer-joined');
+    assert.equal(joined.socketId, d.id);
+
+    // Offers, answers and candidates cross the nodes, and only to members.
+    assert.equal((await h.ack(d, 'signal', { to: p.id, type: 'offer', payload: { type: 'offer', sdp: h.sdp('offer') } })).ok, true);
+    const offer = await h.nextEvent(p, 'signal');
+    assert.equal(offer.from, d.id);
+    assert.equal(offer.type, 'offer');
+    const outsider = await h.connect(two, (await h.user(two, 'patient')).token);
+    assert.equal((await h.ack(outsider, 'signal', { to: p.id, type: 'offer', payload: { type: 'offer', sdp: h.sdp('offer') } })).error.code, 'forbidden');
+
+    // Chat reaches both, stored once.
+    const sent = await h.ack(p, 'chat-message', { text: 'across nodes' });
+    assert.equal(sent.ok, true);
+    assert.equal((await h.nextEvent(d, 'chat-message')).id, sent.message.id);
+    const transcript = await h.api(two, 'GET', `/api/appointments/${appt.id}/messages`, { token: doctor.token });
+    assert.deepEqual(transcript.body.messages.map((m) => m.text), ['across nodes']);
+
+    // A media state is relayed, and a later joiner on a third node sees it.
+    assert.equal((await h.ack(p, 'media-state', { audio: false, video: true, screen: false })).ok, true);
+    assert.equal((await h.nextEvent(d, 'media-state')).audio, false);
+    const three = await clusterNode('room-three');
+    const admin = await h.connect(three, (await h.user(three, 'admin')).token);
+    const aJoin = await h.ack(admin, 'join-room', { appointmentId: appt.id });
+    assert.deepEqual(aJoin.peers.map((x) => x.socketId), [p.id, d.id]);
+    assert.equal(aJoin.peers[0].media.audio, false);
+    // The third member relays the room: everyone is told, wherever connected.
+    for (const s of [p, d, admin]) assert.equal((await h.nextEvent(s, 'relay-activated', 5000)).reason, 'room-size');
+
+    // Every node lists the room with its three members.
+    const adminToken = (await h.user(one, 'admin')).token;
+    for (const server of [one, two, three]) {
+      const rooms = await h.api(server, 'GET', '/api/admin/rooms', { token: adminToken });
+      const room = rooms.body.rooms.find((r) => r.appointmentId === appt.id);
+      assert.deepEqual(room.participants.map((x) => x.socketId), [p.id, d.id, admin.id]);
+    }
+
+    // Leaving is seen on the other nodes; the room is gone once empty.
+    assert.deepEqual(await h.ack(p, 'leave-room', {}), { ok: true });
+    for (const s of [d, admin]) assert.equal((await h.nextEvent(s, 'peer-left')).socketId, p.id);
+    h.closeSocket(d);
+    assert.equal((await h.nextEvent(admin, 'peer-left', 5000)).reason, 'disconnected');
+    assert.deepEqual(await h.ack(admin, 'leave-room', {}), { ok: true });
+    const after = await h.api(two, 'GET', '/api/admin/rooms', { token: adminToken });
+    assert.equal(after.body.rooms.find((r) => r.appointmentId === appt.id), undefined);
+  });
+
+  test('a doctor on one node admits a patient waiting on another', T, async (t) => {
+    if (skipWithout(t)) return;
+    const waitingRoom = { CALLRELAY_CONSULT__WAITING_ROOM: 'true' };
+    const [one, two] = [await clusterNode('lobby-one', waitingRoom), await clusterNode('lobby-two', waitingRoom)];
+    const { patient, doctor, appt } = await patientAndDoctor(one);
+    const d = await h.connect(one, doctor.token);
+    assert.equal((await h.ack(d, 'join-room', { appointmentId: appt.id })).ok, true);
+    const p = await h.connect(two, patient.token);
+    const wait = await h.ack(p, 'join-room', { appointmentId: appt.id });
+    assert.equal(wait.waiting, true);
+    const lobby = await h.nextEvent(d, 'waiting-room');
+    assert.deepEqual(lobby.waiting.map((w) => w.socketId), [p.id]);
+
+    // A doctor's page opened later, on the other node, sees who waits at once.
+    const d2 = await h.connect(two, doctor.token);
+    assert.deepEqual((await h.nextEvent(d2, 'waiting-room')).waiting.map((w) => w.userId), [patient.id]);
+
+    const admitted = await h.ack(d, 'admit', { appointmentId: appt.id, userId: patient.id });
+    assert.deepEqual(admitted, { ok: true, admitted: 1 });
+    const entered = await h.nextEvent(p, 'admitted');
+    assert.deepEqual(entered.peers.map((x) => x.socketId), [d.id]);
+    assert.equal((await h.nextEvent(d, 'peer-joined')).socketId, p.id);
+    assert.deepEqual((await h.nextEvent(d, 'waiting-room')).waiting, []);
+    // In the room now: chat works from the other node.
+    assert.equal((await h.ack(p, 'chat-message', { text: 'hello doctor' })).ok, true);
+    assert.equal((await h.nextEvent(d, 'chat-message')).text, 'hello doctor');
+  });
+
+  test('the members of a node that dies leave their rooms within its lease', T, async (t) => {
+    if (skipWithout(t)) return;
+    const [one, doomed] = [await clusterNode('survivor'), await clusterNode('doomed')];
+    const { patient, doctor, appt } = await patientAndDoctor(one);
+    const d = await h.connect(one, doctor.token);
+    assert.equal((await h.ack(d, 'join-room', { appointmentId: appt.id })).ok, true);
+    const p = await h.connect(doomed, patient.token, { reconnection: false });
+    assert.equal((await h.ack(p, 'join-room', { appointmentId: appt.id })).ok, true);
+    await h.nextEvent(d, 'peer-joined');
+
+    const pId = p.id;
+    const killedAt = Date.now();
+    await doomed.stop('SIGKILL');
+    const left = await h.nextEvent(d, 'peer-left', 15000);
+    assert.deepEqual([left.socketId, left.reason], [pId, 'disconnected']);
+    const secs = (Date.now() - killedAt) / 1000;
+    assert.ok(secs <= 10, `peer-left ${secs} s after the kill`);
+
+    // The patient comes back through the surviving node, naming its old socket.
+    const back = await h.connect(one, patient.token);
+    const rejoin = await h.ack(back, 'join-room', { appointmentId: appt.id, previousSocketId: pId });
+    assert.deepEqual(rejoin.peers.map((x) => x.socketId), [d.id]);
+    const again = await h.nextEvent(d, 'peer-joined');
+    assert.deepEqual([again.socketId, again.replaces], [back.id, pId]);
+  });
+
+
   test('the nodes write to one webhook outbox and one of them delivers each event once', T, async (t) => {
     if (skipWithout(t)) return;
     const port = await h.freeTcpPort();
