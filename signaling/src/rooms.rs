@@ -632,4 +632,94 @@ mod tests {
             "another socket"
         );
     }
+
+    #[test]
+    fn an_appointment_shared_through_json_comes_back_whole_and_keeps_each_sockets_node() {
+        let t0 = Instant::now();
+        let mut a = Rooms::on_node("a");
+        a.join("r", peer("s1", "u1"));
+        a.set_media(
+            "s1",
+            MediaState {
+                audio: false,
+                video: true,
+                screen: false,
+                screen_track_id: None,
+            },
+        );
+        a.activate_relay("r", RelayReason::P2pFailed);
+        a.join("r", peer("s2", "u2"));
+        let left = a.leave("s2").expect("left");
+        a.note_departed(&left, t0);
+        let waiter = crate::waiting::Waiter {
+            socket_id: "w1".into(),
+            user_id: "u3".into(),
+            name: "u3".into(),
+            role: Role::Patient,
+            avatar_seed: "u3".into(),
+            since: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+        };
+        a.lobby.wait("r", "doc", waiter.clone());
+
+        let text = serde_json::to_string(&a.take_shared("r", t0)).unwrap();
+        assert_eq!(a.participant_count(), 0, "nothing of it left behind");
+        assert_eq!(a.lobby.waiting_count(), 0);
+        let mut b = Rooms::on_node("b");
+        b.put_shared("r", serde_json::from_str(&text).unwrap(), t0);
+        b.join("r", peer("s4", "u4"));
+        let room = b.get("r").unwrap();
+        assert_eq!(room.members[0].media.as_ref().map(|m| m.audio), Some(false));
+        assert_eq!(room.relay, Some(RelayReason::P2pFailed));
+        assert_eq!(
+            (room.home_of("s1"), room.home_of("s4")),
+            (Some("a"), Some("b"))
+        );
+        assert!(b.departed_from("s2", "r", "u2", t0 + Duration::from_secs(1)));
+        assert_eq!(b.lobby.waiter("r", "w1"), Some(&waiter));
+        assert_eq!(b.lobby.doctor_of("r"), Some("doc"));
+        assert!(b.lobby.is_admitted("r", "u1"));
+
+        // Each node indexes only its own sockets.
+        let shared = b.take_shared("r", t0);
+        let mut local_a = Rooms::on_node("a");
+        local_a.index_own_sockets("r", &shared);
+        assert_eq!(local_a.room_of("s1"), Some("r"));
+        assert_eq!(local_a.room_of("s4"), None);
+        assert_eq!(local_a.lobby.lobby_of("w1"), Some("r"));
+        assert_eq!(local_a.room_count(), 1);
+    }
+
+    #[test]
+    fn a_dead_nodes_members_and_waiters_are_evicted_as_disconnected() {
+        let t0 = Instant::now();
+        let mut a = Rooms::on_node("a");
+        a.join("r", peer("s1", "u1"));
+        let mut shared = a.take_shared("r", t0);
+        let mut b = Rooms::on_node("b");
+        b.put_shared("r", shared, t0);
+        b.join("r", peer("s2", "u2"));
+        shared = b.take_shared("r", t0);
+        assert_eq!(shared.nodes(), HashSet::from(["a", "b"]));
+
+        let mut c = Rooms::on_node("c");
+        c.put_shared("r", shared, t0);
+        let (left, gone) = c.evict("r", |node| node == "a", t0);
+        assert_eq!(
+            left.iter()
+                .map(|l| l.peer.socket_id.as_str())
+                .collect::<Vec<_>>(),
+            ["s1"]
+        );
+        assert!(gone.is_empty());
+        assert_eq!(c.member_ids("r"), ["s2"]);
+        assert!(
+            c.departed_from("s1", "r", "u1", t0),
+            "it may come back naming its socket"
+        );
+        // Departures past keeping are not written back.
+        let later = c.take_shared("r", t0 + DEPARTED_KEPT);
+        assert!(later.has_people());
+        c.put_shared("r", later, t0 + DEPARTED_KEPT);
+        assert!(!c.departed_from("s1", "r", "u1", t0 + DEPARTED_KEPT));
+    }
 }
