@@ -105,11 +105,9 @@ impl Signaling {
     }
 
     /// Every ringing or active direct call, oldest first.
-    pub async fn live_calls(&self) -> Vec<CallView> {
-        let mut calls: Vec<CallView> = self
-            .calls
-            .lock()
-            .await
+    pub async fn live_calls(&self) -> Result<Vec<CallView>, AdminError> {
+        let (book, _) = self.read_calls().await?;
+        let mut calls: Vec<CallView> = book
             .iter()
             .filter(|c| c.is_live())
             .map(|c| CallView {
@@ -131,7 +129,7 @@ impl Signaling {
                 .tracks_of(&call.call_id, call.media == MediaPath::Sfu)
                 .await;
         }
-        calls
+        Ok(calls)
     }
 
     /// Takes every socket of `user_id` out of the room. Each gets `removed-from-room

@@ -245,8 +245,10 @@ pub struct Effects {
     pub finished: bool,
 }
 
-/// One direct call, from `call-user` to its end. Also the stored record (contract: Call).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One direct call, from `call-user` to its end. Also the stored record (contract: Call), and
+/// what the nodes of a cluster share of it (see [`crate::book`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Call {
     pub id: String,
     pub caller_id: String,
@@ -258,10 +260,13 @@ pub struct Call {
     /// The callee socket whose answer won; set on answer.
     pub answered_socket: Option<String>,
     pub status: CallStatus,
+    #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     /// Set on answer, only.
+    #[serde(with = "time::serde::rfc3339::option")]
     pub answered_at: Option<OffsetDateTime>,
     /// Set on entering any terminal status.
+    #[serde(with = "time::serde::rfc3339::option")]
     pub ended_at: Option<OffsetDateTime>,
     pub end_reason: Option<EndReason>,
     pub media: MediaPath,

@@ -9,12 +9,13 @@ use crate::adapter::SocketRef;
 use serde_json::{Map, Value, json};
 
 use crate::activity::Activity;
+use crate::book::CallHomes;
 use crate::call::{Call, CallError, CallEvent, CallStatus, Effects, Recipient};
 use crate::payload;
 use crate::protocol::{self, ErrorCode, EventError, EventResult};
 use crate::{
-    Budget, Identity, Role, Signaling, emit_to_room, identity, room_sockets, socket_by_id,
-    user_room,
+    Budget, Identity, Role, Signaling, emit_to_room, emit_to_socket, identity, room_sockets,
+    socket_room, user_room,
 };
 
 impl From<CallError> for EventError {
@@ -90,7 +91,7 @@ pub(crate) async fn call_user(
             ));
         }
     }
-    if room_sockets(io, user_room(&req.to)).is_empty() {
+    if user_sockets(sig, io, &req.to).await.is_empty() {
         tracing::info!(
             caller_id = %who.user_id,
             callee_id = %req.to,
@@ -116,11 +117,11 @@ pub(crate) async fn call_user(
             now,
         )
     };
-    let mut book = sig.calls.lock().await;
+    let mut book = sig.open_calls().await?;
     let call = match book.insert(attempt(Call::ring)) {
         Ok(call) => call.clone(),
         Err(CallError::Busy) => {
-            drop(book);
+            sig.close_calls(book, false).await?;
             let record = attempt(Call::busy);
             sig.store.save_call(&record).await?;
             count_finished(sig, &record);
@@ -131,15 +132,25 @@ pub(crate) async fn call_user(
                 "the user is in another call",
             ));
         }
-        Err(err) => return Err(err.into()),
+        Err(err) => {
+            sig.close_calls(book, false).await?;
+            return Err(err.into());
+        }
     };
     if let Err(err) = sig.store.save_call(&call).await {
         book.remove(&call.id);
-        drop(book);
+        sig.close_calls(book, false).await?;
         sig.note_change();
         return Err(err.into());
     }
-    drop(book);
+    book.homes.insert(
+        call.id.clone(),
+        CallHomes {
+            caller: sig.node_id().to_owned(),
+            answerer: None,
+        },
+    );
+    sig.close_calls(book, true).await?;
     log_call(&call);
     sig.record_or_log(Activity::CallStarted(call.clone())).await;
 
@@ -184,23 +195,39 @@ pub(crate) async fn transition(
     extra: Map<String, Value>,
     step: impl FnOnce(&mut Call, time::OffsetDateTime) -> Result<Effects, CallError>,
 ) -> Result<(), EventError> {
-    let mut book = sig.calls.lock().await;
-    let call = book.call_mut(call_id)?;
-    let before = call.clone();
-    let effects = step(call, protocol::now_millis())?;
-    let after = call.clone();
+    let mut book = sig.open_calls().await?;
+    let stepped = book.call_mut(call_id).and_then(|call| {
+        let before = call.clone();
+        let effects = step(call, protocol::now_millis())?;
+        Ok((before, effects, call.clone()))
+    });
+    let (before, effects, after) = match stepped {
+        Ok(stepped) => stepped,
+        Err(err) => {
+            sig.close_calls(book, false).await?;
+            return Err(err.into());
+        }
+    };
     if let Err(err) = sig.store.save_call(&after).await {
         // Nothing acknowledged may be lost: undo the transition and refuse the event.
         if let Ok(call) = book.call_mut(call_id) {
             *call = before;
         }
+        sig.close_calls(book, false).await?;
         return Err(err.into());
     }
     if effects.finished {
         book.remove(call_id);
+        book.homes.remove(call_id);
         count_finished(sig, &after);
+    } else if after.answered_socket.is_some() && before.answered_socket.is_none() {
+        let node = sig.node_id().to_owned();
+        book.homes.entry(call_id.to_owned()).or_default().answerer = Some(node);
     }
-    drop(book);
+    if let Err(err) = sig.close_calls(book, true).await {
+        // Stored, but the other nodes may not see it: told, not refused.
+        tracing::error!(error = %err, call_id, "a call's transition is not shared with the other nodes");
+    }
     if effects.finished {
         sig.note_change();
     }
@@ -219,7 +246,7 @@ pub(crate) async fn transition(
             sig.leave_relay(&after.id, answered).await;
         }
     }
-    deliver(io, &after, effects, extra).await;
+    deliver(sig, io, &after, effects, extra).await;
     Ok(())
 }
 
@@ -256,7 +283,13 @@ fn count_finished(sig: &Signaling, call: &Call) {
         .inc();
 }
 
-async fn deliver(io: &SocketIo, call: &Call, effects: Effects, extra: Map<String, Value>) {
+async fn deliver(
+    sig: &Signaling,
+    io: &SocketIo,
+    call: &Call,
+    effects: Effects,
+    extra: Map<String, Value>,
+) {
     for notice in effects.notices {
         let mut body = Map::new();
         body.insert("callId".into(), json!(call.id));
@@ -275,26 +308,60 @@ async fn deliver(io: &SocketIo, call: &Call, effects: Effects, extra: Map<String
             }
             CallEvent::AnsweredElsewhere => {}
         }
-        emit_to(io, &notice.to, notice.event.name(), &Value::Object(body)).await;
+        emit_to(
+            sig,
+            io,
+            &notice.to,
+            notice.event.name(),
+            &Value::Object(body),
+        )
+        .await;
     }
 }
 
-async fn emit_to(io: &SocketIo, to: &Recipient, event: &str, body: &Value) {
+async fn emit_to(sig: &Signaling, io: &SocketIo, to: &Recipient, event: &str, body: &Value) {
     match to {
         Recipient::Socket(id) => {
-            if let Some(socket) = socket_by_id(io, id) {
-                let _ = socket.emit(event, body);
-            }
+            emit_to_socket(sig, io, id, event, body).await;
         }
         Recipient::User {
             user_id,
-            except_socket,
+            except_socket: None,
+        } => emit_to_room(io, user_room(user_id), event, body).await,
+        Recipient::User {
+            user_id,
+            except_socket: Some(except),
         } => {
-            for socket in room_sockets(io, user_room(user_id)) {
-                if except_socket.as_deref() != Some(socket.id.as_str()) {
-                    let _ = socket.emit(event, body);
-                }
+            if let Some(ns) = io.of("/") {
+                let _ = ns
+                    .to(user_room(user_id))
+                    .except(socket_room(except))
+                    .emit(event, body)
+                    .await;
             }
+        }
+    }
+}
+
+/// The ids of `user_id`'s connected sockets, on every node.
+async fn user_sockets(sig: &Signaling, io: &SocketIo, user_id: &str) -> Vec<String> {
+    if sig.shared.is_none() {
+        return room_sockets(io, user_room(user_id))
+            .iter()
+            .map(|s| s.id.to_string())
+            .collect();
+    }
+    let Some(ns) = io.of("/") else {
+        return Vec::new();
+    };
+    match ns.to(user_room(user_id)).fetch_sockets().await {
+        Ok(sockets) => sockets.iter().map(|s| s.data().id.to_string()).collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "could not ask the other nodes for a user's sockets");
+            room_sockets(io, user_room(user_id))
+                .iter()
+                .map(|s| s.id.to_string())
+                .collect()
         }
     }
 }
@@ -363,12 +430,9 @@ pub(crate) async fn ice_candidate(
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
     let req = payload::ice_candidate(data, &sig.config.payload_limits())?;
-    let target = {
-        let book = sig.calls.lock().await;
-        let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;
-        call.relay_target(&who.user_id, s.id.as_str())?
-    };
+    let target = relay_target(sig, &req.call_id, &who.user_id, s.id.as_str()).await?;
     emit_to(
+        sig,
         io,
         &target,
         "ice-candidate",
@@ -392,26 +456,45 @@ pub(crate) async fn call_media_state(
     let who = identity(s)?;
     sig.spend(s, Budget::Signal)?;
     let req = payload::call_media_state(data)?;
-    let target = {
-        let book = sig.calls.lock().await;
-        let call = book.by_id(&req.call_id).ok_or(CallError::NotFound)?;
-        call.relay_target(&who.user_id, s.id.as_str())?
-    };
+    let target = relay_target(sig, &req.call_id, &who.user_id, s.id.as_str()).await?;
     let mut body = json!(req.state);
     body["callId"] = json!(req.call_id);
     body["userId"] = json!(who.user_id);
-    emit_to(io, &target, "call-media-state", &body).await;
+    emit_to(sig, io, &target, "call-media-state", &body).await;
     Ok(protocol::ok_fields())
+}
+
+/// Where a party's `ice-candidate` or `call-media-state` goes.
+async fn relay_target(
+    sig: &Signaling,
+    call_id: &str,
+    user_id: &str,
+    socket_id: &str,
+) -> Result<Recipient, EventError> {
+    let book = sig.open_calls().await?;
+    let target = book
+        .by_id(call_id)
+        .ok_or(CallError::NotFound)
+        .and_then(|call| call.relay_target(user_id, socket_id));
+    sig.close_calls(book, false).await?;
+    Ok(target?)
 }
 
 /// A socket went away: a call whose placing or answering socket it was, or whose party has no
 /// socket left, ends as `disconnected` for the other side.
 pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, socket_id: &str) {
-    let user_still_online = room_sockets(io, user_room(&who.user_id))
+    let user_still_online = user_sockets(sig, io, &who.user_id)
+        .await
         .iter()
-        .any(|s| s.id.as_str() != socket_id);
+        .any(|id| id != socket_id);
     let affected: Vec<String> = {
-        let book = sig.calls.lock().await;
+        let book = match sig.read_calls().await {
+            Ok((book, _)) => book,
+            Err(err) => {
+                tracing::error!(error = %err, "could not read the calls at a disconnect");
+                return;
+            }
+        };
         book.iter()
             .filter(|c| c.is_live() && c.is_party(&who.user_id))
             .filter(|c| {
@@ -433,13 +516,19 @@ pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, 
     }
 }
 
-/// Ends every live call (server shutdown), telling both sides and storing the outcome.
+/// Ends every live call of this node's sockets (server shutdown), telling both sides and
+/// storing the outcome.
 pub async fn shut_down_calls(sig: &Signaling, io: &SocketIo) {
-    let ids: Vec<String> = sig
-        .calls
-        .lock()
-        .await
+    let (book, homes) = match sig.read_calls().await {
+        Ok(read) => read,
+        Err(err) => {
+            tracing::error!(error = %err, "could not read the calls to end at shutdown");
+            return;
+        }
+    };
+    let ids: Vec<String> = book
         .iter()
+        .filter(|c| sig.shared.is_none() || homes.get(&c.id).is_some_and(|h| h.on(sig.node_id())))
         .map(|c| c.id.clone())
         .collect();
     for call_id in ids {
@@ -448,4 +537,46 @@ pub async fn shut_down_calls(sig: &Signaling, io: &SocketIo) {
         })
         .await;
     }
+}
+
+/// In a cluster: a call whose placing or answering socket was on a node that died ends as
+/// `disconnected` for the other side (its ring timer died with the node, too). Returns how many
+/// ended.
+pub(crate) async fn end_calls_of_dead_nodes(
+    sig: &Signaling,
+    io: &SocketIo,
+) -> Result<usize, crate::SharedError> {
+    let Some(shared) = &sig.shared else {
+        return Ok(0);
+    };
+    let (book, homes) = sig.read_calls().await?;
+    let nodes: Vec<&str> = homes
+        .values()
+        .flat_map(|h| std::iter::once(h.caller.as_str()).chain(h.answerer.as_deref()))
+        .collect();
+    let dead = shared.dead_nodes(&nodes).await?;
+    if dead.is_empty() {
+        return Ok(0);
+    }
+    let mut ended = 0;
+    for call in book.iter() {
+        let Some(home) = homes.get(&call.id) else {
+            continue;
+        };
+        let gone = if dead.contains(&home.caller) {
+            &call.caller_id
+        } else if home.answerer.as_ref().is_some_and(|n| dead.contains(n)) {
+            &call.callee_id
+        } else {
+            continue;
+        };
+        let ends = transition(sig, io, &call.id, Map::new(), |call, now| {
+            call.party_disconnected(gone, now)
+        })
+        .await;
+        if ends.is_ok() {
+            ended += 1;
+        }
+    }
+    Ok(ended)
 }

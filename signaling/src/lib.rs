@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod adapter;
 pub mod admin;
+mod book;
 pub mod call;
 mod consult;
 mod direct;
@@ -37,7 +38,7 @@ pub use identity::{AuthFailure, Authenticator, Identity, Role};
 pub use metrics::SignalingMetrics;
 pub use payload::{PayloadLimits, validate_event_payload};
 pub use relay::{Relay, RelayError, RelayEvent};
-pub use shared::{Place, SharedError, SharedLock, SharedStore, SocketMove};
+pub use shared::{Doc, Place, SharedError, SharedLock, SharedStore, SocketMove};
 pub use store::{Store, StoreError};
 
 use adapter::NodeAdapter;
@@ -134,7 +135,8 @@ pub struct Signaling {
     rooms: Mutex<rooms::Rooms>,
     /// The cluster's shared store; `None` on a single node.
     shared: Option<Arc<dyn SharedStore>>,
-    /// Held across the store write of a transition so records are written in transition order.
+    /// Held across the store write of a transition so records are written in transition order
+    /// (in a cluster, with the shared book's lock: see [`book`]).
     calls: tokio::sync::Mutex<call::CallBook>,
     /// Set by [`Signaling::start_draining`]: when the drain is to end.
     drain_deadline: OnceLock<Instant>,
@@ -320,16 +322,23 @@ impl Signaling {
         self.drain_deadline.get().is_some()
     }
 
-    /// What is going on now: consult rooms with members, live calls.
+    /// What is going on now on this node: consult rooms with members here, live calls with a
+    /// socket here (in a cluster; every live call on a single node).
     pub async fn in_progress(&self) -> InProgress {
         let rooms = self.rooms().room_count();
-        let calls = self
-            .calls
-            .lock()
-            .await
-            .iter()
-            .filter(|c| c.is_live())
-            .count();
+        let calls = match self.read_calls().await {
+            Ok((book, homes)) => book
+                .iter()
+                .filter(|c| c.is_live())
+                .filter(|c| {
+                    self.shared.is_none() || homes.get(&c.id).is_some_and(|h| h.on(self.node_id()))
+                })
+                .count(),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not count the live calls");
+                0
+            }
+        };
         InProgress { rooms, calls }
     }
 
@@ -345,7 +354,13 @@ impl Signaling {
             if self.in_flight.load(Ordering::Acquire) == 0 && self.in_progress().await.is_none() {
                 return;
             }
-            changed.await;
+            // In a cluster, rooms and calls also end on other nodes, which wake no one here.
+            let poll = if self.shared.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::MAX
+            };
+            let _ = tokio::time::timeout(poll, changed).await;
         }
     }
 

@@ -135,7 +135,7 @@ impl Signaling {
                 .await?;
             return Ok((RoomKind::Consult, relayed));
         }
-        let book = self.calls.lock().await;
+        let (book, _) = self.read_calls().await?;
         if let Some(call) = book.by_id(room_id)
             && call.is_live()
             && (call.caller_socket == socket_id
@@ -284,8 +284,9 @@ impl Signaling {
             .view(room, |rooms| rooms.member_ids(room))
             .await
             .unwrap_or_default();
-        if members.is_empty() {
-            let book = self.calls.lock().await;
+        if members.is_empty()
+            && let Ok((book, _)) = self.read_calls().await
+        {
             if let Some(call) = book.by_id(room).filter(|c| c.is_live()) {
                 members.push(call.caller_socket.clone());
                 members.extend(call.answered_socket.clone());
@@ -366,19 +367,33 @@ async fn relay_call(
     call_id: &str,
     reason: RelayReason,
 ) -> Result<(), EventError> {
-    let members = {
-        let mut book = sig.calls.lock().await;
-        let call = book.call_mut(call_id)?;
-        if call.media == crate::call::MediaPath::Sfu {
-            return Ok(());
+    let mut book = sig.open_calls().await?;
+    let relayed = match book.call_mut(call_id) {
+        Ok(call) if call.media != crate::call::MediaPath::Sfu => {
+            let before = call.clone();
+            call.relayed();
+            Some((before, call.clone()))
         }
-        call.relayed();
-        let snapshot = call.clone();
-        sig.store.save_call(&snapshot).await?;
-        let mut members = vec![snapshot.caller_socket.clone()];
-        members.extend(snapshot.answered_socket.clone());
-        members
+        Ok(_) => None,
+        Err(err) => {
+            sig.close_calls(book, false).await?;
+            return Err(err.into());
+        }
     };
+    let Some((before, snapshot)) = relayed else {
+        sig.close_calls(book, false).await?;
+        return Ok(());
+    };
+    if let Err(err) = sig.store.save_call(&snapshot).await {
+        if let Ok(call) = book.call_mut(call_id) {
+            *call = before;
+        }
+        sig.close_calls(book, false).await?;
+        return Err(err.into());
+    }
+    sig.close_calls(book, true).await?;
+    let mut members = vec![snapshot.caller_socket.clone()];
+    members.extend(snapshot.answered_socket.clone());
     sig.announce_relay(io, RoomKind::Call, call_id, reason, &members)
         .await;
     Ok(())

@@ -23,11 +23,11 @@ use crate::{Signaling, consult, waiting};
 pub enum SharedError {
     #[error("cluster store: {0}")]
     Store(String),
-    #[error("appointment {0} stayed locked by another node")]
+    #[error("{0} stayed locked by another node")]
     Busy(String),
-    #[error("the lock on appointment {0} ran out before the change was written")]
+    #[error("the lock on {0} ran out before the change was written")]
     LockLost(String),
-    #[error("unreadable shared state of appointment {key}: {error}")]
+    #[error("unreadable shared state of {key}: {error}")]
     Corrupt {
         key: String,
         error: serde_json::Error,
@@ -62,7 +62,25 @@ pub struct SocketMove {
     pub entered: bool,
 }
 
-/// A held lock on one key ([`SharedStore::lock`]).
+/// A document the nodes share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Doc<'a> {
+    /// An appointment's consult room and lobby ([`SharedConsult`]).
+    Consult(&'a str),
+    /// The live direct calls ([`crate::call::CallBook`]).
+    Calls,
+}
+
+impl std::fmt::Display for Doc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Doc::Consult(id) => write!(f, "appointment {id}"),
+            Doc::Calls => f.write_str("the call book"),
+        }
+    }
+}
+
+/// A held lock on one document ([`SharedStore::lock`]).
 #[derive(Debug)]
 pub struct SharedLock {
     pub token: String,
@@ -73,13 +91,13 @@ pub struct SharedLock {
 pub trait SharedStore: Send + Sync + 'static {
     /// This node's id, as its sockets' homes are tagged.
     fn node_id(&self) -> &str;
-    /// Waits (a few seconds at most) for the lock of appointment `key`, then reads its document.
-    async fn lock(&self, key: &str) -> Result<(SharedLock, Option<String>), SharedError>;
+    /// Waits (a few seconds at most) for the lock of `doc`, then reads it.
+    async fn lock(&self, doc: Doc<'_>) -> Result<(SharedLock, Option<String>), SharedError>;
     /// Writes the document (`None`: deletes it) and the sockets' moves, and releases the lock;
     /// refused, with nothing written, when the lock ran out meanwhile.
     async fn write_unlock(
         &self,
-        key: &str,
+        doc: Doc<'_>,
         lock: SharedLock,
         value: Option<String>,
         moves: &[SocketMove],
@@ -90,8 +108,8 @@ pub trait SharedStore: Send + Sync + 'static {
         socket_id: &str,
     ) -> Result<(Option<String>, Option<String>), SharedError>;
     /// Releases the lock without writing.
-    async fn unlock(&self, key: &str, lock: SharedLock);
-    async fn read(&self, key: &str) -> Result<Option<String>, SharedError>;
+    async fn unlock(&self, doc: Doc<'_>, lock: SharedLock);
+    async fn read(&self, doc: Doc<'_>) -> Result<Option<String>, SharedError>;
     /// Every appointment with a document.
     async fn keys(&self) -> Result<Vec<String>, SharedError>;
     /// Which of `nodes` are no longer live (their lease ran out).
@@ -122,11 +140,14 @@ fn socket_moves(
         .collect()
 }
 
-fn parse(key: &str, value: Option<String>) -> Result<SharedConsult, SharedError> {
+pub(crate) fn parse<T: serde::de::DeserializeOwned + Default>(
+    doc: Doc<'_>,
+    value: Option<String>,
+) -> Result<T, SharedError> {
     match value {
-        None => Ok(SharedConsult::default()),
+        None => Ok(T::default()),
         Some(text) => serde_json::from_str(&text).map_err(|error| SharedError::Corrupt {
-            key: key.to_owned(),
+            key: doc.to_string(),
             error,
         }),
     }
@@ -143,7 +164,8 @@ impl Signaling {
         let Some(shared) = &self.shared else {
             return Ok(f(&self.rooms()));
         };
-        let state = parse(id, shared.read(id).await?)?;
+        let doc = Doc::Consult(id);
+        let state = parse(doc, shared.read(doc).await?)?;
         let mut rooms = Rooms::on_node(shared.node_id());
         rooms.put_shared(id, state, Instant::now());
         Ok(f(&rooms))
@@ -163,11 +185,12 @@ impl Signaling {
             self.refresh_gauges(&rooms);
             return Ok(result);
         };
-        let (lock, value) = shared.lock(id).await?;
-        let state = match parse(id, value) {
+        let doc = Doc::Consult(id);
+        let (lock, value) = shared.lock(doc).await?;
+        let state: SharedConsult = match parse(doc, value) {
             Ok(state) => state,
             Err(err) => {
-                shared.unlock(id, lock).await;
+                shared.unlock(doc, lock).await;
                 return Err(err);
             }
         };
@@ -187,7 +210,7 @@ impl Signaling {
             self.refresh_gauges(&local);
         }
         let value = (!state.is_empty()).then(|| json!(state).to_string());
-        shared.write_unlock(id, lock, value, &moves).await?;
+        shared.write_unlock(doc, lock, value, &moves).await?;
         Ok(result)
     }
 
@@ -227,15 +250,17 @@ impl Signaling {
         }
     }
 
-    /// In a cluster: ends the memberships and waits of sockets whose node died (its lease ran
-    /// out), as their disconnects would have on their own node. Returns how many ended.
+    /// In a cluster: ends the calls, memberships and waits of sockets whose node died (its
+    /// lease ran out), as their disconnects would have on their own node. Returns how many
+    /// ended.
     pub async fn sweep_dead_nodes(&self, io: &SocketIo) -> Result<usize, SharedError> {
         let Some(shared) = &self.shared else {
             return Ok(0);
         };
-        let mut ended = 0;
+        let mut ended = crate::direct::end_calls_of_dead_nodes(self, io).await?;
         for id in shared.keys().await? {
-            let state = parse(&id, shared.read(&id).await?)?;
+            let doc = Doc::Consult(&id);
+            let state: SharedConsult = parse(doc, shared.read(doc).await?)?;
             let nodes: Vec<&str> = state.nodes().into_iter().collect();
             let dead = shared.dead_nodes(&nodes).await?;
             // A document of departures alone is rewritten too: those past keeping drop out,

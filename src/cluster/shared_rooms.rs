@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use callrelay_signaling::{SharedError, SharedLock, SharedStore, SocketMove};
+use callrelay_signaling::{Doc, SharedError, SharedLock, SharedStore, SocketMove};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
@@ -26,12 +26,23 @@ const CONSULTS_KEY: &str = "callrelay:consults";
 const SOCKET_ROOM_KEY: &str = "callrelay:socket-room";
 const SOCKET_LOBBY_KEY: &str = "callrelay:socket-lobby";
 
-fn doc_key(appointment: &str) -> String {
-    format!("{PREFIX}consult:{appointment}")
+fn doc_key(doc: Doc<'_>) -> String {
+    match doc {
+        Doc::Consult(appointment) => format!("{PREFIX}consult:{appointment}"),
+        Doc::Calls => format!("{PREFIX}calls"),
+    }
 }
 
-fn lock_key(appointment: &str) -> String {
-    format!("{PREFIX}consult:{appointment}:lock")
+fn lock_key(doc: Doc<'_>) -> String {
+    format!("{}:lock", doc_key(doc))
+}
+
+/// The appointment a document is listed under in `consults` ("" for the call book: not listed).
+fn listed_as(doc: Doc<'_>) -> &str {
+    match doc {
+        Doc::Consult(appointment) => appointment,
+        Doc::Calls => "",
+    }
 }
 
 /// KEYS[1] the document, KEYS[2] its lock. ARGV: the token, the lease (ms). Takes the lock if
@@ -47,7 +58,8 @@ return {'0'}
 
 /// KEYS[1] the document, KEYS[2] its lock, KEYS[3] the set of documents, KEYS[4] and KEYS[5]
 /// the socket → room and socket → lobby hashes. ARGV: the token, the document ('' deletes it),
-/// the appointment, the sockets' moves (JSON [`SocketMove`]s). Returns 0, writing nothing, when
+/// the appointment ('' for a document not listed), the sockets' moves (JSON [`SocketMove`]s).
+/// Returns 0, writing nothing, when
 /// the lock is not (or no longer) the token's. A socket leaving is unindexed only if indexed
 /// to this appointment.
 const WRITE_UNLOCK: &str = r"
@@ -65,10 +77,10 @@ for _, move in ipairs(cjson.decode(ARGV[4])) do
 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
-  redis.call('SREM', KEYS[3], ARGV[3])
+  if ARGV[3] ~= '' then redis.call('SREM', KEYS[3], ARGV[3]) end
 else
   redis.call('SET', KEYS[1], ARGV[2])
-  redis.call('SADD', KEYS[3], ARGV[3])
+  if ARGV[3] ~= '' then redis.call('SADD', KEYS[3], ARGV[3]) end
 end
 redis.call('DEL', KEYS[2])
 return 1
@@ -107,15 +119,15 @@ impl SharedStore for SharedRooms {
         &self.node
     }
 
-    async fn lock(&self, key: &str) -> Result<(SharedLock, Option<String>), SharedError> {
+    async fn lock(&self, doc: Doc<'_>) -> Result<(SharedLock, Option<String>), SharedError> {
         let token = uuid::Uuid::new_v4().to_string();
         let script = Script::new(LOCK_READ);
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         let mut pause = Duration::from_millis(2);
         loop {
             let mut answer: Vec<String> = script
-                .key(doc_key(key))
-                .key(lock_key(key))
+                .key(doc_key(doc))
+                .key(lock_key(doc))
                 .arg(&token)
                 .arg(LOCK_LEASE.as_millis() as u64)
                 .invoke_async(&mut self.redis.clone())
@@ -126,7 +138,7 @@ impl SharedStore for SharedRooms {
                 return Ok((SharedLock { token }, doc));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(SharedError::Busy(key.to_owned()));
+                return Err(SharedError::Busy(doc.to_string()));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
@@ -135,21 +147,21 @@ impl SharedStore for SharedRooms {
 
     async fn write_unlock(
         &self,
-        key: &str,
+        doc: Doc<'_>,
         lock: SharedLock,
         value: Option<String>,
         moves: &[SocketMove],
     ) -> Result<(), SharedError> {
         let moves = serde_json::to_string(moves).expect("socket moves serialize");
         let written: i64 = Script::new(WRITE_UNLOCK)
-            .key(doc_key(key))
-            .key(lock_key(key))
+            .key(doc_key(doc))
+            .key(lock_key(doc))
             .key(CONSULTS_KEY)
             .key(SOCKET_ROOM_KEY)
             .key(SOCKET_LOBBY_KEY)
             .arg(&lock.token)
             .arg(value.unwrap_or_default())
-            .arg(key)
+            .arg(listed_as(doc))
             .arg(moves)
             .invoke_async(&mut self.redis.clone())
             .await
@@ -157,13 +169,13 @@ impl SharedStore for SharedRooms {
         if written == 1 {
             Ok(())
         } else {
-            Err(SharedError::LockLost(key.to_owned()))
+            Err(SharedError::LockLost(doc.to_string()))
         }
     }
 
-    async fn unlock(&self, key: &str, lock: SharedLock) {
+    async fn unlock(&self, doc: Doc<'_>, lock: SharedLock) {
         let released: Result<i64, _> = Script::new(UNLOCK)
-            .key(lock_key(key))
+            .key(lock_key(doc))
             .arg(&lock.token)
             .invoke_async(&mut self.redis.clone())
             .await;
@@ -172,10 +184,10 @@ impl SharedStore for SharedRooms {
         }
     }
 
-    async fn read(&self, key: &str) -> Result<Option<String>, SharedError> {
+    async fn read(&self, doc: Doc<'_>) -> Result<Option<String>, SharedError> {
         self.redis
             .clone()
-            .get(doc_key(key))
+            .get(doc_key(doc))
             .await
             .map_err(store_error)
     }

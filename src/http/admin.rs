@@ -148,10 +148,13 @@ pub struct CallList {
     (status = 200, body = CallList, description = "Live direct calls"),
     (status = 401, response = Unauthorized),
     (status = 403, response = Forbidden)), security(("bearer" = [])))]
-pub(super) async fn list_calls(State(state): State<AppState>, _: Admin) -> Json<CallList> {
-    Json(CallList {
-        calls: state.signaling.live_calls().await,
-    })
+pub(super) async fn list_calls(
+    State(state): State<AppState>,
+    _: Admin,
+) -> Result<Json<CallList>, ApiError> {
+    Ok(Json(CallList {
+        calls: state.signaling.live_calls().await?,
+    }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

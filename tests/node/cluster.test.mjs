@@ -171,6 +171,74 @@ describe('cluster', () => {
   });
 
 
+  test('a direct call across nodes: every device rings, one answers elsewhere, busy, no-answer', T, async (t) => {
+    if (skipWithout(t)) return;
+    const ring = { CALLRELAY_CALLS__RING_TIMEOUT_SECS: '2' };
+    const [one, two, three] = [
+      await clusterNode('call-one', ring), await clusterNode('call-two', ring), await clusterNode('call-three', ring),
+    ];
+    const { patient, doctor } = await patientAndDoctor(one);
+    const offer = { type: 'offer', sdp: h.sdp('offer') };
+    const answer = { type: 'answer', sdp: h.sdp('answer') };
+    const sd = await h.connect(one, doctor.token);
+    const p2 = await h.connect(two, patient.token);
+    const p3 = await h.connect(three, patient.token);
+
+    const placed = await h.ack(sd, 'call-user', { to: patient.id, callType: 'video', offer });
+    assert.equal(placed.ok, true, JSON.stringify(placed));
+    const { callId } = placed;
+    for (const p of [p2, p3]) assert.equal((await h.nextEvent(p, 'incoming-call')).callId, callId);
+    const c1 = h.candidate(1);
+    assert.deepEqual(await h.ack(sd, 'ice-candidate', { callId, candidate: c1 }), { ok: true });
+    for (const p of [p2, p3]) assert.deepEqual(await h.nextEvent(p, 'ice-candidate'), { callId, candidate: c1 });
+
+    // The device on node three answers first; node two's stops ringing; a late answer conflicts.
+    assert.deepEqual(await h.ack(p3, 'answer-call', { callId, answer }), { ok: true });
+    assert.deepEqual(await h.nextEvent(sd, 'call-answered'), { callId, answer });
+    assert.deepEqual(await h.nextEvent(p2, 'call-answered-elsewhere'), { callId });
+    assert.equal((await h.ack(p2, 'answer-call', { callId, answer })).error.code, 'conflict');
+
+    // Both are busy to a caller on any node.
+    const staff = await h.user(two, 'staff');
+    const ss = await h.connect(two, staff.token);
+    assert.equal((await h.ack(ss, 'call-user', { to: patient.id, callType: 'audio', offer })).error.code, 'busy');
+    assert.equal((await h.ack(ss, 'call-user', { to: doctor.id, callType: 'audio', offer })).error.code, 'busy');
+
+    // Hang-up from node one reaches node three.
+    assert.deepEqual(await h.ack(sd, 'end-call', { callId }), { ok: true });
+    assert.deepEqual(await h.nextEvent(p3, 'call-ended'), { callId, reason: 'hangup' });
+
+    // Nobody answers: no-answer for both sides, whichever node rings.
+    const unanswered = await h.ack(ss, 'call-user', { to: patient.id, callType: 'audio', offer });
+    assert.equal(unanswered.ok, true, JSON.stringify(unanswered));
+    assert.deepEqual(await h.nextEvent(ss, 'call-ended', 6000), { callId: unanswered.callId, reason: 'no-answer' });
+    assert.deepEqual(await h.nextEvent(p2, 'call-ended', 2000), { callId: unanswered.callId, reason: 'no-answer' });
+    const calls = await h.api(three, 'GET', '/api/calls', { token: patient.token });
+    const statuses = Object.fromEntries(calls.body.calls.map((c) => [c.callId, c.status]));
+    assert.equal(statuses[callId], 'ended');
+    assert.equal(statuses[unanswered.callId], 'missed');
+
+    // A user connected only to another node is online; one connected nowhere is offline.
+    const nobody = await h.user(one, 'patient');
+    assert.equal((await h.ack(ss, 'call-user', { to: nobody.id, callType: 'audio', offer })).error.code, 'offline');
+  });
+
+  test('a call whose caller is on a node that dies ends for the callee', T, async (t) => {
+    if (skipWithout(t)) return;
+    const [one, doomed] = [await clusterNode('calls-survivor'), await clusterNode('calls-doomed')];
+    const { patient, doctor } = await patientAndDoctor(one);
+    const sd = await h.connect(doomed, doctor.token, { reconnection: false });
+    const sp = await h.connect(one, patient.token);
+    const { callId } = await h.ack(sd, 'call-user', { to: patient.id, callType: 'video', offer: { type: 'offer', sdp: h.sdp('offer') } });
+    await h.nextEvent(sp, 'incoming-call');
+    assert.deepEqual(await h.ack(sp, 'answer-call', { callId, answer: { type: 'answer', sdp: h.sdp('answer') } }), { ok: true });
+    await doomed.stop('SIGKILL');
+    assert.deepEqual(await h.nextEvent(sp, 'call-ended', 15000), { callId, reason: 'disconnected' });
+    // The patient is free again.
+    const staff = await h.connect(one, (await h.user(one, 'staff')).token);
+    assert.equal((await h.ack(staff, 'call-user', { to: patient.id, callType: 'audio', offer: { type: 'offer', sdp: h.sdp('offer') } })).ok, true);
+  });
+
   test('the nodes write to one webhook outbox and one of them delivers each event once', T, async (t) => {
     if (skipWithout(t)) return;
     const port = await h.freeTcpPort();
