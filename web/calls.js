@@ -547,11 +547,29 @@ class CallSession {
           if (state === 'connected') this.setStatus('Connected', 'relay', 'Relay (SFU)');
           else if (state === 'failed') this.setStatus('The relay connection failed.', 'relay', 'Relay (SFU)');
         },
+        // The call's media node died and the call moved to another: new relay connections.
+        onLost: () => this.relayLost(),
       });
       // A screen shared before the call moved to the relay is published with the rest.
       if (this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };
     }
     return this.sfu;
+  }
+
+  /** The relay lost our session (the call's media node died and the call moved to another):
+   * new relay connections, again every few seconds until the move is done. */
+  async relayLost(attempt = 1) {
+    if (this.ended) return;
+    if (this.sfu) this.sfu.close(false);
+    this.sfu = null;
+    this.setStatus('Reconnecting to the relay…', 'relay', 'Relay (SFU)');
+    try {
+      await ask(this.socket, 'sfu-join', { roomId: this.callId, reason: 'forced' });
+      await this.ensureSfu().publish();
+    } catch (err) {
+      if (attempt < 10) setTimeout(() => this.relayLost(attempt + 1), 3000);
+      else this.setStatus(`Could not reconnect to the relay: ${err.message}`, 'relay', 'Relay (SFU)');
+    }
   }
 
   /** The other party's stream (direct or relayed): the call window sorts camera and screen. */

@@ -371,6 +371,10 @@ const TRANSPORT_CHECK_MS = 2000;
 
 /** How long the "Reconnected." notice stays after the room is joined again. */
 const RECONNECTED_NOTICE_MS = 4000;
+/** A relay lost with its media node is reconnected again this often, this many times: the room
+ * moves to another node once the dead one's lease (10 s by default) runs out. */
+const RELAY_RETRY_MS = 3000;
+const RELAY_RETRIES = 10;
 
 /**
  * One membership of a consult room. P2P mesh: the newcomer offers to the members already there.
@@ -819,11 +823,34 @@ class ConsultRoom {
         onRelabel: () => {
           for (const tile of this.tiles.values()) tile.refresh();
         },
+        onLost: () => this.relayLost(),
       });
       // A screen shared before the room moved to the relay is published with the rest.
       if (this.local && this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };
     }
     return this.sfu;
+  }
+
+  /**
+   * The relay lost our session (its media node died; the room moved to another node): new
+   * connections, as on a first relay. `sfu-join` subscribes us again (an offer follows) and we
+   * publish anew; the others do the same, and their pictures come back as they do.
+   */
+  async relayLost(attempt = 1) {
+    if (this.closed || !this.relayed) return;
+    if (this.sfu) this.sfu.close(false);
+    this.sfu = null;
+    this.relayStreams.clear();
+    for (const tile of this.tiles.values()) tile.setStatus('reconnecting…');
+    this.onPath('connecting', 'Relay (SFU) · reconnecting…');
+    try {
+      await ask(this.socket, 'sfu-join', { roomId: this.roomId, reason: 'forced' });
+      await this.ensureSfu().publish();
+    } catch (err) {
+      // The room may still be placed on the dead node until its lease runs out: again soon.
+      if (attempt < RELAY_RETRIES) setTimeout(() => this.relayLost(attempt + 1), RELAY_RETRY_MS);
+      else this.onNotice(`Could not reconnect to the relay: ${err.message}`, 'error');
+    }
   }
 
   /**

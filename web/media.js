@@ -236,6 +236,9 @@ const ICE_RESTART_AFTER_MS = 1500;
 /** How long the server may take to answer `sfu-restart-ice` before the signaling connection is
  * taken for dead (it answers in milliseconds). */
 const SIGNALING_PROBE_MS = 2000;
+/** How long relay connections may stay down through ICE restarts before they are made anew:
+ * the relay itself may be gone (its media node died and the room moved to another node). */
+const RELAY_REBUILD_AFTER_MS = 6000;
 
 /**
  * The camera's simulcast encodings on the relay's publish connection (`rid` q, h, f: a quarter,
@@ -361,7 +364,7 @@ export class VideoSizeHints {
 }
 
 export class SfuSession {
-  constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers, onRelabel }) {
+  constructor({ socket, roomId, localStream, onTrack, onStateChange, iceServers, onRelabel, onLost }) {
     this.socket = socket;
     this.roomId = roomId;
     this.iceServers = iceServers || mediaSettings().iceServers || [];
@@ -370,6 +373,9 @@ export class SfuSession {
     this.onStateChange = onStateChange || (() => {});
     // The relay's offer may have put another track in a receiving track's m-section.
     this.onRelabel = onRelabel || (() => {});
+    // The relay no longer knows this session (`not_found` to an ICE restart): its media node
+    // died and the room moved to another. The owner starts a new session (sfu-join, publish).
+    this.onLost = onLost || (() => {});
     this.publishPc = null;
     this.subscribePc = null;
     this.remoteQueue = { publish: [], subscribe: [] };
@@ -521,6 +527,12 @@ export class SfuSession {
     if (!broken) {
       clearTimeout(this.restartTimer);
       this.restartTimer = null;
+      this.brokenSince = null;
+      return;
+    }
+    this.brokenSince = this.brokenSince || Date.now();
+    if (Date.now() - this.brokenSince > RELAY_REBUILD_AFTER_MS) {
+      this.lost();
       return;
     }
     if (this.restartTimer) return;
@@ -546,11 +558,19 @@ export class SfuSession {
         // notice a dead TCP connection for a long time. Start a fresh one now: on reconnection
         // the room is joined again over new relay connections.
         if (err.code === 'timeout' && !this.closed && this.socket.connected) this.socket.io.engine.close();
+        if (err.code === 'not_found') this.lost();
         throw err;
       }));
     }
     if (this.publishPc && this.publishPc.remoteDescription) tasks.push(this.republish({ iceRestart: true }));
     await Promise.all(tasks);
+  }
+
+  /** Gives the session up for a new one (the owner's `onLost`). */
+  lost() {
+    if (this.closed) return;
+    this.close(true);
+    this.onLost();
   }
 
   /** A candidate of the server's, for our `publish` or `subscribe` connection. */

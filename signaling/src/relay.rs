@@ -349,13 +349,18 @@ pub(crate) async fn sfu_join(
     let req = payload::sfu_join(data)?;
     relay_of(sig)?;
     let (kind, relayed) = sig.relay_membership(s, &req.room_id).await?;
-    if !relayed {
-        match kind {
-            RoomKind::Consult => {
-                sig.relay_consult_room(io, &req.room_id, req.reason).await;
-            }
-            RoomKind::Call => relay_call(sig, io, &req.room_id, req.reason).await?,
+    if relayed {
+        // Nothing changes for a member the relay knows. One it lost (its media node died and
+        // the room moved to another, or it left the relay) is subscribed anew: a fresh
+        // sfu-subscribe-offer follows.
+        relay_of(sig)?.join(&req.room_id, &s.id.to_string()).await?;
+        return Ok(protocol::ok_fields());
+    }
+    match kind {
+        RoomKind::Consult => {
+            sig.relay_consult_room(io, &req.room_id, req.reason).await;
         }
+        RoomKind::Call => relay_call(sig, io, &req.room_id, req.reason).await?,
     }
     Ok(protocol::ok_fields())
 }
