@@ -9,6 +9,9 @@
 //! `sfu-join {reason:"forced"}`, answers every `sfu-subscribe-offer`; the first `--publishers`
 //! of each room also `sfu-publish` one paced VP8-payload track at `--video-kbps`.
 //! Media peers are webrtc-rs sans-IO client peers ([`super::peer`]), one UDP socket each.
+//!
+//! Several `--url`s (the nodes of a cluster): the appointments are made on the first, and the
+//! participants of each room take the nodes in turn, so every room spans them.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,10 +41,11 @@ use super::udp;
     about = "Load generator: rooms of WebRTC publishers and subscribers against a running callrelay"
 )]
 pub struct LoadArgs {
-    /// Base URL of the running server (HTTP and Socket.IO)
-    #[arg(long, default_value = "http://127.0.0.1:3000")]
-    pub url: String,
-    /// Where to read Prometheus metrics (default: URL/metrics)
+    /// Base URL of the running server (HTTP and Socket.IO); several, comma-separated or
+    /// repeated, for the nodes of a cluster (each room's participants take them in turn)
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:3000")]
+    pub url: Vec<String>,
+    /// Where to read Prometheus metrics (default: the first URL's /metrics)
     #[arg(long)]
     pub metrics_url: Option<String>,
     /// Number of consult rooms
@@ -414,14 +418,14 @@ async fn publisher_task(
 /// One participant: signaling, then its subscribe peer and (if publishing) its publish peer.
 async fn participant(
     ctx: Arc<Ctx>,
+    url: String,
     token: String,
     room: String,
     publish_as: Option<u32>,
 ) -> Result<(), LoadError> {
     let limit = Duration::from_secs(15);
     let t0 = Instant::now();
-    let (sio, mut events) =
-        SioClient::connect(&ctx.args.url, json!({ "token": token }), limit).await?;
+    let (sio, mut events) = SioClient::connect(&url, json!({ "token": token }), limit).await?;
     ctx.counters.sockets.fetch_add(1, Ordering::Relaxed);
     let result = async {
         sio.call_ok("join-room", &json!({ "appointmentId": room }), limit)
@@ -530,7 +534,15 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
             "nothing to do: --rooms and participants must be > 0".into(),
         ));
     }
-    let url = args.url.trim_end_matches('/').to_owned();
+    let urls: Vec<String> = args
+        .url
+        .iter()
+        .map(|u| u.trim().trim_end_matches('/').to_owned())
+        .filter(|u| !u.is_empty())
+        .collect();
+    let Some(url) = urls.first().cloned() else {
+        return Err(LoadError::Invalid("no --url".into()));
+    };
     let metrics_url = args
         .metrics_url
         .clone()
@@ -542,12 +554,13 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
     let members = args.publishers + args.subscribers;
     let total = args.rooms * members;
     println!(
-        "callrelay-load {run_id}: {} rooms × ({} publishers + {} subscribers) = {total} participants, {} kbps video, {:.0} s against {url}",
+        "callrelay-load {run_id}: {} rooms × ({} publishers + {} subscribers) = {total} participants, {} kbps video, {:.0} s against {}",
         args.rooms,
         args.publishers,
         args.subscribers,
         args.video_kbps,
-        args.duration.as_secs_f64()
+        args.duration.as_secs_f64(),
+        urls.join(", ")
     );
     let ctx = Arc::new(Ctx {
         hard_deadline: Instant::now() + args.setup_timeout + args.duration + Duration::from_secs(5),
@@ -571,6 +584,7 @@ pub async fn run(args: LoadArgs) -> Result<(), LoadError> {
             });
             tasks.push(tokio::spawn(participant(
                 Arc::clone(&ctx),
+                urls[j % urls.len()].clone(),
                 token,
                 room.clone(),
                 publish_as,
