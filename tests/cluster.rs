@@ -272,3 +272,470 @@ fn a_cluster_node_refuses_the_embedded_sqlite() {
         "{stderr}"
     );
 }
+
+// The node bus and `sfu-*` routing (src/cluster/bus.rs, src/cluster/relay.rs).
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use callrelay::cluster::bus::{
+    BusError, BusHandler, BusKey, BusOptions, Dropped, Envelope, Kind, NodeBus,
+};
+use callrelay::cluster::relay::{ClusterRelay, MediaNode, RelayCall, RelayReply};
+use callrelay_signaling::protocol::ErrorCode;
+use callrelay_signaling::relay::PcKind;
+use callrelay_signaling::{Relay, RelayError};
+use serde_json::{Value, json};
+
+const BUS_SECRET: &[u8] = b"the cluster's jwt secret";
+
+/// A node's answers on the bus: who it is, who asked and what; every request kept.
+struct Echo {
+    node: &'static str,
+    asked: Mutex<Vec<(String, Value)>>,
+}
+
+#[async_trait]
+impl BusHandler for Echo {
+    async fn handle(&self, from: &str, body: Value) -> Value {
+        self.asked
+            .lock()
+            .unwrap()
+            .push((from.to_owned(), body.clone()));
+        json!({"node": self.node, "from": from, "echo": body})
+    }
+}
+
+fn echo(node: &'static str) -> Arc<Echo> {
+    Arc::new(Echo {
+        node,
+        asked: Mutex::new(Vec::new()),
+    })
+}
+
+async fn bus(url: &str, node: &str, handler: Arc<dyn BusHandler>, timeout: Duration) -> NodeBus {
+    NodeBus::start(
+        url,
+        node,
+        BusKey::derive(BUS_SECRET),
+        handler,
+        BusOptions { timeout },
+    )
+    .await
+    .expect("the bus starts")
+}
+
+fn unix_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+/// Publishes raw bytes on a channel, as anyone with access to the Redis could.
+async fn publish_raw(url: &str, channel: &str, bytes: Vec<u8>) {
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(channel)
+        .arg(bytes)
+        .query_async(&mut conn)
+        .await
+        .expect("PUBLISH");
+}
+
+/// Waits (2 s at most) until `bus` has dropped `count` messages for `reason`.
+async fn dropped(bus: &NodeBus, reason: Dropped, count: u64) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while bus.dropped(reason) < count {
+        assert!(
+            Instant::now() < deadline,
+            "{} dropped {} messages as {}, not {count}",
+            bus.node_id(),
+            bus.dropped(reason),
+            reason.as_str()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bus.dropped(reason), count, "{}", reason.as_str());
+}
+
+/// The node bus (one Redis database, emptied before each part).
+#[tokio::test]
+async fn the_node_bus() {
+    let Some(url) = redis_database(10).await else {
+        return;
+    };
+    answers_from_the_asked_node_and_ignores_forgeries(&url).await;
+    let url = redis_database(10).await.expect("the same Redis");
+    a_request_to_a_dead_or_silent_node_fails_quickly(&url).await;
+}
+
+async fn answers_from_the_asked_node_and_ignores_forgeries(url: &str) {
+    let url = url.to_owned();
+    let (echo_a, echo_b) = (echo("a"), echo("b"));
+    let a = bus(&url, "a", echo_a.clone(), Duration::from_secs(2)).await;
+    let b = bus(&url, "b", echo_b.clone(), Duration::from_secs(2)).await;
+    assert_eq!(b.channel("b"), "callrelay-db10-node-bus:b");
+
+    let answer = a.request("b", json!({"n": 1})).await.expect("b answers");
+    assert_eq!(answer, json!({"node": "b", "from": "a", "echo": {"n": 1}}));
+    let answer = b.request("a", json!({"n": 2})).await.expect("a answers");
+    assert_eq!(answer, json!({"node": "a", "from": "b", "echo": {"n": 2}}));
+    assert_eq!(echo_b.asked.lock().unwrap().len(), 1);
+
+    let request = |at: i64, id: &str| Envelope {
+        kind: Kind::Request,
+        id: id.to_owned(),
+        from: "a".to_owned(),
+        to: "b".to_owned(),
+        at,
+        body: json!({"forged": true}),
+    };
+    // Signed with another secret, or not signed at all: dropped unread.
+    let forged = BusKey::derive(b"not the cluster's secret").seal(&request(unix_ms(), "f1"));
+    publish_raw(&url, &b.channel("b"), forged).await;
+    dropped(&b, Dropped::BadMac, 1).await;
+    let unsigned = serde_json::to_vec(&request(unix_ms(), "f2")).unwrap();
+    publish_raw(&url, &b.channel("b"), unsigned).await;
+    dropped(&b, Dropped::BadMac, 2).await;
+    // Signed right but 60 s old: dropped too.
+    let stale = BusKey::derive(BUS_SECRET).seal(&request(unix_ms() - 60_000, "f3"));
+    publish_raw(&url, &b.channel("b"), stale).await;
+    dropped(&b, Dropped::Stale, 1).await;
+    // A genuine request sent twice is answered once (its reply, which a never asked for, is
+    // dropped by a).
+    let genuine = BusKey::derive(BUS_SECRET).seal(&request(unix_ms(), "g1"));
+    publish_raw(&url, &b.channel("b"), genuine.clone()).await;
+    publish_raw(&url, &b.channel("b"), genuine).await;
+    dropped(&b, Dropped::Replayed, 1).await;
+    dropped(&a, Dropped::Unmatched, 1).await;
+    let asked: Vec<Value> = echo_b
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, body)| body.clone())
+        .collect();
+    assert_eq!(asked, [json!({"n": 1}), json!({"forged": true})]);
+
+    // Still answering after all that.
+    let answer = a.request("b", json!({"n": 3})).await.expect("b answers");
+    assert_eq!(answer["echo"], json!({"n": 3}));
+}
+
+/// A node that takes requests and never answers.
+struct Mute;
+
+#[async_trait]
+impl BusHandler for Mute {
+    async fn handle(&self, _from: &str, _body: Value) -> Value {
+        std::future::pending().await
+    }
+}
+
+async fn a_request_to_a_dead_or_silent_node_fails_quickly(url: &str) {
+    let url = url.to_owned();
+    let a = bus(&url, "a", echo("a"), Duration::from_millis(500)).await;
+    let b = bus(&url, "b", echo("b"), Duration::from_millis(500)).await;
+    a.request("b", json!(1)).await.expect("b answers");
+    drop(b);
+    // As when its process dies: Redis sees its connection close.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let err = a.request("b", json!(2)).await.expect_err("b is gone");
+    assert!(matches!(err, BusError::NotListening { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_millis(400));
+
+    let _mute = bus(&url, "mute", Arc::new(Mute), Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let err = a.request("mute", json!(3)).await.expect_err("no answer");
+    assert!(matches!(err, BusError::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+/// A node's "SFU": records every call; its publish answer names the node.
+struct FakeSfu {
+    node: &'static str,
+    calls: Mutex<Vec<String>>,
+}
+
+impl FakeSfu {
+    fn new(node: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            calls: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn record(&self, call: String) {
+        self.calls.lock().unwrap().push(call);
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Relay for FakeSfu {
+    async fn join(&self, room: &str, participant: &str) -> Result<(), RelayError> {
+        self.record(format!("join {room} {participant}"));
+        Ok(())
+    }
+    async fn publish(
+        &self,
+        room: &str,
+        participant: &str,
+        _: String,
+    ) -> Result<String, RelayError> {
+        self.record(format!("publish {room} {participant}"));
+        Ok(format!("v=0 answer from {}", self.node))
+    }
+    async fn subscribe_answer(
+        &self,
+        room: &str,
+        participant: &str,
+        _: String,
+    ) -> Result<(), RelayError> {
+        self.record(format!("subscribe-answer {room} {participant}"));
+        Ok(())
+    }
+    async fn add_candidate(
+        &self,
+        room: &str,
+        participant: &str,
+        pc: PcKind,
+        _: Option<Value>,
+    ) -> Result<(), RelayError> {
+        self.record(format!("candidate {room} {participant} {pc:?}"));
+        Ok(())
+    }
+    async fn leave(&self, room: &str, participant: &str) -> Result<(), RelayError> {
+        self.record(format!("leave {room} {participant}"));
+        Ok(())
+    }
+    async fn restart_ice(&self, room: &str, participant: &str) -> Result<(), RelayError> {
+        self.record(format!("restart-ice {room} {participant}"));
+        Ok(())
+    }
+    async fn set_video_size(
+        &self,
+        room: &str,
+        participant: &str,
+        publisher: &str,
+        width: u32,
+        height: u32,
+    ) -> Result<(), RelayError> {
+        self.record(format!(
+            "video-size {room} {participant} {publisher} {width}x{height}"
+        ));
+        Ok(())
+    }
+    async fn room_stats(&self, room: &str) -> Result<Value, RelayError> {
+        Ok(json!([{"room": room, "node": self.node}]))
+    }
+}
+
+/// One in-process cluster node: its registry (with heartbeats), its fake SFU, its relay.
+struct TestNode {
+    registry: Arc<Registry>,
+    sfu: Arc<FakeSfu>,
+    media: Arc<MediaNode>,
+    relay: ClusterRelay,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl TestNode {
+    async fn start(url: &str, id: &'static str, lease: Duration) -> Self {
+        let registry = Registry::join(url, node(id), lease).await.expect("joins");
+        let gauge = prometheus::IntGauge::new("test_nodes", "live nodes").unwrap();
+        let heartbeat = registry.keep_alive(gauge);
+        let sfu = FakeSfu::new(id);
+        let media = MediaNode::new(sfu.clone(), registry.clone());
+        let bus = bus(url, id, media.clone(), Duration::from_secs(2)).await;
+        let relay = ClusterRelay::new(media.clone(), registry.clone(), Arc::new(bus));
+        TestNode {
+            registry,
+            sfu,
+            media,
+            relay,
+            heartbeat,
+        }
+    }
+
+    /// Dies: no more heartbeats, nothing listening.
+    fn crash(self) {}
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// `sfu-*` routing between two in-process nodes (one Redis database, emptied before each part).
+#[tokio::test]
+async fn sfu_calls_across_nodes() {
+    let Some(url) = redis_database(9).await else {
+        return;
+    };
+    run_on_the_rooms_node_and_a_dead_nodes_room_moves_on_the_next_join(&url).await;
+    let url = redis_database(9).await.expect("the same Redis");
+    a_media_node_sends_joins_on_and_unpins_rooms_nobody_joined(&url).await;
+}
+
+async fn run_on_the_rooms_node_and_a_dead_nodes_room_moves_on_the_next_join(url: &str) {
+    let url = url.to_owned();
+    let lease = Duration::from_secs(2);
+    let a = TestNode::start(&url, "a", lease).await;
+    let b = TestNode::start(&url, "b", lease).await;
+
+    // A new room goes to the least loaded node (ties by name), whoever asks.
+    a.relay.join("r1", "p1").await.expect("join r1");
+    b.relay.join("r2", "p2").await.expect("join r2");
+    assert_eq!(
+        a.registry.room_node("r1").await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(
+        a.registry.room_node("r2").await.unwrap().as_deref(),
+        Some("b")
+    );
+    assert_eq!(a.sfu.calls(), ["join r1 p1"]);
+    assert_eq!(b.sfu.calls(), ["join r2 p2"]);
+
+    // Every call about r2 made on a runs on b's SFU, and b's answers come back.
+    let answer = a.relay.publish("r2", "p3", "v=0 offer".into()).await;
+    assert_eq!(answer.as_deref(), Ok("v=0 answer from b"));
+    a.relay
+        .add_candidate("r2", "p3", PcKind::Publish, None)
+        .await
+        .unwrap();
+    a.relay
+        .subscribe_answer("r2", "p3", "v=0 answer".into())
+        .await
+        .unwrap();
+    a.relay.restart_ice("r2", "p3").await.unwrap();
+    a.relay
+        .set_video_size("r2", "p3", "p2", 640, 360)
+        .await
+        .unwrap();
+    assert_eq!(
+        a.relay.room_stats("r2").await.unwrap(),
+        json!([{"room": "r2", "node": "b"}])
+    );
+    assert_eq!(
+        b.sfu.calls(),
+        [
+            "join r2 p2",
+            "publish r2 p3",
+            "candidate r2 p3 Publish",
+            "subscribe-answer r2 p3",
+            "restart-ice r2 p3",
+            "video-size r2 p3 p2 640x360",
+        ]
+    );
+    assert_eq!(a.sfu.calls(), ["join r1 p1"]);
+    assert_eq!(
+        live_ids(&a.registry).await,
+        [("a".to_owned(), 1), ("b".to_owned(), 1)]
+    );
+
+    // The room's last participant leaving unpins it on its node.
+    a.relay.leave("r2", "p3").await.unwrap();
+    assert_eq!(
+        a.registry.room_node("r2").await.unwrap().as_deref(),
+        Some("b")
+    );
+    b.relay.leave("r2", "p2").await.unwrap();
+    assert_eq!(a.registry.room_node("r2").await.unwrap(), None);
+    assert_eq!(
+        live_ids(&a.registry).await,
+        [("b".to_owned(), 0), ("a".to_owned(), 1)]
+    );
+    // Leaving a room pinned nowhere is nothing to do; its stats are empty.
+    a.relay.leave("r2", "p2").await.unwrap();
+    assert_eq!(a.relay.room_stats("r2").await.unwrap(), json!([]));
+    let err = a.relay.restart_ice("r2", "p2").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound);
+
+    // r3 goes to b (the least loaded); then b dies.
+    a.relay.join("r3", "p4").await.expect("join r3");
+    assert_eq!(
+        a.registry.room_node("r3").await.unwrap().as_deref(),
+        Some("b")
+    );
+    let b_sfu = b.sfu.clone();
+    b.crash();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until its lease runs out the room stays b's, and calls fail at once, saying why.
+    let started = Instant::now();
+    let err = a
+        .relay
+        .publish("r3", "p4", "v=0 offer".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err}");
+    assert!(err.message.contains("media node b"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let deadline = Instant::now() + lease * 3;
+    while live_ids(&a.registry).await.len() > 1 {
+        assert!(Instant::now() < deadline, "b's lease did not run out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The next join pins the room again, to a live node.
+    a.relay.join("r3", "p4").await.expect("join r3 again");
+    assert_eq!(
+        a.registry.room_node("r3").await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(a.sfu.calls(), ["join r1 p1", "join r3 p4"]);
+    assert_eq!(b_sfu.calls().last().map(String::as_str), Some("join r3 p4"));
+    assert_eq!(
+        a.media.participants().await,
+        [
+            ("r1".to_owned(), vec!["p1".to_owned()]),
+            ("r3".to_owned(), vec!["p4".to_owned()])
+        ]
+    );
+}
+
+async fn a_media_node_sends_joins_on_and_unpins_rooms_nobody_joined(url: &str) {
+    let url = url.to_owned();
+    let lease = Duration::from_secs(5);
+    let a = TestNode::start(&url, "a", lease).await;
+    let b = TestNode::start(&url, "b", lease).await;
+
+    // A join that reaches b for a room pinned to a meanwhile is sent on to a.
+    assert_eq!(a.registry.pin_room("moved").await.unwrap(), "a");
+    let call = RelayCall::Join {
+        room: "moved".into(),
+        participant: "p1".into(),
+    };
+    assert_eq!(
+        b.media.run(call).await,
+        RelayReply::Moved { node: "a".into() }
+    );
+    assert!(b.sfu.calls().is_empty());
+
+    // A pin whose join never came (the asking node died first) goes at b's second tidy-up.
+    assert_eq!(a.registry.pin_room("orphan").await.unwrap(), "b");
+    assert_eq!(b.media.tidy().await.unwrap(), 0);
+    let call = RelayCall::Join {
+        room: "kept".into(),
+        participant: "p2".into(),
+    };
+    assert_eq!(b.media.run(call).await, RelayReply::Done);
+    assert_eq!(
+        a.registry.room_node("kept").await.unwrap().as_deref(),
+        Some("b")
+    );
+    assert_eq!(b.media.tidy().await.unwrap(), 1);
+    assert_eq!(a.registry.room_node("orphan").await.unwrap(), None);
+    assert_eq!(
+        a.registry.room_node("kept").await.unwrap().as_deref(),
+        Some("b")
+    );
+    assert_eq!(b.media.tidy().await.unwrap(), 0);
+}

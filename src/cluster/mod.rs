@@ -19,6 +19,9 @@ pub mod shared_rooms;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod bus;
+pub mod relay;
+
 use prometheus::IntGauge;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
@@ -281,6 +284,35 @@ impl Registry {
             .invoke_async(&mut redis)
             .await?;
         Ok(node)
+    }
+
+    /// Pins `room` to this node unless it is pinned to a live node already; returns the node
+    /// it is pinned to. A media node claims a room it is about to hold, in case its pin went
+    /// (released by its last leave, or lapsed) between another node's [`Self::pin_room`] and
+    /// the request that node sent here.
+    pub async fn claim_room(&self, room: &str) -> Result<String, ClusterError> {
+        let node = Script::new(PIN)
+            .key(room_key(room))
+            .arg(&self.info.id)
+            .arg(self.lease_ms())
+            .arg(PREFIX)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(node)
+    }
+
+    /// The rooms pinned to this node.
+    pub async fn pinned_rooms(&self) -> Result<Vec<String>, ClusterError> {
+        let keys: Vec<String> = self
+            .redis
+            .clone()
+            .smembers(node_rooms_key(&self.info.id))
+            .await?;
+        let prefix = room_key("");
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect())
     }
 
     /// The node `room` is pinned to, if any (live or not).
