@@ -738,4 +738,210 @@ async fn a_media_node_sends_joins_on_and_unpins_rooms_nobody_joined(url: &str) {
         Some("b")
     );
     assert_eq!(b.media.tidy().await.unwrap(), 0);
+
+    // The SFU closing the room's last participant by itself (its connection failed) unpins it.
+    b.media.participant_closed("kept", "p2").await;
+    assert_eq!(a.registry.room_node("kept").await.unwrap(), None);
+    assert!(b.media.participants().await.is_empty());
+}
+
+/// Creates and confirms an appointment of `doctor` on `server`; returns its id.
+async fn appointment(server: &TestServer, doctor_token: &str, doctor: &str) -> String {
+    let http = reqwest::Client::new();
+    let appt: Value = http
+        .post(server.url("/api/appointments"))
+        .bearer_auth(doctor_token)
+        .json(&json!({
+            "patientId": "pat-1", "doctorId": doctor,
+            "scheduledAt": "2030-01-01T09:00:00Z",
+            "patientName": "Pat", "doctorName": "Doc",
+        }))
+        .send()
+        .await
+        .expect("POST /api/appointments")
+        .error_for_status()
+        .expect("appointment created")
+        .json()
+        .await
+        .expect("json");
+    let id = appt["id"].as_str().expect("an id").to_owned();
+    http.post(server.url(&format!("/api/appointments/{id}/confirm")))
+        .bearer_auth(doctor_token)
+        .send()
+        .await
+        .expect("confirm")
+        .error_for_status()
+        .expect("confirmed");
+    id
+}
+
+/// The rooms pinned to each live node, as `server` reports them.
+async fn pinned_rooms(server: &TestServer) -> Vec<(String, u64)> {
+    let token = server.token("ops", "Operator", "admin").await;
+    let body: Value = reqwest::Client::new()
+        .get(server.url("/api/admin/cluster"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET /api/admin/cluster")
+        .json()
+        .await
+        .expect("json");
+    let mut nodes: Vec<(String, u64)> = body["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let id = n["id"].as_str().expect("id").to_owned();
+            (id, n["rooms"].as_u64().expect("rooms"))
+        })
+        .collect();
+    nodes.sort();
+    nodes
+}
+
+/// Publishes one video track from a client socket; returns the SFU's answer SDP.
+async fn publish(sio: &callrelay_load::sio::SioClient, room: &str) -> Result<String, String> {
+    use callrelay_load::peer::{ClientPeer, Kind as TrackKind};
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], support::free_udp_port()));
+    let mut peer = ClientPeer::new(local, std::time::Instant::now()).expect("a client peer");
+    peer.add_track(TrackKind::Video, 0x1234_5679, sio.sid(), "camera")
+        .expect("a track");
+    let offer = peer
+        .create_offer(std::time::Instant::now())
+        .expect("an offer");
+    let ack = sio
+        .call(
+            "sfu-publish",
+            &json!({"roomId": room, "sdp": offer}),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("sfu-publish acked");
+    match ack["sdp"].as_str() {
+        Some(sdp) => Ok(sdp.to_owned()),
+        None => Err(ack.to_string()),
+    }
+}
+
+/// The ports of the host candidates in `sdp`.
+fn candidate_ports(sdp: &str) -> Vec<u16> {
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .filter_map(|c| c.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on() {
+    let Some(redis) = redis_database(8).await else {
+        return;
+    };
+    let Some(pg) = support::postgres_url() else {
+        return;
+    };
+    let db = support::fresh_postgres_database(&pg, "cluster_relay").await;
+    let lease = 3;
+    let start = |id: &'static str, media_port: u16| {
+        let (redis, db) = (redis.clone(), db.clone());
+        async move {
+            TestServer::start(&[
+                ("CALLRELAY_CLUSTER__REDIS_URL", &redis),
+                ("CALLRELAY_CLUSTER__NODE_ID", id),
+                ("CALLRELAY_CLUSTER__LEASE_SECS", &lease.to_string()),
+                ("CALLRELAY_DATABASE__URL", &db),
+                ("CALLRELAY_MEDIA__UDP_PORT", &media_port.to_string()),
+            ])
+            .await
+        }
+    };
+    let (port_one, port_two) = (support::free_media_port(), support::free_media_port());
+    let mut one = start("one", port_one).await;
+    let two = start("two", port_two).await;
+
+    // The doctor's socket is on two; the new room goes to the least loaded node, one (ties by
+    // name), and the SDP answer comes from one's SFU, with one's media port.
+    let token = two.token("doc-1", "Doc", "doctor").await;
+    let room = appointment(&two, &token, "doc-1").await;
+    let limit = Duration::from_secs(10);
+    let (sio, _events) =
+        callrelay_load::sio::SioClient::connect(&two.base, json!({"token": token}), limit)
+            .await
+            .expect("connect to two");
+    sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
+        .await
+        .expect("join-room");
+    sio.call_ok(
+        "sfu-join",
+        &json!({"roomId": room, "reason": "forced"}),
+        limit,
+    )
+    .await
+    .expect("sfu-join");
+    let answer = publish(&sio, &room).await.expect("an SDP answer");
+    let ports = candidate_ports(&answer);
+    assert!(!ports.is_empty(), "no candidate in the answer");
+    assert!(
+        ports.iter().all(|p| *p == port_one),
+        "{ports:?}, one's is {port_one}"
+    );
+    assert_eq!(
+        pinned_rooms(&two).await,
+        [("one".to_owned(), 1), ("two".to_owned(), 0)]
+    );
+
+    // Leaving empties the room on one: unpinned.
+    sio.call_ok("leave-room", &json!({}), limit)
+        .await
+        .expect("leave");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pinned_rooms(&two).await != [("one".to_owned(), 0), ("two".to_owned(), 0)] {
+        assert!(Instant::now() < deadline, "the emptied room stays pinned");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Back in, relayed on one again; then one dies. Its room's calls fail, saying so, until its
+    // lease runs out; the next join pins the room to two, whose SFU answers.
+    sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
+        .await
+        .expect("join-room again");
+    sio.call_ok(
+        "sfu-join",
+        &json!({"roomId": room, "reason": "forced"}),
+        limit,
+    )
+    .await
+    .expect("sfu-join again");
+    assert_eq!(pinned_rooms(&two).await[0], ("one".to_owned(), 1));
+    one.crash();
+    let refused = publish(&sio, &room).await.expect_err("one is dead");
+    assert!(refused.contains("unavailable"), "{refused}");
+    sio.call_ok("leave-room", &json!({}), limit)
+        .await
+        .expect("leave");
+    let deadline = Instant::now() + Duration::from_secs(lease * 3);
+    while pinned_rooms(&two).await.len() > 1 {
+        assert!(Instant::now() < deadline, "one's lease did not run out");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
+        .await
+        .expect("join-room on two alone");
+    sio.call_ok(
+        "sfu-join",
+        &json!({"roomId": room, "reason": "forced"}),
+        limit,
+    )
+    .await
+    .expect("sfu-join on two alone");
+    let answer = publish(&sio, &room).await.expect("an SDP answer from two");
+    let ports = candidate_ports(&answer);
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| *p == port_two),
+        "{ports:?}"
+    );
+    assert_eq!(pinned_rooms(&two).await, [("two".to_owned(), 1)]);
+    sio.close();
+    drop(two);
+    support::drop_database(&pg, &db).await;
 }

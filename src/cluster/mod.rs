@@ -40,6 +40,8 @@ pub enum ClusterError {
     },
     #[error("no live node to pin room {room} to")]
     NoLiveNode { room: String },
+    #[error("node bus: {0}")]
+    Bus(#[from] bus::BusError),
 }
 
 /// What a node tells the others about itself.
@@ -89,10 +91,13 @@ redis.call('PEXPIRE', rooms, ARGV[2])
 return ARGV[1]
 ";
 
-/// KEYS[1] the node's key, KEYS[2] its room set. ARGV: the node's info, its id, the lease (ms).
-/// Renews the node and every pin still its own; forgets the others. Returns its room count.
+/// KEYS[1] the node's key, KEYS[2] its room set, KEYS[3] the set of nodes. ARGV: the node's
+/// info, its id, the lease (ms). Renews the node (listed again, should another node have found
+/// it dead meanwhile) and every pin still its own; forgets the others. Returns its room count.
+/// One script, so no node ever sees it listed and not registered.
 const HEARTBEAT: &str = r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if redis.call('GET', room) == ARGV[2] then
     redis.call('PEXPIRE', room, ARGV[3])
@@ -172,8 +177,6 @@ impl Registry {
         let client = redis::Client::open(redis_url)?;
         let redis = ConnectionManager::new(client).await?;
         let registry = Arc::new(Self { redis, info, lease });
-        let mut redis = registry.redis.clone();
-        let _: () = redis.sadd(NODES_KEY, &registry.info.id).await?;
         registry.heartbeat().await?;
         Ok(registry)
     }
@@ -202,6 +205,7 @@ impl Registry {
         let rooms = Script::new(HEARTBEAT)
             .key(node_key(&self.info.id))
             .key(node_rooms_key(&self.info.id))
+            .key(NODES_KEY)
             .arg(info)
             .arg(&self.info.id)
             .arg(self.lease_ms())

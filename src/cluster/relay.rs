@@ -302,6 +302,15 @@ impl MediaNode {
         }
     }
 
+    /// The SFU closed `participant` by itself (its connection failed): it is no longer one of
+    /// the room's, which is unpinned if that was its last participant.
+    pub async fn participant_closed(&self, room: &str, participant: &str) {
+        self.with_room(room, async |entry: &mut RoomEntry| {
+            entry.participants.remove(participant);
+        })
+        .await;
+    }
+
     /// Releases the rooms pinned to this node that have had no participant here for two
     /// calls in a row (a pin taken for a join that never came). Call it every lease or so.
     pub async fn tidy(&self) -> Result<usize, super::ClusterError> {
