@@ -657,7 +657,11 @@ async fn run_on_the_rooms_node_and_a_dead_nodes_room_moves_on_the_next_join(url:
     // Leaving a room pinned nowhere is nothing to do; its stats are empty.
     a.relay.leave("r2", "p2").await.unwrap();
     assert_eq!(a.relay.room_stats("r2").await.unwrap(), json!([]));
-    let err = a.relay.restart_ice("r2", "p2").await.unwrap_err();
+    let err = a
+        .relay
+        .set_video_size("r2", "p2", "p3", 0, 0)
+        .await
+        .unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
 
     // r3 goes to b (the least loaded); then b dies.
@@ -684,19 +688,32 @@ async fn run_on_the_rooms_node_and_a_dead_nodes_room_moves_on_the_next_join(url:
         assert!(Instant::now() < deadline, "b's lease did not run out");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The next join pins the room again, to a live node.
-    a.relay.join("r3", "p4").await.expect("join r3 again");
+    // The next join pins the room again, to a live node; so does an ICE restart (the
+    // participant's connections failed with its node), which joins it there afresh.
+    a.relay.restart_ice("r3", "p4").await.expect("ICE restart");
     assert_eq!(
         a.registry.room_node("r3").await.unwrap().as_deref(),
         Some("a")
     );
-    assert_eq!(a.sfu.calls(), ["join r1 p1", "join r3 p4"]);
+    let answer = a.relay.publish("r3", "p4", "v=0 offer".into()).await;
+    assert_eq!(answer.as_deref(), Ok("v=0 answer from a"));
+    a.relay.join("r3", "p5").await.expect("join r3");
+    assert_eq!(
+        a.sfu.calls(),
+        ["join r1 p1", "join r3 p4", "publish r3 p4", "join r3 p5"]
+    );
+    // Once joined, an ICE restart is one.
+    a.relay.restart_ice("r3", "p5").await.unwrap();
+    assert_eq!(
+        a.sfu.calls().last().map(String::as_str),
+        Some("restart-ice r3 p5")
+    );
     assert_eq!(b_sfu.calls().last().map(String::as_str), Some("join r3 p4"));
     assert_eq!(
         a.media.participants().await,
         [
             ("r1".to_owned(), vec!["p1".to_owned()]),
-            ("r3".to_owned(), vec!["p4".to_owned()])
+            ("r3".to_owned(), vec!["p4".to_owned(), "p5".to_owned()])
         ]
     );
 }
@@ -900,8 +917,9 @@ async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Back in, relayed on one again; then one dies. Its room's calls fail, saying so, until its
-    // lease runs out; the next join pins the room to two, whose SFU answers.
+    // Back in, relayed on one again; then one dies. Calls about its room fail, saying so, until
+    // its lease runs out; then the socket's ICE restart (its connections failed with one) pins
+    // the room to two, where it starts over: two's SFU answers its next publish.
     sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
         .await
         .expect("join-room again");
@@ -916,24 +934,14 @@ async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on()
     one.crash();
     let refused = publish(&sio, &room).await.expect_err("one is dead");
     assert!(refused.contains("unavailable"), "{refused}");
-    sio.call_ok("leave-room", &json!({}), limit)
-        .await
-        .expect("leave");
     let deadline = Instant::now() + Duration::from_secs(lease * 3);
     while pinned_rooms(&two).await.len() > 1 {
         assert!(Instant::now() < deadline, "one's lease did not run out");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
+    sio.call_ok("sfu-restart-ice", &json!({"roomId": room}), limit)
         .await
-        .expect("join-room on two alone");
-    sio.call_ok(
-        "sfu-join",
-        &json!({"roomId": room, "reason": "forced"}),
-        limit,
-    )
-    .await
-    .expect("sfu-join on two alone");
+        .expect("sfu-restart-ice");
     let answer = publish(&sio, &room).await.expect("an SDP answer from two");
     let ports = candidate_ports(&answer);
     assert!(

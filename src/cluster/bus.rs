@@ -15,7 +15,7 @@
 //! seen already (a replay) or a reply nobody waits for. A request that no node listens for
 //! fails at once; one that gets no answer within the timeout (5 s) fails then.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -216,8 +216,8 @@ struct Inner {
     handler: Arc<dyn BusHandler>,
     options: BusOptions,
     pending: Mutex<HashMap<String, Pending>>,
-    /// Request ids taken (sender, id) and when, kept for twice [`MAX_AGE`].
-    seen: Mutex<HashMap<(String, String), i64>>,
+    /// Request ids taken (sender, id), kept for twice [`MAX_AGE`].
+    seen: Mutex<Seen>,
     metrics: BusMetrics,
 }
 
@@ -266,7 +266,7 @@ impl NodeBus {
             handler,
             options,
             pending: Mutex::new(HashMap::new()),
-            seen: Mutex::new(HashMap::new()),
+            seen: Mutex::new(Seen::default()),
             metrics: BusMetrics::new(),
         });
         let messages = inner.subscribe(&client).await?;
@@ -337,6 +337,32 @@ impl NodeBus {
                 after: timeout,
             }),
         }
+    }
+}
+
+/// The request ids a node took lately, oldest first, to refuse a replay.
+#[derive(Default)]
+struct Seen {
+    ids: HashSet<(String, String)>,
+    order: VecDeque<(i64, (String, String))>,
+}
+
+impl Seen {
+    /// Records a request id taken at `now`; false if it was taken already. Forgets ids older
+    /// than `keep` (a replay of those is stale anyway).
+    fn take(&mut self, now: i64, keep: i64, id: (String, String)) -> bool {
+        while let Some((at, _)) = self.order.front()
+            && now - *at > keep
+        {
+            if let Some((_, old)) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        if !self.ids.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back((now, id));
+        true
     }
 }
 
@@ -428,16 +454,13 @@ impl Inner {
         }
         match envelope.kind {
             Kind::Request => {
-                {
-                    let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                    seen.retain(|_, at| now - *at <= 2 * max_age);
-                    if seen
-                        .insert((envelope.from.clone(), envelope.id.clone()), now)
-                        .is_some()
-                    {
-                        drop(seen);
-                        return self.drop_message(Dropped::Replayed, Some(&envelope.from));
-                    }
+                let fresh = self.seen.lock().unwrap_or_else(|e| e.into_inner()).take(
+                    now,
+                    2 * max_age,
+                    (envelope.from.clone(), envelope.id.clone()),
+                );
+                if !fresh {
+                    return self.drop_message(Dropped::Replayed, Some(&envelope.from));
                 }
                 let inner = self.clone();
                 tokio::spawn(async move { inner.answer(envelope).await });

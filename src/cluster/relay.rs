@@ -87,10 +87,15 @@ impl RelayCall {
         }
     }
 
-    /// Whether the call makes its participant one of the room's (the SFU creates it).
-    fn adds_participant(&self) -> Option<&str> {
+    /// The participant the call makes one of the room's, given those it has: a join or a
+    /// publish (the SFU creates the participant), or an ICE restart of a participant this
+    /// node's SFU does not have (see [`MediaNode::run`]).
+    fn adds_participant(&self, participants: &HashSet<String>) -> Option<&str> {
         match self {
             RelayCall::Join { participant, .. } | RelayCall::Publish { participant, .. } => {
+                Some(participant)
+            }
+            RelayCall::RestartIce { participant, .. } if !participants.contains(participant) => {
                 Some(participant)
             }
             _ => None,
@@ -219,17 +224,30 @@ impl MediaNode {
     }
 
     /// Runs one call on this node's SFU.
+    ///
+    /// An ICE restart of a participant the SFU does not have here joins it instead: its room's
+    /// node died and the room was pinned to this one, so its connections must start over, and
+    /// a fresh join makes the SFU send it a new subscribe offer (its publish connection starts
+    /// over with the client's next `sfu-publish`).
     pub async fn run(&self, call: RelayCall) -> RelayReply {
         let room = call.room().to_owned();
         self.with_room(&room, async |entry: &mut RoomEntry| {
-            if call.adds_participant().is_some() && entry.participants.is_empty() {
+            let joining = call
+                .adds_participant(&entry.participants)
+                .map(str::to_owned);
+            if joining.is_some() && entry.participants.is_empty() {
                 match self.registry.claim_room(&room).await {
                     Ok(node) if node == self.registry.node_id() => {}
                     Ok(node) => return RelayReply::Moved { node },
                     Err(err) => return RelayReply::refused(registry_failed(err)),
                 }
             }
-            let joining = call.adds_participant().map(str::to_owned);
+            let call = match call {
+                RelayCall::RestartIce { room, participant } if joining.is_some() => {
+                    RelayCall::Join { room, participant }
+                }
+                call => call,
+            };
             let leaving = match &call {
                 RelayCall::Leave { participant, .. } => Some(participant.clone()),
                 _ => None,
@@ -566,7 +584,8 @@ impl Relay for ClusterRelay {
             room: room.to_owned(),
             participant: participant.to_owned(),
         };
-        self.done(call, Placement::Existing).await
+        // Re-pinned if its node died: the participant starts over there (see MediaNode::run).
+        self.done(call, Placement::Pin).await
     }
 
     async fn set_video_size(
