@@ -500,3 +500,56 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            kind: Kind::Request,
+            id: "r-1".into(),
+            from: "a".into(),
+            to: "b".into(),
+            at: 1_700_000_000_000,
+            body: json!({"op": "join", "room": "x"}),
+        }
+    }
+
+    #[test]
+    fn only_the_clusters_key_opens_a_sealed_message_unaltered() {
+        let key = BusKey::derive(b"secret");
+        let sealed = key.seal(&envelope());
+        assert_eq!(key.open(&sealed), Ok(envelope()));
+        // Another secret, one byte changed anywhere, or nothing but a MAC: refused.
+        assert_eq!(
+            BusKey::derive(b"other secret").open(&sealed),
+            Err(Dropped::BadMac)
+        );
+        for at in [0, MAC_LEN, sealed.len() - 1] {
+            let mut altered = sealed.clone();
+            altered[at] ^= 1;
+            assert_eq!(key.open(&altered), Err(Dropped::BadMac), "byte {at}");
+        }
+        assert_eq!(key.open(&sealed[..MAC_LEN]), Err(Dropped::Malformed));
+        // The bus key is not the secret itself.
+        assert_ne!(&key.0[..], b"secret");
+        assert_eq!(format!("{key:?}"), "BusKey(<redacted>)");
+    }
+
+    #[test]
+    fn a_request_id_is_taken_once_until_it_is_stale_anyway() {
+        let mut seen = Seen::default();
+        let id = |n: &str| ("a".to_owned(), n.to_owned());
+        assert!(seen.take(0, 60_000, id("1")));
+        assert!(!seen.take(1_000, 60_000, id("1")));
+        assert!(seen.take(1_000, 60_000, ("b".to_owned(), "1".to_owned())));
+        assert!(seen.take(30_000, 60_000, id("2")));
+        // 61 s on, a's "1" is forgotten (its message would be dropped as stale); what came
+        // later is not.
+        assert!(!seen.take(61_000, 60_000, id("2")));
+        assert_eq!(seen.ids.len(), 2);
+        assert!(seen.take(61_000, 60_000, id("1")));
+    }
+}

@@ -617,3 +617,40 @@ impl Relay for ClusterRelay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn calls_and_replies_travel_as_tagged_json() {
+        let call = RelayCall::AddCandidate {
+            room: "r".into(),
+            participant: "p".into(),
+            pc: PcKind::Subscribe,
+            candidate: None,
+        };
+        let wire = serde_json::to_value(&call).unwrap();
+        assert_eq!(
+            wire,
+            json!({"op": "add_candidate", "room": "r", "participant": "p",
+                   "pc": "subscribe", "candidate": null})
+        );
+        assert_eq!(serde_json::from_value::<RelayCall>(wire).unwrap(), call);
+        let reply = RelayReply::refused(RelayError {
+            code: ErrorCode::NotFound,
+            message: "unknown participant".into(),
+        });
+        let wire = serde_json::to_value(&reply).unwrap();
+        assert_eq!(
+            wire,
+            json!({"outcome": "refused", "code": "not_found", "message": "unknown participant"})
+        );
+        let err = unexpected(serde_json::from_value(wire).unwrap());
+        assert_eq!(err.code, ErrorCode::NotFound);
+        assert_eq!(err.message, "unknown participant");
+        // A code this node does not know is an internal error, its message kept.
+        assert_eq!(refusal("teapot", "x".into()).code, ErrorCode::Internal);
+    }
+}
