@@ -322,21 +322,24 @@ impl NodeBus {
             at: now_ms(),
             body,
         };
-        let receivers = inner.publish(&envelope).await?;
-        if receivers == 0 {
-            return Err(BusError::NotListening {
-                node: to.to_owned(),
-            });
-        }
         let timeout = inner.options.timeout;
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(body)) => Ok(body),
-            Ok(Err(_)) => Err(BusError::Stopped),
-            Err(_) => Err(BusError::Timeout {
-                node: to.to_owned(),
-                after: timeout,
-            }),
-        }
+        let exchange = async {
+            if inner.publish(&envelope).await? == 0 {
+                return Err(BusError::NotListening {
+                    node: to.to_owned(),
+                });
+            }
+            rx.await.map_err(|_| BusError::Stopped)
+        };
+        // The whole exchange, publishing included (Redis may be what does not answer).
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| {
+                Err(BusError::Timeout {
+                    node: to.to_owned(),
+                    after: timeout,
+                })
+            })
     }
 }
 
