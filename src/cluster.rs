@@ -14,13 +14,12 @@
 //! node, and a pin to a dead node is replaced only by the first to see it dead. The scripts touch
 //! keys they do not declare: they need one Redis, not a Redis Cluster.
 
+pub mod bus;
+pub mod relay;
 pub mod shared_rooms;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-pub mod bus;
-pub mod relay;
 
 use prometheus::IntGauge;
 use redis::aio::ConnectionManager;
