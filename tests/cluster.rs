@@ -281,7 +281,7 @@ use async_trait::async_trait;
 use callrelay::cluster::bus::{
     BusError, BusHandler, BusKey, BusOptions, Dropped, Envelope, Kind, NodeBus,
 };
-use callrelay::cluster::relay::{ClusterRelay, MediaNode, RelayCall, RelayReply};
+use callrelay::cluster::relay::{ClusterRelay, MediaNode, RelayCall, RelayReply, Tidied};
 use callrelay_signaling::protocol::ErrorCode;
 use callrelay_signaling::relay::PcKind;
 use callrelay_signaling::{Relay, RelayError};
@@ -738,7 +738,7 @@ async fn a_media_node_sends_joins_on_and_unpins_rooms_nobody_joined(url: &str) {
 
     // A pin whose join never came (the asking node died first) goes at b's second tidy-up.
     assert_eq!(a.registry.pin_room("orphan").await.unwrap(), "b");
-    assert_eq!(b.media.tidy().await.unwrap(), 0);
+    assert_eq!(b.media.tidy().await.unwrap(), Tidied::default());
     let call = RelayCall::Join {
         room: "kept".into(),
         participant: "p2".into(),
@@ -748,13 +748,35 @@ async fn a_media_node_sends_joins_on_and_unpins_rooms_nobody_joined(url: &str) {
         a.registry.room_node("kept").await.unwrap().as_deref(),
         Some("b")
     );
-    assert_eq!(b.media.tidy().await.unwrap(), 1);
+    assert_eq!(
+        b.media.tidy().await.unwrap(),
+        Tidied {
+            released: 1,
+            pinned_again: 0
+        }
+    );
     assert_eq!(a.registry.room_node("orphan").await.unwrap(), None);
     assert_eq!(
         a.registry.room_node("kept").await.unwrap().as_deref(),
         Some("b")
     );
-    assert_eq!(b.media.tidy().await.unwrap(), 0);
+    assert_eq!(b.media.tidy().await.unwrap(), Tidied::default());
+
+    // A room with a participant here that lost its pin (b's heartbeats failed for a lease, say)
+    // is pinned to b again at the next tidy-up.
+    b.registry.release_room("kept").await.unwrap();
+    assert_eq!(a.registry.room_node("kept").await.unwrap(), None);
+    assert_eq!(
+        b.media.tidy().await.unwrap(),
+        Tidied {
+            released: 0,
+            pinned_again: 1
+        }
+    );
+    assert_eq!(
+        a.registry.room_node("kept").await.unwrap().as_deref(),
+        Some("b")
+    );
 
     // The SFU closing the room's last participant by itself (its connection failed) unpins it.
     b.media.participant_closed("kept", "p2").await;

@@ -156,6 +156,15 @@ struct RoomEntry {
 
 type Entry = Arc<tokio::sync::Mutex<RoomEntry>>;
 
+/// What [`MediaNode::tidy`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tidied {
+    /// Rooms unpinned: pinned here, nobody joined.
+    pub released: usize,
+    /// Rooms pinned here again: they have participants here and had lost their pin.
+    pub pinned_again: usize,
+}
+
 /// A node's local SFU as the cluster uses it (see the module docs).
 pub struct MediaNode {
     local: Arc<dyn Relay>,
@@ -329,28 +338,58 @@ impl MediaNode {
         .await;
     }
 
-    /// Releases the rooms pinned to this node that have had no participant here for two
-    /// calls in a row (a pin taken for a join that never came). Call it every lease or so.
-    pub async fn tidy(&self) -> Result<usize, super::ClusterError> {
+    /// Keeps this node's pins true to its SFU; call it every lease or so. Releases the rooms
+    /// pinned here that had no participant here at two tidy-ups in a row (a pin taken for a
+    /// join that never came), and pins again the rooms that have participants here but lost
+    /// their pin (Redis lost it, or this node's heartbeats failed for a lease): until then, the
+    /// other nodes would find them pinned nowhere. A room with participants here that is
+    /// pinned to another node (split while this node seemed dead) is logged.
+    pub async fn tidy(&self) -> Result<Tidied, super::ClusterError> {
         let pinned = self.registry.pinned_rooms().await?;
-        let empty: HashSet<String> = {
+        let (empty, held): (HashSet<String>, Vec<String>) = {
             let rooms = self.rooms();
-            pinned
-                .into_iter()
-                .filter(|room| !rooms.contains_key(room))
-                .collect()
+            let empty = pinned
+                .iter()
+                .filter(|room| !rooms.contains_key(*room))
+                .cloned()
+                .collect();
+            let held = rooms
+                .keys()
+                .filter(|room| !pinned.contains(*room))
+                .cloned()
+                .collect();
+            (empty, held)
         };
         let before = std::mem::replace(
             &mut *self.orphans.lock().unwrap_or_else(|e| e.into_inner()),
             empty.clone(),
         );
-        let mut released = 0;
+        let mut tidied = Tidied::default();
         for room in empty.intersection(&before) {
             // An empty entry, locked: released by `with_room` unless a join got there first.
             self.with_room(room, async |_: &mut RoomEntry| {}).await;
-            released += 1;
+            tidied.released += 1;
         }
-        Ok(released)
+        for room in held {
+            let claimed = self
+                .with_room(&room, async |entry: &mut RoomEntry| {
+                    if entry.participants.is_empty() {
+                        return Ok(None);
+                    }
+                    self.registry.claim_room(&room).await.map(Some)
+                })
+                .await?;
+            match claimed {
+                Some(node) if node == self.registry.node_id() => tidied.pinned_again += 1,
+                Some(node) => tracing::warn!(
+                    room,
+                    node,
+                    "a room with participants on this node's SFU is pinned to another node"
+                ),
+                None => {}
+            }
+        }
+        Ok(tidied)
     }
 
     /// Runs [`Self::tidy`] every `every` until aborted.
@@ -362,8 +401,16 @@ impl MediaNode {
             loop {
                 tick.tick().await;
                 match node.tidy().await {
-                    Ok(0) => {}
-                    Ok(rooms) => tracing::info!(rooms, "unpinned rooms nobody joined here"),
+                    Ok(Tidied {
+                        released,
+                        pinned_again,
+                    }) if released + pinned_again > 0 => tracing::info!(
+                        released,
+                        pinned_again,
+                        "tidied this node's pins (rooms nobody joined here unpinned, rooms that \
+                         lost their pin pinned again)"
+                    ),
+                    Ok(_) => {}
                     Err(err) => tracing::warn!(error = %err, "could not tidy this node's pins"),
                 }
             }
