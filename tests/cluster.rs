@@ -1,6 +1,7 @@
 //! Several nodes sharing a Redis and a PostgreSQL database (`cluster.redis_url`): the registry
-//! of live nodes and of the node each room is pinned to, and real `callrelay` processes joining,
-//! dying and leaving.
+//! of live nodes and of the node each room is pinned to, the node bus, `sfu-*` run on the room's
+//! pinned node, and real `callrelay` processes joining, dying and leaving, and relaying a room
+//! on one node for sockets on another.
 //!
 //! Needs Redis (`CALLRELAY_TEST_REDIS_URL`, e.g. redis://127.0.0.1:6379) and, for the processes,
 //! PostgreSQL (`CALLRELAY_TEST_POSTGRES_URL`); without them each test says loudly that it
@@ -871,6 +872,105 @@ fn candidate_ports(sdp: &str) -> Vec<u16> {
         .collect()
 }
 
+/// Publishes a live video track from `sio` (a client peer that connects to the SFU that
+/// answered and sends VP8-payload RTP, so that the track opens in the room) until `events`, the
+/// events of another socket of the room, bring an `sfu-subscribe-offer`. Returns the publish
+/// answer's SDP and the offer's.
+async fn publish_live_until_offered(
+    sio: &callrelay_load::sio::SioClient,
+    room: &str,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<callrelay_load::sio::Event>,
+) -> (String, String) {
+    use callrelay_load::payload::{self, Stamp};
+    use callrelay_load::peer::{ClientPeer, Kind as TrackKind, VP8_PT};
+    use rtc::rtp::header::Header;
+    use rtc::rtp::packet::Packet;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("a UDP socket");
+    let local = socket.local_addr().expect("its address");
+    let mut peer = ClientPeer::new(local, std::time::Instant::now()).expect("a client peer");
+    let ssrc = 0x2468_ace1;
+    peer.add_track(TrackKind::Video, ssrc, sio.sid(), "camera")
+        .expect("a track");
+    let offer = peer
+        .create_offer(std::time::Instant::now())
+        .expect("an offer");
+    let ack = sio
+        .call_ok(
+            "sfu-publish",
+            &json!({"roomId": room, "sdp": offer}),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("sfu-publish");
+    let answer = ack["sdp"].as_str().expect("an SDP answer").to_owned();
+    peer.apply_answer(std::time::Instant::now(), answer.clone())
+        .expect("the answer applies");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut buf, mut pl) = (vec![0u8; 2048], Vec::new());
+    let (mut seq, mut next_send) = (0u32, std::time::Instant::now());
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no sfu-subscribe-offer reached the other socket in 15 s (publisher connected: {})",
+            peer.is_connected()
+        );
+        while let Some((to, datagram)) = peer.poll_transmit() {
+            let _ = socket.try_send_to(&datagram, to);
+        }
+        peer.poll_state();
+        let now = std::time::Instant::now();
+        let peer_wake = peer
+            .poll_timeout()
+            .unwrap_or(now + Duration::from_millis(100));
+        let wake = peer_wake
+            .min(next_send)
+            .min(now + Duration::from_millis(100));
+        tokio::select! {
+            received = socket.recv_from(&mut buf) => {
+                if let Ok((len, from)) = received {
+                    let _ = peer.handle_datagram(std::time::Instant::now(), from, &buf[..len]);
+                    while peer.poll_rtp().is_some() {}
+                }
+            }
+            event = events.recv() => {
+                let (name, body) = event.expect("the other socket is open");
+                if name == "sfu-subscribe-offer" {
+                    let sdp = body["sdp"].as_str().expect("an offer's SDP").to_owned();
+                    return (answer, sdp);
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = std::time::Instant::now();
+                if peer_wake <= now {
+                    let _ = peer.handle_timeout(now);
+                }
+                if next_send <= now {
+                    next_send = now + Duration::from_millis(33);
+                    if peer.is_connected() {
+                        seq += 1;
+                        let stamp = Stamp { stream: 0, seq, sent_ns: payload::now_ns() };
+                        payload::write(&mut pl, true, stamp, 200);
+                        let packet = Packet {
+                            header: Header {
+                                version: 2,
+                                payload_type: VP8_PT,
+                                sequence_number: seq as u16,
+                                timestamp: seq.wrapping_mul(3_000),
+                                ssrc,
+                                ..Default::default()
+                            },
+                            payload: bytes::Bytes::copy_from_slice(&pl),
+                        };
+                        let _ = peer.send_rtp(now, packet);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on() {
     let Some(redis) = redis_database(8).await else {
@@ -898,15 +998,19 @@ async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on()
     let mut one = start("one", port_one).await;
     let two = start("two", port_two).await;
 
-    // The doctor's socket is on two; the new room goes to the least loaded node, one (ties by
-    // name), and the SDP answer comes from one's SFU, with one's media port.
+    // The doctor and the patient are on two; the new room goes to the least loaded node, one
+    // (ties by name). The doctor's publish answer comes from one's SFU, with one's media port;
+    // its camera, live there, is offered to the patient by one (through the Socket.IO adapter:
+    // the socket is on two), with one's media port too.
     let token = two.token("doc-1", "Doc", "doctor").await;
     let room = appointment(&two, &token, "doc-1").await;
     let limit = Duration::from_secs(10);
-    let (sio, _events) =
+    let connect = async |token: &str| {
         callrelay_load::sio::SioClient::connect(&two.base, json!({"token": token}), limit)
             .await
-            .expect("connect to two");
+            .expect("connect to two")
+    };
+    let (sio, _events) = connect(&token).await;
     sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
         .await
         .expect("join-room");
@@ -917,17 +1021,29 @@ async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on()
     )
     .await
     .expect("sfu-join");
-    let answer = publish(&sio, &room).await.expect("an SDP answer");
-    let ports = candidate_ports(&answer);
-    assert!(!ports.is_empty(), "no candidate in the answer");
-    assert!(
-        ports.iter().all(|p| *p == port_one),
-        "{ports:?}, one's is {port_one}"
-    );
+    let patient_token = two.token("pat-1", "Pat", "patient").await;
+    let (patient, mut patient_events) = connect(&patient_token).await;
+    patient
+        .call_ok("join-room", &json!({"appointmentId": room}), limit)
+        .await
+        .expect("the patient joins");
+    let (answer, offer) = publish_live_until_offered(&sio, &room, &mut patient_events).await;
+    for (what, sdp) in [("answer", &answer), ("offer", &offer)] {
+        let ports = candidate_ports(sdp);
+        assert!(
+            !ports.is_empty() && ports.iter().all(|p| *p == port_one),
+            "the {what}'s candidates: {ports:?}, one's port is {port_one}"
+        );
+    }
     assert_eq!(
         pinned_rooms(&two).await,
         [("one".to_owned(), 1), ("two".to_owned(), 0)]
     );
+    patient
+        .call_ok("leave-room", &json!({}), limit)
+        .await
+        .expect("the patient leaves");
+    patient.close();
 
     // Leaving empties the room on one: unpinned.
     sio.call_ok("leave-room", &json!({}), limit)
