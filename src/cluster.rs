@@ -14,6 +14,8 @@
 //! node, and a pin to a dead node is replaced only by the first to see it dead. The scripts touch
 //! keys they do not declare: they need one Redis, not a Redis Cluster.
 
+pub mod bus;
+pub mod relay;
 pub mod shared_rooms;
 
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub enum ClusterError {
     },
     #[error("no live node to pin room {room} to")]
     NoLiveNode { room: String },
+    #[error("node bus: {0}")]
+    Bus(#[from] bus::BusError),
 }
 
 /// What a node tells the others about itself.
@@ -86,10 +90,13 @@ redis.call('PEXPIRE', rooms, ARGV[2])
 return ARGV[1]
 ";
 
-/// KEYS[1] the node's key, KEYS[2] its room set. ARGV: the node's info, its id, the lease (ms).
-/// Renews the node and every pin still its own; forgets the others. Returns its room count.
+/// KEYS[1] the node's key, KEYS[2] its room set, KEYS[3] the set of nodes. ARGV: the node's
+/// info, its id, the lease (ms). Renews the node (listed again, should another node have found
+/// it dead meanwhile) and every pin still its own; forgets the others. Returns its room count.
+/// One script, so no node ever sees it listed and not registered.
 const HEARTBEAT: &str = r"
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
 for _, room in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if redis.call('GET', room) == ARGV[2] then
     redis.call('PEXPIRE', room, ARGV[3])
@@ -169,8 +176,6 @@ impl Registry {
         let client = redis::Client::open(redis_url)?;
         let redis = ConnectionManager::new(client).await?;
         let registry = Arc::new(Self { redis, info, lease });
-        let mut redis = registry.redis.clone();
-        let _: () = redis.sadd(NODES_KEY, &registry.info.id).await?;
         registry.heartbeat().await?;
         Ok(registry)
     }
@@ -199,6 +204,7 @@ impl Registry {
         let rooms = Script::new(HEARTBEAT)
             .key(node_key(&self.info.id))
             .key(node_rooms_key(&self.info.id))
+            .key(NODES_KEY)
             .arg(info)
             .arg(&self.info.id)
             .arg(self.lease_ms())
@@ -281,6 +287,35 @@ impl Registry {
             .invoke_async(&mut redis)
             .await?;
         Ok(node)
+    }
+
+    /// Pins `room` to this node unless it is pinned to a live node already; returns the node
+    /// it is pinned to. A media node claims a room it is about to hold, in case its pin went
+    /// (released by its last leave, or lapsed) between another node's [`Self::pin_room`] and
+    /// the request that node sent here.
+    pub async fn claim_room(&self, room: &str) -> Result<String, ClusterError> {
+        let node = Script::new(PIN)
+            .key(room_key(room))
+            .arg(&self.info.id)
+            .arg(self.lease_ms())
+            .arg(PREFIX)
+            .invoke_async(&mut self.redis.clone())
+            .await?;
+        Ok(node)
+    }
+
+    /// The rooms pinned to this node.
+    pub async fn pinned_rooms(&self) -> Result<Vec<String>, ClusterError> {
+        let keys: Vec<String> = self
+            .redis
+            .clone()
+            .smembers(node_rooms_key(&self.info.id))
+            .await?;
+        let prefix = room_key("");
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect())
     }
 
     /// The node `room` is pinned to, if any (live or not).

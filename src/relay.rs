@@ -13,6 +13,8 @@ use callrelay_signaling::protocol::ErrorCode;
 use callrelay_signaling::relay::PcKind as SignalPc;
 use callrelay_signaling::{Relay, RelayError, RelayEvent, Signaling};
 
+use crate::cluster::relay::MediaNode;
+
 pub struct SfuRelay(pub SfuHandle);
 
 fn refusal(err: MediaError) -> RelayError {
@@ -135,11 +137,13 @@ impl Relay for SfuRelay {
     }
 }
 
-/// Delivers the SFU's events until the SFU stops.
+/// Delivers the SFU's events until the SFU stops. On a cluster node, `media` learns of the
+/// participants the SFU closed by itself (so that an emptied room is unpinned).
 pub async fn pump_media_events(
     mut events: UnboundedReceiver<MediaEvent>,
     signaling: Arc<Signaling>,
     io: SocketIo,
+    media: Option<Arc<MediaNode>>,
 ) {
     while let Some(event) = events.recv().await {
         let relay_event = match event {
@@ -172,6 +176,12 @@ pub async fn pump_media_events(
                 reason,
             } => {
                 tracing::info!(room, participant, reason, "SFU closed a participant");
+                if let Some(media) = &media {
+                    let media = media.clone();
+                    tokio::spawn(
+                        async move { media.participant_closed(&room, &participant).await },
+                    );
+                }
                 continue;
             }
             other => {

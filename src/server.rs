@@ -18,6 +18,8 @@ use callrelay_signaling::{
 };
 
 use crate::auth::JwtAuth;
+use crate::cluster::bus::{BusKey, BusOptions, NodeBus};
+use crate::cluster::relay::{ClusterRelay, MediaNode};
 use crate::cluster::{self, ClusterError, NodeInfo, Registry};
 use crate::config::{Config, LogFormat, MediaMode};
 use crate::db::{Db, DbError};
@@ -145,10 +147,8 @@ async fn watch_database(db: Db, up: prometheus::IntGauge) {
 /// Runs the server until a shutdown signal, then drains.
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let metrics = Metrics::new()?;
-    let auth = Arc::new(JwtAuth::new(
-        &jwt_secret(&config)?,
-        metrics.auth_failures.clone(),
-    ));
+    let secret = jwt_secret(&config)?;
+    let auth = Arc::new(JwtAuth::new(&secret, metrics.auth_failures.clone()));
     let db = Db::connect(&config.database.url, config.database.max_connections)
         .await?
         .with_webhooks(&config.webhooks.urls);
@@ -202,9 +202,20 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         tracing::info!(addr = %handle.local_addr(), "SFU listening (UDP, ICE-lite)");
         Some((handle, events))
     };
-    let relay = sfu
+    let local_relay = sfu
         .as_ref()
         .map(|(handle, _)| Arc::new(SfuRelay(handle.clone())) as Arc<dyn Relay>);
+    // On a cluster node, `sfu-*` goes to each room's pinned node (this one's SFU, or another's
+    // over the node bus).
+    let (relay, media_node, tidy) = match (&cluster, local_relay) {
+        (Some((registry, _)), Some(local)) => {
+            let (relay, media, tidy) =
+                cluster_relay(&config, registry, local, &secret, &metrics.registry).await?;
+            (Some(relay), Some(media), Some(tidy))
+        }
+        (_, local) => (local, None, None),
+    };
+    drop(secret);
     let signaling = Signaling::new(
         signaling_config(&config),
         Arc::new(db.clone()),
@@ -241,7 +252,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .and_then(|(registry, _)| signaling.keep_sweeping(io.clone(), registry.lease() / 2));
     let (sfu, media_pump) = match sfu {
         Some((handle, events)) => {
-            let pump = tokio::spawn(pump_media_events(events, signaling.clone(), io.clone()));
+            let pump = tokio::spawn(pump_media_events(
+                events,
+                signaling.clone(),
+                io.clone(),
+                media_node,
+            ));
             (Some(handle), Some(pump))
         }
         None => (None, None),
@@ -347,6 +363,9 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .with_graceful_shutdown(drain)
         .await?;
     database_watch.abort();
+    if let Some(tidy) = tidy {
+        tidy.abort();
+    }
     // What it had not delivered stays in the outbox for the next start.
     if let Some(sender) = webhook_sender {
         sender.abort();
@@ -391,6 +410,36 @@ async fn join_cluster(
     live_nodes.set(nodes as i64);
     let keep_alive = registry.keep_alive(live_nodes);
     Ok(Some((registry, keep_alive)))
+}
+
+/// A cluster node's relay: the local SFU behind a [`MediaNode`] that answers the other nodes
+/// on the node bus, and a [`ClusterRelay`] that sends each call to its room's node. Returns it
+/// with the media node and the task that unpins rooms nobody joined here.
+async fn cluster_relay(
+    config: &Config,
+    registry: &Arc<Registry>,
+    local: Arc<dyn Relay>,
+    secret: &[u8],
+    metrics: &prometheus::Registry,
+) -> Result<(Arc<dyn Relay>, Arc<MediaNode>, tokio::task::JoinHandle<()>), ServeError> {
+    let media = MediaNode::new(local, registry.clone());
+    let bus = NodeBus::start(
+        &config.cluster.redis_url,
+        registry.node_id(),
+        BusKey::derive(secret),
+        media.clone(),
+        BusOptions::default(),
+    )
+    .await
+    .map_err(ClusterError::from)?;
+    bus.register_metrics(metrics)?;
+    tracing::info!(
+        node = registry.node_id(),
+        "sfu-* commands go to each room's pinned node (node bus on Redis)"
+    );
+    let tidy = media.keep_tidy(Duration::from_secs(config.cluster.lease_secs));
+    let relay = ClusterRelay::new(media.clone(), registry.clone(), Arc::new(bus));
+    Ok((Arc::new(relay), media, tidy))
 }
 
 /// The ICE servers of `media.ice_*`: credentials minted per user when `media.ice_secret` is
