@@ -286,11 +286,10 @@ impl Signaling {
             .unwrap_or_default();
         if members.is_empty()
             && let Ok((book, _)) = self.read_calls().await
+            && let Some(call) = book.by_id(room).filter(|c| c.is_live())
         {
-            if let Some(call) = book.by_id(room).filter(|c| c.is_live()) {
-                members.push(call.caller_socket.clone());
-                members.extend(call.answered_socket.clone());
-            }
+            members.push(call.caller_socket.clone());
+            members.extend(call.answered_socket.clone());
         }
         let body = json!({"roomId": room, "socketId": participant});
         for member in &members {
