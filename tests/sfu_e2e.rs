@@ -1,6 +1,7 @@
 //! Runs the suite in tests/e2e: aiortc, a WebRTC stack nobody on the team wrote, publishes and
 //! decodes real VP8/Opus media relayed by the SFU, driven through the Socket.IO contract
-//! (python-socketio). Each test module starts its own server from `CALLRELAY_BIN`.
+//! (python-socketio). Each test module starts its own server from `CALLRELAY_BIN` (the cluster
+//! module three, sharing the test PostgreSQL and Redis).
 
 mod support;
 
@@ -28,6 +29,15 @@ fn aiortc_relay_suite() {
         }
     }
     cmd.env("CALLRELAY_BIN", env!("CARGO_BIN_EXE_callrelay"));
+    // The cluster tests (test_cluster_relay.py): the shared PostgreSQL and an emptied Redis
+    // database of their own; without them they say they skipped (and fail in CI).
+    let redis = tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(support::redis_database(7));
+    if let (Ok(pg), Some(redis)) = (std::env::var("CALLRELAY_TEST_POSTGRES_URL"), redis) {
+        cmd.env("CALLRELAY_E2E_PG_URL", pg)
+            .env("CALLRELAY_E2E_REDIS_URL", redis);
+    }
     let status = cmd.status().expect("run tests/e2e/.venv/bin/python");
     assert!(status.success(), "the aiortc relay suite failed");
 }
