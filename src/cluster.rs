@@ -146,14 +146,17 @@ return 0
 pub enum Duty {
     /// Delivering the webhook outbox (every node writes to it; one delivers).
     Webhooks,
+    /// Ending what a dead node's sockets left in the shared rooms and calls.
+    Sweep,
 }
 
 impl Duty {
-    const ALL: [Duty; 1] = [Duty::Webhooks];
+    const ALL: [Duty; 2] = [Duty::Webhooks, Duty::Sweep];
 
     fn key(self) -> String {
         let name = match self {
             Duty::Webhooks => "webhooks",
+            Duty::Sweep => "sweep",
         };
         format!("{PREFIX}duty:{name}")
     }

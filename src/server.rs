@@ -14,13 +14,13 @@ use tower_http::trace::TraceLayer;
 use callrelay_media::{MediaConfig, MediaError, Sfu};
 use callrelay_signaling::adapter::{self, AttachError, NodeAdapter};
 use callrelay_signaling::{
-    IceAuth, IceServers, Relay, Signaling, SignalingConfig, SignalingMetrics,
+    IceAuth, IceServers, Relay, Signaling, SignalingConfig, SignalingMetrics, SocketIo,
 };
 
 use crate::auth::JwtAuth;
 use crate::cluster::bus::{BusKey, BusOptions, NodeBus};
 use crate::cluster::relay::{ClusterRelay, MediaNode};
-use crate::cluster::{self, ClusterError, NodeInfo, Registry};
+use crate::cluster::{self, ClusterError, Duty, NodeInfo, Registry};
 use crate::config::{Config, LogFormat, MediaMode};
 use crate::db::{Db, DbError};
 use crate::http::{self, AppState};
@@ -246,10 +246,14 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         .ws_max_frame_size(message_limit)
         .build_layer();
     Signaling::attach(&io).await?;
-    // Members and waiters of a node that died leave their rooms once its lease runs out.
-    let sweeper = cluster
-        .as_ref()
-        .and_then(|(registry, _)| signaling.keep_sweeping(io.clone(), registry.lease() / 2));
+    // Members, waiters and calls of a node that died end once its lease runs out.
+    let sweeper = cluster.as_ref().map(|(registry, _)| {
+        tokio::spawn(sweep_dead_nodes(
+            registry.clone(),
+            signaling.clone(),
+            io.clone(),
+        ))
+    });
     let (sfu, media_pump) = match sfu {
         Some((handle, events)) => {
             let pump = tokio::spawn(pump_media_events(
@@ -385,6 +389,27 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     db.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On a cluster node: every half lease, if this node holds the sweep duty, ends what dead
+/// nodes' sockets left in the shared rooms and calls (one node sweeps at a time).
+async fn sweep_dead_nodes(registry: Arc<Registry>, signaling: Arc<Signaling>, io: SocketIo) {
+    let mut tick = tokio::time::interval(registry.lease() / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match registry.lead(Duty::Sweep).await {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not take the sweep duty");
+                continue;
+            }
+        }
+        if let Err(err) = signaling.sweep_dead_nodes(&io).await {
+            tracing::warn!(error = %err, "could not sweep the rooms and calls of dead nodes");
+        }
+    }
 }
 
 /// With `cluster.redis_url` set: registers this node in the cluster and keeps it registered.

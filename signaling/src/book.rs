@@ -80,14 +80,8 @@ impl Signaling {
                 return Err(err);
             }
         };
-        *book = CallBook::new();
-        let mut homes = HashMap::new();
-        for SharedCall { call, homes: home } in calls {
-            homes.insert(call.id.clone(), home);
-            if let Err(err) = book.insert(call) {
-                tracing::warn!(error = %err, "a shared call could not be read back");
-            }
-        }
+        let (shared_book, homes) = into_book(calls);
+        *book = shared_book;
         Ok(OpenBook {
             book,
             lock: Some(lock),
@@ -121,14 +115,27 @@ impl Signaling {
         shared.write_unlock(Doc::Calls, lock, value, &[]).await
     }
 
-    /// The live calls, and where their sockets are, at one moment.
+    /// The live calls, and where their sockets are, at one moment (read without the lock).
     pub(crate) async fn read_calls(
         &self,
     ) -> Result<(CallBook, HashMap<String, CallHomes>), SharedError> {
-        let open = self.open_calls().await?;
-        let book = open.book.clone();
-        let homes = open.homes.clone();
-        self.close_calls(open, false).await?;
-        Ok((book, homes))
+        let Some(shared) = &self.shared else {
+            return Ok((self.calls.lock().await.clone(), HashMap::new()));
+        };
+        let calls: Vec<SharedCall> = parse(Doc::Calls, shared.read(Doc::Calls).await?)?;
+        Ok(into_book(calls))
     }
+}
+
+/// The book and the calls' homes of a shared document.
+fn into_book(calls: Vec<SharedCall>) -> (CallBook, HashMap<String, CallHomes>) {
+    let mut book = CallBook::new();
+    let mut homes = HashMap::new();
+    for SharedCall { call, homes: home } in calls {
+        homes.insert(call.id.clone(), home);
+        if let Err(err) = book.insert(call) {
+            tracing::warn!(error = %err, "a shared call could not be read back");
+        }
+    }
+    (book, homes)
 }

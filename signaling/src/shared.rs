@@ -8,7 +8,7 @@
 //! registry keeps only which room and lobby its own sockets are in (their events name no room).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use serde_json::json;
@@ -293,25 +293,5 @@ impl Signaling {
             }
         }
         Ok(ended)
-    }
-
-    /// Runs [`Signaling::sweep_dead_nodes`] every `period` until the process ends.
-    pub fn keep_sweeping(
-        self: &std::sync::Arc<Self>,
-        io: SocketIo,
-        period: Duration,
-    ) -> Option<tokio::task::JoinHandle<()>> {
-        self.shared.as_ref()?;
-        let sig = self.clone();
-        Some(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if let Err(err) = sig.sweep_dead_nodes(&io).await {
-                    tracing::warn!(error = %err, "could not sweep the rooms of dead nodes");
-                }
-            }
-        }))
     }
 }
