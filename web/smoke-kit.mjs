@@ -106,6 +106,17 @@ export function keepPeerConnections() {
   window.RTCPeerConnection.prototype = Native.prototype;
 }
 
+/** Clicks "Join consultation" on a consult page once it can; returns when it was clicked. */
+export async function join(page) {
+  const button = page.getByRole('button', { name: 'Join consultation' });
+  await button.waitFor();
+  await page.waitForFunction(() => !document.querySelector('.lobby button.primary').disabled);
+  const clicked = Date.now();
+  await button.click();
+  await page.locator('.grid').waitFor();
+  return clicked;
+}
+
 /** A dev token for each of `people` ({who: {sub, name, role}}), by the same keys. */
 export async function devTokens(http, people) {
   const tokens = {};

@@ -20,7 +20,7 @@ import { mkdirSync } from 'node:fs';
 import path from 'node:path';
 
 import {
-  appointment, devTokens, httpClient, keepPeerConnections, launchChromium, loadPlaywright, options,
+  appointment, devTokens, httpClient, join, keepPeerConnections, launchChromium, loadPlaywright, options,
 } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
@@ -137,16 +137,6 @@ async function checkSimulcast(failures) {
 }
 
 const pages = {};
-
-async function join(page) {
-  const button = page.getByRole('button', { name: 'Join consultation' });
-  await button.waitFor();
-  await page.waitForFunction(() => !document.querySelector('.lobby button.primary').disabled);
-  const clicked = Date.now();
-  await button.click();
-  await page.locator('.grid').waitFor();
-  return clicked;
-}
 
 async function main() {
   const { chromium } = await loadPlaywright();

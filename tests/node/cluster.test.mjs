@@ -3,9 +3,15 @@
 // Redis database), which tests/node_clients.rs hands over; without them it says it skipped.
 
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { after, afterEach, describe, test } from 'node:test';
 
 import * as h from './harness.mjs';
+import { join, keepPeerConnections, launchChromium } from '../../web/smoke-kit.mjs';
+
+const WEB_DIR = fileURLToPath(new URL('../../web', import.meta.url));
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 const T = { timeout: 60000 };
 const REDIS_URL = process.env.CALLRELAY_NODE_REDIS_URL || '';
@@ -237,6 +243,73 @@ describe('cluster', () => {
     // The patient is free again.
     const staff = await h.connect(one, (await h.user(one, 'staff')).token);
     assert.equal((await h.ack(staff, 'call-user', { to: patient.id, callType: 'audio', offer: { type: 'offer', sdp: h.sdp('offer') } })).ok, true);
+  });
+
+  test('in Chromium, a consultation whose media node dies shows both videos again', { timeout: 120000 }, async (t) => {
+    if (skipWithout(t)) return;
+    if (!existsSync(CHROMIUM)) {
+      if (process.env.CI) assert.fail(`the Chromium failover test cannot run in CI: no ${CHROMIUM}`);
+      console.log(`\n*** SKIPPED the Chromium failover test: no ${CHROMIUM} ***\n`);
+      t.skip('no Chromium');
+      return;
+    }
+    const env = { CALLRELAY_SERVER__WEB_DIR: WEB_DIR, CALLRELAY_MEDIA__MODE: 'sfu-only' };
+    // Rooms go to the least loaded node, ties by id: "a-media" (holding no signaling) gets it.
+    const media = await clusterNode('a-media', env);
+    const [docNode, patNode] = [await clusterNode('web-doctor', env), await clusterNode('web-patient', env)];
+    const { patient, doctor, appt } = await patientAndDoctor(docNode);
+    const { chromium } = await import('playwright-core');
+    const browser = await launchChromium(chromium, docNode.base);
+    try {
+      const pages = {};
+      for (const [who, u, node] of [['doctor', doctor, docNode], ['patient', patient, patNode]]) {
+        const context = await browser.newContext({ viewport: { width: 800, height: 600 } });
+        await context.grantPermissions(['camera', 'microphone'], { origin: node.base });
+        await context.addInitScript((token) => sessionStorage.setItem('callrelay.token', token), u.token);
+        await context.addInitScript(keepPeerConnections);
+        const page = await context.newPage();
+        await page.goto(`${node.base}/consult/${appt.id}`);
+        await join(page);
+        pages[who] = page;
+      }
+      // In the page: video frames decoded on the connections made from index `from` on.
+      const decoded = (from) => Promise.all(Object.values(pages).map((p) => p.evaluate(async (i) => {
+        let frames = 0;
+        for (const pc of window.__pcs.slice(i)) {
+          (await pc.getStats()).forEach((r) => {
+            if (r.type === 'inbound-rtp' && r.kind === 'video') frames += r.framesDecoded || 0;
+          });
+        }
+        return frames;
+      }, from)));
+      const pcCounts = () => Promise.all(Object.values(pages).map((p) => p.evaluate(() => window.__pcs.length)));
+      async function bothDecoding(from, ms, what) {
+        const deadline = Date.now() + ms;
+        let before = null;
+        for (;;) {
+          const now = await Promise.all(Object.values(pages).map((p, i) => decoded(from[i]).then((d) => d[i])));
+          if (before && now.every((n, i) => n > before[i] + 5)) return;
+          before = now;
+          assert.ok(Date.now() < deadline, `${what}: video frames decoded (doctor, patient): ${now}`);
+          await h.sleep(1000);
+        }
+      }
+      await bothDecoding([0, 0], 30000, 'before the kill');
+      const admin = await h.user(docNode, 'admin');
+      const nodes = (await h.api(docNode, 'GET', '/api/admin/cluster', { token: admin.token })).body.nodes;
+      assert.equal(nodes.find((n) => n.id === 'a-media')?.rooms, 1, `the room's node: ${JSON.stringify(nodes)}`);
+
+      const before = await pcCounts();
+      const killedAt = Date.now();
+      await media.stop('SIGKILL');
+      // Both browsers make new relay connections by themselves and decode on them.
+      await bothDecoding(before, 30000, 'after the media node died');
+      const secs = (Date.now() - killedAt) / 1000;
+      console.log(`# Chromium: both sides decode video again ${secs.toFixed(1)} s after the media node died`);
+      assert.ok(secs <= 30, `${secs} s`);
+    } finally {
+      await browser.close();
+    }
   });
 
   test('the nodes write to one webhook outbox and one of them delivers each event once', T, async (t) => {
