@@ -274,6 +274,112 @@ fn a_cluster_node_refuses_the_embedded_sqlite() {
     );
 }
 
+/// The shared documents' lock (`SharedRooms`): changes from two nodes at once are applied one
+/// after the other, none lost; a write without the lock is refused and writes nothing; the
+/// socket index follows the moves written with a document.
+#[tokio::test]
+async fn shared_documents_change_one_at_a_time_and_index_their_sockets() {
+    use callrelay_signaling::{Doc, Place, SharedError, SharedLock, SharedStore, SocketMove};
+
+    let Some(url) = redis_database(6).await else {
+        return;
+    };
+    let (a, b) = nodes_a_and_b(&url, Duration::from_secs(5)).await;
+    let stores: [Arc<dyn SharedStore>; 2] =
+        [Arc::new(a.shared_rooms()), Arc::new(b.shared_rooms())];
+    let doc = Doc::Consult("appt-1");
+    let mut increments = Vec::new();
+    for i in 0..40 {
+        let store = stores[i % 2].clone();
+        increments.push(tokio::spawn(async move {
+            let (lock, value) = store.lock(doc).await.expect("locked");
+            let n: u32 = value.map_or(0, |v| v.parse().expect("a number"));
+            // Another node reading now would see the old value: the lock keeps it waiting.
+            tokio::task::yield_now().await;
+            store
+                .write_unlock(doc, lock, Some((n + 1).to_string()), &[])
+                .await
+                .expect("written");
+        }));
+    }
+    for task in increments {
+        task.await.expect("no panic");
+    }
+    assert_eq!(stores[1].read(doc).await.unwrap().as_deref(), Some("40"));
+    assert_eq!(stores[0].keys().await.unwrap(), ["appt-1"]);
+
+    let forged = SharedLock {
+        token: "not-the-lock".into(),
+    };
+    let refused = stores[0]
+        .write_unlock(doc, forged, Some("0".into()), &[])
+        .await;
+    assert!(
+        matches!(refused, Err(SharedError::LockLost(_))),
+        "{refused:?}"
+    );
+    assert_eq!(stores[0].read(doc).await.unwrap().as_deref(), Some("40"));
+
+    let moved = |socket: &str, place, entered| SocketMove {
+        socket_id: socket.into(),
+        place,
+        entered,
+    };
+    let (lock, _) = stores[0].lock(doc).await.unwrap();
+    let moves = [
+        moved("s1", Place::Room, true),
+        moved("s2", Place::Lobby, true),
+    ];
+    stores[0]
+        .write_unlock(doc, lock, Some("41".into()), &moves)
+        .await
+        .unwrap();
+    assert_eq!(
+        stores[1].place_of("s1").await.unwrap(),
+        (Some("appt-1".into()), None)
+    );
+    assert_eq!(
+        stores[1].place_of("s2").await.unwrap(),
+        (None, Some("appt-1".into()))
+    );
+    // A socket leaving one appointment is not unindexed from another it has entered since.
+    let other = Doc::Consult("appt-2");
+    let (lock, _) = stores[1].lock(other).await.unwrap();
+    stores[1]
+        .write_unlock(
+            other,
+            lock,
+            Some("1".into()),
+            &[moved("s1", Place::Room, true)],
+        )
+        .await
+        .unwrap();
+    let (lock, _) = stores[0].lock(doc).await.unwrap();
+    let gone = [
+        moved("s1", Place::Room, false),
+        moved("s2", Place::Lobby, false),
+    ];
+    stores[0]
+        .write_unlock(doc, lock, None, &gone)
+        .await
+        .unwrap();
+    assert_eq!(
+        stores[0].place_of("s1").await.unwrap(),
+        (Some("appt-2".into()), None)
+    );
+    assert_eq!(stores[0].place_of("s2").await.unwrap(), (None, None));
+    assert_eq!(stores[0].read(doc).await.unwrap(), None, "deleted");
+    assert_eq!(stores[0].keys().await.unwrap(), ["appt-2"]);
+
+    // Dead nodes: those whose lease ran out (or that never were).
+    b.leave().await.unwrap();
+    let dead = stores[0].dead_nodes(&["a", "b", "zz"]).await.unwrap();
+    assert_eq!(
+        dead,
+        std::collections::HashSet::from(["b".to_owned(), "zz".to_owned()])
+    );
+}
+
 // The node bus and `sfu-*` routing (src/cluster/bus.rs, src/cluster/relay.rs).
 
 use std::sync::Mutex;
