@@ -795,9 +795,12 @@ async fn run_on_the_rooms_node_and_a_dead_nodes_room_moves_on_the_next_join(url:
         assert!(Instant::now() < deadline, "b's lease did not run out");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The next join pins the room again, to a live node; so does an ICE restart (the
-    // participant's connections failed with its node), which joins it there afresh.
-    a.relay.restart_ice("r3", "p4").await.expect("ICE restart");
+    // An ICE restart (the participant's connections failed with its node) reaches a live node,
+    // which does not know the participant: `not_found`, start over. So it joins again, which
+    // pins the room to a live node, and publishes anew there.
+    let err = a.relay.restart_ice("r3", "p4").await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::NotFound, "{err}");
+    a.relay.join("r3", "p4").await.expect("join r3 again");
     assert_eq!(
         a.registry.room_node("r3").await.unwrap().as_deref(),
         Some("a")
@@ -1163,7 +1166,8 @@ async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on()
 
     // Back in, relayed on one again; then one dies. Calls about its room fail, saying so, until
     // its lease runs out; then the socket's ICE restart (its connections failed with one) pins
-    // the room to two, where it starts over: two's SFU answers its next publish.
+    // the room to two, which does not know it (`not_found`): it joins the relay again there
+    // and two's SFU answers its next publish.
     sio.call_ok("join-room", &json!({"appointmentId": room}), limit)
         .await
         .expect("join-room again");
@@ -1183,9 +1187,18 @@ async fn a_rooms_media_runs_on_its_pinned_node_whichever_node_the_socket_is_on()
         assert!(Instant::now() < deadline, "one's lease did not run out");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    sio.call_ok("sfu-restart-ice", &json!({"roomId": room}), limit)
+    let unknown = sio
+        .call_ok("sfu-restart-ice", &json!({"roomId": room}), limit)
         .await
-        .expect("sfu-restart-ice");
+        .expect_err("two does not know the socket");
+    assert!(unknown.to_string().contains("not_found"), "{unknown}");
+    sio.call_ok(
+        "sfu-join",
+        &json!({"roomId": room, "reason": "forced"}),
+        limit,
+    )
+    .await
+    .expect("sfu-join on two");
     let answer = publish(&sio, &room).await.expect("an SDP answer from two");
     let ports = candidate_ports(&answer);
     assert!(

@@ -87,15 +87,11 @@ impl RelayCall {
         }
     }
 
-    /// The participant the call makes one of the room's, given those it has: a join or a
-    /// publish (the SFU creates the participant), or an ICE restart of a participant this
-    /// node's SFU does not have (see [`MediaNode::run`]).
-    fn adds_participant(&self, participants: &HashSet<String>) -> Option<&str> {
+    /// The participant the call makes one of the room's: a join or a publish (the SFU creates
+    /// the participant).
+    fn adds_participant(&self) -> Option<&str> {
         match self {
             RelayCall::Join { participant, .. } | RelayCall::Publish { participant, .. } => {
-                Some(participant)
-            }
-            RelayCall::RestartIce { participant, .. } if !participants.contains(participant) => {
                 Some(participant)
             }
             _ => None,
@@ -234,16 +230,25 @@ impl MediaNode {
 
     /// Runs one call on this node's SFU.
     ///
-    /// An ICE restart of a participant the SFU does not have here joins it instead: its room's
-    /// node died and the room was pinned to this one, so its connections must start over, and
-    /// a fresh join makes the SFU send it a new subscribe offer (its publish connection starts
-    /// over with the client's next `sfu-publish`).
+    /// An ICE restart of a participant the SFU does not have here is refused (`not_found`): its
+    /// room's node died and the room was pinned to this one, so its connections must start
+    /// over (`sfu-join`, which subscribes it here, then a new publish connection).
     pub async fn run(&self, call: RelayCall) -> RelayReply {
         let room = call.room().to_owned();
         self.with_room(&room, async |entry: &mut RoomEntry| {
-            let joining = call
-                .adds_participant(&entry.participants)
-                .map(str::to_owned);
+            if let RelayCall::RestartIce { participant, .. } = &call
+                && !entry.participants.contains(participant)
+            {
+                // Its connections were on another node, which died: an ICE restart cannot
+                // save them (this node has other DTLS certificates). The client starts over.
+                return RelayReply::refused(RelayError {
+                    code: ErrorCode::NotFound,
+                    message: "the relay does not know you in this room (its media node changed): \
+                              sfu-join and publish again on new connections"
+                        .into(),
+                });
+            }
+            let joining = call.adds_participant().map(str::to_owned);
             if joining.is_some() && entry.participants.is_empty() {
                 match self.registry.claim_room(&room).await {
                     Ok(node) if node == self.registry.node_id() => {}
@@ -251,12 +256,6 @@ impl MediaNode {
                     Err(err) => return RelayReply::refused(registry_failed(err)),
                 }
             }
-            let call = match call {
-                RelayCall::RestartIce { room, participant } if joining.is_some() => {
-                    RelayCall::Join { room, participant }
-                }
-                call => call,
-            };
             let leaving = match &call {
                 RelayCall::Leave { participant, .. } => Some(participant.clone()),
                 _ => None,
@@ -631,7 +630,7 @@ impl Relay for ClusterRelay {
             room: room.to_owned(),
             participant: participant.to_owned(),
         };
-        // Re-pinned if its node died: the participant starts over there (see MediaNode::run).
+        // Re-pinned if its node died; the new node answers `not_found` (see MediaNode::run).
         self.done(call, Placement::Pin).await
     }
 
