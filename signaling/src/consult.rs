@@ -13,7 +13,7 @@ use crate::rooms::RelayReason;
 use crate::store::{AppointmentAccess, AppointmentStatus, ChatMessage, ChatSender};
 use crate::{
     Budget, Identity, Outcome, Role, Signaling, consult_room, emit_to_room, emit_to_socket,
-    identity, socket_by_id, socket_room, waiting,
+    identity, in_rooms, socket_by_id, socket_room, waiting,
 };
 
 /// A socket entering a consult room: on this node, or (admitted from the waiting room by a host
@@ -186,7 +186,9 @@ pub(crate) async fn enter_as_member(
     if let Joiner::Elsewhere(id) = joiner {
         // Into the broadcast room before the registry (its node does it; no lock spans that):
         // a peer-joined may come twice, none is missed.
-        let _ = io.to(socket_room(id)).join(room.clone()).await;
+        if let Some(joiner) = in_rooms(io, socket_room(id)) {
+            let _ = joiner.join(room.clone()).await;
+        }
     }
     let (joined, relayed) = sig
         .change(&appointment.id, |rooms| {
@@ -226,11 +228,10 @@ pub(crate) async fn enter_as_member(
             peers = joined.existing.len(),
             "joined consult room"
         );
-        let _ = io
-            .to(room.clone())
-            .except(socket_room(&me.socket_id))
-            .emit("peer-joined", &me)
-            .await;
+        if let Some(others) = in_rooms(io, room.clone()) {
+            let others = others.except(socket_room(&me.socket_id));
+            let _ = others.emit("peer-joined", &me).await;
+        }
     }
     emit_to_socket(sig, io, &me.socket_id, "existing-peers", &joined.existing).await;
     let then = joined.is_new.then(|| AfterJoin {
@@ -472,7 +473,9 @@ async fn end_previous_membership(
                     let _ = old.disconnect();
                 }
                 None => {
-                    let _ = io.to(socket_room(previous)).disconnect().await;
+                    if let Some(old) = in_rooms(io, socket_room(previous)) {
+                        let _ = old.disconnect().await;
+                    }
                 }
             }
             true
@@ -537,7 +540,9 @@ async fn leave_broadcast_room(io: &SocketIo, socket_id: &str, room: String) {
     match socket_by_id(io, socket_id) {
         Some(s) => s.leave(room),
         None => {
-            let _ = io.to(socket_room(socket_id)).leave(room).await;
+            if let Some(socket) = in_rooms(io, socket_room(socket_id)) {
+                let _ = socket.leave(room).await;
+            }
         }
     }
 }
@@ -576,11 +581,10 @@ pub(crate) async fn announce_left(
         // under its new id.
         gone["replacedBy"] = json!(by);
     }
-    let _ = io
-        .to(consult_room(&left.room_id))
-        .except(socket_room(&left.peer.socket_id))
-        .emit("peer-left", &gone)
-        .await;
+    if let Some(others) = in_rooms(io, consult_room(&left.room_id)) {
+        let others = others.except(socket_room(&left.peer.socket_id));
+        let _ = others.emit("peer-left", &gone).await;
+    }
 }
 
 /// A consult member's media path: `sfu` once the room is relayed.

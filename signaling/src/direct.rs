@@ -14,8 +14,8 @@ use crate::call::{Call, CallError, CallEvent, CallStatus, Effects, Recipient};
 use crate::payload;
 use crate::protocol::{self, ErrorCode, EventError, EventResult};
 use crate::{
-    Budget, Identity, Role, Signaling, emit_to_room, emit_to_socket, identity, room_sockets,
-    socket_room, user_room,
+    Budget, Identity, Role, Signaling, emit_to_room, emit_to_socket, identity, in_rooms,
+    room_sockets, socket_room, user_room,
 };
 
 impl From<CallError> for EventError {
@@ -332,12 +332,9 @@ async fn emit_to(sig: &Signaling, io: &SocketIo, to: &Recipient, event: &str, bo
             user_id,
             except_socket: Some(except),
         } => {
-            if let Some(ns) = io.of("/") {
-                let _ = ns
-                    .to(user_room(user_id))
-                    .except(socket_room(except))
-                    .emit(event, body)
-                    .await;
+            if let Some(user) = in_rooms(io, user_room(user_id)) {
+                let others = user.except(socket_room(except));
+                let _ = others.emit(event, body).await;
             }
         }
     }
@@ -351,10 +348,10 @@ async fn user_sockets(sig: &Signaling, io: &SocketIo, user_id: &str) -> Vec<Stri
             .map(|s| s.id.to_string())
             .collect();
     }
-    let Some(ns) = io.of("/") else {
+    let Some(user) = in_rooms(io, user_room(user_id)) else {
         return Vec::new();
     };
-    match ns.to(user_room(user_id)).fetch_sockets().await {
+    match user.fetch_sockets().await {
         Ok(sockets) => sockets.iter().map(|s| s.data().id.to_string()).collect(),
         Err(err) => {
             tracing::warn!(error = %err, "could not ask the other nodes for a user's sockets");

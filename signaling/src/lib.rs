@@ -217,6 +217,15 @@ fn room_sockets(io: &SocketIo, room: String) -> Vec<SocketRef> {
         .unwrap_or_default()
 }
 
+/// The sockets of Socket.IO room(s) `rooms` of namespace "/", on every node; `None` once the
+/// namespace is gone (during shutdown, when `SocketIo::to` would panic).
+fn in_rooms(
+    io: &SocketIo,
+    rooms: impl socketioxide_core::adapter::RoomParam,
+) -> Option<socketioxide::operators::BroadcastOperators<NodeAdapter>> {
+    io.of("/").map(|ns| ns.to(rooms))
+}
+
 /// Emits to every socket of a room of namespace "/"; nothing once the namespace is gone.
 async fn emit_to_room<T: serde::Serialize + ?Sized>(
     io: &SocketIo,
@@ -224,8 +233,8 @@ async fn emit_to_room<T: serde::Serialize + ?Sized>(
     event: &str,
     data: &T,
 ) {
-    if let Some(ns) = io.of("/") {
-        let _ = ns.to(room).emit(event, data).await;
+    if let Some(room) = in_rooms(io, room) {
+        let _ = room.emit(event, data).await;
     }
 }
 

@@ -25,8 +25,8 @@ use crate::protocol::{self, EventError, EventResult};
 use crate::rooms::Homed;
 use crate::store::{AppointmentAccess, AppointmentStatus};
 use crate::{
-    Budget, Identity, Role, Signaling, consult, emit_to_socket, identity, payload, socket_by_id,
-    socket_room, user_room,
+    Budget, Identity, Role, Signaling, consult, emit_to_socket, identity, in_rooms, payload,
+    socket_by_id, socket_room, user_room,
 };
 
 /// A socket waiting to be admitted.
@@ -568,7 +568,9 @@ pub(crate) async fn enter_lobby(
                     let _ = old.disconnect();
                 }
                 None => {
-                    let _ = io.to(socket_room(old)).disconnect().await;
+                    if let Some(old) = in_rooms(io, socket_room(old)) {
+                        let _ = old.disconnect().await;
+                    }
                 }
             }
         }
@@ -670,8 +672,8 @@ pub(crate) async fn tell_hosts(
     let update = json!({"appointmentId": appointment_id, "waiting": waiting});
     // One broadcast to several rooms reaches each socket once, on every node.
     hosts.push(user_room(doctor_id));
-    if let Some(ns) = io.of("/") {
-        let _ = ns.to(hosts).emit("waiting-room", &update).await;
+    if let Some(hosts) = in_rooms(io, hosts) {
+        let _ = hosts.emit("waiting-room", &update).await;
     }
 }
 
