@@ -532,7 +532,7 @@ class CallSession {
 
   ensureSfu() {
     if (!this.sfu) {
-      this.sfu = new SfuSession({
+      const session = new SfuSession({
         socket: this.socket,
         roomId: this.callId,
         localStream: this.localStream,
@@ -548,8 +548,9 @@ class CallSession {
           else if (state === 'failed') this.setStatus('The relay connection failed.', 'relay', 'Relay (SFU)');
         },
         // The call's media node died and the call moved to another: new relay connections.
-        onLost: () => this.relayLost(),
+        onLost: () => this.relayLost(session),
       });
+      this.sfu = session;
       // A screen shared before the call moved to the relay is published with the rest.
       if (this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };
     }
@@ -558,16 +559,20 @@ class CallSession {
 
   /** The relay lost our session (the call's media node died and the call moved to another):
    * new relay connections, again every few seconds until the move is done. */
-  async relayLost(attempt = 1) {
-    if (this.ended) return;
-    if (this.sfu) this.sfu.close(false);
+  async relayLost(lost, attempt = 1) {
+    if (this.ended || this.sfu !== lost) return;
+    if (lost) lost.close(false);
     this.sfu = null;
     this.setStatus('Reconnecting to the relay…', 'relay', 'Relay (SFU)');
     try {
       await ask(this.socket, 'sfu-join', { roomId: this.callId, reason: 'forced' });
-      await this.ensureSfu().publish();
+      if (!this.ended) await this.ensureSfu().publish();
     } catch (err) {
-      if (attempt < 10) setTimeout(() => this.relayLost(attempt + 1), 3000);
+      if (this.ended) return;
+      const failed = this.sfu;
+      this.sfu = null;
+      if (failed) failed.close(false);
+      if (attempt < 10) setTimeout(() => this.relayLost(null, attempt + 1), 3000);
       else this.setStatus(`Could not reconnect to the relay: ${err.message}`, 'relay', 'Relay (SFU)');
     }
   }

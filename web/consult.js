@@ -814,7 +814,7 @@ class ConsultRoom {
 
   ensureSfu() {
     if (!this.sfu) {
-      this.sfu = new SfuSession({
+      const session = new SfuSession({
         socket: this.socket,
         roomId: this.roomId,
         localStream: this.localStream,
@@ -823,8 +823,9 @@ class ConsultRoom {
         onRelabel: () => {
           for (const tile of this.tiles.values()) tile.refresh();
         },
-        onLost: () => this.relayLost(),
+        onLost: () => this.relayLost(session),
       });
+      this.sfu = session;
       // A screen shared before the room moved to the relay is published with the rest.
       if (this.local && this.local.screen) this.sfu.screen = { track: this.local.screen.track, transceiver: null };
     }
@@ -836,19 +837,26 @@ class ConsultRoom {
    * connections, as on a first relay. `sfu-join` subscribes us again (an offer follows) and we
    * publish anew; the others do the same, and their pictures come back as they do.
    */
-  async relayLost(attempt = 1) {
-    if (this.closed || !this.relayed) return;
-    if (this.sfu) this.sfu.close(false);
+  async relayLost(lost, attempt = 1) {
+    // Only for the session that was lost: a reconnection to the server may have made a newer one.
+    if (this.closed || !this.relayed || this.sfu !== lost) return;
+    const sid = this.socket.id;
+    if (lost) lost.close(false);
     this.sfu = null;
     this.relayStreams.clear();
     for (const tile of this.tiles.values()) tile.setStatus('reconnecting…');
     this.onPath('connecting', 'Relay (SFU) · reconnecting…');
     try {
       await ask(this.socket, 'sfu-join', { roomId: this.roomId, reason: 'forced' });
+      if (this.closed || this.socket.id !== sid) return; // rejoined: that made everything anew
       await this.ensureSfu().publish();
     } catch (err) {
+      if (this.closed || this.socket.id !== sid) return;
+      const failed = this.sfu;
+      this.sfu = null;
+      if (failed) failed.close(false);
       // The room may still be placed on the dead node until its lease runs out: again soon.
-      if (attempt < RELAY_RETRIES) setTimeout(() => this.relayLost(attempt + 1), RELAY_RETRY_MS);
+      if (attempt < RELAY_RETRIES) setTimeout(() => this.relayLost(null, attempt + 1), RELAY_RETRY_MS);
       else this.onNotice(`Could not reconnect to the relay: ${err.message}`, 'error');
     }
   }

@@ -531,7 +531,8 @@ export class SfuSession {
       return;
     }
     this.brokenSince = this.brokenSince || Date.now();
-    if (Date.now() - this.brokenSince > RELAY_REBUILD_AFTER_MS) {
+    // With the signaling connection down too, the reconnection makes everything anew.
+    if (Date.now() - this.brokenSince > RELAY_REBUILD_AFTER_MS && this.socket.connected) {
       this.lost();
       return;
     }

@@ -106,6 +106,23 @@ export function keepPeerConnections() {
   window.RTCPeerConnection.prototype = Native.prototype;
 }
 
+/**
+ * Opens `url` in `page` and waits for `ready` (a locator) to show; loads it once more when it
+ * does not within 10 s. A browser just moved into a network namespace may see its network
+ * change while the page loads (net::ERR_NETWORK_CHANGED) and miss a script: that is the test
+ * machine's doing, not the app's.
+ */
+export async function openPage(page, url, ready, log = () => {}) {
+  await page.goto(url);
+  try {
+    await ready.waitFor({ timeout: 10000 });
+  } catch {
+    log(`${url} did not finish loading; loading it again`);
+    await page.goto(url);
+    await ready.waitFor();
+  }
+}
+
 /** Clicks "Join consultation" on a consult page once it can; returns when it was clicked. */
 export async function join(page) {
   const button = page.getByRole('button', { name: 'Join consultation' });

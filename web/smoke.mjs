@@ -20,7 +20,7 @@ import { mkdirSync } from 'node:fs';
 import { execSync } from 'node:child_process';
 import path from 'node:path';
 
-import { httpClient, launchChromium, loadPlaywright, options } from './smoke-kit.mjs';
+import { httpClient, launchChromium, loadPlaywright, openPage, options } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -148,7 +148,7 @@ async function main() {
 
     // --- doctor: sign in through the form, then join from the appointment list
     const d = pages.doctor;
-    await d.goto(`${base}/`);
+    await openPage(d, `${base}/`, d.getByLabel('User id'), log);
     await d.getByLabel('User id').fill(doctor.sub);
     await d.getByLabel('Display name').fill(doctor.name);
     await d.getByLabel('Role').selectOption('doctor');
@@ -161,7 +161,7 @@ async function main() {
     // --- patient: token already in the session, straight to the room's address
     const p = pages.patient;
     await p.addInitScript((token) => sessionStorage.setItem('callrelay.token', token), patientToken);
-    await p.goto(`${base}/consult/${created.id}`);
+    await openPage(p, `${base}/consult/${created.id}`, p.getByRole('button', { name: 'Join consultation' }), log);
 
     for (const [who, page] of Object.entries(pages)) {
       const join = page.getByRole('button', { name: 'Join consultation' });
