@@ -13,6 +13,7 @@ mod consult;
 mod direct;
 pub mod ice;
 pub mod identity;
+pub mod lobby;
 pub mod metrics;
 mod order;
 pub mod payload;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lobby::{Gone, Lobby, SharedLobby};
 use crate::protocol::{MediaState, Peer};
-use crate::waiting::{Gone, Lobby, SharedLobby};
 
 /// Why a room's media goes through the SFU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -651,7 +651,7 @@ mod tests {
         a.join("r", peer("s2", "u2"));
         let left = a.leave("s2").expect("left");
         a.note_departed(&left, t0);
-        let waiter = crate::waiting::Waiter {
+        let waiter = crate::lobby::Waiter {
             socket_id: "w1".into(),
             user_id: "u3".into(),
             name: "u3".into(),
