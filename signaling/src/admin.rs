@@ -106,23 +106,26 @@ impl Signaling {
 
     /// Every ringing or active direct call, oldest first.
     pub async fn live_calls(&self) -> Result<Vec<CallView>, AdminError> {
-        let (book, _) = self.read_calls().await?;
-        let mut calls: Vec<CallView> = book
-            .iter()
-            .filter(|c| c.is_live())
-            .map(|c| CallView {
-                call_id: c.id.clone(),
-                caller_id: c.caller_id.clone(),
-                callee_id: c.callee_id.clone(),
-                call_type: c.call_type.as_str(),
-                status: c.status.as_str(),
-                appointment_id: c.appointment_id.clone(),
-                started_at: rfc3339_millis(c.started_at),
-                answered_at: c.answered_at.map(rfc3339_millis),
-                media: c.media,
-                tracks: Value::Null,
+        let mut calls: Vec<CallView> = self
+            .read_calls(|read| {
+                read.book
+                    .iter()
+                    .filter(|c| c.is_live())
+                    .map(|c| CallView {
+                        call_id: c.id.clone(),
+                        caller_id: c.caller_id.clone(),
+                        callee_id: c.callee_id.clone(),
+                        call_type: c.call_type.as_str(),
+                        status: c.status.as_str(),
+                        appointment_id: c.appointment_id.clone(),
+                        started_at: rfc3339_millis(c.started_at),
+                        answered_at: c.answered_at.map(rfc3339_millis),
+                        media: c.media,
+                        tracks: Value::Null,
+                    })
+                    .collect()
             })
-            .collect();
+            .await?;
         calls.sort_by(|a, b| (&a.started_at, &a.call_id).cmp(&(&b.started_at, &b.call_id)));
         for call in &mut calls {
             call.tracks = self

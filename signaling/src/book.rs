@@ -115,15 +115,47 @@ impl Signaling {
         shared.write_unlock(Doc::Calls, lock, value, &[]).await
     }
 
-    /// The live calls, and where their sockets are, at one moment (read without the lock).
-    pub(crate) async fn read_calls(
+    /// Reads the live calls, and where their sockets are, at one moment, without the lock:
+    /// `f` sees them (on a single node, this node's book under its mutex: nothing is copied).
+    pub(crate) async fn read_calls<R>(
         &self,
-    ) -> Result<(CallBook, HashMap<String, CallHomes>), SharedError> {
+        f: impl FnOnce(&CallsRead<'_>) -> R,
+    ) -> Result<R, SharedError> {
         let Some(shared) = &self.shared else {
-            return Ok((self.calls.lock().await.clone(), HashMap::new()));
+            let book = self.calls.lock().await;
+            let homes = HashMap::new();
+            return Ok(f(&CallsRead {
+                book: &book,
+                homes: &homes,
+                node: None,
+            }));
         };
         let calls: Vec<SharedCall> = parse(Doc::Calls, shared.read(Doc::Calls).await?)?;
-        Ok(into_book(calls))
+        let (book, homes) = into_book(calls);
+        Ok(f(&CallsRead {
+            book: &book,
+            homes: &homes,
+            node: Some(shared.node_id()),
+        }))
+    }
+}
+
+/// The live calls as read ([`Signaling::read_calls`]).
+pub(crate) struct CallsRead<'a> {
+    pub book: &'a CallBook,
+    /// Where each call's sockets are (empty on a single node).
+    pub homes: &'a HashMap<String, CallHomes>,
+    /// This node, in a cluster.
+    node: Option<&'a str>,
+}
+
+impl CallsRead<'_> {
+    /// Whether one of the call's sockets is on this node (every call is, on a single node).
+    pub fn is_ours(&self, call: &Call) -> bool {
+        match self.node {
+            None => true,
+            Some(node) => self.homes.get(&call.id).is_some_and(|h| h.on(node)),
+        }
     }
 }
 

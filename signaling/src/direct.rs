@@ -484,15 +484,9 @@ pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, 
         .await
         .iter()
         .any(|id| id != socket_id);
-    let affected: Vec<String> = {
-        let book = match sig.read_calls().await {
-            Ok((book, _)) => book,
-            Err(err) => {
-                tracing::error!(error = %err, "could not read the calls at a disconnect");
-                return;
-            }
-        };
-        book.iter()
+    let affected = sig.read_calls(|read| {
+        read.book
+            .iter()
             .filter(|c| c.is_live() && c.is_party(&who.user_id))
             .filter(|c| {
                 !user_still_online
@@ -500,7 +494,14 @@ pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, 
                     || c.answered_socket.as_deref() == Some(socket_id)
             })
             .map(|c| c.id.clone())
-            .collect()
+            .collect::<Vec<_>>()
+    });
+    let affected = match affected.await {
+        Ok(affected) => affected,
+        Err(err) => {
+            tracing::error!(error = %err, "could not read the calls at a disconnect");
+            return;
+        }
     };
     for call_id in affected {
         if let Err(err) = transition(sig, io, &call_id, Map::new(), |call, now| {
@@ -516,18 +517,17 @@ pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, 
 /// Ends every live call of this node's sockets (server shutdown), telling both sides and
 /// storing the outcome.
 pub async fn shut_down_calls(sig: &Signaling, io: &SocketIo) {
-    let (book, homes) = match sig.read_calls().await {
-        Ok(read) => read,
+    let ours = sig.read_calls(|read| {
+        let ours = read.book.iter().filter(|c| read.is_ours(c));
+        ours.map(|c| c.id.clone()).collect::<Vec<_>>()
+    });
+    let ids = match ours.await {
+        Ok(ids) => ids,
         Err(err) => {
             tracing::error!(error = %err, "could not read the calls to end at shutdown");
             return;
         }
     };
-    let ids: Vec<String> = book
-        .iter()
-        .filter(|c| sig.shared.is_none() || homes.get(&c.id).is_some_and(|h| h.on(sig.node_id())))
-        .map(|c| c.id.clone())
-        .collect();
     for call_id in ids {
         let _ = transition(sig, io, &call_id, Map::new(), |call, now| {
             call.shut_down(now)
@@ -535,6 +535,9 @@ pub async fn shut_down_calls(sig: &Signaling, io: &SocketIo) {
         .await;
     }
 }
+
+/// One side of a call: its user, and the node of its socket (none for a callee not answered).
+type Side = (String, Option<String>);
 
 /// In a cluster: a call whose placing or answering socket was on a node that died ends as
 /// `disconnected` for the other side (its ring timer died with the node, too). Returns how many
@@ -546,28 +549,35 @@ pub(crate) async fn end_calls_of_dead_nodes(
     let Some(shared) = &sig.shared else {
         return Ok(0);
     };
-    let (book, homes) = sig.read_calls().await?;
-    let nodes: Vec<&str> = homes
-        .values()
-        .flat_map(|h| std::iter::once(h.caller.as_str()).chain(h.answerer.as_deref()))
+    let calls: Vec<(String, [Side; 2])> = sig
+        .read_calls(|read| {
+            let homes = read
+                .book
+                .iter()
+                .filter_map(|c| Some((c, read.homes.get(&c.id)?)));
+            homes
+                .map(|(c, home)| {
+                    let caller = (c.caller_id.clone(), Some(home.caller.clone()));
+                    let callee = (c.callee_id.clone(), home.answerer.clone());
+                    (c.id.clone(), [caller, callee])
+                })
+                .collect()
+        })
+        .await?;
+    let nodes: Vec<&str> = calls
+        .iter()
+        .flat_map(|(_, sides)| sides.iter().filter_map(|(_, node)| node.as_deref()))
         .collect();
     let dead = shared.dead_nodes(&nodes).await?;
-    if dead.is_empty() {
-        return Ok(0);
-    }
     let mut ended = 0;
-    for call in book.iter() {
-        let Some(home) = homes.get(&call.id) else {
+    for (call_id, sides) in &calls {
+        let Some((gone, _)) = sides
+            .iter()
+            .find(|(_, node)| node.as_ref().is_some_and(|n| dead.contains(n)))
+        else {
             continue;
         };
-        let gone = if dead.contains(&home.caller) {
-            &call.caller_id
-        } else if home.answerer.as_ref().is_some_and(|n| dead.contains(n)) {
-            &call.callee_id
-        } else {
-            continue;
-        };
-        let ends = transition(sig, io, &call.id, Map::new(), |call, now| {
+        let ends = transition(sig, io, call_id, Map::new(), |call, now| {
             call.party_disconnected(gone, now)
         })
         .await;

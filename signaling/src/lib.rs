@@ -336,14 +336,14 @@ impl Signaling {
     /// socket here (in a cluster; every live call on a single node).
     pub async fn in_progress(&self) -> InProgress {
         let rooms = self.rooms().room_count();
-        let calls = match self.read_calls().await {
-            Ok((book, homes)) => book
-                .iter()
-                .filter(|c| c.is_live())
-                .filter(|c| {
-                    self.shared.is_none() || homes.get(&c.id).is_some_and(|h| h.on(self.node_id()))
-                })
-                .count(),
+        let ours = self
+            .read_calls(|read| {
+                let live = read.book.iter().filter(|c| c.is_live());
+                live.filter(|c| read.is_ours(c)).count()
+            })
+            .await;
+        let calls = match ours {
+            Ok(calls) => calls,
             Err(err) => {
                 tracing::warn!(error = %err, "could not count the live calls");
                 0

@@ -135,15 +135,18 @@ impl Signaling {
                 .await?;
             return Ok((RoomKind::Consult, relayed));
         }
-        let (book, _) = self.read_calls().await?;
-        if let Some(call) = book.by_id(room_id)
-            && call.is_live()
-            && (call.caller_socket == socket_id
-                || call.answered_socket.as_deref() == Some(socket_id.as_str()))
-        {
-            return Ok((RoomKind::Call, call.media == crate::call::MediaPath::Sfu));
+        let relayed_call = self
+            .read_calls(|read| {
+                let call = read.book.by_id(room_id).filter(|c| c.is_live())?;
+                let party = call.caller_socket == socket_id
+                    || call.answered_socket.as_deref() == Some(socket_id.as_str());
+                party.then_some(call.media == crate::call::MediaPath::Sfu)
+            })
+            .await?;
+        match relayed_call {
+            Some(relayed) => Ok((RoomKind::Call, relayed)),
+            None => Err(EventError::forbidden("not a member of this room")),
         }
-        Err(EventError::forbidden("not a member of this room"))
     }
 
     /// Switches a consult room to relay (once), tells every member and subscribes them all.
@@ -285,11 +288,19 @@ impl Signaling {
             .await
             .unwrap_or_default();
         if members.is_empty()
-            && let Ok((book, _)) = self.read_calls().await
-            && let Some(call) = book.by_id(room).filter(|c| c.is_live())
+            && let Ok(Some(sockets)) = self
+                .read_calls(|read| {
+                    let call = read.book.by_id(room).filter(|c| c.is_live())?;
+                    let answered = call.answered_socket.iter().cloned();
+                    Some(
+                        std::iter::once(call.caller_socket.clone())
+                            .chain(answered)
+                            .collect(),
+                    )
+                })
+                .await
         {
-            members.push(call.caller_socket.clone());
-            members.extend(call.answered_socket.clone());
+            members = sockets;
         }
         let body = json!({"roomId": room, "socketId": participant});
         for member in &members {

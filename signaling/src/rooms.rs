@@ -286,7 +286,7 @@ pub struct SharedConsult {
 impl SharedConsult {
     /// Nothing left to share: no member, nobody waiting, no departure to remember.
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty() && self.lobby.is_none() && self.departed.is_empty()
+        !self.has_people() && self.departed.is_empty()
     }
 
     /// Whether someone is in the room or waits in its lobby.
