@@ -8,7 +8,8 @@
 //! `RELAY_FLOOR_PROFILE=gcm|cm` (default gcm, the profile webrtc-rs negotiates).
 //! `RELAY_PIN=0` lets the scheduler place threads (by default the server thread has a CPU of
 //! its own and the load shares another). `RELAY_WORKERS=1` is the SFU's `media.workers`; with
-//! more than one the SFU's threads are not pinned (they need every core).
+//! more than one, the worker that owns the room has the server's CPU and the others share the
+//! load's (they need every core).
 //! `RELAY_RAMP=1` measures saturation instead: each N and mode at rising forwarding rates
 //! (`RELAY_RAMP_OUT_PPS=10000,20000,...,100000` copies per second) until copies are lost,
 //! telling where from the kernel's per-socket drop counters (server socket and SFU, or the
@@ -248,14 +249,31 @@ fn usable_cpus() -> &'static [usize] {
 }
 
 fn pin_current_thread(cpu: Cpu) {
-    use nix::sched::{CpuSet, sched_setaffinity};
     if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") {
         return;
     }
-    // Several SFU workers need every core: their threads inherit the "sfu" thread's affinity.
-    if matches!(cpu, Cpu::Server) && env("RELAY_WORKERS", 1usize) > 1 {
+    pin_to(cpu);
+}
+
+/// With several workers, run on each media thread: the room's owner gets the server's CPU (as
+/// the floor has), the other workers (which hand it the datagrams the kernel puts on their
+/// sockets) the load's.
+fn pin_media_thread(workers: usize) {
+    if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") || workers < 2 {
         return;
     }
+    let owner = callrelay_media::route::shard_of_room(ROOM, workers);
+    let name = std::thread::current().name().map(str::to_owned);
+    let index = name.and_then(|n| n.strip_prefix("callrelay-media-")?.parse::<usize>().ok());
+    pin_to(if index == Some(owner) {
+        Cpu::Server
+    } else {
+        Cpu::Load
+    });
+}
+
+fn pin_to(cpu: Cpu) {
+    use nix::sched::{CpuSet, sched_setaffinity};
     let (Some(&server), Some(&load)) = (usable_cpus().first(), usable_cpus().get(1)) else {
         return;
     };
@@ -273,7 +291,10 @@ fn spawn_thread<F>(name: &str, f: F) -> std::thread::JoinHandle<()>
 where
     F: FnOnce(&tokio::runtime::Runtime) + Send + 'static,
 {
+    // Several SFU workers need every core: each media thread is pinned by `pin_media_thread`
+    // (the "sfu" thread only samples them and stays with the load).
     let cpu = match name {
+        "sfu" if env("RELAY_WORKERS", 1usize) > 1 => Cpu::Load,
         "sfu" | "floor" => Cpu::Server,
         _ => Cpu::Load,
     };
@@ -903,6 +924,7 @@ async fn run_callrelay(n: usize, s: &Settings, shared: Arc<Shared>) -> Result<Ru
                     return;
                 }
             };
+            let _ = bench::on_media_threads(&handle, move || pin_media_thread(workers)).await;
             let mut probes = 0;
             while let Some(reply) = probe_rx.recv().await {
                 probes += 1;
