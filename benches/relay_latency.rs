@@ -248,18 +248,22 @@ fn usable_cpus() -> &'static [usize] {
     })
 }
 
+/// `RELAY_PIN=0`: the scheduler places every thread.
+fn pinning_off() -> bool {
+    std::env::var("RELAY_PIN").is_ok_and(|v| v == "0")
+}
+
 fn pin_current_thread(cpu: Cpu) {
-    if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") {
-        return;
+    if !pinning_off() {
+        pin_to(cpu);
     }
-    pin_to(cpu);
 }
 
 /// With several workers, run on each media thread: the room's owner gets the server's CPU (as
 /// the floor has), the other workers (which hand it the datagrams the kernel puts on their
 /// sockets) the load's.
 fn pin_media_thread(workers: usize) {
-    if std::env::var("RELAY_PIN").is_ok_and(|v| v == "0") || workers < 2 {
+    if pinning_off() || workers < 2 {
         return;
     }
     let owner = callrelay_media::route::shard_of_room(ROOM, workers);

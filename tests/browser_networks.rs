@@ -392,28 +392,43 @@ async fn two_browsers_without_udp_meet_through_the_relay_over_ice_tcp() {
 
 #[tokio::test]
 async fn a_relayed_consultation_survives_the_browsers_changing_networks() {
+    let renumber = |ns: &Namespace, _| ns.renumber_command();
+    let what = "the browser tests on changing networks";
+    if let Some(passed) = relayed_mid_call('m', what, renumber, &[]).await {
+        assert!(
+            passed,
+            "the consultation did not recover from the network change"
+        );
+    }
+}
+
+/// A relayed consultation (media.mode sfu-only, no direct calls) with the browsers in a
+/// namespace tagged `tag`: once both see each other, the shell command `change(namespace, HTTP
+/// port)` runs and both pictures must freeze and come back (`after`: more of `web/smoke.mjs`'s
+/// checks on what comes back). `None` if skipped.
+async fn relayed_mid_call(
+    tag: char,
+    what: &str,
+    change: impl Fn(&Namespace, u16) -> String,
+    after: &[&str],
+) -> Option<bool> {
     if !prerequisites() {
-        return;
+        return None;
     }
     let _turn = ONE_AT_A_TIME.lock().await;
-    let Some((_server, passed)) = smoke_in_namespace(
-        Namespace::create('m', false),
-        "the browser tests on changing networks",
+    let (_server, passed) = smoke_in_namespace(
+        Namespace::create(tag, false),
+        what,
         &[("CALLRELAY_MEDIA__MODE", "sfu-only")],
-        |ns, _| {
+        |ns, port| {
             let mut args = strings(&["--expect", "relay", "--no-calls", "--mid-call-cmd"]);
-            args.push(ns.renumber_command());
+            args.push(change(ns, port));
+            args.extend(strings(after));
             args
         },
     )
-    .await
-    else {
-        return;
-    };
-    assert!(
-        passed,
-        "the consultation did not recover from the network change"
-    );
+    .await?;
+    Some(passed)
 }
 
 /// The relay connections broken for longer than the browser waits before making new ones (6 s
@@ -423,36 +438,17 @@ async fn a_relayed_consultation_survives_the_browsers_changing_networks() {
 /// the cut, i.e. 2.5-4 s after the restore).
 #[tokio::test]
 async fn a_relayed_consultation_comes_back_after_a_long_media_outage() {
-    if !prerequisites() {
-        return;
+    let outage = |ns: &Namespace, port| ns.media_outage_command(port, 15);
+    let what = "the browser tests on a long media outage";
+    // Restored after 15 s; new connections a few seconds later. The old ones would only go with
+    // the server's 30 s liveness timeout.
+    let after = ["--after-expect", "relay", "--recover-within-ms", "28000"];
+    if let Some(passed) = relayed_mid_call('o', what, outage, &after).await {
+        assert!(
+            passed,
+            "the relayed consultation did not come back after the media outage"
+        );
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some((_server, passed)) = smoke_in_namespace(
-        Namespace::create('o', false),
-        "the browser tests on a long media outage",
-        &[("CALLRELAY_MEDIA__MODE", "sfu-only")],
-        |ns, port| {
-            let mut args = strings(&["--expect", "relay", "--no-calls", "--mid-call-cmd"]);
-            args.push(ns.media_outage_command(port, 15));
-            // Restored after 15 s; new connections a few seconds later. The old ones would only
-            // go with the server's 30 s liveness timeout.
-            args.extend(strings(&[
-                "--after-expect",
-                "relay",
-                "--recover-within-ms",
-                "28000",
-            ]));
-            args
-        },
-    )
-    .await
-    else {
-        return;
-    };
-    assert!(
-        passed,
-        "the relayed consultation did not come back after the media outage"
-    );
 }
 
 /// How long the test lets the relay take to bring video back after the direct path is cut.
@@ -535,31 +531,12 @@ async fn a_direct_consultation_keeps_its_picture_across_a_signaling_reconnection
 /// or the page restarts ICE) and the pictures come back without a reload.
 #[tokio::test]
 async fn a_relayed_consultation_moves_to_tcp_when_udp_stops_mid_call() {
-    if !prerequisites() {
-        return;
+    let block_udp = |ns: &Namespace, _| ns.block_udp_command();
+    let what = "the browser tests on UDP stopping mid-call";
+    let after = ["--after-expect", "relay", "--after-expect-transport", "tcp"];
+    if let Some(passed) = relayed_mid_call('t', what, block_udp, &after).await {
+        assert!(passed, "the relayed consultation did not recover over TCP");
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
-    let Some((_server, passed)) = smoke_in_namespace(
-        Namespace::create('t', false),
-        "the browser tests on UDP stopping mid-call",
-        &[("CALLRELAY_MEDIA__MODE", "sfu-only")],
-        |ns, _| {
-            let mut args = strings(&["--expect", "relay", "--no-calls", "--mid-call-cmd"]);
-            args.push(ns.block_udp_command());
-            args.extend(strings(&[
-                "--after-expect",
-                "relay",
-                "--after-expect-transport",
-                "tcp",
-            ]));
-            args
-        },
-    )
-    .await
-    else {
-        return;
-    };
-    assert!(passed, "the relayed consultation did not recover over TCP");
 }
 
 /// One side's received video over the measured window, as `web/smoke-quality.mjs` prints it.

@@ -506,6 +506,11 @@ impl Call {
         user == self.caller_id || user == self.callee_id
     }
 
+    /// The placing socket, then the answering one once answered.
+    pub fn sockets(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.caller_socket.as_str()).chain(self.answered_socket.as_deref())
+    }
+
     /// True while ringing or active.
     pub fn is_live(&self) -> bool {
         !self.status.is_terminal()

@@ -488,11 +488,7 @@ pub(crate) async fn socket_gone(sig: &Signaling, io: &SocketIo, who: &Identity, 
         read.book
             .iter()
             .filter(|c| c.is_live() && c.is_party(&who.user_id))
-            .filter(|c| {
-                !user_still_online
-                    || c.caller_socket == socket_id
-                    || c.answered_socket.as_deref() == Some(socket_id)
-            })
+            .filter(|c| !user_still_online || c.sockets().any(|s| s == socket_id))
             .map(|c| c.id.clone())
             .collect::<Vec<_>>()
     });

@@ -138,8 +138,7 @@ impl Signaling {
         let relayed_call = self
             .read_calls(|read| {
                 let call = read.book.by_id(room_id).filter(|c| c.is_live())?;
-                let party = call.caller_socket == socket_id
-                    || call.answered_socket.as_deref() == Some(socket_id.as_str());
+                let party = call.sockets().any(|s| s == socket_id);
                 party.then_some(call.media == crate::call::MediaPath::Sfu)
             })
             .await?;
@@ -291,12 +290,7 @@ impl Signaling {
             && let Ok(Some(sockets)) = self
                 .read_calls(|read| {
                     let call = read.book.by_id(room).filter(|c| c.is_live())?;
-                    let answered = call.answered_socket.iter().cloned();
-                    Some(
-                        std::iter::once(call.caller_socket.clone())
-                            .chain(answered)
-                            .collect(),
-                    )
+                    Some(call.sockets().map(str::to_owned).collect())
                 })
                 .await
         {
@@ -407,8 +401,7 @@ async fn relay_call(
         return Err(err.into());
     }
     sig.close_calls(book, true).await?;
-    let mut members = vec![snapshot.caller_socket.clone()];
-    members.extend(snapshot.answered_socket.clone());
+    let members: Vec<String> = snapshot.sockets().map(str::to_owned).collect();
     sig.announce_relay(io, RoomKind::Call, call_id, reason, &members)
         .await;
     Ok(())
