@@ -107,6 +107,82 @@ export function keepPeerConnections() {
 }
 
 /**
+ * An init script (for `context.addInitScript`) noting what each RTCPeerConnection of the page
+ * goes through in `window.__pcTrace`: its states, the descriptions set (type, and whether the
+ * ICE credentials changed), candidates added, its transport once connected, close. Printed by
+ * a failed run: what the page's relay or direct connections did is what a failure's cause is.
+ */
+export function tracePeerConnections() {
+  const Native = window.RTCPeerConnection;
+  const trace = [];
+  window.__pcTrace = trace;
+  let count = 0;
+  const ufragOf = (sdp) => ((sdp || '').match(/a=ice-ufrag:(\S+)/) || [])[1];
+  window.RTCPeerConnection = function (...a) {
+    const pc = new Native(...a);
+    const n = ++count;
+    const note = (what) => {
+      if (trace.length < 3000) trace.push(`${new Date().toISOString().slice(11, 23)} pc${n} ${what}`);
+    };
+    const ufrags = {};
+    const described = (side) => (d) => {
+      const ufrag = ufragOf(d && d.sdp);
+      const changed = ufrags[side] && ufrag && ufrags[side] !== ufrag;
+      ufrags[side] = ufrag || ufrags[side];
+      return `${d ? d.type : 'implicit'}${changed ? ' (new ICE credentials)' : ''}`;
+    };
+    const selected = () => pc.getStats().then((stats) => {
+      let pair = null;
+      stats.forEach((s) => { if (s.type === 'transport' && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId); });
+      const local = pair && stats.get(pair.localCandidateId);
+      return local ? `${local.protocol} ${local.candidateType}` : 'no pair';
+    }).catch(() => '?');
+    pc.addEventListener('iceconnectionstatechange', () => {
+      const state = pc.iceConnectionState;
+      if (state === 'connected' || state === 'completed') selected().then((p) => note(`ice ${state} over ${p}`));
+      else note(`ice ${state}`);
+    });
+    pc.addEventListener('connectionstatechange', () => note(`connection ${pc.connectionState}`));
+    pc.addEventListener('signalingstatechange', () => note(`signaling ${pc.signalingState}`));
+    pc.addEventListener('track', (e) => note(`track ${e.track.kind}`));
+    for (const [method, side] of [['setLocalDescription', 'local'], ['setRemoteDescription', 'remote']]) {
+      const native = pc[method].bind(pc);
+      pc[method] = (d, ...rest) => {
+        const what = described(side);
+        return native(d, ...rest).then((r) => {
+          note(`${method} ${what(pc[`${side}Description`])}`);
+          return r;
+        }, (err) => {
+          note(`${method} failed: ${err.message}`);
+          throw err;
+        });
+      };
+    }
+    const addIceCandidate = pc.addIceCandidate.bind(pc);
+    pc.addIceCandidate = (c, ...rest) => {
+      const proto = ((c && c.candidate) || '').split(' ')[2] || 'end';
+      return addIceCandidate(c, ...rest).then((r) => { note(`remote candidate ${proto.toLowerCase()}`); return r; },
+        (err) => { note(`remote candidate ${proto.toLowerCase()} failed: ${err.message}`); throw err; });
+    };
+    const restartIce = pc.restartIce.bind(pc);
+    pc.restartIce = () => { note('restartIce'); return restartIce(); };
+    const close = pc.close.bind(pc);
+    pc.close = () => { note('close'); return close(); };
+    note(`created`);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+}
+
+/** Prints each page's `tracePeerConnections` notes. */
+export async function printPeerConnectionTraces(pages, log) {
+  for (const [who, page] of Object.entries(pages)) {
+    const trace = await page.evaluate(() => window.__pcTrace || []).catch((err) => [`(not read: ${err.message})`]);
+    log(`${who}'s peer connections:\n    ${trace.join('\n    ')}`);
+  }
+}
+
+/**
  * Opens `url` in `page` and waits for `ready` (a locator) to show; loads it once more when it
  * does not within 10 s. A browser just moved into a network namespace may see its network
  * change while the page loads (net::ERR_NETWORK_CHANGED) and miss a script: that is the test

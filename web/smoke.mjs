@@ -15,12 +15,15 @@
 //   NODE_PATH=/tmp/callrelay-web/node_modules node web/smoke.mjs http://127.0.0.1:3999
 // and Chromium: apt-get install -y --no-install-recommends chromium fonts-liberation
 // (CHROMIUM=/path/to/chrome overrides /usr/bin/chromium).
+// A failed run prints what each page's peer connections went through (SMOKE_TRACE=1: every run).
 
 import { mkdirSync } from 'node:fs';
 import { execSync } from 'node:child_process';
 import path from 'node:path';
 
-import { httpClient, launchChromium, loadPlaywright, openPage, options } from './smoke-kit.mjs';
+import {
+  httpClient, launchChromium, loadPlaywright, openPage, options, printPeerConnectionTraces, tracePeerConnections,
+} from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
 const opt = options(args);
@@ -129,12 +132,23 @@ async function main() {
 
   const browser = await launchChromium(chromium, base);
   const failures = [];
+  const pages = {};
+  let tracesPrinted = false;
+  const printTraces = async () => {
+    if (tracesPrinted) return;
+    tracesPrinted = true;
+    await printPeerConnectionTraces(pages, log);
+    // What the relay did meanwhile: keyframe requests, paused videos, estimates, packets.
+    const metrics = await fetch(`${base}/metrics`).then((r) => r.text()).catch((err) => `(not read: ${err.message})`);
+    const relevant = metrics.split('\n').filter((l) => /^callrelay_(rtcp|sfu_video_pauses|sfu_layer_switches|subscriber_bandwidth|rtp_packets_(received|forwarded|lost))/.test(l));
+    log(`the server's media metrics:\n    ${relevant.join('\n    ')}`);
+  };
   try {
-    const pages = {};
     for (const who of ['doctor', 'patient']) {
       const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
       await context.grantPermissions(['camera', 'microphone'], { origin: base });
       if (blockP2P) await context.addInitScript(() => sessionStorage.setItem('callrelay.debug.blockP2P', '1'));
+      await context.addInitScript(tracePeerConnections);
       const page = await context.newPage();
       page.on('console', (m) => {
         if (m.type() === 'error' || m.type() === 'warning') log(`${who} console.${m.type()}: ${m.text()}`);
@@ -276,6 +290,8 @@ async function main() {
           failures.push(`${who}: the "connection interrupted" notice stayed after the room was joined again`);
         }
       }));
+      // Read now: the doctor's page is left below, and its notes with it.
+      if (failures.length || process.env.SMOKE_TRACE) await printTraces();
     }
 
     // --- chat both ways (each message shown exactly once on both sides)
@@ -318,6 +334,7 @@ async function main() {
 
     if (withCalls) await directCall(pages, created.id, failures);
   } finally {
+    if (failures.length || process.env.SMOKE_TRACE) await printTraces();
     await browser.close();
   }
 

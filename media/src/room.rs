@@ -374,6 +374,8 @@ pub(crate) struct Layer {
     /// A keyframe request the throttle held back, sent when the interval has passed.
     pub keyframe_wanted: bool,
     pub highest_seq: Option<u16>,
+    /// When its last packet arrived, in µs of the shard's clock (a silence is seen by it).
+    pub last_rx_us: Option<u64>,
     pub bitrate: BitrateMeter,
     /// Since published, for operators: packets that arrived and sequence gaps.
     pub packets_received: u64,
@@ -393,6 +395,7 @@ impl Layer {
             keyframes: KeyframeThrottle::default(),
             keyframe_wanted: false,
             highest_seq: None,
+            last_rx_us: None,
             bitrate: BitrateMeter::default(),
             packets_received: 0,
             packets_lost: 0,

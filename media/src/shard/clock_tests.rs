@@ -805,3 +805,36 @@ fn red_audio_is_forwarded_as_it_comes_or_as_its_primary() {
     assert!(w.received("plain", "talker") > 50);
     assert_eq!(w.peer("plain").gaps, 0);
 }
+
+/// A publisher's video that stops reaching the SFU for a while and comes back (its connection
+/// moved to another path: ICE-TCP once UDP stopped, a new network) goes on with frames its
+/// subscribers cannot decode without the ones lost meanwhile. Their own keyframe requests may
+/// not get through: a browser whose outgoing UDP is blocked still receives on its UDP pair, and
+/// Chromium keeps that pair. So the SFU asks the publisher, once, as the video resumes. Before,
+/// in the browser test `a_relayed_consultation_moves_to_tcp_when_udp_stops_mid_call`, a
+/// patient's picture of the doctor stayed frozen for the 34 s left of the test.
+#[test]
+fn video_resuming_after_a_silence_asks_its_publisher_for_a_keyframe() {
+    let mut w = mover_and_stayer_streaming(Duration::from_secs(60));
+    let asked = |w: &World| w.counter("callrelay_rtcp_pli_total", &[("direction", "out")]);
+    let before = asked(&w);
+    w.pause("stayer", "stayer-cam");
+    w.run_for(Duration::from_secs(3));
+    assert_eq!(asked(&w), before, "nothing asked of a silent publisher");
+
+    w.stream("stayer", "stayer-cam");
+    w.run_for(Duration::from_millis(300));
+    assert_eq!(
+        asked(&w),
+        before + 1.0,
+        "one keyframe asked as the video resumed"
+    );
+    let received = w.received("mover", "stayer");
+    w.run_for(Duration::from_secs(3));
+    assert!(w.received("mover", "stayer") > received + 100);
+    assert_eq!(
+        asked(&w),
+        before + 1.0,
+        "nothing more asked while it streams"
+    );
+}

@@ -4,6 +4,10 @@
 use super::*;
 use crate::codec::{self, Codec};
 
+/// A publisher's video layer silent this long, then back, makes the SFU ask it for a keyframe:
+/// longer than retransmissions repair, more than a bandwidth dip pausing a layer for a moment.
+const RESUMED_AFTER_SILENCE_US: u64 = 1_000_000;
+
 impl Shard {
     /// The hot path: one publisher packet in, one rewritten copy per ready down-track of its
     /// publication out. Lookups by integer id only (connection, room, SSRC, down-track), nothing
@@ -81,6 +85,17 @@ impl Shard {
         let keyframe = codec::starts_keyframe(l.payload, &packet.payload);
         if keyframe && let Some(size) = codec::keyframe_size(l.payload, &packet.payload) {
             l.size = Some(size);
+        }
+        // Video back after a silence (its publisher's path moved: ICE-TCP once UDP stopped, a
+        // new network) goes on with frames that need the ones lost meanwhile. Subscribers ask
+        // for a keyframe, but their requests may not get through (a browser whose outgoing UDP
+        // is blocked still receives on its UDP pair and keeps it), so the SFU asks too.
+        let resumed = l
+            .last_rx_us
+            .is_some_and(|last| now_us.saturating_sub(last) >= RESUMED_AFTER_SILENCE_US);
+        l.last_rx_us = Some(now_us);
+        if resumed && !keyframe && publication.kind == MediaKind::Video {
+            l.keyframe_wanted = true;
         }
         let vp8 = l.payload == Codec::Vp8;
         for id in &publication.down_tracks {

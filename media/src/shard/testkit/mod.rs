@@ -283,6 +283,11 @@ impl World {
         self.track_mut(name, track).streaming = true;
     }
 
+    /// `name` stops sending on `track` (until [`World::stream`] again); its connection stays.
+    pub fn pause(&mut self, name: &str, track: &str) {
+        self.track_mut(name, track).streaming = false;
+    }
+
     /// From now on `name`'s packets on `track` carry `payload_len` octets (100 by default):
     /// at one packet per [`STEP`], 1,000 octets make about 850 kbit/s on the wire.
     pub fn payload_len(&mut self, name: &str, track: &str, payload_len: usize) {
