@@ -401,6 +401,12 @@ class ConsultRoom {
     this.links = new Map(); // socketId -> P2PLink
     this.relayStreams = new Map(); // socketId -> MediaStream from the SFU (kept once attached)
     this.screens = new Map(); // socketId -> ScreenTile of a member sharing its screen
+    // Memberships seen ending (peer-left, or replaced by a new connection) and not begun again
+    // since (peer-joined: a member may leave and join again on the same connection). A join's
+    // member list is read when we enter but may arrive after events that followed (the server
+    // records the join before it answers): a member listed there that has left since must not
+    // come back as a tile nobody removes.
+    this.departed = new Set();
     this.earlySignals = [];
     this.joined = false;
     this.relayed = false;
@@ -416,14 +422,16 @@ class ConsultRoom {
     this.layout();
     this.selfTile.setStatus('');
     this.unlisten = listen(this.socket, {
-      'existing-peers': (peers) => (peers || []).forEach((p) => this.upsertPeer(p)),
+      'existing-peers': (peers) => (peers || []).forEach((p) => this.upsertPeer(p, true)),
       'peer-joined': (p) => {
+        if (p && p.socketId) this.departed.delete(p.socketId);
         this.upsertPeer(p);
         // They offer to us; be ready (and time the attempt) in case their offer never comes.
         if (this.joined && this.p2pAllowed()) this.link(p.socketId, false);
         this.updatePath();
       },
       'peer-left': ({ socketId, reason, replacedBy }) => {
+        this.departed.add(socketId);
         if (replacedBy) this.rekeyPeer(socketId, replacedBy);
         else if (reason === 'disconnected' && this.isDirect(socketId)) this.awaitReturn(socketId);
         else this.removePeer(socketId);
@@ -453,7 +461,7 @@ class ConsultRoom {
     this.p2pTimeoutMs = ack.p2pTimeoutMs || 5000;
     this.iceServers = ack.iceServers || [];
     saveMediaSettings(ack);
-    for (const p of ack.peers || []) this.upsertPeer(p);
+    for (const p of ack.peers || []) this.upsertPeer(p, true);
     this.joined = true;
     this.everJoined = true;
     this.sendMediaState(true); // the others show our microphone, camera and screen as they are
@@ -550,9 +558,14 @@ class ConsultRoom {
     return !this.relayed && this.mode !== 'sfu-only';
   }
 
-  upsertPeer(peer) {
+  /** A member, from `peer-joined` or from a member list (`listed`: maybe older than events). */
+  upsertPeer(peer, listed = false) {
     if (!peer || !peer.socketId || peer.socketId === this.selfId || peer.socketId === this.socket.id) return;
-    if (peer.replaces) this.rekeyPeer(peer.replaces, peer.socketId);
+    if (listed && this.departed.has(peer.socketId)) return;
+    if (peer.replaces) {
+      this.departed.add(peer.replaces);
+      this.rekeyPeer(peer.replaces, peer.socketId);
+    }
     this.peers.set(peer.socketId, peer);
     const tile = this.tile(peer.socketId);
     tile.setIdentity(`${peer.name}${peer.role ? ` · ${peer.role}` : ''}`, peer.avatarSeed || peer.userId);
