@@ -34,7 +34,7 @@ import { execSync } from 'node:child_process';
 import path from 'node:path';
 
 import {
-  appointment, devTokens, httpClient, keepPeerConnections, launchChromium, loadPlaywright, options,
+  appointment, devTokens, httpClient, keepPeerConnections, launchChromium, loadPlaywright, openPage, options,
 } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
@@ -207,9 +207,9 @@ async function main() {
         log(`${who} PAGE ERROR: ${e.message}`);
       });
       pages[who] = page;
-      await page.goto(`${base}/consult/${created.id}`);
+      // Loaded again if it does not finish: a browser just put in a namespace may miss a script.
       const button = page.getByRole('button', { name: 'Join consultation' });
-      await button.waitFor();
+      await openPage(page, `${base}/consult/${created.id}`, button, log);
       await page.waitForFunction(() => !document.querySelector('.lobby button.primary').disabled);
       await button.click();
       await page.locator('.grid').waitFor();
