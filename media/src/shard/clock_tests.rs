@@ -810,9 +810,10 @@ fn red_audio_is_forwarded_as_it_comes_or_as_its_primary() {
 /// moved to another path: ICE-TCP once UDP stopped, a new network) goes on with frames its
 /// subscribers cannot decode without the ones lost meanwhile. Their own keyframe requests may
 /// not get through: a browser whose outgoing UDP is blocked still receives on its UDP pair, and
-/// Chromium keeps that pair. So the SFU asks the publisher, once, as the video resumes. Before,
-/// in the browser test `a_relayed_consultation_moves_to_tcp_when_udp_stops_mid_call`, a
-/// patient's picture of the doctor stayed frozen for the 34 s left of the test.
+/// Chromium keeps that pair. So the SFU asks the publisher, once, as the video resumes. (The
+/// likely cause of a CI failure of the browser test
+/// `a_relayed_consultation_moves_to_tcp_when_udp_stops_mid_call`: a patient's picture of the
+/// doctor stayed frozen for the 34 s left of the test.)
 #[test]
 fn video_resuming_after_a_silence_asks_its_publisher_for_a_keyframe() {
     let mut w = mover_and_stayer_streaming(Duration::from_secs(60));
