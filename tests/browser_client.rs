@@ -46,15 +46,9 @@ fn screenshot_dir() -> PathBuf {
     out
 }
 
-/// One browser scenario at a time. Each starts two or three Chromiums, and the test harness
-/// runs tests in parallel: on two cores, four scenarios at once starved the browsers so much
-/// that a relayed join took 12 s and a rebuilt relay connection was still connecting after 15 s
-/// (CI, 2026-12-07). A user's machine runs one call, so each scenario is timed as one call.
-static ONE_SCENARIO_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Runs `web/{script}` against a fresh server, its screenshots going to `out`.
 async fn run_script_into(script: &str, extra_env: &[(&str, &str)], args: &[&str], out: &Path) {
-    let _turn = ONE_SCENARIO_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let root = support::repo_root();
     let web = root.join("web");
     let mut env = vec![(

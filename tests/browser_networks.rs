@@ -282,10 +282,6 @@ fn prerequisites() -> bool {
     ok
 }
 
-/// One browser test at a time: each runs two Chromiums, and several at once on a small machine
-/// measure the machine, not the client.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// A server reachable from a namespace (mode and other settings in `env`), and
 /// `web/smoke.mjs` with `args` (given the namespace and the server's HTTP port) run by two
 /// Chromiums inside it. Returns the server (for its
@@ -339,7 +335,7 @@ async fn two_browsers_without_udp_meet_through_the_relay_over_ice_tcp() {
     if !prerequisites() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let Some((server, passed)) = smoke_in_namespace(
         Namespace::create('u', true),
         "the browser tests on UDP-blocked networks",
@@ -415,7 +411,7 @@ async fn relayed_mid_call(
     if !prerequisites() {
         return None;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let (_server, passed) = smoke_in_namespace(
         Namespace::create(tag, false),
         what,
@@ -462,7 +458,7 @@ async fn a_direct_consultation_falls_back_to_the_relay_when_its_path_is_cut() {
     if !prerequisites() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     // Both browsers meet directly (their traffic stays between the namespace's own
     // addresses), then only that path is cut: the page must notice within its grace time,
     // fall back to the relay, and show moving video again, the tiles saying "Reconnecting…"
@@ -505,7 +501,7 @@ async fn a_direct_consultation_keeps_its_picture_across_a_signaling_reconnection
     if !prerequisites() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let Some((_server, passed)) = smoke_in_namespace(
         Namespace::create('s', false),
         "the browser tests on a signaling blip",
@@ -737,7 +733,7 @@ async fn a_subscriber_on_a_narrow_downlink_gets_the_low_layer_and_the_other_keep
     if !prerequisites() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let Some((doctor, patient)) = two_namespaces(('f', 'l'), "the browser quality tests") else {
         return;
     };
@@ -817,7 +813,7 @@ async fn video_keeps_decoding_under_10_percent_loss_and_freezes_less_than_withou
     if !prerequisites() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let Some(with) = under_loss(10, true).await else {
         return;
     };
@@ -856,7 +852,7 @@ async fn video_keeps_decoding_under_5_percent_loss() {
     if !prerequisites() {
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().await;
+    let _turn = support::ONE_BROWSER_SCENARIO_AT_A_TIME.lock().await;
     let Some(sides) = under_loss(5, true).await else {
         return;
     };

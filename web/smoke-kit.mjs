@@ -94,42 +94,25 @@ export function failureLog(log) {
   return { failures, fail, expectSoon };
 }
 
-/** An init script (for `context.addInitScript`) keeping every RTCPeerConnection in `window.__pcs`. */
+/**
+ * An init script (for `context.addInitScript`) keeping every RTCPeerConnection of the page in
+ * `window.__pcs` and noting what each goes through in `window.__pcTrace`: its states, the
+ * descriptions set (type, and whether the ICE credentials changed), candidates added, its
+ * transport once connected, close. A failed run prints the notes (`printPeerConnectionTraces`):
+ * what the page's relay or direct connections did is where a failure's cause shows.
+ */
 export function keepPeerConnections() {
   const Native = window.RTCPeerConnection;
   window.__pcs = [];
+  const trace = [];
+  window.__pcTrace = trace;
+  const ufragOf = (d) => ((d && d.sdp) || '').match(/a=ice-ufrag:(\S+)/)?.[1];
   window.RTCPeerConnection = function (...a) {
     const pc = new Native(...a);
     window.__pcs.push(pc);
-    return pc;
-  };
-  window.RTCPeerConnection.prototype = Native.prototype;
-}
-
-/**
- * An init script (for `context.addInitScript`) noting what each RTCPeerConnection of the page
- * goes through in `window.__pcTrace`: its states, the descriptions set (type, and whether the
- * ICE credentials changed), candidates added, its transport once connected, close. Printed by
- * a failed run: what the page's relay or direct connections did is what a failure's cause is.
- */
-export function tracePeerConnections() {
-  const Native = window.RTCPeerConnection;
-  const trace = [];
-  window.__pcTrace = trace;
-  let count = 0;
-  const ufragOf = (sdp) => ((sdp || '').match(/a=ice-ufrag:(\S+)/) || [])[1];
-  window.RTCPeerConnection = function (...a) {
-    const pc = new Native(...a);
-    const n = ++count;
+    const n = window.__pcs.length;
     const note = (what) => {
       if (trace.length < 3000) trace.push(`${new Date().toISOString().slice(11, 23)} pc${n} ${what}`);
-    };
-    const ufrags = {};
-    const described = (side) => (d) => {
-      const ufrag = ufragOf(d && d.sdp);
-      const changed = ufrags[side] && ufrag && ufrags[side] !== ufrag;
-      ufrags[side] = ufrag || ufrags[side];
-      return `${d ? d.type : 'implicit'}${changed ? ' (new ICE credentials)' : ''}`;
     };
     const selected = () => pc.getStats().then((stats) => {
       let pair = null;
@@ -145,12 +128,14 @@ export function tracePeerConnections() {
     pc.addEventListener('connectionstatechange', () => note(`connection ${pc.connectionState}`));
     pc.addEventListener('signalingstatechange', () => note(`signaling ${pc.signalingState}`));
     pc.addEventListener('track', (e) => note(`track ${e.track.kind}`));
-    for (const [method, side] of [['setLocalDescription', 'local'], ['setRemoteDescription', 'remote']]) {
+    for (const [method, current] of [['setLocalDescription', 'localDescription'], ['setRemoteDescription', 'remoteDescription']]) {
       const native = pc[method].bind(pc);
       pc[method] = (d, ...rest) => {
-        const what = described(side);
+        const before = ufragOf(pc[current]);
         return native(d, ...rest).then((r) => {
-          note(`${method} ${what(pc[`${side}Description`])}`);
+          const after = ufragOf(pc[current]);
+          const restarted = before && after && before !== after ? ' (new ICE credentials)' : '';
+          note(`${method} ${pc[current] ? pc[current].type : '?'}${restarted}`);
           return r;
         }, (err) => {
           note(`${method} failed: ${err.message}`);
@@ -160,21 +145,21 @@ export function tracePeerConnections() {
     }
     const addIceCandidate = pc.addIceCandidate.bind(pc);
     pc.addIceCandidate = (c, ...rest) => {
-      const proto = ((c && c.candidate) || '').split(' ')[2] || 'end';
-      return addIceCandidate(c, ...rest).then((r) => { note(`remote candidate ${proto.toLowerCase()}`); return r; },
-        (err) => { note(`remote candidate ${proto.toLowerCase()} failed: ${err.message}`); throw err; });
+      const proto = (((c && c.candidate) || '').split(' ')[2] || 'end').toLowerCase();
+      return addIceCandidate(c, ...rest).then((r) => { note(`remote candidate ${proto}`); return r; },
+        (err) => { note(`remote candidate ${proto} failed: ${err.message}`); throw err; });
     };
     const restartIce = pc.restartIce.bind(pc);
     pc.restartIce = () => { note('restartIce'); return restartIce(); };
     const close = pc.close.bind(pc);
     pc.close = () => { note('close'); return close(); };
-    note(`created`);
+    note('created');
     return pc;
   };
   window.RTCPeerConnection.prototype = Native.prototype;
 }
 
-/** Prints each page's `tracePeerConnections` notes. */
+/** Prints each page's `keepPeerConnections` notes. */
 export async function printPeerConnectionTraces(pages, log) {
   for (const [who, page] of Object.entries(pages)) {
     const trace = await page.evaluate(() => window.__pcTrace || []).catch((err) => [`(not read: ${err.message})`]);

@@ -22,7 +22,7 @@ import { execSync } from 'node:child_process';
 import path from 'node:path';
 
 import {
-  httpClient, launchChromium, loadPlaywright, openPage, options, printPeerConnectionTraces, tracePeerConnections,
+  httpClient, keepPeerConnections, launchChromium, loadPlaywright, openPage, options, printPeerConnectionTraces,
 } from './smoke-kit.mjs';
 
 const args = process.argv.slice(2);
@@ -148,7 +148,7 @@ async function main() {
       const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
       await context.grantPermissions(['camera', 'microphone'], { origin: base });
       if (blockP2P) await context.addInitScript(() => sessionStorage.setItem('callrelay.debug.blockP2P', '1'));
-      await context.addInitScript(tracePeerConnections);
+      await context.addInitScript(keepPeerConnections);
       const page = await context.newPage();
       page.on('console', (m) => {
         if (m.type() === 'error' || m.type() === 'warning') log(`${who} console.${m.type()}: ${m.text()}`);

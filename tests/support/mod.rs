@@ -266,6 +266,12 @@ pub async fn redis_database(db: u8) -> Option<String> {
     Some(url)
 }
 
+/// Held by each browser scenario of a test binary, so they run one at a time: each starts two
+/// or three Chromiums, and on two cores four at once starved them (a relayed join took 12 s in
+/// CI, 2026-12-07). A user's machine runs one call, so each scenario is timed as one call.
+pub static ONE_BROWSER_SCENARIO_AT_A_TIME: tokio::sync::Mutex<()> =
+    tokio::sync::Mutex::const_new(());
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
